@@ -1,0 +1,78 @@
+"""The ``wam-policy`` command line: one entry, sub-commands registered by name.
+
+Each sub-command is a module with ``add_arguments(parser)`` and ``run(args) -> int``; it is
+imported only when used, so ``wam-policy --help`` stays fast. A :class:`ConfigError` anywhere
+becomes one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+
+from ..config import ConfigError
+
+#: name → (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("wam_common.cli.demo", "run one sim transfer-cube episode through the full graph and record it"),
+    "up": ("wam_common.cli.up", "start a graph description (what `ros2 launch` does) until Ctrl-C"),
+    "graph": ("wam_common.cli.up", "print the nodes, parameters and remappings of a graph description"),
+}
+
+
+def register(name: str, module: str, help_: str) -> None:
+    COMMANDS[name] = (module, help_)
+
+
+def _load_optional() -> None:
+    # Sub-commands owned by other parts of the package register here (kept in one table).
+    extra = {
+        "analyze": ("wam_common.analysis.cli_analyze", "per-episode and per-perturbation tables and plots from bags"),
+        "parity": ("wam_common.analysis.cli_parity", "sim-vs-real parity report from two bags"),
+        "export-lerobot": ("wam_common.recording.export_lerobot", "bags → LeRobotDataset (v3)"),
+        "perturb-sheet": ("perturbation_node.sheet", "contact sheet PNG of perturbation ops × levels"),
+        "contact-sheet": ("sim_bridge.contact_sheet", "contact sheet PNG of sim tasks × physical perturbations"),
+        "eval": ("wam_common.evaluation.cli", "robustness evaluation over a perturbation suite"),
+        "collect": ("wam_common.training.collect", "scripted-expert demos → LeRobotDataset"),
+        "train": ("wam_common.training.train", "train ACT / Diffusion Policy with LeRobot"),
+        "preflight": ("robot_io.preflight", "pre-flight checks before arming a real robot"),
+    }
+    for name, (mod, help_) in extra.items():
+        if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None:
+            COMMANDS.setdefault(name, (mod, help_))
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_optional()
+    parser = argparse.ArgumentParser(prog="wam-policy", description="Deploy and stress-test VLA / WAM policies on ALOHA over ROS 2.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    argv = sys.argv[1:] if argv is None else argv
+    wanted = argv[0] if argv and not argv[0].startswith("-") else None
+    modules = {}
+    for name, (mod, help_) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_, description=help_)
+        if name == wanted:
+            try:
+                modules[name] = importlib.import_module(mod)
+            except ModuleNotFoundError as exc:
+                print(f"wam-policy {name}: not available ({exc})", file=sys.stderr)
+                return 2
+            modules[name].add_arguments(p) if name != "graph" else modules[name].add_graph_arguments(p)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        module = modules[args.command]
+        return int((module.run if args.command != "graph" else module.run_graph)(args) or 0)
+    except ConfigError as exc:
+        print(f"wam-policy {args.command}: config error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"wam-policy {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The entry wrapper every node's ``main()`` uses.
+
+Starts rclpy, builds the node, spins it on a multi-threaded executor (callbacks in separate
+groups run concurrently; nothing polls with ``spin_once``), and turns a configuration error
+into one clear line on stderr and exit status 2. SIGINT/SIGTERM shut the node down cleanly
+(rclpy's own SIGINT/SIGTERM handlers shut the context down; the node's ``close()`` then
+runs, so the recorder closes its bag).
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+import rclpy
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+from .config import ConfigError
+
+
+def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str] | None = None,
+             threads: int = 4) -> int:
+    rclpy.init(args=args if args is not None else sys.argv)
+    node = None
+    try:
+        try:
+            node = factory()
+        except ConfigError as exc:
+            print(f"[{name}] config error: {exc}", file=sys.stderr, flush=True)
+            return 2
+        executor = MultiThreadedExecutor(num_threads=threads)
+        executor.add_node(node)
+        try:
+            executor.spin()
+        except (KeyboardInterrupt, ExternalShutdownException):
+            pass
+        return 0
+    finally:
+        if node is not None:
+            close = getattr(node, "close", None)
+            if callable(close):
+                close()
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.try_shutdown()
