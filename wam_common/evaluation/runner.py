@@ -1,0 +1,255 @@
+"""Run evaluation jobs: one job = one graph (sim_bridge + perturbation_node + wam_policy_node
+[+ recorder]) on its own ROS_DOMAIN_ID, running a contiguous run of seeds of one (policy,
+configuration). Jobs run in worker processes on this machine, or as Ray tasks across machines;
+since an episode's outcome depends only on its seed (docs/GRAPH_CONTRACT.md, "Seeds"), the
+results table is the same whatever the parallelism.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..config import deep_merge
+from ..graph import load_graph
+from ..launcher import GraphRunner
+from .results import ResultStore
+
+STOP_ORDER = ["wam_policy_node", "perturbation_node", "sim_bridge", "recorder"]
+
+
+@dataclass
+class Job:
+    policy: str
+    policy_overrides: dict
+    configuration: str
+    dimension: str
+    level: int
+    sim_overrides: dict  # node → overrides for this configuration
+    task: str
+    seeds: list[int]  # contiguous
+    clock: str = "lockstep"
+    bags: str = "keep"  # keep | none
+    out_dir: str = "runs/eval"
+    graph: str = "aloha_sim"
+    timeout_per_episode_s: float = 240.0
+
+    @property
+    def job_id(self) -> str:
+        return f"{self.policy}__{self.configuration}__{self.task}__{self.seeds[0]}-{self.seeds[-1]}"
+
+
+@dataclass
+class JobResult:
+    job_id: str
+    rows: list[dict] = field(default_factory=list)
+    error: str | None = None
+
+
+def contiguous_runs(seeds: list[int], max_len: int) -> list[list[int]]:
+    """[3,4,5,9,10] → [[3,4,5],[9,10]] (each at most max_len long)."""
+    out: list[list[int]] = []
+    for s in sorted(seeds):
+        if out and s == out[-1][-1] + 1 and len(out[-1]) < max_len:
+            out[-1].append(s)
+        else:
+            out.append([s])
+    return out
+
+
+def graph_overrides(job: Job) -> dict:
+    lockstep = job.clock == "lockstep"
+    ov = {
+        "sim_bridge": {"task": job.task, "seed": job.seeds[0], "episodes": len(job.seeds), "clock": job.clock},
+        "perturbation_node": {"lockstep": lockstep},
+        "wam_policy_node": deep_merge({"lockstep": lockstep}, job.policy_overrides),
+    }
+    ov = deep_merge(ov, job.sim_overrides)
+    if job.bags == "none":
+        ov["recorder"] = {"enabled": False}
+    else:
+        bag_dir = Path(job.out_dir).resolve() / "bags" / job.policy / job.configuration
+        ov["recorder"] = {"output_dir": str(bag_dir), "bag_name": f"{job.task}_seed{job.seeds[0]}"}
+    return ov
+
+
+class _Observer:
+    """Episode events, policy status and command timing on one job's domain."""
+
+    def __init__(self, domain_id: int, dt: float):
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from std_msgs.msg import Float64MultiArray, String
+
+        from .. import qos, topics
+
+        self.dt = dt
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=domain_id)
+        self.node = rclpy.create_node("wam_policy_eval_observer", context=self.ctx)
+        self.lock = threading.Condition()
+        self.events: list[dict] = []
+        self.cur_infer: list[float] = []
+        self.cur_cmd_t: list[float] = []
+        self.per_episode: dict[int, dict] = {}
+        self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
+        self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.EVENTS)
+        self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self):
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001 - context shut down in close()
+            pass
+
+    def _on_event(self, msg):
+        try:
+            ev = json.loads(msg.data)
+        except ValueError:
+            return
+        with self.lock:
+            if ev.get("event") == "start":
+                self.cur_infer, self.cur_cmd_t = [], []
+            elif ev.get("event") == "end":
+                gaps = np.diff(self.cur_cmd_t) if len(self.cur_cmd_t) > 1 else np.zeros(0)
+                self.per_episode[int(ev.get("episode", -1))] = {
+                    "infer_ms_mean": float(np.mean(self.cur_infer)) if self.cur_infer else None,
+                    "stalls": int(np.sum(gaps > 1.5 * self.dt)),
+                }
+            self.events.append(ev)
+            self.lock.notify_all()
+
+    def _on_status(self, msg):
+        try:
+            st = json.loads(msg.data)
+        except ValueError:
+            return
+        ms = st.get("infer_ms")
+        if isinstance(ms, (int, float)) and ms > 0:
+            with self.lock:
+                self.cur_infer.append(float(ms))
+
+    def _on_command(self, _msg):
+        with self.lock:
+            self.cur_cmd_t.append(time.monotonic())
+
+    def close(self):
+        self.executor.shutdown(timeout_sec=1)
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+        self.thread.join(timeout=2)
+
+
+def run_job(job: Job, store_dir: str | None = None) -> JobResult:
+    """Run one job to completion; each finished episode is appended to the store as it ends."""
+    from .. import topics
+
+    store = ResultStore(store_dir or job.out_dir)
+    g = load_graph(job.graph, graph_overrides(job))
+    log_dir = Path(job.out_dir).resolve() / "logs" / job.job_id
+    runner = GraphRunner(g, log_dir=log_dir)
+    res = JobResult(job.job_id)
+    obs = None
+    runner.start()
+    try:
+        obs = _Observer(runner.domain_id, topics.DT)
+        deadline = time.monotonic() + 60 + job.timeout_per_episode_s * len(job.seeds)
+        written: set[int] = set()
+        while True:
+            with obs.lock:
+                obs.lock.wait(timeout=0.5)
+                events = list(obs.events)
+                extra = dict(obs.per_episode)
+            for ev in events:
+                if ev.get("event") != "end" or int(ev.get("episode", -1)) in written:
+                    continue
+                ep = int(ev["episode"])
+                written.add(ep)
+                lat = ev.get("latency_ms") or {}
+                row = {
+                    "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
+                    "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
+                    "success": bool(ev["success"]), "steps": int(ev.get("steps", 0)),
+                    "reason": ev.get("reason", ""), "clock": job.clock,
+                    "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": 0}),
+                    "bag": None if job.bags == "none" else str(Path(g.node("recorder").parameters["output_dir"])
+                                                              / g.node("recorder").parameters["bag_name"]),
+                }
+                store.append(row)
+                res.rows.append(row)
+            if any(e.get("event") == "done" for e in events) or len(written) >= len(job.seeds):
+                break
+            dead = runner.dead()
+            if dead:
+                name, code = next(iter(dead.items()))
+                tail = " | ".join(runner.log(name).strip().splitlines()[-3:])
+                res.error = f"{job.job_id}: node '{name}' exited ({code}): {tail}"
+                break
+            if time.monotonic() > deadline:
+                res.error = f"{job.job_id}: timed out after {len(written)}/{len(job.seeds)} episodes"
+                break
+        time.sleep(0.5)  # the recorder takes the last events
+    finally:
+        if obs is not None:
+            obs.close()
+        runner.stop(order=STOP_ORDER)
+    return res
+
+
+def _run_job_dict(job_dict: dict, store_dir: str) -> dict:
+    r = run_job(Job(**job_dict), store_dir)
+    return asdict(r)
+
+
+def run_jobs(jobs: list[Job], store_dir: str, workers: int = 1, ray_address: str | None = None,
+             on_result=None) -> list[JobResult]:
+    """Run jobs with ``workers`` local processes, or on Ray (``ray_address``: "local", "auto" or host:port).
+
+    ``on_result(JobResult)`` is called in the parent as each job finishes (progress, ETA)."""
+    results: list[JobResult] = []
+    if ray_address:
+        import ray
+
+        if not ray.is_initialized():
+            if ray_address == "local":
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=ray_address, log_to_driver=False)
+        remote = ray.remote(num_cpus=1)(_run_job_dict)
+        pending = {remote.remote(asdict(j), store_dir): j for j in jobs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                pending.pop(ref)
+                r = JobResult(**ray.get(ref))
+                results.append(r)
+                if on_result:
+                    on_result(r)
+        return results
+    if workers <= 1:
+        for j in jobs:
+            r = run_job(j, store_dir)
+            results.append(r)
+            if on_result:
+                on_result(r)
+        return results
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    with ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futs = [pool.submit(_run_job_dict, asdict(j), store_dir) for j in jobs]
+        for f in as_completed(futs):
+            r = JobResult(**f.result())
+            results.append(r)
+            if on_result:
+                on_result(r)
+    return results
