@@ -1,0 +1,173 @@
+"""``interbotix_adapter``: the 14-dim COMMAND → Interbotix ALOHA follower arms.
+
+Subscribes ``/forward_position_controller/commands`` (std_msgs/Float64MultiArray,
+``[left 6 rad, left gripper 0..1, right 6 rad, right gripper 0..1]``, see the graph contract)
+and publishes, per follower arm, ``/follower_{side}/commands/joint_group``
+(interbotix_xs_msgs/JointGroupCommand ``name='arm'``, the 6 arm joints) and
+``/follower_{side}/commands/joint_single`` (JointSingleCommand ``name='gripper'``, the
+gripper joint angle from :func:`wam_common.aloha.gripper_joint_unnormalize`), as ALOHA's own
+``real_env`` does.
+
+The conversion is the pure :func:`to_arm_commands` (tested here); ``interbotix_xs_msgs`` is
+imported only when the node starts — where it is missing the node says so and exits (status 2).
+Bad commands (wrong length, NaN/inf, a joint beyond its vx300s limit by more than
+``reject_tolerance``) are dropped with a warning, so the arms hold their last good command;
+an engaged e-stop (``/wam_policy/estop``, latched Bool) drops every command until released.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+
+from wam_common import aloha, topics
+from wam_common.config import ConfigError
+
+NAME = "interbotix_adapter"
+
+DEFAULTS = {
+    "arms": ["left", "right"],  # follower arms that receive commands
+    "command_topic": topics.COMMAND,
+    "arm_topic": "/follower_{side}/commands/joint_group",
+    "gripper_topic": "/follower_{side}/commands/joint_single",
+    "reject_tolerance": 0.2,  # rad beyond a joint limit → the command is dropped; within it → clipped
+    "follow_estop": True,  # drop commands while /wam_policy/estop is true
+    "diagnostics_period_s": 1.0,
+}
+
+MISSING_MSGS = (
+    "interbotix_xs_msgs is not importable, so commands cannot reach the Interbotix arms. Source the "
+    "Interbotix ROS 2 workspace (interbotix_ros_core → interbotix_xs_msgs, as installed by the ALOHA "
+    "setup) before launching; or drive a ros2_control forward_position_controller straight from "
+    f"{topics.COMMAND} and drop this node (--set interbotix_adapter.enabled=false)"
+)
+
+
+class CommandError(ValueError):
+    """A command that must not reach the motors; the message says why."""
+
+
+@dataclass(frozen=True)
+class ArmCommand:
+    side: str
+    joints: tuple[float, ...]  # 6 arm joint positions (rad): JointGroupCommand(name='arm')
+    gripper: float  # gripper joint angle (rad): JointSingleCommand(name='gripper')
+
+
+def to_arm_commands(cmd, arms=("left", "right"), reject_tolerance: float = 0.2) -> list[ArmCommand]:
+    """14-dim normalised command → one ArmCommand per requested arm (limits clipped)."""
+    a = np.asarray(cmd, dtype=np.float64).ravel()
+    if a.size != topics.STATE_DIM:
+        raise CommandError(f"command has {a.size} values, expected {topics.STATE_DIM} "
+                           "([left 6, left gripper, right 6, right gripper])")
+    if not np.all(np.isfinite(a)):
+        bad = [int(i) for i in np.flatnonzero(~np.isfinite(a))]
+        raise CommandError(f"command has non-finite values at indices {bad}")
+    out = []
+    for side in arms:
+        if side not in topics.ARMS:
+            raise CommandError(f"unknown arm '{side}' (known: {', '.join(topics.ARMS)})")
+        k = topics.ARMS.index(side) * 7
+        joints, grip = a[k:k + 6], a[k + 6]
+        over = np.maximum(aloha.ARM_LOWER - joints, joints - aloha.ARM_UPPER)
+        if np.any(over > reject_tolerance):
+            j = int(np.argmax(over))
+            raise CommandError(f"{side} {topics.ARM_JOINTS[j]} = {joints[j]:.3f} rad is beyond its limit "
+                               f"[{aloha.ARM_LOWER[j]:.3f}, {aloha.ARM_UPPER[j]:.3f}] by more than {reject_tolerance}")
+        if grip < -reject_tolerance or grip > 1 + reject_tolerance:
+            raise CommandError(f"{side} gripper = {grip:.3f} is outside 0..1 by more than {reject_tolerance}")
+        joints = np.clip(joints, aloha.ARM_LOWER, aloha.ARM_UPPER)
+        grip_rad = float(aloha.gripper_joint_unnormalize(float(np.clip(grip, 0.0, 1.0))))
+        out.append(ArmCommand(side, tuple(float(v) for v in joints), grip_rad))
+    return out
+
+
+def _interbotix_msgs():
+    try:
+        from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
+    except ImportError:
+        raise ConfigError(MISSING_MSGS) from None
+    return JointGroupCommand, JointSingleCommand
+
+
+def make_node():
+    JointGroupCommand, JointSingleCommand = _interbotix_msgs()  # before any ROS work: fail clearly
+
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+    from rclpy.node import Node
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    from wam_common import qos
+    from wam_common.params import declare_tree
+
+    class InterbotixAdapter(Node):
+        def __init__(self):
+            super().__init__(NAME)
+            cfg = declare_tree(self, DEFAULTS)
+            arms = [str(s) for s in cfg["arms"]]
+            for s in arms:
+                if s not in topics.ARMS:
+                    raise ConfigError(f"node '{NAME}': parameter 'arms' has unknown arm '{s}' (known: left, right)")
+            if not arms:
+                raise ConfigError(f"node '{NAME}': parameter 'arms' is empty")
+            self.cfg, self.arms = cfg, arms
+            self.estop = False
+            self.sent = self.dropped = 0
+            self.last_error = ""
+            self._arm_pub = {s: self.create_publisher(JointGroupCommand, cfg["arm_topic"].format(side=s), qos.COMMAND)
+                             for s in arms}
+            self._grip_pub = {s: self.create_publisher(JointSingleCommand, cfg["gripper_topic"].format(side=s), qos.COMMAND)
+                              for s in arms}
+            self.create_subscription(Float64MultiArray, cfg["command_topic"], self._on_command, qos.COMMAND)
+            if cfg["follow_estop"]:
+                self.create_subscription(Bool, topics.ESTOP, self._on_estop, qos.LATCHED)
+            self._diag = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+            self._DiagnosticArray, self._DiagnosticStatus, self._KeyValue = DiagnosticArray, DiagnosticStatus, KeyValue
+            self.create_timer(float(cfg["diagnostics_period_s"]), self._publish_diagnostics)
+            self.get_logger().info(f"{cfg['command_topic']} → Interbotix follower arms {', '.join(arms)}")
+
+        def _on_estop(self, msg) -> None:
+            if bool(msg.data) != self.estop:
+                self.estop = bool(msg.data)
+                log = self.get_logger().error if self.estop else self.get_logger().info
+                log(f"e-stop {'ENGAGED: commands dropped, arms hold' if self.estop else 'released'}")
+
+        def _on_command(self, msg) -> None:
+            if self.estop:
+                self.dropped += 1
+                return
+            try:
+                cmds = to_arm_commands(msg.data, self.arms, float(self.cfg["reject_tolerance"]))
+            except CommandError as exc:
+                self.dropped += 1
+                self.last_error = str(exc)
+                self.get_logger().warning(f"command dropped, arms hold: {exc}", throttle_duration_sec=1.0)
+                return
+            for c in cmds:
+                self._arm_pub[c.side].publish(JointGroupCommand(name="arm", cmd=list(c.joints)))
+                self._grip_pub[c.side].publish(JointSingleCommand(name="gripper", cmd=c.gripper))
+            self.sent += 1
+
+        def _publish_diagnostics(self) -> None:
+            DS = self._DiagnosticStatus
+            level = DS.ERROR if self.estop else (DS.WARN if self.last_error else DS.OK)
+            st = DS(level=level, name=f"{NAME}: arms", hardware_id=",".join(self.arms),
+                    message="e-stop engaged" if self.estop else (self.last_error or "forwarding"))
+            st.values = [self._KeyValue(key=k, value=str(v)) for k, v in
+                         {"sent": self.sent, "dropped": self.dropped, "estop": self.estop}.items()]
+            arr = self._DiagnosticArray(status=[st])
+            arr.header.stamp = self.get_clock().now().to_msg()
+            self._diag.publish(arr)
+
+    return InterbotixAdapter()
+
+
+def main(args: list[str] | None = None) -> int:
+    from wam_common.node_main import run_node
+
+    return run_node(make_node, NAME, args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
