@@ -1,0 +1,141 @@
+"""The fast π0/π0.5 engine computes LeRobot's own function: reduced-size models on CPU (fp32).
+
+A reduced-size π0 / π0.5 (LeRobot's real classes, widths and depths patched small by
+``engines.testing.tiny_dims``) with every parameter randomised (norm scales and π0.5's adaRMS
+layers too, which LeRobot initialises to zero), saved with ``save_pretrained``, loaded back through
+LeRobot's ``from_pretrained`` (reference) and through the engine (safetensors → tensors, no
+LeRobot model instance), fed the same batch and the same noise.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
+from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims  # noqa: E402
+
+TOL = 1e-4  # fp32 on CPU; the issue's bf16 bound is 1e-2
+
+
+def _randomise(policy, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in policy.named_parameters():
+            if p.ndim >= 2:
+                fan_in = p[0].numel()
+                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
+
+
+@pytest.fixture(scope="module", params=["pi0", "pi05"])
+def engines(request, tmp_path_factory):
+    from lerobot.policies.factory import get_policy_class
+
+    ptype = request.param
+    d = tmp_path_factory.mktemp(ptype)
+    with tiny_dims():
+        cfg = make_config(ptype, image_size=56, tokenizer_max_length=12)
+        pol = get_policy_class(ptype)(cfg)
+        _randomise(pol)
+        pol.save_pretrained(d)
+        ref = make_engine(d, impl="eager", device="cpu", dtype="float32")
+        fast = make_engine(d, impl="fast", device="cpu", dtype="float32")
+    return ptype, cfg, ref, fast, d
+
+
+def _noise(cfg, b=1, seed=1):
+    return torch.randn(b, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(seed))
+
+
+def test_same_noise_same_actions(engines):
+    ptype, cfg, ref, fast, _ = engines
+    batch = random_batch(cfg, n_valid_tokens=5, seed=3)
+    noise = _noise(cfg)
+    a = ref.predict_action_chunk(batch, noise=noise)
+    b = fast.predict_action_chunk(batch, noise=noise)
+    assert a.shape == b.shape == (1, cfg.chunk_size, 14)
+    assert torch.isfinite(b).all()
+    assert a.abs().mean() > 0.05  # the comparison is not between two near-zero outputs
+    assert (a - b).abs().max().item() < TOL
+
+
+def test_noise_inputs_and_prompt_all_matter(engines):
+    """Each input changes the output, and the engine follows the reference on each change."""
+    ptype, cfg, ref, fast, _ = engines
+    base = random_batch(cfg, n_valid_tokens=5, seed=4)
+    noise = _noise(cfg, seed=2)
+    out0 = fast.predict_action_chunk(base, noise=noise)
+    variants = {
+        "noise": (base, _noise(cfg, seed=9)),
+        "image": ({**base, "observation.images.cam_high": torch.rand_like(base["observation.images.cam_high"])}, noise),
+        "prompt": ({**base, "observation.language.tokens": base["observation.language.tokens"].flip(1).roll(7, 1).clone()}, noise),
+    }
+    tokens = base["observation.language.tokens"].clone()
+    tokens[:, 0] = (tokens[:, 0] + 17) % 1000
+    variants["prompt"] = ({**base, "observation.language.tokens": tokens}, noise)
+    if ptype == "pi0":  # π0.5 reads the state only through the prompt (its processor discretises it)
+        variants["state"] = ({**base, "observation.state": base["observation.state"] + 0.5}, noise)
+    for what, (batch, nz) in variants.items():
+        b = fast.predict_action_chunk(batch, noise=nz)
+        a = ref.predict_action_chunk(batch, noise=nz)
+        assert (b - out0).abs().max().item() > 1e-3, f"{what} does not change the actions"
+        assert (a - b).abs().max().item() < TOL, what
+
+
+def test_padding_missing_camera_batch_and_resize(engines):
+    ptype, cfg, ref, fast, _ = engines
+    batch = random_batch(cfg, batch_size=2, n_valid_tokens=3, seed=5)
+    batch["observation.language.attention_mask"][1, :9] = True  # rows with different prompt lengths
+    del batch["observation.images.cam_left_wrist"]  # a missing camera → padded, masked
+    batch["observation.images.cam_low" if "observation.images.cam_low" in batch else
+          "observation.images.cam_high"] = torch.rand(2, 3, 48, 64)  # not at the model size → resize+pad
+    noise = _noise(cfg, b=2, seed=6)
+    a = ref.predict_action_chunk(batch, noise=noise)
+    b = fast.predict_action_chunk(batch, noise=noise)
+    assert b.shape == (2, cfg.chunk_size, 14)
+    assert (a - b).abs().max().item() < TOL
+    assert (b[0] - b[1]).abs().max().item() > 1e-3
+
+
+def test_no_noise_draws_fresh_noise(engines):
+    _, cfg, _, fast, _ = engines
+    batch = random_batch(cfg, seed=7)
+    a = fast.predict_action_chunk(batch)
+    b = fast.predict_action_chunk(batch)
+    assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-3
+
+
+def test_bad_input_and_bad_checkpoint_name_the_key(engines, tmp_path):
+    ptype, cfg, _, fast, d = engines
+    batch = random_batch(cfg, seed=8)
+    with pytest.raises(EngineError, match="observation.language.tokens"):
+        fast.predict_action_chunk({k: v for k, v in batch.items() if k != "observation.language.tokens"})
+    with pytest.raises(EngineError, match="no image"):
+        fast.predict_action_chunk({k: v for k, v in batch.items() if "images" not in k})
+    with pytest.raises(EngineError, match="noise shape"):
+        fast.predict_action_chunk(batch, noise=torch.zeros(1, 3, 3))
+    with pytest.raises(EngineError, match="RTC"):
+        fast.predict_action_chunk(batch, inference_delay=3)
+    if ptype == "pi0":
+        bad = dict(batch)
+        bad["observation.state"] = batch["observation.state"].clone()
+        bad["observation.state"][0, 0] = float("nan")
+        with pytest.raises(EngineError, match="observation.state"):
+            fast.predict_action_chunk(bad)
+    # a checkpoint missing one tensor → EngineError naming it
+    from safetensors.torch import load_file, save_file
+
+    sd = load_file(str(d / "model.safetensors"))
+    victim = next(k for k in sd if "gemma_expert.model.layers.1.mlp.down_proj" in k)
+    del sd[victim]
+    (tmp_path / "config.json").write_text((d / "config.json").read_text())
+    save_file(sd, str(tmp_path / "model.safetensors"))
+    with tiny_dims(), pytest.raises(EngineError, match="layers.1.mlp.down_proj"):
+        make_engine(tmp_path, impl="fast", device="cpu", dtype="float32")
+    with pytest.raises(EngineError, match="config.json"):
+        make_engine(tmp_path / "nowhere", impl="fast", device="cpu")

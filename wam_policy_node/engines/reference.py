@@ -1,0 +1,72 @@
+"""LeRobot's own eager forward, behind the engine interface (the reference).
+
+``predict_action_chunk(batch, noise=None)`` is LeRobot's ``PI0Policy.predict_action_chunk`` /
+``PI05Policy.predict_action_chunk`` with one addition: the flow noise can be passed in (LeRobot
+draws it inside ``sample_actions``), so that the fast engine and the reference can be compared on
+the same noise. With ``noise=None`` it is exactly LeRobot's call.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+
+from .pi_flow import STATE, TOKEN_MASK, TOKENS, EngineError
+
+
+class EagerEngine:
+    def __init__(self, policy):
+        self.policy = policy
+        self.config = policy.config
+        self.device = next(policy.parameters()).device
+        self.startup: dict[str, float] = {}
+        policy.eval()
+
+    @classmethod
+    def from_pretrained(cls, pretrained_dir: str | Path, *, device="cuda", dtype="bfloat16", config=None):
+        from lerobot.configs import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class
+
+        t0 = time.perf_counter()
+        if config is None:
+            config = PreTrainedConfig.from_pretrained(pretrained_dir)
+        config.device = str(device)
+        if hasattr(config, "dtype") and dtype is not None:
+            config.dtype = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        policy = get_policy_class(config.type).from_pretrained(pretrained_dir, config=config)
+        eng = cls(policy.to(device))
+        eng.startup["load_s"] = time.perf_counter() - t0
+        return eng
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
+        pol = self.policy
+        if noise is None:
+            return pol.predict_action_chunk(batch, **rtc)
+        for key in (TOKENS, TOKEN_MASK):
+            if key not in batch:
+                raise EngineError(f"batch needs {key!r}")
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        images, img_masks = pol._preprocess_images(batch)
+        tokens, masks = batch[TOKENS], batch[TOKEN_MASK]
+        noise = noise.to(self.device, torch.float32)
+        if self.config.type == "pi05":
+            actions = pol.model.sample_actions(images, img_masks, tokens, masks, noise=noise, **rtc)
+        else:
+            if STATE not in batch:
+                raise EngineError(f"batch needs {STATE!r}")
+            state = pol.prepare_state(batch)
+            actions = pol.model.sample_actions(images, img_masks, tokens, masks, state, noise=noise, **rtc)
+        return actions[:, :, : self.config.output_features["action"].shape[0]]
+
+    def warmup(self, batch: dict) -> float:
+        t0 = time.perf_counter()
+        self.predict_action_chunk(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.startup["warmup_s"] = time.perf_counter() - t0
+        return self.startup["warmup_s"]
+
+    def reset(self) -> None:
+        self.policy.reset()
