@@ -1,0 +1,256 @@
+"""The pure core of perturbation_node: a :class:`Perturber` runs one profile over the streams.
+
+No ROS here: numpy arrays, stamps in ns and strings in, the same out. Seeds are derived from
+(profile seed, episode index, stream name, op index[, frame stamp]) with
+:func:`perturbation_node.ops.make_rng`, so two runs of the same profile over the same episodes
+produce bit-identical streams, whatever the message timing.
+
+Per camera, in order: ``latency`` (choose an older source frame) → image ops in profile order →
+``frame_drop`` → ``stamp_jitter``. An op that fails (or needs a mask that has not arrived) is
+skipped for that frame and counted; the frame still goes out, never blacked out.
+"""
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+from wam_common.config import ConfigError
+from wam_common.topics import ARM_JOINTS
+
+from . import ops as ops_mod
+from .language import object_nouns
+from .profiles import OpEntry, Profile
+
+LATENCY_HISTORY_S = 1.0
+
+
+@dataclass
+class ImageResult:
+    array: np.ndarray | None  # None: dropped (realtime frame_drop)
+    stamp_ns: int
+    applied: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Camera:
+    prepared: dict = field(default_factory=dict)  # (op index, shape) → fn
+    history: deque = field(default_factory=lambda: deque(maxlen=256))  # (stamp_ns, raw array)
+    last_out: np.ndarray | None = None
+
+
+class Perturber:
+    """Runs one profile (or suite) over images, joint states and instructions."""
+
+    def __init__(self, profile: Profile, lockstep: bool = False):
+        self.profile = profile
+        self.lockstep = bool(lockstep)
+        self._check(profile)
+        self._lock = threading.Lock()
+        self.counts = {"frames": 0, "dropped": 0, "op_errors": 0, "mask_missing": 0}
+        self.episode = 0
+        self._active = profile.entry_for_episode(0)
+        self._pick_for_episode()
+        self._cams: dict[str, _Camera] = {}
+        self._state_prepared: dict = {}
+
+    def _check(self, profile: Profile) -> None:
+        for p in profile.suite or [profile]:
+            if self.lockstep and any(e.op == "stamp_jitter" for lst in p.cameras.values() for e in lst):
+                raise ConfigError(f"perturbation profile '{p.name}': op 'stamp_jitter' is not allowed in lockstep "
+                                  f"(each step waits for cameras stamped exactly t_k)")
+
+    # ------------------------------------------------------------ episodes
+
+    def start_episode(self, episode: int) -> None:
+        with self._lock:
+            self.episode = int(episode)
+            self._active = self.profile.entry_for_episode(self.episode)
+            self._pick_for_episode()
+            self._cams = {}
+            self._state_prepared = {}
+
+    def _pick_for_episode(self) -> None:
+        p = self._active
+        if p.pick == "one" and p.op_names():
+            names = p.op_names()
+            rng = ops_mod.make_rng(p.seed, self.episode, "pick")
+            p = p.only(names[int(rng.integers(0, len(names)))])
+        self._run = p
+
+    @property
+    def running(self) -> Profile:
+        """The profile actually running this episode (a suite's entry, ``pick: one`` applied)."""
+        return self._run
+
+    def is_clean_for(self, cam: str) -> bool:
+        return not self._run.camera_ops(cam)
+
+    @property
+    def state_clean(self) -> bool:
+        return not self._run.state
+
+    @property
+    def language_clean(self) -> bool:
+        return not self._run.language
+
+    def uses_masks(self) -> bool:
+        return any(ops_mod.get_op(e.op).needs_mask for lst in self._run.cameras.values() for e in lst)
+
+    # ------------------------------------------------------------ images
+
+    def _seed_keys(self, stream: str, i: int) -> tuple:
+        return (self._run.seed, self.episode, stream, i)
+
+    def image(self, cam: str, img: np.ndarray, stamp_ns: int, mask: np.ndarray | None = None) -> ImageResult:
+        """Perturb one HxWx3 uint8 RGB frame of ``cam`` stamped ``stamp_ns``."""
+        run, episode = self._run, self.episode
+        entries = run.camera_ops(cam)
+        res = ImageResult(img, int(stamp_ns))
+        self.counts["frames"] += 1
+        if not entries:
+            return res
+        st = self._cams.get(cam)
+        if st is None:
+            st = self._cams[cam] = _Camera()
+        src = img
+        lat = [e for e in entries if e.op == "latency"]
+        if lat:
+            st.history.append((int(stamp_ns), img))
+            src = self._delayed(st, int(stamp_ns), ops_mod.get_op("latency").param(lat[-1].level))
+            res.applied.append("latency")
+        out = src
+        for i, e in enumerate(entries):
+            spec = ops_mod.get_op(e.op)
+            if spec.target != "image":
+                continue
+            try:
+                out = self._apply_image(cam, i, e, spec, out, stamp_ns, mask, st, run, episode)
+                res.applied.append(e.op)
+            except ops_mod.MaskRequired:
+                self.counts["mask_missing"] += 1
+                res.errors.append(f"{e.op}: no background mask")
+            except Exception as exc:  # noqa: BLE001 - an op must never take the camera down
+                self.counts["op_errors"] += 1
+                res.errors.append(f"{e.op}: {type(exc).__name__}: {exc}")
+        res.array = out
+        for i, e in enumerate(entries):
+            if e.op == "frame_drop":
+                p = ops_mod.get_op("frame_drop").param(e.level)
+                if ops_mod.make_rng(run.seed, episode, cam, i, "drop", int(stamp_ns)).random() < p:
+                    self.counts["dropped"] += 1
+                    res.applied.append("frame_drop")
+                    if self.lockstep:
+                        res.array = st.last_out if st.last_out is not None and st.last_out.shape == out.shape else out
+                    else:
+                        res.array = None
+                        return res
+            elif e.op == "stamp_jitter" and not self.lockstep:
+                sigma_ms = ops_mod.get_op("stamp_jitter").param(e.level)
+                j = ops_mod.make_rng(run.seed, episode, cam, i, "jitter", int(stamp_ns)).standard_normal()
+                res.stamp_ns = max(0, int(stamp_ns) + int(np.clip(j, -2.5, 2.5) * sigma_ms * 1e6))
+                res.applied.append("stamp_jitter")
+        st.last_out = res.array
+        return res
+
+    def _apply_image(self, cam, i, e: OpEntry, spec, img, stamp_ns, mask, st: _Camera, run, episode):
+        param = spec.param(e.level)
+        if e.resample == "frame":
+            frame_rng = ops_mod.make_rng(run.seed, episode, cam, i, int(stamp_ns))
+            if spec.frame_rng:
+                fn = self._prepared(st, i, spec, param, img.shape, run, episode, cam)
+                return fn(img, mask, frame_rng)
+            return spec.prepare(param, frame_rng, img.shape)(img, mask)
+        return self._prepared(st, i, spec, param, img.shape, run, episode, cam)(img, mask)
+
+    def _prepared(self, st, i, spec, param, shape, run, episode, cam):
+        key = (i, shape)
+        fn = st.prepared.get(key)
+        if fn is None:
+            fn = st.prepared[key] = spec.prepare(param, ops_mod.make_rng(run.seed, episode, cam, i), shape)
+        return fn
+
+    @staticmethod
+    def _delayed(st: _Camera, stamp_ns: int, latency_ms: float) -> np.ndarray:
+        target = stamp_ns - int(latency_ms * 1e6)
+        horizon = stamp_ns - int((latency_ms / 1e3 + LATENCY_HISTORY_S) * 1e9)
+        while len(st.history) > 1 and st.history[0][0] < horizon:
+            st.history.popleft()
+        chosen = st.history[0][1]
+        for s, arr in st.history:
+            if s <= target:
+                chosen = arr
+            else:
+                break
+        return chosen
+
+    # ------------------------------------------------------------ joint states
+
+    def joint_positions(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int) -> list[float]:
+        """Perturb one arm's JointState positions (the 6 arm joints; gripper and fingers untouched)."""
+        run, episode = self._run, self.episode
+        q = np.asarray(positions, dtype=np.float64).copy()
+        if not run.state:
+            return q.tolist()
+        idx = {n: k for k, n in enumerate(names)}
+        sel = [idx[j] for j in ARM_JOINTS if j in idx and idx[j] < len(q)]
+        if not sel:
+            return q.tolist()
+        sub = q[sel]
+        stream = f"state/{arm}"
+        for i, e in enumerate(run.state):
+            spec = ops_mod.get_op(e.op)
+            param = spec.param(e.level)
+            if e.resample == "frame":
+                fn = spec.prepare(param, ops_mod.make_rng(run.seed, episode, stream, i, int(stamp_ns)), sub.shape)
+            else:
+                key = (arm, i, sub.shape)
+                fn = self._state_prepared.get(key)
+                if fn is None:
+                    fn = self._state_prepared[key] = spec.prepare(
+                        param, ops_mod.make_rng(run.seed, episode, stream, i), sub.shape)
+            sub = fn(sub)
+        q[sel] = sub
+        return q.tolist()
+
+    # ------------------------------------------------------------ language
+
+    def instruction(self, text: str) -> str:
+        """Rewrite the instruction (same rewrite for the whole episode)."""
+        run, episode = self._run, self.episode
+        if not run.language:
+            return text
+        nouns = object_nouns(text)
+        out = text
+        for i, e in enumerate(run.language):
+            spec = ops_mod.get_op(e.op)
+            fn = spec.prepare(spec.param(e.level), ops_mod.make_rng(run.seed, episode, "language", i), ())
+            out = fn(out, nouns)
+        return out
+
+    # ------------------------------------------------------------ reporting
+
+    def active(self, cameras: Sequence[str]) -> dict:
+        """What runs now, for ACTIVE_PERTURBATION: name, level, seed per stream."""
+        run = self._run
+
+        def rows(entries: list[OpEntry], stream: str):
+            return [{"op": e.op, "level": e.level, "resample": e.resample,
+                     "seed": [run.seed, self.episode, stream, i]} for i, e in enumerate(entries)]
+
+        return {
+            "profile": self.profile.ref,
+            "name": run.name,
+            "dimension": run.dimension,
+            "level": run.level,
+            "seed": run.seed,
+            "episode": self.episode,
+            "lockstep": self.lockstep,
+            "cameras": {cam: rows(run.camera_ops(cam), cam) for cam in cameras},
+            "state": rows(run.state, "state"),
+            "language": rows(run.language, "language"),
+        }

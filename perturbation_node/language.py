@@ -1,0 +1,252 @@
+"""Instruction rewrites for the language dimension: deterministic by seed, object nouns kept.
+
+``rewrite(text, kind, level, seed, nouns)`` with ``kind`` one of:
+
+- ``synonym``: replace ``level`` verb/preposition phrases by synonyms from :data:`SYNONYMS`;
+- ``paraphrase``: wrap in a template, more indirect with level (:data:`TEMPLATES`), plus synonyms
+  at levels ≥ 3 (1, 2, all);
+- ``reorder``: move phrases — level 1 fronts one prepositional phrase, each level one more
+  move; the clause order is swapped ("B, after A") once there are two clauses to swap;
+- ``distractor``: add ``level`` clauses from :data:`DISTRACTORS` (none names a task object);
+- ``typo``: ``level`` typos (adjacent swap, drop, double, keyboard neighbour) in words that are not
+  protected.
+
+Protected words (never changed, never dropped): the object nouns and colours found in the text
+(:func:`object_nouns`) plus ``left``/``right``/``both`` — the task's meaning stays the same.
+"""
+from __future__ import annotations
+
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+
+OBJECT_NOUNS = frozenset("""
+cube cubes block blocks box boxes peg pegs socket sockets hole cup cups mug mugs bowl bowls plate plates bottle
+bottles ball balls towel cloth shoe shoes marker pen battery tape screwdriver sponge container bin basket drawer lid
+spoon fork knife banana apple orange can cans jar tray bag object objects item items toy tube pot pan kettle
+book books rack shelf table
+""".split())
+COLOURS = frozenset("red green blue yellow orange purple pink black white grey gray brown".split())
+SIDES = frozenset({"left", "right", "both"})
+
+#: phrase → alternatives (lower case; matched on word boundaries, longest first)
+SYNONYMS: dict[str, list[str]] = {
+    "pick up": ["grab", "lift", "take", "pick"],
+    "transfer": ["hand over", "pass", "move"],
+    "insert": ["put", "slide", "push", "fit"],
+    "place": ["put", "set", "position"],
+    "put": ["place", "set"],
+    "move": ["shift", "bring"],
+    "grab": ["grasp", "take hold of"],
+    "grasp": ["grab", "seize"],
+    "lift": ["raise", "pick up"],
+    "take": ["grab", "get"],
+    "hand over": ["pass", "transfer"],
+    "into": ["inside", "in"],
+    "onto": ["on top of", "on"],
+    "with": ["using"],
+    "using": ["with"],
+    "then": ["and then", "after that"],
+    "arm": ["manipulator", "robot arm"],
+    "arms": ["manipulators", "robot arms"],
+    "gripper": ["hand", "end effector"],
+    "other": ["second", "opposite"],
+}
+
+TEMPLATES: dict[int, list[str]] = {
+    1: ["Please {x}.", "{X}, please."],
+    2: ["Could you {x}?", "I need you to {x}.", "Can you {x}?"],
+    3: ["Your task is to {x}.", "What you should do is {x}.", "The job: {x}."],
+    4: ["Here is what I want: {x}. Go ahead.", "Robot, your goal for this episode is to {x}.",
+        "Next step in the plan: {x}. Thank you."],
+    5: ["Without further ado, what I would really like the robot to do now is {x}, if that is okay.",
+        "Listen carefully: the only thing that matters in this episode is that you {x}. Nothing else.",
+        "Okay, so, the instruction is basically this: {x}, and please take your time."],
+}
+
+DISTRACTORS = [
+    "the table is made of wood",
+    "ignore the noise in the background",
+    "the lights in the lab are on",
+    "do not worry about the time",
+    "the weather outside is cloudy",
+    "someone may walk past the robot",
+    "the camera might be a little dirty",
+    "keep a steady pace",
+    "the floor was cleaned this morning",
+    "there is music playing in the room",
+]
+
+PREPOSITIONS = ("with", "using", "into", "onto", "to", "from", "on", "in", "inside", "toward", "towards")
+_KEYBOARD = {c: n for row in ("qwertyuiop", "asdfghjkl", "zxcvbnm") for i, c in enumerate(row)
+             for n in [row[max(0, i - 1)] + row[min(len(row) - 1, i + 1)]]}
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+def object_nouns(text: str) -> list[str]:
+    """The object nouns and colour words of ``text`` (lower case, in order, unique)."""
+    out: list[str] = []
+    for w in _WORD.findall(text.lower()):
+        if (w in OBJECT_NOUNS or w in COLOURS) and w not in out:
+            out.append(w)
+    return out
+
+
+def _protected(text: str, nouns: Iterable[str]) -> set[str]:
+    return set(object_nouns(text)) | {n.lower() for n in nouns} | SIDES
+
+
+def _core(text: str) -> str:
+    """The instruction without trailing punctuation, first letter lower-cased (for templates)."""
+    t = text.strip().rstrip(".!?").strip()
+    if len(t) > 1 and t[0].isupper() and not t[:2].isupper():
+        t = t[0].lower() + t[1:]
+    return t
+
+
+def _cap(t: str) -> str:
+    return t[:1].upper() + t[1:] if t else t
+
+
+def _finish(t: str, original: str) -> str:
+    t = re.sub(r"\s+", " ", t).strip()
+    t = re.sub(r"\s+([,.?!])", r"\1", t)
+    if t and t[-1] not in ".?!":
+        t += "." if original.strip().endswith(".") or not original.strip() else original.strip()[-1]
+    return _cap(t)
+
+
+def synonym(text: str, n: int, rng: np.random.Generator, protected: set[str]) -> str:
+    """Replace up to ``n`` distinct phrases found in :data:`SYNONYMS`."""
+    low = text.lower()
+    spans = []
+    taken = np.zeros(len(text) + 1, bool)
+    for phrase in sorted(SYNONYMS, key=len, reverse=True):
+        if phrase in protected:
+            continue
+        for m in re.finditer(rf"\b{re.escape(phrase)}\b", low):
+            if not taken[m.start():m.end()].any():
+                taken[m.start():m.end()] = True
+                spans.append((m.start(), m.end(), phrase))
+    if not spans:
+        return text
+    spans.sort()
+    chosen = sorted(rng.choice(len(spans), size=min(n, len(spans)), replace=False).tolist())
+    out, last = [], 0
+    for k in chosen:
+        s, e, phrase = spans[k]
+        alts = SYNONYMS[phrase]
+        alt = alts[int(rng.integers(0, len(alts)))]
+        if text[s:e][:1].isupper():
+            alt = _cap(alt)
+        out += [text[last:s], alt]
+        last = e
+    out.append(text[last:])
+    return "".join(out)
+
+
+def paraphrase(text: str, level: int, rng: np.random.Generator, protected: set[str]) -> str:
+    core = _core(text)
+    if level >= 3:
+        core = synonym(core, {3: 1, 4: 2}.get(level, 99), rng, protected)
+    tpl = TEMPLATES[level][int(rng.integers(0, len(TEMPLATES[level])))]
+    return _cap(tpl.replace("{X}", _cap(core)).replace("{x}", core))
+
+
+def _clauses(core: str) -> tuple[list[str], list[str]]:
+    """Split on clause joints: returns (clauses, joints between them)."""
+    parts = re.split(r"(,\s*and then\s+|,\s*then\s+|\s+and then\s+|\s+then\s+|,\s*and\s+|\s+and\s+|;\s*|,\s*)", core)
+    clauses = [p.strip() for p in parts[0::2]]
+    joints = [j for j in parts[1::2]]
+    return [c for c in clauses if c], joints
+
+
+def _front_phrase(clause: str) -> str | None:
+    """'pick up the cube with the left arm' → 'with the left arm, pick up the cube' (None if nothing to move)."""
+    toks = clause.split()
+    for p in range(1, len(toks)):
+        if toks[p].lower() in PREPOSITIONS:
+            end = len(toks)
+            for q in range(p + 1, len(toks)):
+                if toks[q].lower() in PREPOSITIONS:
+                    end = q
+                    break
+            phrase, rest = toks[p:end], toks[:p] + toks[end:]
+            if len(phrase) < 2 or not rest:
+                return None
+            return " ".join(phrase) + ", " + " ".join(rest)
+    return None
+
+
+def reorder(text: str, level: int, rng: np.random.Generator) -> str:
+    clauses, joints = _clauses(_core(text))
+    first = clauses[0] if clauses else ""
+    moves = [("front", i) for i in range(len(clauses)) if _front_phrase(clauses[i])]
+    order = rng.permutation(len(moves)).tolist()
+    moves = [moves[i] for i in order]
+    if len(clauses) >= 2:
+        moves.insert(min(1, len(moves)), ("swap", 0))
+    for kind, i in moves[:level]:
+        if kind == "front":
+            clauses[i] = _front_phrase(clauses[i]) or clauses[i]
+    if any(k == "swap" for k, _ in moves[:level]):
+        body = ", ".join(clauses[1:])
+        out = f"{body}, after you {first}"
+    else:
+        out = clauses[0]
+        for j, c in zip(joints, clauses[1:]):
+            out += j + c
+    return out
+
+
+def distractor(text: str, n: int, rng: np.random.Generator) -> str:
+    picks = [DISTRACTORS[i] for i in rng.choice(len(DISTRACTORS), size=min(n, len(DISTRACTORS)), replace=False)]
+    core = _core(text)
+    if rng.random() < 0.5:
+        return core + "; " + "; ".join(picks)
+    return _cap(picks[0]) + ", so " + core + ("; " + "; ".join(picks[1:]) if len(picks) > 1 else "")
+
+
+def typo(text: str, n: int, rng: np.random.Generator, protected: set[str]) -> str:
+    chars = list(text)
+    for _ in range(n):
+        s = "".join(chars)
+        words = [m for m in _WORD.finditer(s) if len(m.group()) >= 3 and m.group().lower() not in protected]
+        if not words:
+            break
+        m = words[int(rng.integers(0, len(words)))]
+        w = list(m.group())
+        kind = int(rng.integers(0, 4))
+        k = int(rng.integers(1, len(w) - 1)) if len(w) > 2 else 0
+        if kind == 0:
+            w[k], w[k + 1 if k + 1 < len(w) else k - 1] = w[k + 1 if k + 1 < len(w) else k - 1], w[k]
+        elif kind == 1:
+            del w[k]
+        elif kind == 2:
+            w.insert(k, w[k])
+        else:
+            c = w[k].lower()
+            nb = _KEYBOARD.get(c, c)
+            w[k] = nb[int(rng.integers(0, len(nb)))]
+        chars[m.start():m.end()] = w
+    return "".join(chars)
+
+
+def rewrite(text: str, kind: str, level: int, seed: int, nouns: Sequence[str] = ()) -> str:
+    """One rewrite of ``text``; the same (text, kind, level, seed) always gives the same string."""
+    if not isinstance(text, str) or not text.strip():
+        return text
+    rng = np.random.Generator(np.random.PCG64(int(seed) & (2**63 - 1)))
+    protected = _protected(text, nouns)
+    if kind == "synonym":
+        return _finish(synonym(text, int(level), rng, protected), text)
+    if kind == "paraphrase":
+        return _finish(paraphrase(text, int(level), rng, protected), text)
+    if kind == "reorder":
+        return _finish(reorder(text, int(level), rng), text)
+    if kind == "distractor":
+        return _finish(distractor(text, int(level), rng), text)
+    if kind == "typo":
+        return typo(text, int(level), rng, protected)
+    raise ValueError(f"unknown language rewrite '{kind}' (known: synonym, paraphrase, reorder, distractor, typo)")

@@ -1,0 +1,292 @@
+"""perturbation_node: sensors → (profile's perturbations) → ``/perturbed/...`` → policy.
+
+A thin ROS shell over :class:`perturbation_node.engine.Perturber`:
+
+- every camera of ``topics.CAMERAS`` (+ ``cam_low`` when ``cam_low: true``): raw subscription to
+  ``camera_topic(cam)``, ``decode_image`` (zero copy), the camera's ops, ``encode_image`` with the
+  same header stamp and frame_id, raw publish on ``perturbed(topic)``; a camera with no ops is
+  republished byte for byte;
+- both JointStates (state noise/bias on the 6 arm joints) and the latched ``/instruction``
+  (language rewrites, re-published at each episode start);
+- QoS ``qos.sensor(lockstep)`` for cameras and joint states, ``qos.LATCHED`` for the instruction
+  and ``ACTIVE_PERTURBATION``;
+- ``EPISODE`` start events reset per-episode randomness (seeds from profile seed + episode index);
+- the profile switches at runtime through the ``profile`` parameter (``ros2 param set``, i.e. the
+  node's standard ``~/set_parameters`` service) and ``~/reload`` (std_srvs/Trigger: re-read the
+  profile's YAML). An unknown op/level/profile is refused with an error naming it; at start-up
+  the node then runs ``clean`` and says so on ``ACTIVE_PERTURBATION`` (``"error"``);
+- background masks (mono8, nonzero = background) from ``background_mask_topic(cam)`` when a
+  profile uses ``background``;
+- malformed messages: a throttled warning, counted (``DIAGNOSTICS``), dropped — never a crash.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import numpy as np
+from rcl_interfaces.msg import SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from wam_common import qos, topics
+from wam_common.config import ConfigError
+from wam_common.imageio import ImageDecodeError, Stamp, decode_image, encode_image
+from wam_common.node_main import run_node
+from wam_common.params import declare_tree
+
+from .engine import Perturber
+from .profiles import Profile, load_profile
+
+NAME = "perturbation_node"
+
+DEFAULTS = {
+    "profile": "clean",  # name[@level] of config/perturbations/<name>.yaml, or a path to one
+    "lockstep": False,  # reliable sensor QoS; frame drops become stale frames; no stamp jitter
+    "cam_low": False,  # also pass cam_low through
+    "diagnostics_period_s": 2.0,
+}
+
+_COLOUR = {"rgb8": None, "8UC3": None, "bgr8": "bgr"}
+
+
+def mask_topic(cam: str) -> str:
+    fn = getattr(topics, "background_mask_topic", None)
+    return fn(cam) if fn else f"/{cam}/camera/background_mask"
+
+
+class PerturbationNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__(NAME, **kwargs)
+        self.cfg = declare_tree(self, DEFAULTS)
+        self.lockstep = bool(self.cfg["lockstep"])
+        self.cameras = list(topics.CAMERAS) + (["cam_low"] if self.cfg["cam_low"] else [])
+        self.counts = {"malformed": 0, "unsupported_encoding": 0, "published": 0, "passthrough": 0}
+        self._warned: dict[str, float] = {}
+        self._lock = threading.Lock()
+        self.error: str | None = None
+        self.perturber = self._build(str(self.cfg["profile"]), startup=True)
+        self._instruction: str | None = None
+        self._masks: dict[str, np.ndarray] = {}
+
+        sensor = qos.sensor(self.lockstep)
+        self._pub_active = self.create_publisher(String, topics.ACTIVE_PERTURBATION, qos.LATCHED)
+        misc = MutuallyExclusiveCallbackGroup()
+        for cam in self.cameras:
+            group = MutuallyExclusiveCallbackGroup()
+            src = topics.camera_topic(cam)
+            pub = self.create_publisher(Image, topics.perturbed(src), sensor)
+            self.create_subscription(Image, src, lambda raw, c=cam, p=pub: self._on_image(c, raw, p), sensor,
+                                     raw=True, callback_group=group)
+            self.create_subscription(Image, mask_topic(cam), lambda raw, c=cam: self._on_mask(c, raw), qos.SENSOR,
+                                     raw=True, callback_group=group)
+        for arm in topics.ARMS:
+            group = MutuallyExclusiveCallbackGroup()
+            src = topics.joint_state_topic(arm)
+            pub = self.create_publisher(JointState, topics.perturbed(src), sensor)
+            self.create_subscription(JointState, src, lambda raw, a=arm, p=pub: self._on_joints(a, raw, p), sensor,
+                                     raw=True, callback_group=group)
+        self._pub_instr = self.create_publisher(String, topics.perturbed(topics.INSTRUCTION), qos.LATCHED)
+        self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED, callback_group=misc)
+        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS, callback_group=misc)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        from std_srvs.srv import Trigger
+
+        self.create_service(Trigger, "~/reload", self._on_reload, callback_group=misc)
+        self._diag_pub = None
+        period = float(self.cfg["diagnostics_period_s"])
+        if period > 0:
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            self._diag_pub = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+            self.create_timer(period, self._publish_diagnostics, callback_group=misc)
+        self._publish_active()
+        self.get_logger().info(f"profile '{self.perturber.profile.ref}' ({'lockstep' if self.lockstep else 'realtime'}), "
+                               f"cameras {', '.join(self.cameras)}")
+
+    # ------------------------------------------------------------ profiles
+
+    def _build(self, ref: str, startup: bool = False) -> Perturber:
+        try:
+            p = Perturber(load_profile(ref), self.lockstep)
+            self.error = None
+            return p
+        except ConfigError as exc:
+            if not startup:
+                raise
+            self.error = str(exc)
+            self.get_logger().error(f"{exc} — passing clean frames")
+            return Perturber(Profile(name="clean", ref="clean", dimension="clean"), self.lockstep)
+
+    def switch(self, ref: str) -> Perturber:
+        """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
+        new = self._build(ref)
+        old = self.perturber
+        new.start_episode(old.episode)
+        with self._lock:
+            self.perturber = new
+        self.get_logger().info(f"switched to profile '{ref}'")
+        self._publish_active()
+        self._republish_instruction()
+        return new
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        for prm in params:
+            if prm.name == "profile":
+                try:
+                    self.switch(str(prm.value))
+                except ConfigError as exc:
+                    self.get_logger().error(f"profile not switched: {exc}")
+                    return SetParametersResult(successful=False, reason=str(exc))
+            elif prm.name in ("lockstep", "cam_low"):
+                return SetParametersResult(successful=False, reason=f"parameter '{prm.name}' is read-only at runtime")
+        return SetParametersResult(successful=True)
+
+    def _on_reload(self, request, response):
+        try:
+            self.switch(self.perturber.profile.ref)
+            response.success, response.message = True, f"reloaded '{self.perturber.profile.ref}'"
+        except ConfigError as exc:
+            response.success, response.message = False, str(exc)
+        return response
+
+    def _publish_active(self) -> None:
+        d = self.perturber.active(self.cameras)
+        d["error"] = self.error
+        d["stamp_ns"] = self.get_clock().now().nanoseconds
+        self._pub_active.publish(String(data=json.dumps(d)))
+
+    # ------------------------------------------------------------ streams
+
+    def _warn(self, key: str, text: str) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) > 5.0:
+            self._warned[key] = now
+            self.get_logger().warning(text)
+
+    def _on_image(self, cam: str, raw: bytes, pub) -> None:
+        pert = self.perturber
+        try:
+            img = decode_image(raw)  # header parse + a view: also validates pass-through frames
+        except ImageDecodeError as exc:
+            self.counts["malformed"] += 1
+            self._warn(f"bad/{cam}", f"{cam}: malformed Image dropped ({exc}); {self.counts['malformed']} so far")
+            return
+        if pert.is_clean_for(cam):
+            pub.publish(raw)
+            self.counts["passthrough"] += 1
+            return
+        enc = img.encoding
+        if enc in ("rgb8", "8UC3"):
+            rgb = img.array
+        elif enc == "bgr8":
+            rgb = img.array[:, :, ::-1]
+        else:
+            self.counts["unsupported_encoding"] += 1
+            self._warn(f"enc/{cam}", f"{cam}: encoding '{enc}' is not perturbed (rgb8/bgr8 only); passed through")
+            pub.publish(raw)
+            return
+        try:
+            res = pert.image(cam, rgb, img.stamp.ns, self._masks.get(cam))
+        except Exception as exc:  # noqa: BLE001 - never take a camera down
+            self._warn(f"op/{cam}", f"{cam}: perturbation failed ({type(exc).__name__}: {exc}); passed clean")
+            pub.publish(raw)
+            return
+        for err in res.errors:
+            self._warn(f"operr/{cam}/{err.split(':')[0]}", f"{cam}: {err}; op skipped")
+        if res.array is None:
+            return
+        out = res.array if enc != "bgr8" else res.array[:, :, ::-1]
+        stamp = img.stamp if res.stamp_ns == img.stamp.ns else Stamp.from_ns(res.stamp_ns)
+        pub.publish(encode_image(np.ascontiguousarray(out), enc, stamp, img.frame_id))
+        self.counts["published"] += 1
+
+    def _on_mask(self, cam: str, raw: bytes) -> None:
+        try:
+            m = decode_image(raw)
+        except ImageDecodeError as exc:
+            self.counts["malformed"] += 1
+            self._warn(f"badmask/{cam}", f"{cam}: malformed background mask dropped ({exc})")
+            return
+        a = m.array if m.array.ndim == 2 else m.array[:, :, 0]
+        self._masks[cam] = a
+
+    def _on_joints(self, arm: str, raw: bytes, pub) -> None:
+        pert = self.perturber
+        if pert.state_clean:
+            pub.publish(raw)
+            return
+        try:
+            msg = deserialize_message(raw, JointState)
+        except Exception as exc:  # noqa: BLE001 - malformed CDR
+            self.counts["malformed"] += 1
+            self._warn(f"badjs/{arm}", f"{arm}: malformed JointState dropped ({exc})")
+            return
+        stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        try:
+            msg.position = pert.joint_positions(arm, list(msg.name), list(msg.position), stamp_ns)
+        except Exception as exc:  # noqa: BLE001
+            self._warn(f"jsop/{arm}", f"{arm}: state perturbation failed ({exc}); passed clean")
+            pub.publish(raw)
+            return
+        pub.publish(serialize_message(msg))
+
+    def _on_instruction(self, msg: String) -> None:
+        self._instruction = msg.data
+        self._republish_instruction()
+
+    def _republish_instruction(self) -> None:
+        if self._instruction is None:
+            return
+        text = self._instruction
+        try:
+            text = self.perturber.instruction(text)
+        except Exception as exc:  # noqa: BLE001
+            self._warn("lang", f"instruction rewrite failed ({exc}); passed clean")
+        self._pub_instr.publish(String(data=text))
+
+    def _on_episode(self, msg: String) -> None:
+        try:
+            ev = json.loads(msg.data)
+            if not isinstance(ev, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            self.counts["malformed"] += 1
+            self._warn("badev", f"malformed EPISODE event ignored ({exc})")
+            return
+        if ev.get("event") != "start":
+            return
+        ep = ev.get("episode")
+        if isinstance(ep, bool) or not isinstance(ep, int) or ep < 0:
+            self.counts["malformed"] += 1
+            self._warn("badep", f"EPISODE start without a valid 'episode' index ignored: {msg.data[:200]}")
+            return
+        self.perturber.start_episode(ep)
+        self._publish_active()
+        self._republish_instruction()
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        c = dict(self.counts)
+        c.update({f"engine_{k}": v for k, v in self.perturber.counts.items()})
+        level = DiagnosticStatus.ERROR if self.error else (
+            DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] else DiagnosticStatus.OK)
+        st = DiagnosticStatus(level=level, name=f"{NAME}: perturbation", hardware_id=self.get_name(),
+                              message=self.error or f"profile {self.perturber.profile.ref}",
+                              values=[KeyValue(key=k, value=str(v)) for k, v in c.items()])
+        arr = DiagnosticArray(status=[st])
+        arr.header.stamp = self.get_clock().now().to_msg()
+        self._diag_pub.publish(arr)
+
+
+def main(args=None) -> int:
+    return run_node(PerturbationNode, NAME, args, threads=6)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""perturbation_node as a real process over DDS: a probe publishes sensors, receives /perturbed/...
+
+Each test starts ``python -m perturbation_node.node`` (via GraphRunner, its own ROS_DOMAIN_ID)
+and talks to it with a probe node: cameras, joint states and the instruction pass through
+byte for byte under ``clean`` in both QoS modes; a perturbing profile changes pixels but not
+stamps/frame_id and matches the pure engine bit for bit; profiles switch at runtime; bad
+profiles and malformed messages never stop the cameras.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from rosutil import wait_for
+from wam_common import aloha, topics
+from wam_common.graph import Graph, NodeSpec
+from wam_common.imageio import Stamp, decode_image, encode_image
+from wam_common.launcher import GraphRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+CAMS = list(topics.CAMERAS)
+
+
+def _image(cam: str, k: int, h: int = 48, w: int = 64) -> tuple[np.ndarray, bytes, Stamp]:
+    rng = np.random.default_rng(k)
+    small = rng.integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    img = np.ascontiguousarray(np.repeat(np.repeat(small, h // 6, 0), w // 8, 1))
+    stamp = Stamp(100 + k, 20_000_000 * (k % 50))
+    return img, encode_image(img, "rgb8", stamp, topics.camera_frame(cam)), stamp
+
+
+def _joint_state(arm: str, k: int) -> bytes:
+    m = JointState()
+    m.header.stamp.sec, m.header.stamp.nanosec = 100 + k, 20_000_000 * (k % 50)
+    m.name = list(aloha.JOINT_STATE_NAMES)
+    m.position = [0.1 * i + 0.01 * k for i in range(len(m.name))]
+    return serialize_message(m)
+
+
+def _start(domain_id: int, tmp_path: Path, **params) -> GraphRunner:
+    g = Graph(name="perturb", nodes=[NodeSpec("perturbation_node", "perturbation_node", dict(params))])
+    return GraphRunner(g, domain_id=domain_id, log_dir=tmp_path / "logs",
+                       extra_env={"PYTHONPATH": str(ROOT)}).start()
+
+
+class Rig:
+    """The probe's side of one node: publishers on the sensor topics, listeners on /perturbed/..."""
+
+    def __init__(self, probe, lockstep: bool):
+        self.probe = probe
+        self.cam_pub = {c: probe.publisher(topics.camera_topic(c), Image) for c in CAMS}
+        self.js_pub = {a: probe.publisher(topics.joint_state_topic(a), JointState) for a in topics.ARMS}
+        self.instr_pub = probe.publisher(topics.INSTRUCTION, String, latched=True)
+        self.ev_pub = probe.publisher(topics.EPISODE, String, latched=True)
+        for c in CAMS:
+            probe.listen(topics.perturbed(topics.camera_topic(c)), Image, reliable=lockstep)
+        for a in topics.ARMS:
+            probe.listen(topics.perturbed(topics.joint_state_topic(a)), JointState, reliable=lockstep)
+        probe.listen(topics.perturbed(topics.INSTRUCTION), String, latched=True)
+        probe.listen(topics.ACTIVE_PERTURBATION, String, latched=True)
+
+    def active(self) -> list[dict]:
+        return [json.loads(m.data) for m in self.probe.decoded(topics.ACTIVE_PERTURBATION, String)]
+
+    def wait_up(self, runner: GraphRunner, timeout: float = 30.0) -> dict:
+        ok = wait_for(lambda: self.probe.count(topics.ACTIVE_PERTURBATION) > 0 or runner.dead(), timeout)
+        assert ok and not runner.dead(), runner.log("perturbation_node")
+        # wait until the node's subscriptions have matched our publishers
+        topic = topics.camera_topic(CAMS[0])
+        assert wait_for(lambda: self.probe.node.count_subscribers(topic) > 0, 15), runner.log("perturbation_node")
+        return self.active()[-1]
+
+    def received(self, topic: str) -> list[bytes]:
+        with self.probe._lock:
+            return [raw for _, raw in self.probe.msgs[topic]]
+
+    def send_until(self, cam: str, raw: bytes, stamp: Stamp, timeout: float = 10.0) -> bytes:
+        """Publish one camera frame until its perturbed counterpart (same stamp) arrives."""
+        out = topics.perturbed(topics.camera_topic(cam))
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.cam_pub[cam].publish(raw)
+            got = [r for r in self.received(out) if decode_image(r).stamp == stamp]
+            if got or wait_for(lambda: any(decode_image(r).stamp == stamp for r in self.received(out)), 0.3):
+                return [r for r in self.received(out) if decode_image(r).stamp == stamp][0]
+        raise AssertionError(f"no perturbed frame of {cam} stamped {stamp}")
+
+    def send_js_until(self, arm: str, raw: bytes, timeout: float = 10.0) -> JointState:
+        out = topics.perturbed(topics.joint_state_topic(arm))
+        stamp = deserialize_message(raw, JointState).header.stamp
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            self.js_pub[arm].publish(raw)
+            if wait_for(lambda: any(m.header.stamp == stamp for m in self.probe.decoded(out, JointState)), 0.3):
+                return [m for m in self.probe.decoded(out, JointState) if m.header.stamp == stamp][0]
+        raise AssertionError(f"no perturbed JointState of {arm}")
+
+
+@pytest.mark.parametrize("lockstep", [True, False], ids=["lockstep", "realtime"])
+def test_clean_passes_everything_through_unchanged(domain_id, probe, tmp_path, lockstep):
+    runner = _start(domain_id, tmp_path, profile="clean", lockstep=lockstep)
+    try:
+        rig = Rig(probe, lockstep)
+        active = rig.wait_up(runner)
+        assert active["name"] == "clean" and active["error"] is None
+        assert all(v == [] for v in active["cameras"].values()) and set(active["cameras"]) == set(CAMS)
+        rig.instr_pub.publish(String(data="Pick up the red cube with the right arm."))
+        for k in range(3):
+            for cam in CAMS:
+                img, raw, stamp = _image(cam, k)
+                got = rig.send_until(cam, raw, stamp)
+                assert got == raw  # byte for byte: stamp, frame_id, encoding, pixels
+                d = decode_image(got)
+                assert d.stamp == stamp and d.frame_id == topics.camera_frame(cam)
+                np.testing.assert_array_equal(d.array, img)
+            for arm in topics.ARMS:
+                raw = _joint_state(arm, k)
+                got = rig.send_js_until(arm, raw)
+                assert serialize_message(got) == raw
+        instr = topics.perturbed(topics.INSTRUCTION)
+        assert wait_for(lambda: probe.count(instr) > 0, 10)
+        assert probe.decoded(instr, String)[-1].data == "Pick up the red cube with the right arm."
+        assert not runner.dead()
+    finally:
+        runner.stop()
+
+
+def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, tmp_path):
+    runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True)
+    try:
+        rig = Rig(probe, True)
+        active = rig.wait_up(runner)
+        assert "no_such_profile" in (active["error"] or ""), active
+        img, raw, stamp = _image("cam_high", 1)
+        assert rig.send_until("cam_high", raw, stamp) == raw
+        # malformed images: dropped and counted, the node keeps going
+        for bad in (b"\x00\x01\x00\x00" + b"\xff" * 10, raw[:40], b"\x00\x07junk"):
+            rig.cam_pub["cam_high"].publish(bad)
+        img2, raw2, stamp2 = _image("cam_high", 2)
+        assert rig.send_until("cam_high", raw2, stamp2) == raw2
+        for r in rig.received(topics.perturbed(topics.camera_topic("cam_high"))):
+            decode_image(r)  # nothing malformed came out
+        assert not runner.dead()
+        assert "no_such_profile" in runner.log("perturbation_node")
+    finally:
+        runner.stop()
