@@ -1,0 +1,140 @@
+"""Contract-shaped test traffic for the recorder and analysis tests: real publishers, real DDS.
+
+:class:`Traffic` creates one publisher per graph-contract topic with the contract's QoS and
+publishes serialized messages (``publisher.publish(raw_bytes)``), remembering every payload so
+a test can compare the bag byte for byte. :meth:`Traffic.episode` plays one lockstep-shaped
+episode: start event, then per step clock, cameras (every ``camera_every``), privileged state,
+joint states, one command and one POLICY_STATUS, then the end event.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import numpy as np
+from rclpy.serialization import serialize_message
+
+from wam_common import aloha, qos, topics as T
+from wam_common.imageio import Stamp, encode_image
+
+
+def contract_qos(topic: str, lockstep: bool = True):
+    if topic in (T.INSTRUCTION, T.perturbed(T.INSTRUCTION), T.ACTIVE_PERTURBATION, T.ESTOP):
+        return qos.LATCHED
+    if topic in (T.COMMAND, T.SHADOW_COMMAND):
+        return qos.COMMAND
+    if topic in (T.EPISODE, T.POLICY_STATUS):
+        return qos.EVENTS
+    if topic in (T.CLOCK, T.DIAGNOSTICS):
+        return 10
+    return qos.sensor(lockstep)
+
+
+class Traffic:
+    def __init__(self, node, lockstep: bool = True, size=(48, 64), cameras=T.CAMERAS):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import Image, JointState
+        from std_msgs.msg import Bool, Float64MultiArray, String
+
+        self.node, self.size, self.cameras = node, size, tuple(cameras)
+        self.sent: dict[str, list[bytes]] = defaultdict(list)
+        self.types = {T.CLOCK: Clock, T.INSTRUCTION: String, T.perturbed(T.INSTRUCTION): String,
+                      T.COMMAND: Float64MultiArray, T.SHADOW_COMMAND: Float64MultiArray, T.EPISODE: String,
+                      T.PRIVILEGED_STATE: String, T.ACTIVE_PERTURBATION: String, T.POLICY_STATUS: String,
+                      T.DIAGNOSTICS: DiagnosticArray, T.ESTOP: Bool}
+        for c in self.cameras:
+            self.types[T.camera_topic(c)] = self.types[T.perturbed(T.camera_topic(c))] = Image
+        for a in T.ARMS:
+            self.types[T.joint_state_topic(a)] = self.types[T.perturbed(T.joint_state_topic(a))] = JointState
+        self.pubs = {t: node.create_publisher(cls, t, contract_qos(t, lockstep)) for t, cls in self.types.items()}
+        self.t_ns = 1_000_000_000
+        self.rng = np.random.default_rng(0)
+
+    def wait_matched(self, timeout: float = 20.0, topics=None, subscribers: int = 1) -> bool:
+        end = time.monotonic() + timeout
+        want = list(topics or self.pubs)
+        while time.monotonic() < end:
+            if all(self.pubs[t].get_subscription_count() >= subscribers for t in want):
+                return True
+            time.sleep(0.05)
+        return False
+
+    def send(self, topic: str, msg_or_raw) -> bytes:
+        raw = msg_or_raw if isinstance(msg_or_raw, (bytes, bytearray)) else serialize_message(msg_or_raw)
+        self.pubs[topic].publish(bytes(raw))
+        self.sent[topic].append(bytes(raw))
+        return bytes(raw)
+
+    def string(self, topic: str, payload) -> bytes:
+        from std_msgs.msg import String
+
+        return self.send(topic, String(data=payload if isinstance(payload, str) else json.dumps(payload)))
+
+    def latched(self, instruction="transfer the cube", perturbation=None):
+        self.string(T.INSTRUCTION, instruction)
+        self.string(T.perturbed(T.INSTRUCTION), instruction)
+        self.string(T.ACTIVE_PERTURBATION, perturbation or {"profile": "clean", "dimension": "Clean", "level": 0})
+        from std_msgs.msg import Bool
+
+        self.send(T.ESTOP, Bool(data=False))
+
+    def episode(self, i: int, steps: int = 10, success: bool = True, camera_every: int = 2, seed: int = 0,
+                pace: float = 0.004, diag: bool = True, chunk: int = 4, infer_ms: float = 12.0,
+                holds: tuple[int, ...] = (), task: str = "transfer_cube", extra_start: dict | None = None):
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import JointState
+        from std_msgs.msg import Float64MultiArray
+
+        start = {"event": "start", "episode": i, "task": task, "seed": seed + i, "stamp_ns": self.t_ns,
+                 "instruction": "transfer the cube", "physical": {}, "camera_every": camera_every,
+                 "max_steps": steps}
+        start.update(extra_start or {})
+        self.string(T.EPISODE, start)
+        time.sleep(0.05)
+        t0 = self.t_ns
+        for k in range(steps):
+            stamp = Stamp.from_ns(self.t_ns)
+            clk = Clock()
+            clk.clock.sec, clk.clock.nanosec = stamp.sec, stamp.nanosec
+            self.send(T.CLOCK, clk)
+            if k % camera_every == 0:
+                for c in self.cameras:
+                    img = self.rng.integers(0, 255, (*self.size, 3), dtype=np.uint8)
+                    raw = encode_image(img, "rgb8", stamp, T.camera_frame(c))
+                    self.send(T.camera_topic(c), raw)
+                    self.send(T.perturbed(T.camera_topic(c)), raw)
+            self.string(T.PRIVILEGED_STATE, {"episode": i, "step": k, "stamp_ns": self.t_ns, "episode_start_ns": t0,
+                                             "task": task, "seed": seed + i, "qpos": [0.0] * 4, "objects": {},
+                                             "initial_objects": {}})
+            q = np.sin(0.1 * k + np.arange(14))
+            for a, arm7 in zip(T.ARMS, aloha.split14(q)):
+                js = JointState()
+                js.header.stamp.sec, js.header.stamp.nanosec = stamp.sec, stamp.nanosec
+                js.name = list(aloha.JOINT_STATE_NAMES)
+                js.position = aloha.joint_state_positions(arm7)
+                self.send(T.joint_state_topic(a), js)
+                self.send(T.perturbed(T.joint_state_topic(a)), js)
+            time.sleep(pace)
+            cmd = Float64MultiArray()
+            cmd.data = [float(v) for v in q + 0.01]
+            self.send(T.COMMAND, cmd)
+            hold = "stale_obs" if k in holds else None
+            self.string(T.POLICY_STATUS, {"t_ns": self.t_ns, "stamp_ns": self.t_ns, "step": k, "episode": i,
+                                          "hold": hold, "inferred": k % chunk == 0,
+                                          "infer_ms": infer_ms, "chunk_id": k // chunk, "chunk_index": k % chunk,
+                                          "chunk_stamp_ns": t0 + (k // chunk) * chunk * 20_000_000,
+                                          "published": True, "strategy": "sync"})
+            if diag and k in holds:
+                arr = DiagnosticArray()
+                arr.status.append(DiagnosticStatus(level=DiagnosticStatus.WARN, name="wam_policy_node: safety",
+                                                   message="HOLD: stale_obs", hardware_id="wam_policy"))
+                self.send(T.DIAGNOSTICS, arr)
+            self.t_ns += 20_000_000
+        self.string(T.EPISODE, {"event": "end", "episode": i, "task": task, "seed": seed + i, "stamp_ns": self.t_ns,
+                                "success": bool(success), "steps": steps,
+                                "reason": "success" if success else "timeout", "max_reward": 4 if success else 1,
+                                "latency_ms": {"mean": 5.0, "p50": 5.0, "p99": 6.0, "n": steps}})
+        time.sleep(0.05)

@@ -1,0 +1,321 @@
+"""The recorder node: raw subscriptions → a queue → a writer thread → a rosbag2 MCAP bag.
+
+Every configured topic (``topics``; ``[]`` → every topic of the graph contract, raw and
+``/perturbed``) is subscribed once a publisher shows up, with the QoS adapted to the offers
+(reliable / transient-local only when every publisher offers it, like ``ros2 bag record``) and
+with ``raw=True``: the CDR bytes go unchanged into the bag. Callbacks only enqueue; one writer
+thread owns the :class:`~wam_common.recording.writer.BagWriter`, so DDS never waits on disk.
+A full queue (``queue_max_bytes``) drops and counts messages instead of blocking.
+
+Message log time = the DDS receive time (system clock, ns); publish time = the source stamp.
+Files split on each EPISODE ``start`` event (``split.by_episode``), by size
+(``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
+cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
+(see :mod:`wam_common.recording.repair`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import rclpy
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from .. import topics as T
+from ..config import ConfigError
+from ..node_main import run_node
+from ..params import declare_tree
+from .msgdefs import UnknownTypeError, message_class, message_definition
+from .topics import contract_types, default_topics
+from .writer import BagError, BagWriter, COMPRESSION, QosSpec
+
+DEFAULTS = {
+    "output_dir": "runs/bags",
+    "bag_name": "",            # "" → rosbag2_YYYY_MM_DD-HH_MM_SS
+    "topics": [],              # [] → the graph contract's topics (raw and /perturbed)
+    "exclude_topics": [],
+    "compression": "none",     # none | zstd | lz4 (MCAP chunk compression)
+    "split": {
+        "by_episode": True,    # a new file at each EPISODE "start" event
+        "max_bytes": 0,        # 0 → no size limit per file
+        "max_duration_s": 0.0, # 0 → no duration limit per file
+    },
+    "flush_period_s": 0.5,     # chunk closed and flushed to the OS at least this often (crash safety)
+    "metadata_period_s": 1.0,  # metadata.yaml rewritten this often
+    "chunk_bytes": 4194304,
+    "queue_max_bytes": 1073741824,  # backlog beyond this is dropped (and counted), never blocks DDS
+    "qos_depth": 100,
+    "discovery_period_s": 0.2,
+    "diagnostics_period_s": 1.0,  # 0 → no recorder status on /diagnostics
+    "fsync": False,
+    "labels": {},              # free key → value labels (policy, dimension, level, …) kept in metadata custom_data
+}
+
+_STOP = object()
+
+
+def _str_list(val, key: str) -> list[str]:
+    if val in (None, "", b""):
+        return []
+    if isinstance(val, str):
+        val = [v.strip() for v in val.split(",") if v.strip()]
+    if not isinstance(val, (list, tuple)) or not all(isinstance(v, str) and v for v in val):
+        raise ConfigError(f"node 'recorder': key '{key}' must be a list of topic names, got {val!r}")
+    return [v if v.startswith("/") else "/" + v for v in val]
+
+
+def default_bag_name() -> str:
+    return time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S", time.localtime())
+
+
+def _episode_event(raw: bytes) -> dict | None:
+    """Parse a std_msgs/String CDR payload as a JSON object (None when it is not one)."""
+    try:
+        from rclpy.serialization import deserialize_message
+        from std_msgs.msg import String
+
+        obj = json.loads(deserialize_message(raw, String).data)
+        return obj if isinstance(obj, dict) else None
+    except Exception:  # noqa: BLE001 - malformed events are recorded, not interpreted
+        return None
+
+
+class Recorder(Node):
+    def __init__(self, **kwargs):
+        super().__init__("recorder", **kwargs)
+        cfg = declare_tree(self, DEFAULTS)
+        self.cfg = cfg
+        topics = _str_list(cfg["topics"], "topics") or default_topics()
+        excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
+        self.wanted = [t for t in dict.fromkeys(topics) if t not in excluded]
+        if cfg["compression"] not in COMPRESSION:
+            raise ConfigError(f"node 'recorder': key 'compression' must be one of none, zstd, lz4, got {cfg['compression']!r}")
+        for key in ("flush_period_s", "metadata_period_s", "discovery_period_s"):
+            if not cfg[key] > 0:
+                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
+        for key in ("chunk_bytes", "queue_max_bytes", "qos_depth"):
+            if cfg[key] <= 0:
+                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
+        if cfg["split"]["max_bytes"] < 0 or cfg["split"]["max_duration_s"] < 0:
+            raise ConfigError("node 'recorder': keys 'split.max_bytes' and 'split.max_duration_s' must be >= 0")
+        name = cfg["bag_name"] or default_bag_name()
+        out = Path(os.path.expanduser(cfg["output_dir"])) / name
+        if not cfg["bag_name"]:
+            k = 1
+            while out.exists():
+                out = out.with_name(f"{name}_{k}")
+                k += 1
+        try:
+            self.bag = BagWriter(out, compression=cfg["compression"], chunk_bytes=cfg["chunk_bytes"],
+                                 max_file_bytes=cfg["split"]["max_bytes"],
+                                 max_file_duration_s=cfg["split"]["max_duration_s"],
+                                 flush_period_s=cfg["flush_period_s"], metadata_period_s=cfg["metadata_period_s"],
+                                 fsync=cfg["fsync"])
+        except (BagError, OSError) as exc:
+            raise ConfigError(f"node 'recorder': key 'output_dir'/'bag_name': cannot create bag {out}: {exc}") from None
+        self.bag.custom["wam_policy.log_time"] = "DDS receive time (system clock, ns)"
+        self.bag.custom["wam_policy.labels"] = json.dumps(cfg["labels"] or {}, sort_keys=True, default=str)
+        self.bag_path = out
+        self._types = contract_types()
+        self._subs: dict[str, tuple[tuple, object]] = {}
+        self._bad_topics: set[str] = set()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._qlock = threading.Lock()
+        self._qbytes = 0
+        self.received = 0
+        self.dropped = 0
+        self.written = 0
+        self.write_errors = 0
+        self._closing = False
+        self._sub_group = ReentrantCallbackGroup()
+        self._timer_group = MutuallyExclusiveCallbackGroup()
+        self._thread = threading.Thread(target=self._writer_loop, name="bag-writer", daemon=True)
+        self._thread.start()
+        self._diag_pub = None
+        if cfg["diagnostics_period_s"] > 0:
+            from diagnostic_msgs.msg import DiagnosticArray
+
+            self._diag_pub = self.create_publisher(DiagnosticArray, T.DIAGNOSTICS, 10)
+            self.create_timer(cfg["diagnostics_period_s"], self._publish_diagnostics, callback_group=self._timer_group)
+        self.create_timer(cfg["discovery_period_s"], self._discover, callback_group=self._timer_group)
+        self._discover()
+        self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
+
+    # -- discovery and subscriptions ---------------------------------------------------------
+    def _discover(self) -> None:
+        if self._closing:
+            return
+        for topic in self.wanted:
+            if topic in self._bad_topics:
+                continue
+            try:
+                infos = list(self.get_publishers_info_by_topic(topic))
+            except Exception:  # noqa: BLE001 - graph queries fail only while shutting down
+                return
+            if not infos:
+                continue
+            current = self._subs.get(topic)
+            types = [i.topic_type for i in infos]
+            msgtype = current[0][0] if current else types[0]
+            if len(set(types)) > 1 and topic not in self._bad_topics:
+                self.get_logger().warn(f"topic {topic} has publishers of several types {sorted(set(types))}; recording {msgtype}")
+            infos = [i for i in infos if i.topic_type == msgtype]
+            reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
+            latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
+            key = (msgtype, reliable, latched)
+            if current and current[0] == key:
+                continue
+            self._subscribe(topic, key, infos)
+
+    def _subscribe(self, topic: str, key: tuple, infos) -> None:
+        msgtype, reliable, latched = key
+        try:
+            cls = message_class(msgtype)
+            message_definition(msgtype)
+        except UnknownTypeError as exc:
+            self._bad_topics.add(topic)
+            self.get_logger().error(f"not recording {topic}: {exc}")
+            return
+        expected = self._types.get(topic)
+        if expected and expected != msgtype:
+            self.get_logger().warn(f"topic {topic} carries {msgtype}, the graph contract says {expected}")
+        old = self._subs.pop(topic, None)
+        if old is not None:
+            self.destroy_subscription(old[1])
+        qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(self.cfg["qos_depth"]),
+                         reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+                         durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
+        offered = []
+        for i in infos:
+            q = i.qos_profile
+            offered.append(QosSpec(
+                reliability="reliable" if q.reliability == ReliabilityPolicy.RELIABLE else "best_effort",
+                durability="transient_local" if q.durability == DurabilityPolicy.TRANSIENT_LOCAL else "volatile",
+                history="keep_all" if q.history == HistoryPolicy.KEEP_ALL else "keep_last",
+                depth=int(q.depth)))
+        self._q.put(("add", topic, msgtype, offered[:1]))
+
+        def cb(raw, info, topic=topic):
+            self._on_message(topic, raw, info)
+
+        sub = self.create_subscription(cls, topic, cb, qos, raw=True, callback_group=self._sub_group)
+        self._subs[topic] = (key, sub)
+        self.get_logger().info(f"recording {topic} [{msgtype}] ({'reliable' if reliable else 'best effort'}"
+                               f"{', transient local' if latched else ''})")
+
+    def _on_message(self, topic: str, raw: bytes, info: dict) -> None:
+        n = len(raw)
+        with self._qlock:
+            self.received += 1
+            if self._qbytes + n > self.cfg["queue_max_bytes"] or self._closing:
+                self.dropped += 1
+                return
+            self._qbytes += n
+        recv = info.get("received_timestamp") or time.time_ns()
+        src = info.get("source_timestamp") or recv
+        self._q.put(("msg", topic, recv, src, raw))
+
+    # -- the writer thread -----------------------------------------------------------------
+    def _writer_loop(self) -> None:
+        bag = self.bag
+        period = min(0.1, self.cfg["flush_period_s"] / 2)
+        while True:
+            try:
+                item = self._q.get(timeout=period)
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                break
+            if item is not None:
+                try:
+                    self._handle(bag, item)
+                except Exception as exc:  # noqa: BLE001 - a bad write never kills the recorder
+                    self.write_errors += 1
+                    if self.write_errors <= 5:
+                        self.get_logger().error(f"bag write failed: {exc!r}")
+                finally:
+                    if item[0] == "msg":
+                        with self._qlock:
+                            self._qbytes -= len(item[4])
+            try:
+                bag.maybe_flush()
+            except Exception as exc:  # noqa: BLE001
+                self.write_errors += 1
+                if self.write_errors <= 5:
+                    self.get_logger().error(f"bag flush failed: {exc!r}")
+
+    def _handle(self, bag: BagWriter, item) -> None:
+        if item[0] == "add":
+            _, topic, msgtype, offered = item
+            bag.add_topic(topic, msgtype, offered)
+            return
+        _, topic, recv, src, raw = item
+        if topic == T.EPISODE:
+            ev = _episode_event(raw)
+            if ev and ev.get("event") == "start":
+                # messages before the first start stay with episode 0's file
+                if self.cfg["split"]["by_episode"] and bag.current_file_episodes:
+                    bag.split()
+                ep = ev.get("episode")
+                bag.mark_episode(ep if isinstance(ep, int) and not isinstance(ep, bool) else -1)
+        bag.write(topic, recv, raw, src)
+        self.written += 1
+
+    # -- status and shutdown ---------------------------------------------------------------
+    def status(self) -> dict:
+        with self._qlock:
+            qb = self._qbytes
+        return {"bag": str(self.bag_path), "received": self.received, "written": self.written,
+                "dropped": self.dropped, "queue_bytes": qb, "write_errors": self.write_errors,
+                "files": len(self.bag.files), "topics": len(self._subs)}
+
+    def _publish_diagnostics(self) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+        st = self.status()
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        level = DiagnosticStatus.OK if not (st["dropped"] or st["write_errors"]) else DiagnosticStatus.WARN
+        msg = "recording" if level == DiagnosticStatus.OK else "recording with drops/errors"
+        arr.status.append(DiagnosticStatus(level=level, name="recorder", message=msg, hardware_id="",
+                                           values=[KeyValue(key=k, value=str(v)) for k, v in st.items()]))
+        try:
+            self._diag_pub.publish(arr)
+        except Exception:  # noqa: BLE001 - shutting down
+            pass
+
+    def close(self) -> None:
+        """Stop taking messages, write everything queued, finish the bag (idempotent)."""
+        if self._closing and not self._thread.is_alive():
+            return
+        with self._qlock:
+            self._closing = True
+        for _, sub in list(self._subs.values()):
+            try:
+                self.destroy_subscription(sub)
+            except Exception:  # noqa: BLE001
+                pass
+        self._subs.clear()
+        self._q.put(_STOP)
+        self._thread.join()
+        try:
+            self.bag.close()
+        except Exception as exc:  # noqa: BLE001
+            self.get_logger().error(f"closing the bag failed: {exc!r}")
+        st = self.status()
+        print(f"[recorder] closed {st['bag']}: {st['written']} messages in {st['files']} file(s), "
+              f"{st['dropped']} dropped", flush=True)
+
+
+def main(args=None) -> int:
+    return run_node(Recorder, "recorder", args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

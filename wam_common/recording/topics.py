@@ -1,0 +1,26 @@
+"""The recorder's default topic set: every topic of docs/GRAPH_CONTRACT.md, raw and ``/perturbed``."""
+from __future__ import annotations
+
+from .. import topics as T
+
+#: topic → message type the contract says it carries (the recorder takes the type it discovers
+#: on the wire; a mismatch with this table is logged).
+def contract_types() -> dict[str, str]:
+    cams = [T.camera_topic(c) for c in T.CAMERAS + T.OPTIONAL_CAMERAS]
+    joints = [T.joint_state_topic(a) for a in T.ARMS]
+    out: dict[str, str] = {T.CLOCK: "rosgraph_msgs/msg/Clock"}
+    for t in cams:
+        out[t] = out[T.perturbed(t)] = "sensor_msgs/msg/Image"
+    for t in joints:
+        out[t] = out[T.perturbed(t)] = "sensor_msgs/msg/JointState"
+    out[T.INSTRUCTION] = out[T.perturbed(T.INSTRUCTION)] = "std_msgs/msg/String"
+    out[T.COMMAND] = out[T.SHADOW_COMMAND] = "std_msgs/msg/Float64MultiArray"
+    for t in (T.EPISODE, T.PRIVILEGED_STATE, T.ACTIVE_PERTURBATION, T.POLICY_STATUS):
+        out[t] = "std_msgs/msg/String"
+    out[T.DIAGNOSTICS] = "diagnostic_msgs/msg/DiagnosticArray"
+    out[T.ESTOP] = "std_msgs/msg/Bool"
+    return out
+
+
+def default_topics() -> list[str]:
+    return list(contract_types())
