@@ -1,0 +1,87 @@
+"""One simulated ALOHA task episode by episode: the pure core the ROS node drives (no ROS).
+
+``SimEnv(task, physical)``: ``reset(seed)`` samples the task layout (gym-aloha's seeded samplers)
+and the physical perturbation for that seed, rebuilding the scene when the perturbation changes
+it; ``step(action14)`` advances one control step; ``reward()`` / ``success``; ``privileged()``
+is the PRIVILEGED_STATE payload; ``render(cam, h, w)`` an RGB frame.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import physical as phys
+from .mujoco_aloha import START_ARM_POSE, AlohaSim
+from .tasks import Task, get_task
+
+
+class SimEnv:
+    def __init__(self, task: str, physical: str | dict | None = None, max_steps: int = 0):
+        self.task: Task = get_task(task)
+        self.physical = phys.parse(physical)
+        self.max_steps = int(max_steps) or self.task.max_steps
+        self._sims: dict[str, AlohaSim] = {}
+        self.sim: AlohaSim | None = None
+        self.variant: phys.Variant | None = None
+        self.seed = 0
+        self.initial_objects: dict[str, list[float]] = {}
+        self.best_reward = 0
+        self.last_reward = 0
+
+    # ---------------------------------------------------------------- episodes
+    def reset(self, seed: int) -> dict:
+        """Start an episode; returns the physical perturbation actually applied (for the start event)."""
+        self.seed = int(seed)
+        layout = {k: np.asarray(v, float) for k, v in self.task.sample_layout(self.seed).items()}
+        variant = phys.sample(self.physical, self.task, self.seed, layout)
+        key = variant.scene_key()
+        sim = self._sims.get(key)
+        if sim is None:
+            spec = self.task.build_spec(False)
+            variant.edit_spec(spec)
+            sim = AlohaSim.from_spec(spec)
+            if len(self._sims) >= 4:  # bounded cache of compiled scene variants (each has GL contexts)
+                old_key = next(iter(self._sims))
+                self._sims.pop(old_key).close()
+            self._sims[key] = sim
+        variant.edit_model(sim.model)
+        arm_q = variant.arm_qpos(START_ARM_POSE.copy())
+        objects = {**variant.layout, **variant.distractor_poses}
+        sim.reset(arm_q, objects, ctrl16=arm_q)
+        self.sim, self.variant = sim, variant
+        self.initial_objects = {k: [float(x) for x in sim.free_pose(k)] for k in self.task.objects}
+        self.best_reward = self.last_reward = 0
+        return variant.describe()
+
+    def step(self, action14: np.ndarray) -> int:
+        self.sim.step(action14)
+        self.last_reward = int(self.task.reward(self.sim))
+        self.best_reward = max(self.best_reward, self.last_reward)
+        return self.last_reward
+
+    @property
+    def success(self) -> bool:
+        return self.task.success(self.last_reward)
+
+    # ---------------------------------------------------------------- observations
+    def qpos14(self) -> np.ndarray:
+        return self.sim.qpos14()
+
+    def objects(self) -> dict[str, list[float]]:
+        return {k: [float(x) for x in self.sim.free_pose(k)] for k in self.task.objects}
+
+    def privileged(self, episode: int, step: int, stamp_ns: int, episode_start_ns: int) -> dict:
+        return {
+            "episode": episode, "step": step, "stamp_ns": stamp_ns, "episode_start_ns": episode_start_ns,
+            "task": self.task.name, "seed": self.seed, "max_steps": self.max_steps,
+            "qpos": [float(x) for x in self.sim.data.qpos],
+            "objects": self.objects(), "initial_objects": self.initial_objects,
+            "reward": self.last_reward,
+        }
+
+    def render(self, cam: str, height: int, width: int) -> np.ndarray:
+        return self.sim.render(cam, height, width)
+
+    def close(self) -> None:
+        for sim in self._sims.values():
+            sim.close()
+        self._sims.clear()

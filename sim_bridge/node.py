@@ -1,0 +1,355 @@
+"""``sim_bridge`` node: the real robot's topics from MuJoCo, in lockstep or in real time.
+
+Publishes ``/clock``, the three cameras (rgb8, realsense2_camera names and frames), both
+``/follower_{arm}/joint_states``, ``/sim/privileged_state``, the task prompt on ``/instruction``
+(latched) and episode events on ``/sim/episode``; applies 14-dim commands from
+``/forward_position_controller/commands``. The handshake is docs/GRAPH_CONTRACT.md's:
+
+- ``clock: lockstep``: per step k publish /clock t_k, due cameras, privileged state, joint states;
+  wait for one command; apply; step DT. Resend step k after ``lockstep.resend_s`` without an
+  answer, end the episode (``policy_timeout``) after ``lockstep.give_up_s``.
+- ``clock: realtime``: physics paced by the wall clock; the newest command is applied at every
+  step (the last one is held when none came).
+
+The episode loop runs in its own thread; subscriptions are served by the executor.
+"""
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.node import Node
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Float64MultiArray, String
+
+from wam_common import aloha, qos, topics
+from wam_common.config import ConfigError
+from wam_common.imageio import Stamp, encode_image
+from wam_common.node_main import run_node
+from wam_common.params import declare_tree
+
+DEFAULTS = {
+    "task": "transfer_cube",        # a name in sim_bridge.tasks.TASKS
+    "clock": "lockstep",            # lockstep | realtime
+    "seed": 0,                      # episode i uses seed + i
+    "episodes": 1,                  # 0 = run episodes forever
+    "max_steps": 0,                 # 0 = the task's time limit
+    "end_on_success": True,         # end the episode at the first success (as gym-aloha terminates)
+    "physical": "",                 # physical perturbation: "" | "light:3" | "light:3,camera:2" ...
+    "start_delay_s": 0.5,           # wall time before the first episode (lets subscribers match)
+    "render": {
+        "width": 320,
+        "height": 240,
+        "camera_every": 2,          # cameras at episode steps k with k % camera_every == 0
+        "cameras": list(topics.CAMERAS),
+    },
+    "lockstep": {
+        "resend_s": 1.0,
+        "give_up_s": 30.0,
+    },
+    "realtime": {
+        "speed": 1.0,               # sim seconds per wall second
+    },
+}
+
+T0_NS = 1_000_000_000  # sim time of the very first step (1 s: 0 means "no clock yet" to rclpy)
+DT_NS = int(round(topics.DT * 1e9))
+
+
+def validate(cfg: dict) -> dict:
+    from .tasks import TASKS
+
+    if cfg["task"] not in TASKS:
+        raise ConfigError(f"sim_bridge: key 'task' is '{cfg['task']}', not one of {', '.join(sorted(TASKS))}")
+    if cfg["clock"] not in ("lockstep", "realtime"):
+        raise ConfigError(f"sim_bridge: key 'clock' must be 'lockstep' or 'realtime', got '{cfg['clock']}'")
+    r = cfg["render"]
+    if not (8 <= int(r["width"]) <= 1920 and 8 <= int(r["height"]) <= 1080):
+        raise ConfigError(f"sim_bridge: key 'render.width/height' out of range ({r['width']}x{r['height']})")
+    if int(r["camera_every"]) < 1:
+        raise ConfigError(f"sim_bridge: key 'render.camera_every' must be >= 1, got {r['camera_every']}")
+    for cam in r["cameras"]:
+        if cam not in topics.CAMERAS + topics.OPTIONAL_CAMERAS:
+            raise ConfigError(f"sim_bridge: key 'render.cameras' has unknown camera '{cam}'")
+    if int(cfg["episodes"]) < 0 or int(cfg["max_steps"]) < 0:
+        raise ConfigError("sim_bridge: keys 'episodes' and 'max_steps' must be >= 0")
+    if cfg["lockstep"]["resend_s"] <= 0 or cfg["lockstep"]["give_up_s"] <= 0:
+        raise ConfigError("sim_bridge: keys 'lockstep.resend_s' and 'lockstep.give_up_s' must be > 0")
+    if cfg["realtime"]["speed"] <= 0:
+        raise ConfigError("sim_bridge: key 'realtime.speed' must be > 0")
+    return cfg
+
+
+def latency_summary(samples_ms: list[float]) -> dict:
+    if not samples_ms:
+        return {"mean": None, "p50": None, "p99": None, "n": 0}
+    a = np.asarray(samples_ms)
+    return {"mean": round(float(a.mean()), 3), "p50": round(float(np.percentile(a, 50)), 3),
+            "p99": round(float(np.percentile(a, 99)), 3), "n": int(a.size)}
+
+
+def parse_command(data) -> np.ndarray:
+    """A COMMAND payload → (14,) float array; ValueError saying what is wrong."""
+    a = np.asarray(data, dtype=np.float64)
+    if a.shape != (topics.STATE_DIM,):
+        raise ValueError(f"command has {a.size} values, expected {topics.STATE_DIM}")
+    if not np.all(np.isfinite(a)):
+        raise ValueError("command has NaN/inf values")
+    return a
+
+
+class SimBridge(Node):
+    def __init__(self, **kwargs):
+        super().__init__("sim_bridge", **kwargs)
+        self.cfg = validate(declare_tree(self, DEFAULTS))
+        from .env import SimEnv
+
+        c = self.cfg
+        self.lockstep = c["clock"] == "lockstep"
+        self.env = SimEnv(c["task"], c["physical"] or None, c["max_steps"])
+        self.cameras = list(c["render"]["cameras"])
+        self.h, self.w = int(c["render"]["height"]), int(c["render"]["width"])
+        self.every = int(c["render"]["camera_every"])
+
+        sensor_qos = qos.sensor(self.lockstep)
+        self.pub_clock = self.create_publisher(Clock, topics.CLOCK, 10)
+        self.pub_cam = {cam: self.create_publisher(Image, topics.camera_topic(cam), sensor_qos) for cam in self.cameras}
+        self.pub_js = {arm: self.create_publisher(JointState, topics.joint_state_topic(arm), sensor_qos)
+                       for arm in topics.ARMS}
+        self.pub_priv = self.create_publisher(String, topics.PRIVILEGED_STATE, sensor_qos)
+        self.pub_instr = self.create_publisher(String, topics.INSTRUCTION, qos.LATCHED)
+        self.pub_event = self.create_publisher(String, topics.EPISODE, qos.EVENTS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+
+        self._cond = threading.Condition()
+        self._cmd: np.ndarray | None = None      # newest valid command
+        self._cmd_seq = 0                        # commands received (valid or not)
+        self._cmd_ns = 0                         # wall monotonic ns of the newest command
+        self._bad_cmds = 0
+        self._last_warn = 0.0
+        self.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND,
+                                 callback_group=MutuallyExclusiveCallbackGroup())
+
+        self.t_ns = T0_NS
+        self._stop = threading.Event()
+        self.results: list[dict] = []
+        self._thread = threading.Thread(target=self._run, name="sim_bridge_loop", daemon=True)
+        self._thread.start()
+        self.get_logger().info(
+            f"task={c['task']} clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
+            f"render={self.w}x{self.h} every {self.every} physical='{c['physical']}'")
+
+    # ------------------------------------------------------------------ commands
+    def _on_command(self, msg: Float64MultiArray) -> None:
+        now = time.monotonic_ns()
+        try:
+            a = parse_command(msg.data)
+        except ValueError as exc:
+            a = None
+            self._bad_cmds += 1
+            self._warn(f"rejected command: {exc}; holding the last command")
+        with self._cond:
+            if a is not None:
+                self._cmd = a
+            self._cmd_seq += 1
+            self._cmd_ns = now
+            self._cond.notify_all()
+
+    def _warn(self, text: str) -> None:
+        if time.monotonic() - self._last_warn > 2.0:
+            self._last_warn = time.monotonic()
+            self.get_logger().warning(text)
+        arr = DiagnosticArray()
+        arr.header.stamp = self._stamp_msg(self.t_ns)
+        st = DiagnosticStatus(level=DiagnosticStatus.WARN, name="sim_bridge", message=text[:200],
+                              hardware_id="mujoco")
+        st.values = [KeyValue(key="bad_commands", value=str(self._bad_cmds))]
+        arr.status = [st]
+        self.pub_diag.publish(arr)
+
+    # ------------------------------------------------------------------ publishing
+    @staticmethod
+    def _stamp_msg(t_ns: int):
+        from builtin_interfaces.msg import Time
+
+        return Time(sec=int(t_ns // 1_000_000_000), nanosec=int(t_ns % 1_000_000_000))
+
+    def _publish_event(self, ev: dict) -> None:
+        self.pub_event.publish(String(data=json.dumps(ev)))
+
+    def _publish_step(self, episode: int, k: int, episode_start_ns: int, cameras: bool) -> None:
+        t = self.t_ns
+        stamp = self._stamp_msg(t)
+        self.pub_clock.publish(Clock(clock=stamp))
+        if cameras:
+            st = Stamp.from_ns(t)
+            for cam in self.cameras:
+                img = self.env.render(cam, self.h, self.w)
+                self.pub_cam[cam].publish(encode_image(img, "rgb8", st, topics.camera_frame(cam)))
+        priv = self.env.privileged(episode, k, t, episode_start_ns)
+        self.pub_priv.publish(String(data=json.dumps(priv)))
+        for arm in topics.ARMS:
+            pos, vel, eff = self.env.sim.arm_joint_state(arm)
+            js = JointState()
+            js.header.stamp = stamp
+            js.name = list(aloha.JOINT_STATE_NAMES)
+            js.position, js.velocity, js.effort = pos, vel, eff
+            self.pub_js[arm].publish(js)
+
+    # ------------------------------------------------------------------ loop
+    def _run(self) -> None:
+        try:
+            if self._stop.wait(float(self.cfg["start_delay_s"])):
+                return
+            n = int(self.cfg["episodes"])
+            i = 0
+            while not self._stop.is_set() and (n == 0 or i < n):
+                self.results.append(self._episode(i, int(self.cfg["seed"]) + i))
+                i += 1
+            if not self._stop.is_set():
+                succ = sum(1 for r in self.results if r["success"])
+                self._publish_event({"event": "done", "episodes": len(self.results), "successes": succ,
+                                     "stamp_ns": self.t_ns})
+                self.get_logger().info(f"done: {succ}/{len(self.results)} successes; idle")
+        except Exception as exc:  # noqa: BLE001 - keep the node (and the graph) alive, say why
+            self.get_logger().error(f"episode loop failed: {type(exc).__name__}: {exc}")
+            self._publish_event({"event": "error", "error": f"{type(exc).__name__}: {exc}", "stamp_ns": self.t_ns})
+
+    def _episode(self, i: int, seed: int) -> dict:
+        env, c = self.env, self.cfg
+        physical = env.reset(seed)
+        task = env.task
+        t_start = self.t_ns
+        with self._cond:
+            self._cmd = None  # a new episode never applies the previous episode's command
+        self.pub_instr.publish(String(data=task.prompt))
+        self._publish_event({
+            "event": "start", "episode": i, "task": task.name, "seed": seed, "stamp_ns": t_start,
+            "instruction": task.prompt, "physical": physical, "camera_every": self.every,
+            "max_steps": env.max_steps, "clock": c["clock"], "width": self.w, "height": self.h,
+            "cameras": self.cameras,
+        })
+        step_fn = self._lockstep_episode if self.lockstep else self._realtime_episode
+        reason, steps, lat, extra = step_fn(i, t_start)
+        res = {"event": "end", "episode": i, "task": task.name, "seed": seed, "stamp_ns": self.t_ns,
+               "success": bool(env.success or (reason == "success")), "steps": steps, "reason": reason,
+               "max_reward": int(env.best_reward), "latency_ms": latency_summary(lat),
+               "physical": physical, **extra}
+        self._publish_event(res)
+        self.get_logger().info(f"episode {i} seed {seed}: {reason} after {steps} steps "
+                               f"(max reward {env.best_reward}, latency p50 {res['latency_ms']['p50']} ms)")
+        return res
+
+    def _finish_step(self, k: int) -> str | None:
+        if self.cfg["end_on_success"] and self.env.success:
+            return "success"
+        if k + 1 >= self.env.max_steps:
+            return "success" if self.env.success else "timeout"
+        return None
+
+    def _lockstep_episode(self, i: int, t_start: int):
+        lat: list[float] = []
+        resend_ns = int(self.cfg["lockstep"]["resend_s"] * 1e9)
+        give_up_ns = int(self.cfg["lockstep"]["give_up_s"] * 1e9)
+        hold = None
+        resends = 0
+        for k in range(self.env.max_steps):
+            cams = k % self.every == 0
+            with self._cond:
+                seq0 = self._cmd_seq
+            sent = time.monotonic_ns()
+            self._publish_step(i, k, t_start, cams)
+            first_sent = sent
+            cmd = None
+            while True:
+                with self._cond:
+                    deadline = sent + resend_ns
+                    while self._cmd_seq == seq0 and not self._stop.is_set():
+                        left = (deadline - time.monotonic_ns()) / 1e9
+                        if left <= 0:
+                            break
+                        self._cond.wait(left)
+                    if self._cmd_seq != seq0:
+                        cmd = self._cmd
+                        got_ns = self._cmd_ns
+                        break
+                if self._stop.is_set():
+                    return "aborted", k, lat, {"resends": resends}
+                if time.monotonic_ns() - first_sent >= give_up_ns:
+                    return "policy_timeout", k, lat, {"resends": resends}
+                resends += 1
+                sent = time.monotonic_ns()
+                self._publish_step(i, k, t_start, cams)  # republish step k (same stamp)
+            lat.append((got_ns - first_sent) / 1e6)
+            if cmd is None:
+                cmd = hold if hold is not None else self.env.qpos14()
+            hold = cmd
+            self.env.step(cmd)
+            self.t_ns += DT_NS
+            end = self._finish_step(k)
+            if end:
+                return end, k + 1, lat, {"resends": resends}
+        return "timeout", self.env.max_steps, lat, {"resends": resends}
+
+    def _realtime_episode(self, i: int, t_start: int):
+        lat: list[float] = []
+        speed = float(self.cfg["realtime"]["speed"])
+        period = topics.DT / speed
+        hold = self.env.qpos14()
+        wall0 = time.monotonic()
+        late = 0
+        last_seq = self._cmd_seq
+        for k in range(self.env.max_steps):
+            if self._stop.is_set():
+                return "aborted", k, lat, {}
+            sent = time.monotonic_ns()
+            self._publish_step(i, k, t_start, k % self.every == 0)
+            target = wall0 + (k + 1) * period
+            # wait until this step's wall deadline; newest command wins
+            with self._cond:
+                while not self._stop.is_set():
+                    left = target - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
+                if self._cmd_seq != last_seq:
+                    last_seq = self._cmd_seq
+                    if self._cmd_ns >= sent:
+                        lat.append((self._cmd_ns - sent) / 1e6)
+                if self._cmd is not None:
+                    hold = self._cmd
+            if time.monotonic() > target + period:
+                late += 1
+            self.env.step(hold)
+            self.t_ns += DT_NS
+            end = self._finish_step(k)
+            if end:
+                wall = time.monotonic() - wall0
+                return end, k + 1, lat, {"rtf": round((k + 1) * topics.DT / max(wall, 1e-9), 3), "late_steps": late}
+        wall = time.monotonic() - wall0
+        return "timeout", self.env.max_steps, lat, {"rtf": round(self.env.max_steps * topics.DT / max(wall, 1e-9), 3),
+                                                    "late_steps": late}
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._cond:
+            self._cond.notify_all()
+        self._thread.join(timeout=5)
+        self.env.close()
+
+
+def main(args=None) -> int:
+    return run_node(SimBridge, "sim_bridge", args)
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

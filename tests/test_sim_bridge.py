@@ -1,0 +1,102 @@
+"""sim_bridge as a real process on its own ROS_DOMAIN_ID, driven in lockstep by the pure scripted expert."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sim_driver import ExpertDriver, start_sim
+
+from wam_common import aloha, topics
+
+
+def _run(probe, domain_id, task, seeds=(0,), **params):
+    drv = ExpertDriver(probe, task)
+    sim = start_sim(domain_id, task=task, seed=seeds[0], episodes=len(seeds), **params)
+    try:
+        done = drv.wait_event("done", timeout=240)
+        assert done, f"no done event; log:\n{sim.log('sim_bridge')[-3000:]}"
+    finally:
+        sim.stop()
+    return drv
+
+
+def test_transfer_cube_expert_succeeds_in_lockstep(probe, domain_id):
+    drv = _run(probe, domain_id, "transfer_cube", seeds=(0, 1))
+    starts = drv.wait_event("start", 2)
+    ends = drv.wait_event("end", 2)
+    assert [e["seed"] for e in starts] == [0, 1]
+    assert all(e["success"] and e["reason"] == "success" for e in ends), ends
+    assert all(e["max_reward"] == 4 for e in ends)
+    s0 = starts[0]
+    assert s0["camera_every"] == 25 and s0["max_steps"] == 400 and s0["task"] == "transfer_cube"
+    assert s0["instruction"] and drv.instructions[-1] == s0["instruction"]
+    lat = ends[0]["latency_ms"]
+    assert lat["n"] == ends[0]["steps"] and lat["p50"] is not None
+    # sim time continues across episodes, never backwards
+    assert ends[0]["stamp_ns"] <= starts[1]["stamp_ns"] < ends[1]["stamp_ns"]
+    assert ends[0]["stamp_ns"] - starts[0]["stamp_ns"] == ends[0]["steps"] * round(topics.DT * 1e9)
+    # one command per step; cameras at k % camera_every == 0, stamped like that step's joint states
+    assert drv.commands == sum(e["steps"] for e in ends) + 0  # no resends needed
+    for cam in topics.CAMERAS:
+        frames = drv.images[cam]
+        assert frames, cam
+        stamp, enc, frame_id, shape, _ = frames[0]
+        assert enc == "rgb8" and frame_id == topics.camera_frame(cam) and shape == (120, 160, 3)
+        assert stamp == starts[0]["stamp_ns"]
+        steps = {(s - starts[0]["stamp_ns"]) // round(topics.DT * 1e9) for s, *_ in frames
+                 if s < ends[0]["stamp_ns"]}
+        assert steps == set(range(0, ends[0]["steps"], 25))
+    js = drv.js["left"][starts[0]["stamp_ns"]]
+    assert list(js.name) == aloha.JOINT_STATE_NAMES
+    arm7 = aloha.arm_state_from_joint_state(js.name, js.position)
+    assert np.allclose(arm7[:6], [0, -0.96, 1.16, 0, -0.3, 0], atol=1e-6)
+
+
+def test_policy_timeout_and_resend(probe, domain_id):
+    drv = ExpertDriver(probe, "transfer_cube", answer=False)
+    sim = start_sim(domain_id, lockstep={"resend_s": 0.3, "give_up_s": 1.5})
+    try:
+        ends = drv.wait_event("end", timeout=60)
+        done = drv.wait_event("done", timeout=30)
+    finally:
+        sim.stop()
+    assert ends and ends[0]["reason"] == "policy_timeout" and not ends[0]["success"] and ends[0]["steps"] == 0
+    assert ends[0]["resends"] >= 2 and done
+    # every resend republishes step 0 with the same stamp
+    assert len(drv.js["left"]) == 1
+
+
+def test_bad_commands_hold_and_never_crash(probe, domain_id):
+    from std_msgs.msg import Float64MultiArray
+
+    drv = ExpertDriver(probe, "transfer_cube", answer=False)
+    sim = start_sim(domain_id, max_steps=5)
+    try:
+        from rosutil import wait_for
+
+        pub = drv.pub
+        sent = 0
+        for payload in ([1.0, 2.0], [float("nan")] * 14, [0.0] * 14, [0.0] * 3, [0.0] * 14):
+            assert wait_for(lambda: len(drv.js["right"]) > sent, 30)
+            pub.publish(Float64MultiArray(data=payload))
+            sent += 1
+        ends = drv.wait_event("end", timeout=30)
+        assert sim.dead() == {}
+    finally:
+        sim.stop()
+    assert ends[0]["steps"] == 5 and ends[0]["reason"] == "timeout"
+    assert "rejected command" in sim.log("sim_bridge")
+
+
+@pytest.mark.parametrize("bad,key", [({"task": "nope"}, "task"), ({"clock": "fast"}, "clock"),
+                                     ({"render": {"camera_every": 0}}, "render.camera_every"),
+                                     ({"physical": "wobble:3"}, "wobble"), ({"bogus": 1}, "bogus")])
+def test_bad_config_is_one_line_error(domain_id, bad, key):
+    sim = start_sim(domain_id, **bad)
+    try:
+        rc = sim.procs["sim_bridge"].wait(60)
+    finally:
+        sim.stop()
+    log = sim.log("sim_bridge")
+    assert rc == 2, log
+    assert key in log and "config error" in log
