@@ -1,0 +1,179 @@
+"""wam_policy_node as a real process in lockstep, driven by a probe playing the sim's side."""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pytest
+from diagnostic_msgs.msg import DiagnosticArray
+from sensor_msgs.msg import Image
+from std_msgs.msg import Bool, Float64MultiArray, String
+
+from policy_sim import HOME, LockstepSim
+from rosutil import wait_for
+from wam_common import aloha, topics
+from wam_common.graph import Graph, NodeSpec
+from wam_common.imageio import Stamp, encode_image
+from wam_common.launcher import GraphRunner
+
+
+def start_policy(domain_id, params: dict, tmp_path) -> GraphRunner:
+    base = {"lockstep": True, "backend": {"type": "synthetic"}}
+    for k, v in params.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            base[k] = {**base[k], **v}
+        else:
+            base[k] = v
+    g = Graph("policy_test", [NodeSpec("wam_policy_node", "wam_policy_node", base)], use_sim_time=True)
+    return GraphRunner(g, domain_id=domain_id, log_dir=tmp_path / "logs").start()
+
+
+def statuses(probe):
+    return [json.loads(m.data) for m in probe.decoded(topics.POLICY_STATUS, String)]
+
+
+def expected_synthetic(anchor, stamps_from_t0_s, amp=0.1, period=2.0):
+    wave = amp * np.sin(2 * np.pi * np.asarray(stamps_from_t0_s) / period)
+    out = anchor[None, :] + wave[:, None]
+    out[:, 6], out[:, 13] = anchor[6], anchor[13]
+    return out
+
+
+@pytest.fixture
+def sim(probe):
+    probe.listen(topics.POLICY_STATUS, String)
+    probe.listen(topics.DIAGNOSTICS, DiagnosticArray)
+    return LockstepSim(probe)
+
+
+def test_lockstep_one_command_per_step_and_exact_frames(sim, probe, domain_id, tmp_path):
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 8}},
+                                      "runtime": {"strategy": "sync"}}, tmp_path)
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = sim.run_episode(0, 30, camera_every=3, cameras_last=True)
+        cmds += sim.run_episode(1, 10, camera_every=3, cameras_last=False)
+        assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= 40, 10)
+        time.sleep(0.5)
+        assert len(sim.commands) == 40 + sim.resends * 0 or len(sim.commands) >= 40
+        st = statuses(probe)
+        steps = [s for s in st if s.get("published")]
+        assert len(steps) == 40  # exactly one command (and one status) per step
+        assert all(s["hold"] is None for s in steps), [s for s in steps if s["hold"]][:3]
+        # a chunk of 8 every 8 steps; each computed on the frames stamped exactly at a camera step
+        inferred = [s for s in steps if s["inferred"]]
+        assert [s["step"] for s in inferred] == [0, 8, 16, 24, 0, 8]
+        for s in inferred:
+            want = s["t_ns"] if s["step"] % 3 == 0 else s["t_ns"] - (s["step"] % 3) * 20_000_000
+            assert set(s["image_stamps_ns"].values()) == {want}, s
+        assert [s["chunk_index"] for s in steps[:10]] == [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]
+        # the commands are the synthetic trajectory of the episode (anchored at its first state)
+        exp = expected_synthetic(HOME, np.arange(30) * 0.02)
+        np.testing.assert_allclose(np.array(cmds[:30]), exp, atol=1e-9)
+        assert all(np.all(np.isfinite(c)) and c.shape == (14,) for c in cmds)
+        assert runner.dead() == {}
+    finally:
+        runner.stop()
+
+
+def test_bad_images_are_rejected_and_never_crash(sim, probe, domain_id, tmp_path):
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 5}},
+                                      "sync": {"lockstep_wait_s": 1.0}}, tmp_path)
+    bad_pub = probe.publisher(topics.perturbed(topics.camera_topic("cam_high")), Image)
+
+    def garbage(sim_, k):
+        st = Stamp.from_ns(sim_.t_ns)
+        if k % 5 == 1:  # wrong encoding, wrong size, truncated bytes, at the stamp of a real frame
+            for raw in (encode_image(np.zeros((48, 64), np.uint16), "16UC1", st),
+                        encode_image(np.zeros((10, 20, 3), np.uint8), "rgb8", st),
+                        encode_image(np.zeros((48, 64, 3), np.uint8), "rgb8", st)[:-100],
+                        b"\x00\x01\x00\x00garbage"):
+                bad_pub.publish(raw)
+                time.sleep(0.05)
+
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = sim.run_episode(0, 20, camera_every=1, before_each_step=garbage)
+        assert len(cmds) == 20 and all(np.all(np.isfinite(c)) for c in cmds)
+        assert runner.dead() == {}
+        assert wait_for(lambda: "rejected image on camera 'cam_high'" in runner.log("wam_policy_node"), 10)
+        log = runner.log("wam_policy_node")
+        assert "16UC1" in log and "differs from the expected" in log
+    finally:
+        runner.stop()
+
+
+@pytest.mark.parametrize("inject,reason", [("nan_chunk", "nan_chunk"), ("out_of_limits", "out_of_limits_chunk"),
+                                           ("error", "inference_error")])
+def test_bad_chunks_hold(sim, probe, domain_id, tmp_path, inject, reason):
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {
+        "horizon": 5, "inject": inject, "inject_every": 2}}, "runtime": {"strategy": "sync"}}, tmp_path)
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = np.array(sim.run_episode(0, 16, camera_every=1))
+        assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= 16, 10)
+        st = [s for s in statuses(probe) if s.get("published")]
+        holds = [s["step"] for s in st if s["hold"] == reason]
+        # chunk 1 (steps 0-4) is good; chunk 2 is bad → hold, retried every step (calls 3 good...)
+        assert holds and holds[0] == 5, [(s["step"], s["hold"]) for s in st]
+        for s in st:
+            if s["hold"]:
+                i = s["step"]
+                np.testing.assert_array_equal(cmds[i], cmds[i - 1])  # a hold repeats the last command
+        assert np.all(np.isfinite(cmds))
+        assert np.all(cmds[:, 1] < aloha.ARM_UPPER[1] + 1e-9)
+        diags = probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)
+        assert any(st_.message == f"HOLD: {reason}" for d in diags for st_ in d.status)
+        assert runner.dead() == {}
+    finally:
+        runner.stop()
+
+
+def test_estop_latches_and_dry_run_uses_shadow_topic(sim, probe, domain_id, tmp_path):
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 50}}}, tmp_path)
+    estop = probe.publisher(topics.ESTOP, Bool, latched=True)
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = sim.run_episode(0, 5)
+        estop.publish(Bool(data=True))
+        time.sleep(1.0)
+        held = sim.run_episode(1, 5)  # new episode: the e-stop stays engaged (latched)
+        for c in held:
+            np.testing.assert_allclose(c, np.clip(sim.state, -10, 10))
+        assert all(np.array_equal(held[0], c) for c in held)
+        estop.publish(Bool(data=False))
+        time.sleep(1.0)
+        moving = sim.run_episode(2, 5)
+        assert not np.allclose(moving[0], moving[-1])
+        st = [s for s in statuses(probe) if s.get("published")]
+        assert [s["hold"] for s in st[5:10]] == ["estop"] * 5 and st[10]["hold"] is None
+        assert len(cmds) == 5
+    finally:
+        runner.stop()
+
+
+def test_dry_run_publishes_only_to_shadow(probe, domain_id, tmp_path):
+    probe.listen(topics.SHADOW_COMMAND, Float64MultiArray)
+    probe.listen(topics.COMMAND, Float64MultiArray)
+    sim = LockstepSim(probe)
+    runner = start_policy(domain_id, {"safety": {"dry_run": True}}, tmp_path)
+    try:
+        assert wait_for(lambda: sim.pub_js["left"].get_subscription_count() > 0, 20)
+        assert wait_for(lambda: probe.node.count_publishers(topics.SHADOW_COMMAND) > 0, 20)
+        sim.publish_step(0, 0, sim.t_ns, 1, False)
+        assert wait_for(lambda: probe.count(topics.SHADOW_COMMAND) >= 1, 20), runner.log("wam_policy_node")
+        assert probe.count(topics.COMMAND) == 0
+        assert probe.node.count_publishers(topics.COMMAND) == 0
+    finally:
+        runner.stop()
+
+
+def test_bad_config_exits_with_one_line(domain_id, tmp_path):
+    runner = start_policy(domain_id, {"backend": {"type": "no_such_backend"}}, tmp_path)
+    try:
+        assert wait_for(lambda: runner.dead(), 30)
+        assert runner.dead()["wam_policy_node"] == 2
+        assert "backend.type" in runner.log("wam_policy_node") and "no_such_backend" in runner.log("wam_policy_node")
+    finally:
+        runner.stop()

@@ -1,0 +1,101 @@
+"""The backend interface and its registry (keyed by name, LeRobot style).
+
+``Backend.infer(obs) -> ActionChunk``: one observation in, a chunk of ``H`` 14-dim joint commands
+out (``actions[i]`` is the command for ``obs.stamp_ns + i * DT``). Backends are found by name:
+``@register_backend("synthetic")`` on the class; ``make_backend("synthetic", cfg)`` builds one.
+Backend modules are imported lazily (``wam_policy_node.backends.<name>``) so that choosing the
+``expert`` backend never imports torch.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from wam_common.config import ConfigError
+from wam_common.topics import STATE_DIM
+
+
+@dataclass
+class Observation:
+    stamp_ns: int  # ROS time of the observation (the joint states' stamp)
+    images: dict[str, np.ndarray]  # model image key → HxWx3 uint8 RGB
+    state: np.ndarray  # (14,)
+    prompt: str = ""
+    privileged: dict | None = None  # sim privileged state of this step (expert backend)
+    step: int | None = None  # episode step index when known
+    # real-time chunking hints for backends that can use them (LeRobot RTC guidance)
+    prev_actions: np.ndarray | None = None  # committed actions from obs.stamp_ns on (old chunk)
+    inference_delay: int = 0  # expected delay in steps
+    image_stamps: dict[str, int] = field(default_factory=dict)  # camera → stamp of the frame used
+
+
+@dataclass
+class ActionChunk:
+    actions: np.ndarray  # (H, 14) float64
+    stamp_ns: int  # stamp of the observation it was computed from
+    infer_ms: float  # wall time of the inference
+    info: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.actions = np.asarray(self.actions, dtype=np.float64)
+        if self.actions.ndim == 1:
+            self.actions = self.actions[None, :]
+        if self.actions.ndim != 2 or self.actions.shape[1] != STATE_DIM or self.actions.shape[0] < 1:
+            raise ValueError(f"action chunk must be (H, {STATE_DIM}), got {self.actions.shape}")
+
+
+class BackendError(RuntimeError):
+    """An inference that failed (dead server, bad reply). The node holds; it does not crash."""
+
+
+class Backend:
+    """Base class. Subclasses set the flags and implement :meth:`infer`."""
+
+    name = "base"
+    needs_images = True  # the node waits for/syncs cameras only when True
+    needs_privileged = False  # the node waits for the sim's privileged state of the step
+    supports_rtc = False  # accepts Observation.prev_actions / inference_delay
+
+    def __init__(self, cfg: Mapping[str, Any]):
+        self.cfg = dict(cfg)
+
+    def reset(self, episode: Mapping[str, Any] | None = None) -> None:
+        """A new episode starts (EPISODE start event or the first privileged state of one)."""
+
+    def infer(self, obs: Observation) -> ActionChunk:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+_REGISTRY: dict[str, type[Backend]] = {}
+BUILTIN = ("synthetic", "expert", "lerobot", "openpi", "cosmos", "replay")
+
+
+def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:
+    def deco(cls: type[Backend]) -> type[Backend]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return deco
+
+
+def backend_class(name: str) -> type[Backend]:
+    if name not in _REGISTRY and name in BUILTIN:
+        importlib.import_module(f"{__name__}.{name}")
+    if name not in _REGISTRY:
+        raise ConfigError(f"key 'backend.type': unknown backend '{name}' (known: {', '.join(available())})")
+    return _REGISTRY[name]
+
+
+def available() -> list[str]:
+    return sorted(set(BUILTIN) | set(_REGISTRY))
+
+
+def make_backend(name: str, cfg: Mapping[str, Any] | None = None) -> Backend:
+    return backend_class(name)(dict(cfg or {}))

@@ -1,0 +1,80 @@
+"""A fixed-latency backend: a smooth, time-indexed trajectory computed in a known time.
+
+For dry runs of a graph, benches and tests of the runtime: ``latency_ms`` (+ ``jitter_ms``)
+of wall time per inference, then ``horizon`` actions of ``anchor + amplitude * sin(2π t/period)``
+where ``t`` is the action's own time since the episode's first observation, so chunks computed at
+different times agree where they overlap (plus ``chunk_noise`` rad of per-chunk offset, to make
+chunk boundaries visible). ``anchor`` is the first state seen after a reset. ``inject`` puts a
+fault into every ``inject_every``-th chunk (``nan_chunk``, ``out_of_limits``, ``error``), to exercise
+the safety filter end to end.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from wam_common.topics import DT
+
+from . import ActionChunk, Backend, BackendError, Observation, register_backend
+
+DEFAULTS = {
+    "latency_ms": 0.0,
+    "jitter_ms": 0.0,
+    "horizon": 50,
+    "amplitude": 0.1,
+    "period_s": 2.0,
+    "chunk_noise": 0.0,
+    "seed": 0,
+    "needs_images": True,
+    "inject": "",  # "", "nan_chunk", "out_of_limits", "error"
+    "inject_every": 0,  # 0 = never; n = chunks n, 2n, ...
+}
+
+
+@register_backend("synthetic")
+class SyntheticBackend(Backend):
+    def __init__(self, cfg):
+        merged = dict(DEFAULTS)
+        merged.update({k: v for k, v in dict(cfg).items() if v is not None})
+        super().__init__(merged)
+        c = self.cfg
+        self.needs_images = bool(c["needs_images"])
+        self.horizon = int(c["horizon"])
+        if self.horizon < 1:
+            raise ValueError("synthetic.horizon must be >= 1")
+        self._rng = np.random.default_rng(int(c["seed"]))
+        self._anchor: np.ndarray | None = None
+        self._t0: int | None = None
+        self.calls = 0
+
+    def reset(self, episode=None) -> None:
+        self._anchor, self._t0 = None, None
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        c = self.cfg
+        t_start = time.perf_counter()
+        self.calls += 1
+        if self._anchor is None:
+            self._anchor = np.asarray(obs.state, dtype=np.float64).copy()
+            self._t0 = obs.stamp_ns
+        lat = float(c["latency_ms"]) + (float(c["jitter_ms"]) * self._rng.uniform(-1, 1) if c["jitter_ms"] else 0.0)
+        if lat > 0:
+            time.sleep(lat / 1000.0)
+        t = (obs.stamp_ns - self._t0) * 1e-9 + DT * np.arange(self.horizon)
+        wave = float(c["amplitude"]) * np.sin(2 * np.pi * t / float(c["period_s"]))
+        actions = self._anchor[None, :] + wave[:, None]
+        actions[:, 6] = self._anchor[6]  # grippers stay put
+        actions[:, 13] = self._anchor[13]
+        if c["chunk_noise"]:
+            actions[:, :6] += self._rng.normal(0, float(c["chunk_noise"]), 6)[None, :]
+            actions[:, 7:13] += self._rng.normal(0, float(c["chunk_noise"]), 6)[None, :]
+        every = int(c["inject_every"])
+        if c["inject"] and every > 0 and self.calls % every == 0:
+            if c["inject"] == "nan_chunk":
+                actions[self.horizon // 2:, 3] = np.nan
+            elif c["inject"] == "out_of_limits":
+                actions[:, 1] = 10.0
+            elif c["inject"] == "error":
+                raise BackendError("synthetic: injected inference error")
+        return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t_start) * 1e3)

@@ -1,0 +1,257 @@
+"""The policy loop without ROS: backend + chunk runtime + safety filter, in both clock modes.
+
+- lockstep (:meth:`PolicyController.step_lockstep`): one call per sim step with the step's
+  observation; a chunk is computed synchronously when none covers ``t`` (sim time is frozen
+  meanwhile), so runs are deterministic.
+- realtime (:meth:`PolicyController.tick`): called by a 50 Hz timer with the newest synced
+  observation; inference runs in a worker thread and the tick never waits for it (except for the
+  ``sync`` baseline strategy, which blocks exactly like openpi's synchronous broker).
+
+Every call returns the command to publish (or None when there is nothing safe to send yet) and a
+status dict (the POLICY_STATUS payload).
+"""
+from __future__ import annotations
+
+import threading
+import time
+import traceback
+from typing import Callable
+
+import numpy as np
+
+from .backends import ActionChunk, Backend, Observation
+from .runtime import ChunkRuntime
+from .safety import SafetyFilter
+
+
+class _Worker:
+    """One inference at a time in a daemon thread; results are picked up by the caller."""
+
+    def __init__(self, fn: Callable[[Observation], tuple], clock_ns: Callable[[], int]):
+        self._fn, self._clock = fn, clock_ns
+        self._cv = threading.Condition()
+        self._job = None  # (gen, obs)
+        self._result = None  # (gen, arrival_ns, result)
+        self.busy_since: float | None = None  # monotonic start of the running job
+        self._stop = False
+        self._thread = threading.Thread(target=self._loop, name="wam_policy_inference", daemon=True)
+        self._thread.start()
+
+    def submit(self, gen: int, obs: Observation) -> bool:
+        with self._cv:
+            if self._job is not None or self.busy_since is not None:
+                return False
+            self._job = (gen, obs)
+            self.busy_since = time.monotonic()
+            self._cv.notify()
+            return True
+
+    @property
+    def busy(self) -> bool:
+        return self.busy_since is not None
+
+    def take(self):
+        with self._cv:
+            r, self._result = self._result, None
+            return r
+
+    def _loop(self):
+        while True:
+            with self._cv:
+                while self._job is None and not self._stop:
+                    self._cv.wait()
+                if self._stop:
+                    return
+                gen, obs = self._job
+                self._job = None
+            result = self._fn(obs)
+            with self._cv:
+                self._result = (gen, self._clock(), result)
+                self.busy_since = None
+
+    def close(self):
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=1.0)
+
+
+class PolicyController:
+    def __init__(self, backend: Backend, runtime: ChunkRuntime, safety: SafetyFilter,
+                 clock_ns: Callable[[], int] | None = None, realtime: bool = False,
+                 stale_obs_s: float | None = None, inference_timeout_s: float | None = None,
+                 horizon_hint: int = 50):
+        self.backend, self.runtime, self.safety = backend, runtime, safety
+        self.clock_ns = clock_ns or time.monotonic_ns
+        self.stale_obs_ns = int(float(stale_obs_s if stale_obs_s is not None else safety.cfg["stale_obs_s"]) * 1e9)
+        self.inference_timeout_s = float(inference_timeout_s if inference_timeout_s is not None
+                                         else safety.cfg["inference_timeout_s"])
+        self.horizon_hint = horizon_hint
+        self.estop = False
+        self.last_cmd: np.ndarray | None = None
+        self.last_error: str | None = None
+        self.last_error_detail: str = ""
+        self.last_infer_ms: float | None = None
+        self.last_chunk_stamp: int | None = None
+        self.episode: dict | None = None
+        self._gen = 0
+        self._worker = _Worker(self._infer, self.clock_ns) if realtime and runtime.strategy != "sync" else None
+        self.realtime = realtime
+
+    # -- episode / e-stop ----------------------------------------------------------------
+    def reset_episode(self, episode: dict | None = None) -> None:
+        self._gen += 1  # a result still in flight belongs to the old episode: dropped
+        self.runtime.reset()
+        self.backend.reset(episode)
+        self.last_cmd = None
+        self.last_error = None
+        self.episode = dict(episode) if episode else None
+
+    def set_estop(self, on: bool) -> None:
+        self.estop = bool(on)
+
+    # -- inference -----------------------------------------------------------------------
+    def _infer(self, obs: Observation) -> tuple[ActionChunk | None, str | None, str]:
+        t0 = time.perf_counter()
+        try:
+            chunk = self.backend.infer(obs)
+        except Exception as exc:  # noqa: BLE001 - any backend failure is a hold, never a crash
+            detail = f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (RuntimeError, OSError, ValueError, TimeoutError)):
+                detail += "\n" + traceback.format_exc(limit=3)
+            return None, "inference_error", detail
+        if not isinstance(chunk, ActionChunk):
+            return None, "inference_error", f"backend returned {type(chunk).__name__}, not ActionChunk"
+        if not chunk.infer_ms:
+            chunk.infer_ms = (time.perf_counter() - t0) * 1e3
+        reason = self.safety.check_chunk(chunk.actions)
+        if reason:
+            return None, reason, f"chunk rejected ({reason}), shape {chunk.actions.shape}"
+        return chunk, None, ""
+
+    def _accept(self, result, arrival_ns: int) -> str | None:
+        chunk, reason, detail = result
+        if chunk is None:
+            self.last_error, self.last_error_detail = reason, detail
+            return reason
+        self.last_error = None
+        self.runtime.add(chunk, now_ns=arrival_ns)
+        self.last_infer_ms = chunk.infer_ms
+        self.last_chunk_stamp = chunk.stamp_ns
+        return None
+
+    def _prepare(self, obs: Observation, t_ns: int) -> Observation:
+        if self.backend.supports_rtc:
+            obs.prev_actions = self.runtime.prefix(obs.stamp_ns, self.horizon_hint)
+            if self.last_infer_ms:
+                obs.inference_delay = int(np.ceil(self.last_infer_ms * 1e6 / self.runtime.dt_ns))
+        return obs
+
+    # -- the command -----------------------------------------------------------------------
+    def _command(self, t_ns: int, state, hold: str | None, status: dict) -> np.ndarray | None:
+        action = None
+        if hold is None:
+            action, info = self.runtime.action(t_ns)
+            status.update(info)
+            if action is None:
+                hold = self.last_error or "no_action"
+        if hold is not None:
+            cmd = self.safety.hold(self.last_cmd, state)
+        else:
+            ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
+            cmd, clamped = self.safety.filter(action, ref)
+            status["clamped"] = clamped
+        status["hold"] = hold
+        if cmd is not None:
+            self.last_cmd = cmd
+        return cmd
+
+    def _status(self, t_ns: int, obs: Observation | None) -> dict:
+        st = {"t_ns": int(t_ns), "strategy": self.runtime.strategy, "hold": None, "clamped": False,
+              "chunk_id": None, "chunk_index": None, "inferred": False, "rejected": None}
+        if obs is not None:
+            st["stamp_ns"] = int(obs.stamp_ns)
+            st["obs_age_ms"] = (t_ns - obs.stamp_ns) / 1e6
+            st["step"] = obs.step
+        if self.episode:
+            st["episode"] = self.episode.get("episode")
+        return st
+
+    def step_lockstep(self, t_ns: int, obs: Observation, missing: str | None = None) -> tuple[np.ndarray | None, dict]:
+        """One lockstep step at sim time ``t_ns``. ``missing`` names a hold the caller found
+        (e.g. ``missing_camera``) that only matters when a new chunk is needed."""
+        status = self._status(t_ns, obs)
+        state = obs.state if obs is not None else None
+        hold = None
+        if self.estop:
+            hold = "estop"
+        elif not self.safety.state_ok(state):
+            hold = "bad_state"
+        elif self.runtime.should_infer(t_ns):
+            if missing:
+                hold = missing
+            else:
+                t0 = time.perf_counter()
+                reason = self._accept(self._infer(self._prepare(obs, t_ns)), t_ns)
+                status["inferred"] = True
+                status["infer_ms"] = (time.perf_counter() - t0) * 1e3
+                if reason:
+                    status["rejected"] = reason
+                    if not self.runtime.covers(t_ns):
+                        hold = reason
+        status.setdefault("infer_ms", self.last_infer_ms)
+        status["chunk_stamp_ns"] = self.last_chunk_stamp
+        return self._command(t_ns, state, hold, status), status
+
+    def tick(self, t_ns: int, obs: Observation | None, missing: str | None = None) -> tuple[np.ndarray | None, dict]:
+        """One realtime control tick at ROS time ``t_ns`` with the newest synced observation."""
+        status = self._status(t_ns, obs)
+        if self._worker is not None:
+            got = self._worker.take()
+            if got is not None:
+                gen, arrival, result = got
+                if gen == self._gen:
+                    reason = self._accept(result, arrival)
+                    status["rejected"] = reason
+                    status["chunk_arrived"] = True
+        state = obs.state if obs is not None else None
+        hold = None
+        if self.estop:
+            hold = "estop"
+        elif obs is None:
+            hold = missing or "stale_obs"
+        elif not self.safety.state_ok(state):
+            hold = "bad_state"
+        elif t_ns - obs.stamp_ns > self.stale_obs_ns:
+            hold = "stale_obs"
+        else:
+            fresh = self.runtime.last_obs_ns is None or obs.stamp_ns > self.runtime.last_obs_ns
+            if self.runtime.should_infer(t_ns) and fresh:
+                if missing:
+                    hold = missing if not self.runtime.covers(t_ns) else None
+                    status["rejected"] = missing
+                elif self._worker is None:  # sync baseline: block, like openpi's broker
+                    t0 = time.perf_counter()
+                    reason = self._accept(self._infer(self._prepare(obs, t_ns)), self.clock_ns())
+                    status["inferred"] = True
+                    status["infer_ms"] = (time.perf_counter() - t0) * 1e3
+                    status["rejected"] = reason or status["rejected"]
+                    t_ns = max(t_ns, self.clock_ns())  # the robot waited: command for now
+                else:
+                    if self._worker.submit(self._gen, self._prepare(obs, t_ns)):
+                        status["inferred"] = True
+            if (hold is None and self._worker is not None and self._worker.busy
+                    and time.monotonic() - self._worker.busy_since > self.inference_timeout_s
+                    and not self.runtime.covers(t_ns)):
+                hold = "inference_timeout"
+        status.setdefault("infer_ms", self.last_infer_ms)
+        status["chunk_stamp_ns"] = self.last_chunk_stamp
+        return self._command(t_ns, state, hold, status), status
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.close()
+        try:
+            self.backend.close()
+        except Exception:  # noqa: BLE001
+            pass

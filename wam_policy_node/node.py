@@ -1,0 +1,495 @@
+"""The ROS 2 shell of the policy: topics in, one joint command per control step out.
+
+Reads the ``/perturbed/...`` cameras (raw subscriptions decoded by ``wam_common.imageio``),
+joint states and instruction, the sim's EPISODE and PRIVILEGED_STATE; publishes COMMAND (or
+SHADOW_COMMAND with ``safety.dry_run``), one POLICY_STATUS JSON per command, and /diagnostics
+for every hold. Two clock modes (docs/GRAPH_CONTRACT.md):
+
+- ``lockstep: true`` — each (stamp-deduplicated) joint-state pair is answered with exactly one
+  command; a chunk is computed synchronously when none covers the step; at steps where the sim
+  renders (``k % camera_every == 0``) it waits for the frames stamped exactly ``t_k``.
+- ``lockstep: false`` — a ``rate_hz`` timer on ROS time publishes the runtime's command for "now";
+  inference runs in a worker thread the timer never waits for; observations are approximately
+  time-synced (``sync.slop_s``) and a stale one holds the arm.
+
+E-stop: ``ESTOP`` (std_msgs/Bool, latched) and the service ``~/estop`` (std_srvs/SetBool); once
+engaged it stays engaged until released by ``false`` on either.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections import OrderedDict, deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
+from rclpy.clock import Clock, ClockType
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import Bool, Float64MultiArray, String
+from std_srvs.srv import SetBool
+
+from wam_common import aloha, qos, topics
+from wam_common.config import ConfigError
+from wam_common.imageio import ImageDecodeError, decode_image, to_rgb
+from wam_common.node_main import run_node
+from wam_common.params import declare_tree
+
+from . import backends, observation, runtime, safety
+from .backends import Observation
+from .controller import PolicyController
+from .observation import ObservationMap, state14
+from .timesync import ApproximateTimeSync
+
+
+def _backend_defaults() -> dict:
+    import importlib
+
+    out = {}
+    for name in backends.BUILTIN:
+        try:
+            mod = importlib.import_module(f"wam_policy_node.backends.{name}")
+        except ImportError:
+            continue
+        out[name] = dict(getattr(mod, "DEFAULTS", {}))
+    return out
+
+
+DEFAULTS = {
+    "lockstep": False,
+    "rate_hz": 50.0,  # realtime command rate
+    "backend": {"type": "expert", **_backend_defaults()},
+    "observation": dict(observation.DEFAULTS, expected_size=[0, 0]),  # [h, w] of camera frames; 0 = any
+    "runtime": dict(runtime.DEFAULTS),
+    "safety": dict(safety.DEFAULTS),
+    "sync": {
+        "slop_s": 0.025,  # realtime approximate-time slop between cameras and joint states
+        "queue_size": 10,
+        "lockstep_wait_s": 5.0,  # lockstep: longest wait for a step's frames/privileged state (wall)
+        "camera_every": 1,  # lockstep: used until an EPISODE start event says otherwise
+        # lockstep: a step the sim resends this long after we answered it gets the same command
+        # again (our command was lost); resends that crossed our answer are ignored (0 = never)
+        "reanswer_after_s": 0.5,
+    },
+    "status_every": 1,  # publish POLICY_STATUS every n commands
+}
+
+STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.VOLATILE)
+COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "8UC3")
+
+
+def _guarded(fn):
+    """A callback that logs an unexpected exception instead of taking the node down."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(self, *args, **kwargs):
+        try:
+            return fn(self, *args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - never crash the node on one bad message
+            self._warn(f"exc_{fn.__name__}", f"{fn.__name__}: unexpected {type(exc).__name__}: {exc}", every_s=5.0)
+            return None
+
+    return wrapper
+
+
+def _stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+def _jsonable(v):
+    if isinstance(v, dict):
+        return {k: _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, (np.integer,)):
+        return int(v)
+    if isinstance(v, (np.floating, float)):
+        return float(v) if np.isfinite(v) else None
+    if isinstance(v, np.ndarray):
+        return _jsonable(v.tolist())
+    return v
+
+
+class WamPolicyNode(Node):
+    def __init__(self, **kwargs):
+        super().__init__("wam_policy_node", **kwargs)
+        self.cfg = cfg = declare_tree(self, DEFAULTS)
+        self.lockstep = bool(cfg["lockstep"])
+        try:
+            self.obs_map = ObservationMap.from_config(cfg["observation"])
+            btype = cfg["backend"]["type"]
+            bcfg = cfg["backend"].get(btype, {}) if isinstance(cfg["backend"].get(btype), dict) else {}
+            self.backend = backends.make_backend(btype, bcfg)
+            self.runtime = runtime.ChunkRuntime.from_config(cfg["runtime"])
+            self.safety = safety.SafetyFilter(cfg["safety"])
+        except ConfigError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"node 'wam_policy_node': {exc}") from None
+        if cfg["rate_hz"] <= 0:
+            raise ConfigError("node 'wam_policy_node': key 'rate_hz' must be > 0")
+        self.controller = PolicyController(
+            self.backend, self.runtime, self.safety, clock_ns=lambda: self.get_clock().now().nanoseconds,
+            realtime=not self.lockstep, horizon_hint=int(bcfg.get("horizon", 50) or 50))
+        self.dry_run = bool(cfg["safety"]["dry_run"])
+        self.cams = list(self.obs_map.cameras)
+        self.needs_images = bool(self.backend.needs_images)
+        exp = [int(v) for v in cfg["observation"]["expected_size"]]
+        self.expected_size = tuple(exp) if len(exp) == 2 and min(exp) > 0 else None
+
+        # state (guarded by the data callback group; the realtime tick reads snapshots)
+        self._js: dict[str, OrderedDict] = {a: OrderedDict() for a in topics.ARMS}  # stamp → arm7
+        self._frames: dict[str, deque] = {c: deque(maxlen=8) for c in self.cams}  # (stamp, rgb)
+        self._frame_size: dict[str, tuple[int, int]] = {}
+        self._priv: OrderedDict[int, dict] = OrderedDict()
+        self._episodes: dict = {}  # episode index → start event
+        self._latest_start: dict | None = None
+        self._episode_key = None
+        self._camera_every = max(1, int(cfg["sync"]["camera_every"]))
+        self._prompt: str | None = None
+        self._answered: OrderedDict[int, tuple] = OrderedDict()  # stamp → (command, when sent)
+        self._pending: int | None = None
+        self._pending_since = 0.0
+        self._latest_obs: Observation | None = None
+        self._latest_priv: dict | None = None
+        self._n_cmd = 0
+        self._hold_counts: dict[str, int] = {}
+        self._last_hold: str | None = None
+        self._warned: dict[str, float] = {}
+        self.rejected_images = 0
+        self._sync = ApproximateTimeSync(
+            list(topics.ARMS) + (self.cams if self.needs_images else []),
+            int(cfg["sync"]["slop_s"] * 1e9), int(cfg["sync"]["queue_size"]),
+            max_age_ns=int(cfg["safety"]["stale_obs_s"] * 1e9))
+
+        self._data = MutuallyExclusiveCallbackGroup()
+        self._ctl = MutuallyExclusiveCallbackGroup()
+        self._tick_group = MutuallyExclusiveCallbackGroup()
+        prefix = cfg["observation"]["input_prefix"] or ""
+        sensor_qos = qos.sensor(self.lockstep)
+        for arm in topics.ARMS:
+            self.create_subscription(JointState, prefix + topics.joint_state_topic(arm),
+                                     lambda m, arm=arm: self._on_joint_state(arm, m), sensor_qos,
+                                     callback_group=self._data)
+        for cam in self.cams:
+            self.create_subscription(Image, prefix + topics.camera_topic(cam),
+                                     lambda raw, cam=cam: self._on_image(cam, raw), sensor_qos,
+                                     callback_group=self._data, raw=True)
+        self.create_subscription(String, prefix + topics.INSTRUCTION, self._on_instruction, qos.LATCHED,
+                                 callback_group=self._data)
+        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS, callback_group=self._data)
+        self.create_subscription(String, topics.PRIVILEGED_STATE, self._on_privileged, sensor_qos,
+                                 callback_group=self._data)
+        self.create_subscription(Bool, topics.ESTOP, self._on_estop, qos.LATCHED, callback_group=self._ctl)
+        self.create_service(SetBool, "~/estop", self._on_estop_srv, callback_group=self._ctl)
+
+        self.cmd_topic = topics.SHADOW_COMMAND if self.dry_run else topics.COMMAND
+        self.pub_cmd = self.create_publisher(Float64MultiArray, self.cmd_topic, qos.COMMAND)
+        self.pub_status = self.create_publisher(String, topics.POLICY_STATUS, STATUS_QOS)
+        self.pub_diag = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
+
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        if self.lockstep:
+            self.create_timer(0.05, self._check_pending, callback_group=self._data, clock=steady)
+        else:
+            self.create_timer(1.0 / float(cfg["rate_hz"]), self._on_tick, callback_group=self._tick_group)
+        self.create_timer(1.0, self._publish_diag, callback_group=self._ctl, clock=steady)
+        self.get_logger().info(
+            f"backend={self.backend.name} strategy={self.runtime.strategy} mode={'lockstep' if self.lockstep else 'realtime'}"
+            f" cameras={self.cams if self.needs_images else []} output={self.cmd_topic}")
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _warn(self, key: str, msg: str, every_s: float = 2.0) -> None:
+        now = time.monotonic()
+        if now - self._warned.get(key, -1e9) >= every_s:
+            self._warned[key] = now
+            self.get_logger().warning(msg)
+
+    # -- inputs ----------------------------------------------------------------------------
+    @_guarded
+    def _on_joint_state(self, arm: str, msg: JointState) -> None:
+        try:
+            arm7 = aloha.arm_state_from_joint_state(list(msg.name), list(msg.position))
+        except (ValueError, IndexError) as exc:
+            self._warn(f"js_{arm}", f"rejected /follower_{arm}/joint_states: {exc}")
+            return
+        t = _stamp_ns(msg.header.stamp)
+        q = self._js[arm]
+        q[t] = arm7
+        while len(q) > 16:
+            q.popitem(last=False)
+        if self.lockstep:
+            other = self._js["right" if arm == "left" else "left"]
+            if t in other:
+                self._on_pair(t)
+        else:
+            self._sync_add(arm, t, arm7)
+
+    @_guarded
+    def _on_image(self, cam: str, raw: bytes) -> None:
+        try:
+            img = decode_image(raw)
+            if img.encoding not in COLOUR_ENCODINGS:
+                raise ImageDecodeError(f"encoding '{img.encoding}' is not a colour image (want rgb8)")
+            rgb = to_rgb(img)
+            h, w = rgb.shape[:2]
+            want = self.expected_size or self._frame_size.get(cam)
+            if min(h, w) < 8:
+                raise ImageDecodeError(f"size {w}x{h} is too small")
+            if want is not None and (h, w) != tuple(want):
+                raise ImageDecodeError(f"size {w}x{h} differs from the expected {want[1]}x{want[0]}")
+        except ImageDecodeError as exc:
+            self.rejected_images += 1
+            self._warn(f"img_{cam}_{str(exc)[:12]}", f"rejected image on camera '{cam}': {exc}")
+            return
+        self._frame_size.setdefault(cam, (h, w))
+        t = img.stamp.ns
+        self._frames[cam].append((t, rgb))
+        if self.lockstep:
+            if self._pending is not None:
+                self._try_pending()
+        else:
+            self._sync_add(cam, t, rgb)
+
+    @_guarded
+    def _on_instruction(self, msg: String) -> None:
+        self._prompt = msg.data
+
+    @_guarded
+    def _on_episode(self, msg: String) -> None:
+        try:
+            ev = json.loads(msg.data)
+            if not isinstance(ev, dict) or "event" not in ev:
+                raise ValueError("not an object with key 'event'")
+        except ValueError as exc:
+            self._warn("episode", f"rejected EPISODE message: {exc}")
+            return
+        if ev["event"] == "start":
+            self._episodes[ev.get("episode")] = ev
+            self._latest_start = ev
+            if not self.lockstep:
+                self._start_episode(ev)
+            elif self._pending is not None:
+                self._try_pending()
+
+    @_guarded
+    def _on_privileged(self, msg: String) -> None:
+        try:
+            priv = json.loads(msg.data)
+            if not isinstance(priv, dict):
+                raise ValueError("not a JSON object")
+            t = int(priv.get("stamp_ns"))
+        except (ValueError, TypeError) as exc:
+            self._warn("priv", f"rejected PRIVILEGED_STATE message: {exc}")
+            return
+        self._latest_priv = priv
+        self._priv[t] = priv
+        while len(self._priv) > 8:
+            self._priv.popitem(last=False)
+        if self.lockstep and self._pending is not None:
+            self._try_pending()
+
+    @_guarded
+    def _on_estop(self, msg: Bool) -> None:
+        self._set_estop(bool(msg.data), "topic")
+
+    def _on_estop_srv(self, req, resp):
+        self._set_estop(bool(req.data), "service")
+        resp.success, resp.message = True, f"estop {'engaged' if req.data else 'released'}"
+        return resp
+
+    def _set_estop(self, on: bool, via: str) -> None:
+        if on and not self.controller.estop:
+            self.get_logger().error(f"e-stop ENGAGED via {via}: holding")
+        elif not on and self.controller.estop:
+            self.get_logger().warning(f"e-stop released via {via}")
+        self.controller.set_estop(on)
+        self._publish_diag()
+
+    def _start_episode(self, ev: dict | None) -> None:
+        key = (ev.get("episode"), ev.get("stamp_ns"), ev.get("seed")) if ev else None
+        if key == self._episode_key:
+            return
+        self._episode_key = key
+        if ev:
+            self._camera_every = max(1, int(ev.get("camera_every") or self.cfg["sync"]["camera_every"]))
+        self._frame_size.clear()
+        self._sync.reset()
+        self.controller.reset_episode(ev)
+        self.get_logger().info(f"episode start: {json.dumps(ev) if ev else None}")
+
+    def _prompt_for(self, ev: dict | None) -> str:
+        if self._prompt is not None:
+            return self._prompt
+        return str((ev or {}).get("instruction", ""))
+
+    # -- lockstep --------------------------------------------------------------------------
+    def _on_pair(self, t: int) -> None:
+        if t in self._answered:
+            after = float(self.cfg["sync"]["reanswer_after_s"])
+            cmd, when = self._answered[t]
+            if after > 0 and t == next(reversed(self._answered)) and time.monotonic() - when > after:
+                self._warn("reanswer", f"lockstep: step at t={t} resent by the sim: sending its command again")
+                self._publish_cmd(cmd)
+                self._answered[t] = (cmd, time.monotonic())
+            return
+        if self._pending is not None and self._pending != t:
+            self._warn("abandon", f"lockstep: step at {self._pending} abandoned for a newer one at {t}")
+        if self._pending != t:
+            self._pending, self._pending_since = t, time.monotonic()
+        self._try_pending()
+
+    @_guarded
+    def _check_pending(self) -> None:
+        if self._pending is not None:
+            self._try_pending()
+
+    def _episode_for(self, t: int, priv: dict | None):
+        """(start event or None, ready)."""
+        if priv is not None and "episode" in priv:
+            ev = self._episodes.get(priv["episode"])
+            if ev is not None and (priv.get("episode_start_ns") in (None, ev.get("stamp_ns"))):
+                return ev, True
+            return self._latest_start, False
+        cands = [e for e in self._episodes.values() if int(e.get("stamp_ns", 0)) <= t]
+        return (max(cands, key=lambda e: int(e.get("stamp_ns", 0))) if cands else None), True
+
+    def _try_pending(self) -> None:
+        t = self._pending
+        if t is None:
+            return
+        timed_out = time.monotonic() - self._pending_since > float(self.cfg["sync"]["lockstep_wait_s"])
+        priv = self._priv.get(t)
+        if priv is None and not timed_out and (
+                self.backend.needs_privileged or self._latest_priv is not None
+                or self.count_publishers(topics.PRIVILEGED_STATE) > 0):
+            return  # the sim publishes the step's privileged state (episode, step): wait for it
+        ev, ready = self._episode_for(t, priv)
+        if not ready and not timed_out:
+            return
+        ev_key = (ev.get("episode"), ev.get("stamp_ns"), ev.get("seed")) if ev else None
+        if ev is not None and ev_key != self._episode_key:
+            self._start_episode(ev)
+        step = None
+        if priv is not None and "step" in priv:
+            step = int(priv["step"])
+        elif ev is not None and ev.get("stamp_ns") is not None:
+            step = int(round((t - int(ev["stamp_ns"])) / (topics.DT * 1e9)))
+        missing = None
+        frames: dict = {}
+        stamps: dict = {}
+        if self.needs_images and self.runtime.should_infer(t):
+            exact = step is not None and step % self._camera_every == 0
+            for cam in self.cams:
+                q = self._frames[cam]
+                if exact:
+                    hit = [(s, f) for s, f in q if s == t]
+                else:
+                    hit = [(s, f) for s, f in q if s <= t]
+                if hit:
+                    stamps[cam], frames[cam] = hit[-1]
+            if len(frames) < len(self.cams):
+                if not timed_out:
+                    return
+                lack = [c for c in self.cams if c not in frames]
+                self._warn("missing_cam", f"lockstep: no frame at step {step} (t={t}) from {lack}: holding")
+                missing = "missing_camera"
+        self._pending = None
+        state = state14(self._js["left"][t], self._js["right"][t])
+        obs = Observation(stamp_ns=t, images=self.obs_map.images(frames) if frames and not missing else {},
+                          state=state, prompt=self._prompt_for(ev), privileged=priv, step=step,
+                          image_stamps=stamps)
+        cmd, status = self.controller.step_lockstep(t, obs, missing)
+        if status.get("inferred") and stamps:
+            status["image_stamps_ns"] = stamps
+        self._emit(cmd, status)
+        if cmd is not None:
+            self._answered[t] = (cmd, time.monotonic())
+            while len(self._answered) > 8:
+                self._answered.popitem(last=False)
+
+    # -- realtime --------------------------------------------------------------------------
+    def _sync_add(self, key: str, t: int, item) -> None:
+        got = self._sync.add(key, t, item)
+        if got is None:
+            return
+        stamp = got["left"][0]
+        frames = {c: got[c][1] for c in self.cams} if self.needs_images else {}
+        try:
+            images = self.obs_map.images(frames) if frames else {}
+        except Exception as exc:  # noqa: BLE001 - a bad frame never crashes the node
+            self._warn("resize", f"cannot map camera frames: {exc}")
+            return
+        self._latest_obs = Observation(stamp_ns=stamp, images=images, state=state14(got["left"][1], got["right"][1]),
+                                       prompt=self._prompt_for(self._latest_start), privileged=self._latest_priv)
+
+    @_guarded
+    def _on_tick(self) -> None:
+        now = self.get_clock().now().nanoseconds
+        obs = self._latest_obs
+        if obs is not None and self.backend.needs_privileged:
+            obs.privileged = self._latest_priv
+        cmd, status = self.controller.tick(now, obs)
+        self._emit(cmd, status)
+
+    # -- outputs ---------------------------------------------------------------------------
+    def _publish_cmd(self, cmd: np.ndarray) -> None:
+        msg = Float64MultiArray()
+        msg.data = [float(v) for v in cmd]
+        self.pub_cmd.publish(msg)
+
+    def _emit(self, cmd, status: dict) -> None:
+        hold = status.get("hold")
+        if cmd is not None:
+            self._publish_cmd(cmd)
+            self._n_cmd += 1
+        status["published"] = cmd is not None
+        status["dry_run"] = self.dry_run
+        if hold:
+            self._hold_counts[hold] = self._hold_counts.get(hold, 0) + 1
+            if self.controller.last_error_detail and hold == self.controller.last_error:
+                status["error"] = self.controller.last_error_detail.splitlines()[0][:300]
+        if hold != self._last_hold:
+            if hold:
+                self.get_logger().warning(f"HOLD ({hold}) at t={status.get('t_ns')}"
+                                          + (f": {status['error']}" if status.get("error") else ""))
+            elif self._last_hold:
+                self.get_logger().info(f"hold ({self._last_hold}) cleared")
+            self._last_hold = hold
+            self._publish_diag()
+        every = max(1, int(self.cfg["status_every"]))
+        if cmd is None or self._n_cmd % every == 0 or hold:
+            self.pub_status.publish(String(data=json.dumps(_jsonable(status))))
+
+    @_guarded
+    def _publish_diag(self) -> None:
+        st = DiagnosticStatus()
+        st.name = f"{self.get_name()}: safety"
+        st.hardware_id = "wam_policy"
+        hold = "estop" if self.controller.estop else self._last_hold
+        st.level = DiagnosticStatus.ERROR if hold == "estop" else (DiagnosticStatus.WARN if hold else DiagnosticStatus.OK)
+        st.message = f"HOLD: {hold}" if hold else "ok"
+        vals = {"hold": hold or "", "commands": self._n_cmd, "rejected_images": self.rejected_images,
+                "estop": self.controller.estop, "backend": self.backend.name, "strategy": self.runtime.strategy,
+                "dry_run": self.dry_run}
+        vals.update({f"holds.{k}": v for k, v in self._hold_counts.items()})
+        st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [st]
+        self.pub_diag.publish(arr)
+
+    def close(self) -> None:
+        self.controller.close()
+
+
+def main(args=None) -> int:
+    return run_node(WamPolicyNode, "wam_policy_node", args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The safety filter between the runtime and the motors (pure numpy, on by default).
+
+- chunks: any NaN/inf, or any joint beyond its vx300s limit by more than ``reject_tolerance``
+  (or a gripper outside ``[gripper_min, gripper_max]`` by more than it) → the whole chunk is
+  rejected and the arm holds (``nan_chunk`` / ``out_of_limits_chunk``);
+- commands: clipped to the joint limits (minus ``limit_margin``) and the gripper range, and the
+  per-step change limited to ``max_joint_velocity`` / ``max_gripper_velocity`` × dt;
+- holds (repeat the last command, or the measured state before the first one): e-stop (latched),
+  bad state, stale observation, missing camera, inference error / timeout, rejected chunk, no
+  action available. The node logs each hold and publishes it on /diagnostics.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from wam_common import aloha
+from wam_common.topics import DT, STATE_DIM
+
+DEFAULTS = {
+    "enabled": True,
+    "dry_run": False,  # publish to SHADOW_COMMAND only
+    "max_joint_velocity": 6.0,  # rad/s per joint
+    "max_gripper_velocity": 12.0,  # normalised units/s
+    "gripper_min": 0.0,
+    "gripper_max": 1.0,
+    "limit_margin": 0.0,  # rad kept inside the URDF limits
+    "reject_tolerance": 0.2,  # beyond a limit by more than this → reject the chunk
+    "stale_obs_s": 0.5,  # realtime: newest synced observation older than this → hold
+    "inference_timeout_s": 2.0,  # an inference running longer than this, with no action left → hold
+}
+
+ARM = np.arange(STATE_DIM) % 7 != 6
+GRIP = ~ARM
+
+# hold reasons, most important first
+HOLDS = ("estop", "bad_state", "stale_obs", "missing_camera", "nan_chunk", "out_of_limits_chunk",
+         "inference_error", "inference_timeout", "no_action")
+
+
+class SafetyFilter:
+    def __init__(self, cfg: dict | None = None, dt: float = DT):
+        c = dict(DEFAULTS)
+        c.update(cfg or {})
+        self.cfg = c
+        self.enabled = bool(c["enabled"])
+        m = float(c["limit_margin"])
+        lo = np.tile(np.append(aloha.ARM_LOWER + m, c["gripper_min"]), 2)
+        hi = np.tile(np.append(aloha.ARM_UPPER - m, c["gripper_max"]), 2)
+        self.lower, self.upper = lo, hi
+        self.max_step = np.where(ARM, float(c["max_joint_velocity"]), float(c["max_gripper_velocity"])) * dt
+        self.tol = float(c["reject_tolerance"])
+
+    def check_chunk(self, actions: np.ndarray) -> str | None:
+        """None if the chunk may be used, else the hold reason."""
+        a = np.asarray(actions, dtype=np.float64)
+        if a.ndim != 2 or a.shape[1] != STATE_DIM:
+            return "out_of_limits_chunk"
+        if not np.all(np.isfinite(a)):
+            return "nan_chunk"
+        if not self.enabled:
+            return None
+        if np.any(a < self.lower - self.tol) or np.any(a > self.upper + self.tol):
+            return "out_of_limits_chunk"
+        return None
+
+    def state_ok(self, state: np.ndarray | None) -> bool:
+        return state is not None and np.shape(state) == (STATE_DIM,) and bool(np.all(np.isfinite(state)))
+
+    def filter(self, action: np.ndarray, ref: np.ndarray | None) -> tuple[np.ndarray, bool]:
+        """Clip to limits and rate-limit against ``ref`` (the last command or the state).
+
+        Returns (command, clamped)."""
+        a = np.asarray(action, dtype=np.float64)
+        if not np.all(np.isfinite(a)):  # never reaches the motors (chunks are checked, this is a backstop)
+            raise ValueError("non-finite action reached the safety filter")
+        if not self.enabled:
+            return a.copy(), False
+        out = np.clip(a, self.lower, self.upper)
+        if ref is not None and np.all(np.isfinite(ref)):
+            out = np.clip(out, ref - self.max_step, ref + self.max_step)
+        clamped = bool(np.any(np.abs(out - a) > 1e-12))
+        return out, clamped
+
+    def hold(self, last_cmd: np.ndarray | None, state: np.ndarray | None) -> np.ndarray | None:
+        """The command that holds the arm: the last command, else the measured state (clipped)."""
+        if last_cmd is not None:
+            return np.asarray(last_cmd, dtype=np.float64).copy()
+        if self.state_ok(state):
+            return np.clip(np.asarray(state, dtype=np.float64), self.lower, self.upper)
+        return None
