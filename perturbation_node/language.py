@@ -209,26 +209,35 @@ def distractor(text: str, n: int, rng: np.random.Generator) -> str:
 
 
 def typo(text: str, n: int, rng: np.random.Generator, protected: set[str]) -> str:
-    chars = list(text)
-    for _ in range(n):
-        s = "".join(chars)
-        words = [m for m in _WORD.finditer(s) if len(m.group()) >= 3 and m.group().lower() not in protected]
-        if not words:
-            break
-        m = words[int(rng.integers(0, len(words)))]
-        w = list(m.group())
+    """``n`` typos, each in a different word while words last (nested: level L's typos ⊂ level L+1's)."""
+    words = [m for m in _WORD.finditer(text) if len(m.group()) >= 3 and m.group().lower() not in protected]
+    if not words:
+        return text
+    order = rng.permutation(len(words)).tolist()
+    plan = []
+    for t in range(n):
         kind = int(rng.integers(0, 4))
-        k = int(rng.integers(1, len(w) - 1)) if len(w) > 2 else 0
-        if kind == 0:
-            w[k], w[k + 1 if k + 1 < len(w) else k - 1] = w[k + 1 if k + 1 < len(w) else k - 1], w[k]
-        elif kind == 1:
-            del w[k]
-        elif kind == 2:
-            w.insert(k, w[k])
-        else:
-            c = w[k].lower()
-            nb = _KEYBOARD.get(c, c)
-            w[k] = nb[int(rng.integers(0, len(nb)))]
+        u = rng.random(2)
+        plan.append((order[t % len(order)], kind if t < len(order) else 2, u))  # 2nd round: doubles only
+    edits: dict[int, list] = {}
+    for wi, kind, u in plan:
+        edits.setdefault(wi, []).append((kind, u))
+    chars = list(text)
+    for wi in sorted(edits, reverse=True):  # right to left: earlier offsets stay valid
+        m = words[wi]
+        w = list(m.group())
+        for kind, u in edits[wi]:
+            k = 1 + int(u[0] * (len(w) - 2)) if len(w) > 2 else 0
+            k = min(k, len(w) - 1)
+            if kind == 0 and k + 1 < len(w) and w[k] != w[k + 1]:
+                w[k], w[k + 1] = w[k + 1], w[k]
+            elif kind == 1 and len(w) > 2:
+                del w[k]
+            elif kind == 3 and w[k].lower() in _KEYBOARD:
+                nb = _KEYBOARD[w[k].lower()]
+                w[k] = nb[int(u[1] * len(nb)) % len(nb)]
+            else:
+                w.insert(k, w[k])
         chars[m.start():m.end()] = w
     return "".join(chars)
 

@@ -299,7 +299,7 @@ def _salt_pepper(amount, rng, shape):
     return fn
 
 
-@register_op("motion_blur", "noise", (3, 7, 11, 17, 25), "blur length in px (640-wide)",
+@register_op("motion_blur", "noise", (5, 10, 16, 24, 34), "blur length in px (640-wide)",
              "Linear motion blur at a drawn angle (LIBERO-Plus 'motion blur').")
 def _motion_blur(length, rng, shape):
     # A box of 16 taps along the drawn direction, built by 4 shift-and-average steps (shifts L/2, L/4,
@@ -326,7 +326,7 @@ def _motion_blur(length, rng, shape):
     return fn
 
 
-@register_op("gaussian_blur", "noise", (0.6, 1.2, 2.0, 3.0, 4.5), "σ in px (640-wide)",
+@register_op("gaussian_blur", "noise", (1.0, 2.0, 3.2, 4.8, 7.0), "σ in px (640-wide)",
              "Defocus-like Gaussian blur (LIBERO-Plus 'gaussian blur').", random=False)
 def _gaussian_blur(sigma, rng, shape):
     s = sigma * _scale(shape)
@@ -410,20 +410,20 @@ def _fog(p, rng, shape):
     return fn
 
 
-@register_op("glass_blur", "noise", ((0.6, 1, 1), (0.8, 1, 2), (1.0, 2, 2), (1.2, 3, 2), (1.5, 4, 2)),
-             "(σ px, max displacement px, iterations)",
+@register_op("glass_blur", "noise", ((0.8, 1.0, 1), (1.0, 2.0, 1), (1.3, 2.5, 2), (1.6, 3.5, 2), (2.0, 4.5, 3)),
+             "(σ px, max displacement px, iterations), 640-wide",
              "Frosted glass: blur, local random pixel displacement, blur (LIBERO-Plus / ImageNet-C 'glass blur').")
 def _glass_blur(p, rng, shape):
     sigma, delta, iters = p
     h, w = shape[:2]
     s = _scale(shape)
-    d = max(1, int(round(delta * s)))
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     maps = []
-    for _ in range(iters):
-        dx = rng.integers(-d, d + 1, (h, w)).astype(np.float32)
-        dy = rng.integers(-d, d + 1, (h, w)).astype(np.float32)
-        maps.append(cv2.convertMaps(gx + dx, gy + dy, cv2.CV_16SC2))
+    for it in range(3):  # always draw 3 fields so the levels share them (nested, monotone)
+        u = rng.uniform(-1.0, 1.0, (2, h, w)).astype(np.float32)
+        if it < iters:
+            dx, dy = np.rint(u[0] * delta * s), np.rint(u[1] * delta * s)
+            maps.append(cv2.convertMaps(gx + dx, gy + dy, cv2.CV_16SC2))
 
     def fn(img, mask=None, rng=None):
         out = cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), sigma * s)

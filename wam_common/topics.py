@@ -49,3 +49,9 @@ ESTOP = "/wam_policy/estop"  # std_msgs/Bool, latched
 
 def perturbed(topic: str) -> str:
     return PERTURBED_PREFIX + topic
+
+
+def background_mask_topic(cam: str) -> str:
+    """sensor_msgs/Image mono8, same size as the camera image, nonzero = background (sim publishes it);
+    perturbation_node's ``background`` op replaces those pixels."""
+    return f"/{cam}/camera/background_mask"
