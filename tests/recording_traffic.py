@@ -138,3 +138,55 @@ class Traffic:
                                 "reason": "success" if success else "timeout", "max_reward": 4 if success else 1,
                                 "latency_ms": {"mean": 5.0, "p50": 5.0, "p99": 6.0, "n": steps}})
         time.sleep(0.05)
+
+
+def recorded_bag(out_dir, plan, steps: int = 12, holds: dict | None = None, chunk: int = 4, size=(48, 64),
+                 recorder_params: dict | None = None, camera_every: int = 2):
+    """Run the recorder node (own ROS_DOMAIN_ID) while a probe plays ``plan`` = [(dimension, level,
+    success), …] as episodes; returns (bag_dir, EPISODE events the probe received, plan)."""
+    from pathlib import Path
+
+    import rclpy
+    from rclpy.context import Context
+    from std_msgs.msg import String
+
+    from rosutil import Probe, wait_for
+    from wam_common.graph import Graph, NodeSpec
+    from wam_common.launcher import DomainLease, GraphRunner
+
+    out_dir = Path(out_dir)
+    lease = DomainLease()
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=lease.domain_id)
+    probe = Probe(ctx, "traffic_probe")
+    runner = None
+    try:
+        probe.listen(T.EPISODE, String, latched=True)
+        params = {"output_dir": str(out_dir), "bag_name": "bag", "diagnostics_period_s": 0.0,
+                  "discovery_period_s": 0.1, "chunk_bytes": 32768}
+        params.update(recorder_params or {})
+        root = Path(__file__).resolve().parents[1]
+        g = Graph("rec", [NodeSpec("recorder", "recorder", params)], dds_profile=root / "config/dds/fastdds.xml")
+        runner = GraphRunner(g, domain_id=lease.domain_id, log_dir=out_dir / "logs").start()
+        tr = Traffic(probe.node, size=size)
+        if not tr.wait_matched(subscribers=1, topics=[t for t in tr.pubs if t != T.EPISODE]) or \
+                not tr.wait_matched(subscribers=2, topics=[T.EPISODE]):
+            raise RuntimeError("recorder did not subscribe:\n" + runner.log("recorder"))
+        for i, (dim, lvl, ok) in enumerate(plan):
+            tr.latched(perturbation={"profile": f"{dim.lower()}_{lvl}", "dimension": dim, "level": lvl,
+                                     "episode": i})
+            tr.episode(i, steps=steps, success=ok, holds=(holds or {}).get(i, ()), chunk=chunk,
+                       camera_every=camera_every)
+        tr.string(T.EPISODE, {"event": "done", "episodes": len(plan), "successes": sum(bool(p[2]) for p in plan)})
+        wait_for(lambda: probe.count(T.EPISODE) >= 2 * len(plan) + 1, 10)
+        time.sleep(0.5)
+        import json as _json
+
+        events = [_json.loads(m.data) for m in probe.decoded(T.EPISODE, String)]
+    finally:
+        if runner is not None:
+            runner.stop()
+        probe.close()
+        ctx.try_shutdown()
+        lease.release()
+    return out_dir / "bag", events, plan

@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .. import imageio
-from .repair import is_complete, needs_repair, repair_bag, repair_mcap
+from .repair import RepairError, is_complete, needs_repair, repair_bag, repair_mcap
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -40,7 +40,13 @@ class BagMessage:
 
 def prepare(path: str | os.PathLike, repair: bool = True) -> Path:
     """A bag path ready for rosbags: repairs an unfinished bag (in place) when ``repair``."""
-    p = Path(path)
+    try:
+        return _prepare(Path(path), repair)
+    except (RepairError, OSError, ValueError) as exc:
+        raise BagReadError(f"{path}: cannot read ({exc})") from None
+
+
+def _prepare(p: Path, repair: bool) -> Path:
     if not p.exists():
         raise BagReadError(f"{p}: no such bag")
     if p.is_dir():

@@ -1,0 +1,111 @@
+"""``wam-policy analyze`` on a bag the recorder wrote from real DDS traffic: per-episode metrics,
+the success-by-perturbation table against outcomes taken independently from the EPISODE topic,
+the CLI's files and plots, and a crashed (unfinished) bag."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from wam_common import topics as T
+
+from recording_traffic import recorded_bag
+
+PLAN = [("Clean", 0, True), ("Light", 3, False), ("Light", 3, True), ("Noise", 2, True), ("Camera", 1, False),
+        ("Light", 5, False)]
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    out = tmp_path_factory.mktemp("analysis")
+    return recorded_bag(out, PLAN, steps=14, holds={1: (4, 5, 9)}, chunk=5)
+
+
+def test_episode_metrics(bag):
+    from wam_common.analysis.episodes import analyze_bag
+
+    bag_dir, events, _ = bag
+    eps = analyze_bag(bag_dir)
+    assert [e.episode for e in eps] == list(range(len(PLAN)))
+    ends = {e["episode"]: e for e in events if e["event"] == "end"}
+    for ep, (dim, lvl, _) in zip(eps, PLAN):
+        assert ep.success == ends[ep.episode]["success"]
+        assert ep.steps == ends[ep.episode]["steps"] == 14
+        assert (ep.dimension, ep.level) == (dim, lvl)
+        assert ep.commands == 14 and ep.command_period_ms["n"] == 13
+        assert ep.latency_ms["n"] == 14 and ep.latency_ms["min"] >= 0  # one obs → one command per step
+        assert ep.inferences == 3 and ep.infer_ms["mean"] == pytest.approx(12.0)  # chunks at steps 0, 5, 10
+        assert ep.chunk_boundaries == 2 and ep.jerk_rms is not None and ep.jerk_rms > 0
+        assert ep.sim_latency_ms["p50"] == 5.0
+    assert eps[1].hold_steps == {"stale_obs": 3} and eps[1].hold_onsets == 2 and eps[1].diag_warnings == 3
+    assert all(e.hold_onsets == 0 for i, e in enumerate(eps) if i != 1)
+
+
+def test_table_matches_episode_topic(bag):
+    from wam_common.analysis.episodes import analyze_bag
+    from wam_common.analysis.report import success_table
+
+    bag_dir, events, plan = bag
+    table = success_table(analyze_bag(bag_dir))["policy"]
+    # independently: the end events a probe received on /sim/episode, joined with what was set
+    ends = {e["episode"]: e["success"] for e in events if e["event"] == "end"}
+    n, k = Counter(), Counter()
+    for i, (dim, lvl, _) in enumerate(plan):
+        n[dim] += 1
+        k[dim] += int(ends[i])
+    for dim in n:
+        assert (table[dim]["episodes"], table[dim]["successes"]) == (n[dim], k[dim]), dim
+    pert = [i for i, p in enumerate(plan) if p[0] != "Clean"]
+    assert table["Total"]["episodes"] == len(pert) and table["Total"]["successes"] == sum(ends[i] for i in pert)
+    assert table["levels"]["Light"][3]["episodes"] == 2 and table["levels"]["Light"][5]["successes"] == 0
+
+
+def test_cli_writes_tables_and_plots(bag, tmp_path):
+    bag_dir, _, _ = bag
+    out = tmp_path / "an"
+    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(bag_dir), "--out", str(out),
+                        "--policy", "act"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "| Policy | Clean | Camera | Light | Noise | Total |" in r.stdout
+    for f in ["report.md", "episodes.csv", "episodes.json", "results.md", "results.csv", "results.json",
+              "summary.json", "latency_hist.png", "command_period_hist.png", "dimensions.png", "joints_bag_ep0.png"]:
+        assert (out / f).is_file() and (out / f).stat().st_size > 0, f
+    assert (out / "latency_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    res = json.loads((out / "results.json").read_text())
+    assert set(res) == {"act"} and res["act"]["Clean"]["episodes"] == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["episodes"] == len(PLAN) and summary["successes"] == sum(p[2] for p in PLAN)
+
+
+def test_cli_bad_input(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.mcap").write_bytes(b"not an mcap file at all")
+    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(tmp_path / "junk")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and "junk" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unfinished_bag_is_analyzed(bag, tmp_path):
+    """A bag whose last file lost its footer (as after kill -9) still analyzes: the complete
+    episodes keep their outcomes, the torn one is 'incomplete'."""
+    import shutil
+
+    from wam_common.analysis.episodes import analyze_bag
+
+    bag_dir, _, _ = bag
+    crashed = tmp_path / "bag"
+    shutil.copytree(bag_dir, crashed)
+    last = sorted(crashed.glob("*.mcap"))[-1]
+    data = last.read_bytes()
+    last.write_bytes(data[: int(len(data) * 0.6)])  # summary, footer and a torn tail gone
+    eps = analyze_bag(crashed)
+    assert [e.success for e in eps[:-1]] == [p[2] for p in PLAN[:-1]]
+    assert eps[-1].success is None and eps[-1].outcome == "incomplete"
