@@ -151,3 +151,120 @@ def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, 
         assert "no_such_profile" in runner.log("perturbation_node")
     finally:
         runner.stop()
+
+
+PROFILE = """
+name: node_test
+dimension: test
+seed: 77
+resample: episode
+cameras:
+  all: [{op: shadow, level: 3}]
+  cam_high: [{op: gaussian_noise, level: 2, resample: frame}]
+  cam_left_wrist: [{op: background, level: 5}]
+state: [{op: joint_bias, level: 4}]
+language: [{op: typo, level: 3}]
+"""
+
+
+def _call(probe, client, request, timeout: float = 10.0):
+    assert client.wait_for_service(timeout_sec=timeout)
+    fut = client.call_async(request)
+    assert wait_for(fut.done, timeout)
+    return fut.result()
+
+
+def _set_profile(probe, value: str):
+    from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    cli = probe.node.create_client(SetParameters, "/perturbation_node/set_parameters")
+    req = SetParameters.Request(parameters=[Parameter(
+        name="profile", value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))])
+    return _call(probe, cli, req).results[0]
+
+
+def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path):
+    from perturbation_node.engine import Perturber
+    from perturbation_node.profiles import load_profile
+
+    prof_path = tmp_path / "node_test.yaml"
+    prof_path.write_text(PROFILE)
+    runner = _start(domain_id, tmp_path, profile=str(prof_path), lockstep=True)
+    try:
+        rig = Rig(probe, True)
+        probe.listen(topics.DIAGNOSTICS, __import__("diagnostic_msgs.msg", fromlist=["DiagnosticArray"]).DiagnosticArray)
+        active = rig.wait_up(runner)
+        assert active["error"] is None and active["name"] == "node_test"
+        rig.ev_pub.publish(String(data=json.dumps({"event": "start", "episode": 2, "task": "transfer_cube",
+                                                    "seed": 0, "stamp_ns": 0})))
+        assert wait_for(lambda: any(a.get("episode") == 2 for a in rig.active()), 10), rig.active()
+        a2 = [a for a in rig.active() if a.get("episode") == 2][-1]
+        assert [r["op"] for r in a2["cameras"]["cam_high"]] == ["shadow", "gaussian_noise"]
+        assert a2["cameras"]["cam_high"][1]["seed"] == [77, 2, "cam_high", 1] and a2["state"][0]["op"] == "joint_bias"
+
+        ref = Perturber(load_profile(str(prof_path)), lockstep=True)
+        ref.start_episode(2)
+        for k in (3, 4):
+            img, raw, stamp = _image("cam_high", k)
+            got = decode_image(rig.send_until("cam_high", raw, stamp))
+            assert got.stamp == stamp and got.frame_id == topics.camera_frame("cam_high") and got.encoding == "rgb8"
+            assert got.array.shape == img.shape and not np.array_equal(got.array, img)
+            np.testing.assert_array_equal(got.array, ref.image("cam_high", img, stamp.ns).array)  # bit for bit
+
+        # state: the 6 arm joints biased exactly as the engine does it, grippers/fingers untouched
+        raw = _joint_state("left", 5)
+        sent = deserialize_message(raw, JointState)
+        got = rig.send_js_until("left", raw)
+        assert list(got.name) == list(sent.name) and got.header.stamp == sent.header.stamp
+        expect = ref.joint_positions("left", list(sent.name), list(sent.position), 0)
+        np.testing.assert_array_equal(np.array(got.position), np.array(expect))
+        assert list(got.position[6:]) == list(sent.position[6:]) and got.position[0] != sent.position[0]
+
+        # language: typos, object nouns kept, re-published latched
+        text = "Pick up the red cube with the right arm and transfer it to the left arm."
+        rig.instr_pub.publish(String(data=text))
+        instr = topics.perturbed(topics.INSTRUCTION)
+        assert wait_for(lambda: probe.count(instr) > 0, 10)
+        out = probe.decoded(instr, String)[-1].data
+        assert out == ref.instruction(text) and out != text and "cube" in out and "red" in out
+
+        # background: only where the mask says background, once a mask has arrived
+        h, w = 48, 64
+        mask = np.zeros((h, w), np.uint8)
+        mask[: h // 2] = 255
+        mask_pub = probe.publisher(topics.background_mask_topic("cam_left_wrist"), Image)
+        img, raw, stamp = _image("cam_left_wrist", 6)
+        changed = None
+        for k in range(40):
+            mask_pub.publish(encode_image(mask, "mono8", Stamp(0, 0), "m"))
+            img, raw, stamp = _image("cam_left_wrist", 6 + k)
+            out_img = decode_image(rig.send_until("cam_left_wrist", raw, stamp)).array
+            if not np.array_equal(out_img[: h // 2], ref.image("cam_left_wrist", img, stamp.ns).array[: h // 2]):
+                changed = out_img, img
+                break
+        assert changed is not None, runner.log("perturbation_node")
+        out_img, img = changed
+        shadow_only = ref.image("cam_left_wrist", img, stamp.ns).array
+        np.testing.assert_array_equal(out_img[h // 2:], shadow_only[h // 2:])  # foreground: shadow only
+
+        # runtime switch: an unknown profile is refused, naming it; the old one keeps running
+        res = _set_profile(probe, "bogus_profile@2")
+        assert not res.successful and "bogus_profile" in res.reason
+        img, raw, stamp = _image("cam_right_wrist", 50)
+        got = decode_image(rig.send_until("cam_right_wrist", raw, stamp))
+        np.testing.assert_array_equal(got.array, ref.image("cam_right_wrist", img, stamp.ns).array)
+        assert _set_profile(probe, "light@7").reason.count("level 7") == 1
+        # a good one switches, and clean passes bytes through again
+        assert _set_profile(probe, "clean").successful
+        assert wait_for(lambda: rig.active()[-1]["name"] == "clean", 10)
+        img, raw, stamp = _image("cam_right_wrist", 51)
+        assert rig.send_until("cam_right_wrist", raw, stamp) == raw
+        from std_srvs.srv import Trigger
+
+        rel = _call(probe, probe.node.create_client(Trigger, "/perturbation_node/reload"), Trigger.Request())
+        assert rel.success and "clean" in rel.message
+        assert wait_for(lambda: probe.count(topics.DIAGNOSTICS) > 0, 10)
+        assert not runner.dead()
+    finally:
+        runner.stop()
