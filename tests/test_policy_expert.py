@@ -20,7 +20,7 @@ def test_expert_backend_closes_the_loop_in_lockstep(probe, domain_id, tmp_path):
     g = Graph("policy_expert", [
         NodeSpec("sim_bridge", "sim_bridge", {"task": "transfer_cube", "clock": "lockstep", "seed": 3,
                                               "render": {"width": 96, "height": 72, "camera_every": 25},
-                                              "start_delay_s": 1.5}),
+                                              "start_delay_s": 3.0}),
         NodeSpec("wam_policy_node", "wam_policy_node", {"lockstep": True, "backend": {"type": "expert"},
                                                         "observation": {"input_prefix": ""},
                                                         "runtime": {"strategy": "rtc", "replan_steps": 20}}),
@@ -41,8 +41,7 @@ def test_expert_backend_closes_the_loop_in_lockstep(probe, domain_id, tmp_path):
         # the commands are the expert's own plan, chunk by chunk
         from sim_bridge.experts import make_expert
 
-        priv0 = next(json.loads(m.data) for m in probe.decoded(topics.PRIVILEGED_STATE, String)
-                     if json.loads(m.data)["step"] == 0)
+        priv0 = json.loads(probe.decoded(topics.PRIVILEGED_STATE, String)[0].data)  # plans from initial_objects
         ex = make_expert("transfer_cube")
         ex.reset(priv0)
         want = ex.actions(0, end["steps"])
