@@ -37,6 +37,7 @@ def _load_optional() -> None:
         "collect": ("wam_common.training.collect", "scripted-expert demos → LeRobotDataset"),
         "train": ("wam_common.training.train", "train ACT / Diffusion Policy with LeRobot"),
         "preflight": ("robot_io.preflight", "pre-flight checks before arming a real robot"),
+        "operator": ("robot_io.operator", "real-robot evaluation: start/stop/label episodes from the keyboard or a topic"),
     }
     for name, (mod, help_) in extra.items():
         if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None:
