@@ -327,3 +327,11 @@ def test_engine_op_failure_passes_frame():
     bad = e.image("cam_high", IMG, 2, mask=np.zeros((3, 3), np.uint8))  # mask of the wrong size
     assert bad.array is not None and e.counts["op_errors"] == 1
     assert e.active(topics.CAMERAS)["cameras"]["cam_high"][0]["op"] == "background"
+
+
+def test_docs_table_matches_the_code():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "perturbations.md").read_text()
+    table = doc.split("<!-- ops-table -->\n", 1)[1].split("\n<!-- /ops-table -->", 1)[0]
+    assert table == ops.parameter_table(), "docs/perturbations.md: regenerate with python -m perturbation_node.ops"
