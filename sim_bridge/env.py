@@ -43,7 +43,7 @@ class SimEnv:
                 old_key = next(iter(self._sims))
                 self._sims.pop(old_key).close()
             self._sims[key] = sim
-        variant.edit_model(sim.model)
+        variant.edit_model(sim)
         arm_q = variant.arm_qpos(START_ARM_POSE.copy())
         objects = {**variant.layout, **variant.distractor_poses}
         sim.reset(arm_q, objects, ctrl16=arm_q)

@@ -67,6 +67,33 @@ class AlohaSim:
         self._renderers: dict[tuple[int, int], mujoco.Renderer] = {}
         self._geom_names = [mujoco.mj_id2name(model, mujoco.mjtObj.mjOBJ_GEOM, i) or "" for i in range(model.ngeom)]
         self.nu = model.nu
+        # nominal values of what physical perturbations edit, restored before each episode's edits
+        self.nominal = {k: getattr(model, k).copy() for k in (
+            "light_diffuse", "light_specular", "light_dir", "light_pos", "light_castshadow",
+            "cam_mode", "cam_pos", "cam_quat", "cam_fovy", "geom_rgba")}
+        self.nominal_headlight = (model.vis.headlight.ambient.copy(), model.vis.headlight.diffuse.copy())
+        self.nominal_camera = self._camera_poses()
+
+    def _camera_poses(self) -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """World pose and target point of each world-fixed camera at the start pose (mode resolved)."""
+        m = self.model
+        d = mujoco.MjData(m)
+        d.qpos[:16] = START_ARM_POSE
+        mujoco.mj_forward(m, d)
+        out = {}
+        for i in range(m.ncam):
+            if m.cam_bodyid[i] != 0:
+                continue  # wrist cameras ride on the arms
+            tb = m.cam_targetbodyid[i]
+            target = d.xpos[tb].copy() if tb >= 0 else d.cam_xpos[i] - d.cam_xmat[i].reshape(3, 3)[:, 2]
+            out[m.camera(i).name] = (d.cam_xpos[i].copy(), d.cam_xmat[i].reshape(3, 3).copy(), target)
+        return out
+
+    def upload_texture(self, tex_id: int) -> None:
+        """Push an edited ``model.tex_data`` texture to every live renderer's GL context."""
+        for r in self._renderers.values():
+            r._gl_context.make_current()
+            mujoco.mjr_uploadTexture(self.model, r._mjr_context, tex_id)
 
     # ------------------------------------------------------------------ construction
     @classmethod

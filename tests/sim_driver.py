@@ -35,7 +35,7 @@ def start_sim(domain_id: int, **params) -> GraphRunner:
 
 
 class ExpertDriver:
-    def __init__(self, probe, task: str, answer: bool = True, cameras=topics.CAMERAS):
+    def __init__(self, probe, task: str, answer: bool = True, cameras=topics.CAMERAS, lockstep: bool = True):
         from sim_bridge.experts import make_expert
 
         self.expert = make_expert(task)
@@ -51,16 +51,17 @@ class ExpertDriver:
         self.images: dict[str, list[tuple[int, str, str, tuple, str]]] = {c: [] for c in cameras}
         self.instructions: list[str] = []
         node = probe.node
+        sensor = qos.sensor(lockstep)
         self.pub = node.create_publisher(Float64MultiArray, topics.COMMAND, qos.COMMAND)
-        node.create_subscription(String, topics.PRIVILEGED_STATE, self._on_priv, qos.SENSOR_RELIABLE)
+        node.create_subscription(String, topics.PRIVILEGED_STATE, self._on_priv, sensor)
         for arm in topics.ARMS:
             node.create_subscription(JointState, topics.joint_state_topic(arm),
-                                     lambda m, arm=arm: self._on_js(arm, m), qos.SENSOR_RELIABLE)
+                                     lambda m, arm=arm: self._on_js(arm, m), sensor)
         node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
         node.create_subscription(String, topics.INSTRUCTION, lambda m: self.instructions.append(m.data), qos.LATCHED)
         for cam in cameras:
             node.create_subscription(Image, topics.camera_topic(cam), lambda raw, cam=cam: self._on_image(cam, raw),
-                                     qos.SENSOR_RELIABLE, raw=True)
+                                     sensor, raw=True)
 
     @staticmethod
     def _ns(stamp) -> int:
@@ -79,7 +80,7 @@ class ExpertDriver:
 
     def _on_priv(self, msg):
         p = json.loads(msg.data)
-        if p["step"] == 0 and p["episode"] != self.episode:
+        if p["episode"] != self.episode:  # plans from initial_objects, so a missed step 0 is fine
             self.episode = p["episode"]
             self.expert.reset(p)
         with self.lock:
