@@ -32,13 +32,13 @@ def contract_qos(topic: str, lockstep: bool = True):
 
 
 class Traffic:
-    def __init__(self, node, lockstep: bool = True, size=(48, 64), cameras=T.CAMERAS):
+    def __init__(self, node, lockstep: bool = True, size=(48, 64), cameras=T.CAMERAS, pattern: str = "noise"):
         from diagnostic_msgs.msg import DiagnosticArray
         from rosgraph_msgs.msg import Clock
         from sensor_msgs.msg import Image, JointState
         from std_msgs.msg import Bool, Float64MultiArray, String
 
-        self.node, self.size, self.cameras = node, size, tuple(cameras)
+        self.node, self.size, self.cameras, self.pattern = node, size, tuple(cameras), pattern
         self.sent: dict[str, list[bytes]] = defaultdict(list)
         self.types = {T.CLOCK: Clock, T.INSTRUCTION: String, T.perturbed(T.INSTRUCTION): String,
                       T.COMMAND: Float64MultiArray, T.SHADOW_COMMAND: Float64MultiArray, T.EPISODE: String,
@@ -51,6 +51,12 @@ class Traffic:
         self.pubs = {t: node.create_publisher(cls, t, contract_qos(t, lockstep)) for t, cls in self.types.items()}
         self.t_ns = 1_000_000_000
         self.rng = np.random.default_rng(0)
+
+    def frame(self, episode: int, step: int, cam_index: int) -> np.ndarray:
+        """noise: random pixels; flat: one colour per (episode, step, camera) (survives video coding)."""
+        if self.pattern == "flat":
+            return np.full((*self.size, 3), (40 * episode + 7 * step + 60 * cam_index) % 200 + 20, np.uint8)
+        return self.rng.integers(0, 255, (*self.size, 3), dtype=np.uint8)
 
     def wait_matched(self, timeout: float = 20.0, topics=None, subscribers: int = 1) -> bool:
         end = time.monotonic() + timeout
@@ -101,8 +107,8 @@ class Traffic:
             clk.clock.sec, clk.clock.nanosec = stamp.sec, stamp.nanosec
             self.send(T.CLOCK, clk)
             if k % camera_every == 0:
-                for c in self.cameras:
-                    img = self.rng.integers(0, 255, (*self.size, 3), dtype=np.uint8)
+                for ci, c in enumerate(self.cameras):
+                    img = self.frame(i, k, ci)
                     raw = encode_image(img, "rgb8", stamp, T.camera_frame(c))
                     self.send(T.camera_topic(c), raw)
                     self.send(T.perturbed(T.camera_topic(c)), raw)
@@ -141,7 +147,7 @@ class Traffic:
 
 
 def recorded_bag(out_dir, plan, steps: int = 12, holds: dict | None = None, chunk: int = 4, size=(48, 64),
-                 recorder_params: dict | None = None, camera_every: int = 2):
+                 recorder_params: dict | None = None, camera_every: int = 2, pattern: str = "noise"):
     """Run the recorder node (own ROS_DOMAIN_ID) while a probe plays ``plan`` = [(dimension, level,
     success), …] as episodes; returns (bag_dir, EPISODE events the probe received, plan)."""
     from pathlib import Path
@@ -168,7 +174,7 @@ def recorded_bag(out_dir, plan, steps: int = 12, holds: dict | None = None, chun
         root = Path(__file__).resolve().parents[1]
         g = Graph("rec", [NodeSpec("recorder", "recorder", params)], dds_profile=root / "config/dds/fastdds.xml")
         runner = GraphRunner(g, domain_id=lease.domain_id, log_dir=out_dir / "logs").start()
-        tr = Traffic(probe.node, size=size)
+        tr = Traffic(probe.node, size=size, pattern=pattern)
         if not tr.wait_matched(subscribers=1, topics=[t for t in tr.pubs if t != T.EPISODE]) or \
                 not tr.wait_matched(subscribers=2, topics=[T.EPISODE]):
             raise RuntimeError("recorder did not subscribe:\n" + runner.log("recorder"))

@@ -1,0 +1,74 @@
+"""``wam-policy export-lerobot``: a bag the recorder wrote from real DDS traffic → LeRobotDataset
+(v3), loaded back with LeRobot's own ``LeRobotDataset`` class and checked step by step."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from wam_common import aloha
+
+from recording_traffic import recorded_bag
+
+PLAN = [("Clean", 0, True), ("Clean", 0, False)]
+STEPS = 10
+
+
+@pytest.fixture(scope="module")
+def bag(tmp_path_factory):
+    return recorded_bag(tmp_path_factory.mktemp("export"), PLAN, steps=STEPS, pattern="flat", size=(48, 64))
+
+
+def _expected_state(k: int) -> np.ndarray:
+    # what Traffic.episode published: q = sin(0.1 k + arange(14)) through JointState and back
+    q = np.sin(0.1 * k + np.arange(14))
+    out = []
+    for arm7 in aloha.split14(q):
+        pos = aloha.joint_state_positions(arm7)
+        out.append(aloha.arm_state_from_joint_state(aloha.JOINT_STATE_NAMES, pos))
+    return np.concatenate(out)
+
+
+def test_export_loads_with_lerobot(bag, tmp_path):
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    bag_dir, _, _ = bag
+    out = tmp_path / "ds"
+    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "export-lerobot", str(bag_dir), str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    info = json.loads(r.stdout[r.stdout.index("{"):])
+    assert info["episodes"] == 2 and info["frames"] == 2 * STEPS and info["fps"] == 50
+
+    ds = LeRobotDataset("local/ds", root=out, video_backend="pyav")
+    assert ds.num_episodes == 2 and len(ds) == 2 * STEPS and ds.fps == 50
+    assert set(ds.meta.video_keys) == {f"observation.images.{c}" for c in ("cam_high", "cam_left_wrist", "cam_right_wrist")}
+    assert ds.meta.info["codebase_version"].startswith("v3")
+    for idx in range(len(ds)):
+        f = ds[idx]
+        ep, k = int(f["episode_index"]), int(f["frame_index"])
+        assert f["task"] == "transfer the cube"
+        np.testing.assert_allclose(f["observation.state"].numpy(), _expected_state(k), atol=1e-5)
+        np.testing.assert_allclose(f["action"].numpy(), np.sin(0.1 * k + np.arange(14)) + 0.01, atol=1e-5)
+        # cameras every 2nd step: step k shows the frame of step k - k % 2 (flat colour per frame)
+        for ci, cam in enumerate(("cam_high", "cam_left_wrist", "cam_right_wrist")):
+            img = f[f"observation.images.{cam}"].numpy()  # C,H,W float 0..1
+            want = ((40 * ep + 7 * (k - k % 2) + 60 * ci) % 200 + 20) / 255.0
+            assert abs(float(img.mean()) - want) < 4 / 255, (ep, k, cam)
+
+
+def test_success_only_and_errors(bag, tmp_path):
+    from wam_common.config import ConfigError
+    from wam_common.recording.export_lerobot import export
+
+    bag_dir, _, _ = bag
+    info = export([bag_dir], tmp_path / "ok", success_only=True, stride=2)
+    assert info["episodes"] == 1 and info["frames"] == STEPS // 2 and info["fps"] == 25
+    with pytest.raises(ConfigError, match="exists"):
+        export([bag_dir], tmp_path / "ok")
+    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "export-lerobot", str(tmp_path / "missing"),
+                        str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr

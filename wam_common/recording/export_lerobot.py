@@ -1,0 +1,188 @@
+"""``wam-policy export-lerobot BAG… OUT``: recorded episodes → a LeRobotDataset (v3 layout).
+
+Written through LeRobot's own API (``LeRobotDataset.create`` / ``add_frame`` / ``save_episode``
+/ ``finalize``), so demos recorded through the graph train a LeRobot policy directly. Features
+follow LeRobot's real-ALOHA datasets: ``observation.images.<cam>`` (videos, H×W×3),
+``observation.state`` and ``action`` (14 float32, ``[left 6, left gripper, right 6, right
+gripper]``, grippers normalised 0..1), the task string per frame.
+
+One frame per control step: a step is a joint-state pair (both arms, same stamp; the raw
+topics by default, ``--perturbed`` for what the policy saw), its action is the next COMMAND,
+its images the newest frame of each camera stamped at or before the step (cameras publish
+every ``camera_every`` steps). The task string is the episode's instruction (start event or
+``/instruction``), else its task name. fps = 50 / ``--stride``.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .. import aloha, topics as T
+from ..config import ConfigError
+from ..imageio import to_rgb
+
+STATE_NAMES = [f"{arm}_{j}" for arm in T.ARMS for j in T.JOINTS_PER_ARM]
+
+
+@dataclass
+class _Step:
+    stamp: int
+    state: np.ndarray
+    images: dict
+    action: np.ndarray | None = None
+
+
+@dataclass
+class _Episode:
+    index: int
+    task: str
+    success: bool | None = None
+    steps: list = field(default_factory=list)
+
+
+def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list[_Episode]:
+    """Step-aligned episodes from bags (state, action, images, task)."""
+    from .bag import Bag, decode, image, json_event, string
+
+    pre = T.perturbed if perturbed else (lambda t: t)
+    cam_topics = {pre(T.camera_topic(c)): c for c in cameras}
+    js_topics = {pre(T.joint_state_topic(a)): a for a in T.ARMS}
+    instr_topic = pre(T.INSTRUCTION)
+    out: list[_Episode] = []
+    for path in bag_paths:
+        with Bag(path) as bag:
+            have = bag.topics
+            missing = [t for t in list(cam_topics) + list(js_topics) + [T.COMMAND, T.EPISODE] if t not in have]
+            if missing:
+                raise ConfigError(f"bag '{path}' lacks topic(s) {', '.join(missing)} needed for export")
+            latest: dict[str, tuple[int, np.ndarray]] = {}
+            pending: dict[int, dict] = {}
+            cur: _Episode | None = None
+            waiting: _Step | None = None
+            instruction = ""
+            topics = list(cam_topics) + list(js_topics) + [T.COMMAND, T.EPISODE] + ([instr_topic] if instr_topic in have else [])
+            for m in bag.messages(topics):
+                if m.topic == T.EPISODE:
+                    ev = json_event(m) or {}
+                    if ev.get("event") == "start":
+                        cur = _Episode(int(ev.get("episode", len(out))),
+                                       str(ev.get("instruction") or instruction or ev.get("task") or "task"))
+                        waiting, pending = None, {}
+                    elif ev.get("event") == "end" and cur is not None:
+                        cur.success = bool(ev.get("success"))
+                        out.append(cur)
+                        cur = None
+                elif m.topic == instr_topic:
+                    instruction = string(m)
+                elif m.topic in cam_topics:
+                    try:
+                        img = image(m)
+                        latest[cam_topics[m.topic]] = (img.stamp.ns, np.array(to_rgb(img)))
+                    except Exception:  # noqa: BLE001 - a bad frame is skipped
+                        continue
+                elif m.topic in js_topics and cur is not None:
+                    try:
+                        js = decode(m)
+                        arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
+                    except Exception:  # noqa: BLE001
+                        continue
+                    stamp = js.header.stamp.sec * 1_000_000_000 + js.header.stamp.nanosec
+                    pend = pending.setdefault(stamp, {})
+                    pend[js_topics[m.topic]] = arm7
+                    if len(pend) == len(T.ARMS):
+                        del pending[stamp]
+                        if not all(c in latest and latest[c][0] <= stamp for c in cameras):
+                            continue  # no frame of some camera yet
+                        state = np.concatenate([pend[a] for a in T.ARMS])
+                        waiting = _Step(stamp, state, {c: latest[c][1] for c in cameras})
+                elif m.topic == T.COMMAND and cur is not None and waiting is not None:
+                    try:
+                        act = np.asarray(decode(m).data, dtype=float)
+                    except Exception:  # noqa: BLE001
+                        continue
+                    if act.shape != (T.STATE_DIM,) or not np.all(np.isfinite(act)):
+                        continue
+                    waiting.action = act
+                    cur.steps.append(waiting)
+                    waiting = None
+    return out
+
+
+def features(shape: tuple[int, int, int], cameras=T.CAMERAS) -> dict:
+    feats = {f"observation.images.{c}": {"dtype": "video", "shape": tuple(shape), "names": ["height", "width", "channels"]}
+             for c in cameras}
+    feats["observation.state"] = {"dtype": "float32", "shape": (T.STATE_DIM,), "names": STATE_NAMES}
+    feats["action"] = {"dtype": "float32", "shape": (T.STATE_DIM,), "names": STATE_NAMES}
+    return feats
+
+
+def export(bag_paths, out: str | Path, repo_id: str | None = None, stride: int = 1, success_only: bool = False,
+           perturbed: bool = False, cameras=T.CAMERAS, overwrite: bool = False, min_steps: int = 2) -> dict:
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    out = Path(out)
+    if out.exists():
+        if not overwrite:
+            raise ConfigError(f"output '{out}' exists (use --overwrite)")
+        shutil.rmtree(out)
+    if stride < 1:
+        raise ConfigError(f"--stride must be >= 1, got {stride}")
+    eps = read_episodes(bag_paths, cameras, perturbed)
+    kept = [e for e in eps if len(e.steps[::stride]) >= min_steps and (e.success or not success_only)]
+    if not kept:
+        raise ConfigError(f"no exportable episodes in {', '.join(map(str, bag_paths))} "
+                          f"({len(eps)} complete episode(s), success_only={success_only})")
+    fps = int(round(1.0 / (T.DT * stride)))
+    shape = kept[0].steps[0].images[cameras[0]].shape
+    ds = LeRobotDataset.create(repo_id=repo_id or f"local/{out.name}", fps=fps, features=features(shape, cameras),
+                               root=out, robot_type="aloha", use_videos=True)
+    frames = 0
+    try:
+        for ep in kept:
+            for st in ep.steps[::stride]:
+                frame = {f"observation.images.{c}": st.images[c] for c in cameras}
+                frame["observation.state"] = st.state.astype(np.float32)
+                frame["action"] = st.action.astype(np.float32)
+                frame["task"] = ep.task
+                ds.add_frame(frame)
+                frames += 1
+            ds.save_episode(parallel_encoding=False)
+    finally:
+        ds.finalize()
+    return {"out": str(out), "repo_id": ds.repo_id, "episodes": len(kept), "frames": frames, "fps": fps,
+            "skipped": len(eps) - len(kept), "cameras": list(cameras), "image_shape": list(shape)}
+
+
+def add_arguments(p) -> None:
+    p.add_argument("paths", nargs="+", metavar="BAG… OUT", help="bags (rosbag2 dirs / .mcap), then the output folder")
+    p.add_argument("--repo-id", default=None, help="dataset repo id (default local/<OUT name>)")
+    p.add_argument("--stride", type=int, default=1, help="keep every n-th step (fps = 50/n)")
+    p.add_argument("--success-only", action="store_true", help="export successful episodes only")
+    p.add_argument("--perturbed", action="store_true", help="use the /perturbed topics (what the policy saw)")
+    p.add_argument("--cameras", default=",".join(T.CAMERAS), help="comma-separated camera names")
+    p.add_argument("--overwrite", action="store_true")
+
+
+def run(args) -> int:
+    import json
+
+    if len(args.paths) < 2:
+        raise ConfigError("export-lerobot needs at least one BAG and an OUT folder")
+    *bags, out = args.paths
+    for b in bags:
+        if not Path(b).exists():
+            raise ConfigError(f"bag '{b}' does not exist")
+    cams = tuple(c.strip() for c in args.cameras.split(",") if c.strip())
+    from .bag import BagReadError
+
+    try:
+        info = export(bags, out, args.repo_id, args.stride, args.success_only, args.perturbed, cams, args.overwrite)
+    except BagReadError as exc:
+        print(f"wam-policy export-lerobot: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(info, indent=1))
+    return 0
