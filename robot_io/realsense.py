@@ -196,10 +196,22 @@ class FrameSource:
         self.info: DeviceInfo | None = None
         self._ctx = None
         self._pipe = None
+        self._playback = None
 
     @property
     def is_open(self) -> bool:
         return self._pipe is not None
+
+    @property
+    def ended(self) -> bool:
+        """A recording that has played to its end (USB cameras never end: they time out)."""
+        pb = self._playback
+        if pb is None:
+            return False
+        try:
+            return pb.current_status() == _rs().playback_status.stopped
+        except RuntimeError:
+            return True
 
     def open(self) -> DeviceInfo:
         """Find the serial and start streaming; CameraNotFound / CameraError otherwise."""
@@ -221,8 +233,10 @@ class FrameSource:
                               f"{self.width}x{self.height} rgb8 @ {self.fps} fps: {exc}") from None
         device = profile.get_device()
         self.notes = []
+        playback = None
         if device.is_playback():
-            device.as_playback().set_real_time(True)  # frames at their recorded pace, like a camera
+            playback = device.as_playback()
+            playback.set_real_time(True)  # frames at their recorded pace, like a camera
         sensor = _color_sensor(rs, device, profile)
         if sensor is not None:
             if sensor.supports(rs.option.global_time_enabled) and not device.is_playback():
@@ -232,7 +246,7 @@ class FrameSource:
                     pass
             self.notes = configure_exposure(sensor, self.auto_exposure, self.exposure_us)
         self.auto_exposure_state = auto_exposure_state(sensor)
-        self._ctx, self._pipe, self.info = ctx, pipe, info
+        self._ctx, self._pipe, self._playback, self.info = ctx, pipe, playback, info
         return info
 
     def read(self, timeout_s: float = 0.5, host_clock: Callable[[], int] = time.time_ns) -> Frame | None:
@@ -261,6 +275,7 @@ class FrameSource:
         )
 
     def close(self) -> None:
+        self._playback = None
         pipe, self._pipe = self._pipe, None
         if pipe is not None:
             try:
@@ -283,6 +298,7 @@ class CameraStatus:
     frames: int = 0
     reconnects: int = 0
     clock_resets: int = 0
+    loops: int = 0  # recordings replayed from the start (playback with loop)
     last_stamp_ns: int = 0
     offset_ns: int | None = None
     auto_exposure: str = "unknown"
@@ -297,11 +313,12 @@ class CameraWorker:
 
     def __init__(self, source: FrameSource, on_frame: Callable, on_status: Callable | None = None,
                  host_clock: Callable[[], int] = time.time_ns, lost_after_s: float = 1.0,
-                 reconnect_s: float = 1.0, mapper: HardwareClockMapper | None = None):
+                 reconnect_s: float = 1.0, mapper: HardwareClockMapper | None = None, loop: bool = False):
         self.source = source
         self.on_frame, self.on_status = on_frame, on_status or (lambda s: None)
         self.host_clock = host_clock
         self.lost_after_s, self.reconnect_s = float(lost_after_s), float(reconnect_s)
+        self.loop = bool(loop)  # a recording that ends restarts at once (else: it counts as unplugged)
         self.mapper = mapper or HardwareClockMapper()
         self.status = CameraStatus(source.cam, source.serial)
         self._stop = threading.Event()
@@ -341,25 +358,32 @@ class CameraWorker:
                 self.status.notes = list(self.source.notes)
                 where = f" from recording {Path(info.path).name}" if info.is_recording else ""
                 self._set("streaming", f"camera '{self.source.cam}' streaming: serial {info.serial} ({info.name}){where}")
-                self._stream()
+                ended = self._stream()
                 self.source.close()
                 if self._stop.is_set():
                     break
+                if ended and self.loop:
+                    self.status.loops += 1
+                    first = True  # a replay, not a reconnect
+                    continue  # replay the recording from its start right away
                 self._set("lost", f"camera '{self.source.cam}' (serial {self.source.serial}): no frame for "
                                   f"{self.lost_after_s:g} s, unplugged? reconnecting every {self.reconnect_s:g} s")
             self._stop.wait(self.reconnect_s)
 
-    def _stream(self) -> None:
+    def _stream(self) -> bool:
+        """Hand on frames until the camera is lost (False) or its recording ended (True)."""
         last_ok = time.monotonic()
         while not self._stop.is_set():
             try:
-                frame = self.source.read(min(0.2, self.lost_after_s), self.host_clock)
+                frame = self.source.read(min(0.05 if self.loop else 0.2, self.lost_after_s), self.host_clock)
             except Exception:  # noqa: BLE001
                 frame = None
             now = time.monotonic()
             if frame is None:
+                if self.loop and self.source.ended:
+                    return True
                 if now - last_ok > self.lost_after_s:
-                    return
+                    return False
                 continue
             if frame.number == self._last_number and frame.domain == self._last_domain and self.status.frames:
                 continue  # the same frame again: never hand on a frozen frame

@@ -42,6 +42,7 @@ DEFAULTS = {
     "lost_after_s": 1.0,  # no frame this long → the camera counts as unplugged
     "reconnect_s": 1.0,  # how often an unplugged / missing camera is looked for again
     "playback_dir": "",  # a folder of RealSense recordings (.db3) to stream instead of USB cameras
+    "playback_loop": False,  # a recording that ends restarts at once (False: it counts as unplugged)
     "diagnostics_period_s": 1.0,
 }
 
@@ -105,7 +106,7 @@ class RealsenseNode(Node):
                 FrameSource(cam, serial, cfg["width"], cfg["height"], cfg["fps"], cfg["auto_exposure"],
                             cfg["exposure_us"], playback),
                 on_frame=self._on_frame, on_status=self._on_status, host_clock=self._now_ns,
-                lost_after_s=cfg["lost_after_s"], reconnect_s=cfg["reconnect_s"],
+                lost_after_s=cfg["lost_after_s"], reconnect_s=cfg["reconnect_s"], loop=cfg["playback_loop"],
             )
             for cam, serial in self.cameras.items()
         ]
@@ -150,7 +151,7 @@ class RealsenseNode(Node):
                 level = DiagnosticStatus.WARN
             ds = DiagnosticStatus(level=level, name=f"{NAME}: {st.cam}", hardware_id=st.serial, message=st.message)
             vals = {"state": st.state, "serial": st.serial, "frames": st.frames, "fps": f"{fps:.2f}",
-                    "reconnects": st.reconnects, "clock_resets": st.clock_resets,
+                    "reconnects": st.reconnects, "clock_resets": st.clock_resets, "loops": st.loops,
                     "auto_exposure": st.auto_exposure, "topic": topics.camera_topic(st.cam),
                     "offset_ms": "" if st.offset_ns is None else f"{st.offset_ns / 1e6:.3f}",
                     "notes": "; ".join(st.notes)}

@@ -279,3 +279,26 @@ def test_empty_serial_message_lists_connected(recordings, domain_id, tmp_path):
         log = runner.log("realsense_cameras")
     for serial in SERIALS.values():
         assert serial in log, log
+
+
+def test_worker_loops_a_recording_without_losing_it(recordings):
+    got, states = [], []
+    w = CameraWorker(FrameSource("cam_left_wrist", SERIALS["cam_left_wrist"], playback_dir=recordings),
+                     on_frame=lambda cam, rgb, st, fr: got.append((frame_index(rgb), st)),
+                     on_status=lambda s: states.append(s.state), lost_after_s=5.0, reconnect_s=5.0, loop=True)
+    w.start()
+    try:
+        deadline = time.monotonic() + 20
+        while w.status.loops < 1 or len(got) < N_FRAMES + 10:
+            assert time.monotonic() < deadline, (states, len(got), w.status)
+            time.sleep(0.1)
+    finally:
+        w.stop()
+    # lost_after_s / reconnect_s of 5 s would show as a gap and a "lost" state; a loop has neither
+    assert states == ["streaming"]
+    idx = [i for i, _ in got]
+    restart = next(k for k in range(1, len(idx)) if idx[k] < idx[k - 1])
+    assert idx[restart] <= 1
+    stamps = [s for _, s in got]
+    assert all(b > a for a, b in zip(stamps, stamps[1:]))
+    assert w.status.reconnects == 0
