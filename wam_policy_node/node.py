@@ -430,10 +430,22 @@ class WamPolicyNode(Node):
     @_guarded
     def _on_tick(self) -> None:
         now = self.get_clock().now().nanoseconds
+        if now == 0:  # use_sim_time and no /clock yet
+            return
         obs = self._latest_obs
         if obs is not None and self.backend.needs_privileged:
             obs.privileged = self._latest_priv
-        cmd, status = self.controller.tick(now, obs)
+        missing = None
+        if self.needs_images and (obs is None or now - obs.stamp_ns > self.controller.stale_obs_ns):
+            # say which input is missing: a camera that stopped, or the joint states
+            js_new = min((next(reversed(q)) for q in self._js.values() if q), default=None)
+            if js_new is not None and now - js_new <= self.controller.stale_obs_ns:
+                lack = [c for c in self.cams if not self._frames[c]
+                        or now - self._frames[c][-1][0] > self.controller.stale_obs_ns]
+                if lack:
+                    missing = "missing_camera"
+                    self._warn("rt_missing_cam", f"no fresh frame from {lack}: holding")
+        cmd, status = self.controller.tick(now, obs, missing)
         self._emit(cmd, status)
 
     # -- outputs ---------------------------------------------------------------------------

@@ -107,7 +107,7 @@ class ChunkRuntime:
         if self.strategy == "sync":
             n = len(acts) if self.execute_steps <= 0 else min(self.execute_steps, len(acts))
             # the robot waited for this chunk: play it from its first action, starting now
-            base = chunk.stamp_ns if now_ns <= chunk.stamp_ns else self._ceil_step(now_ns, chunk.stamp_ns)
+            base = max(chunk.stamp_ns, now_ns)
             self._chunks = [_Chunk(cid, base, acts[:n], chunk.infer_ms, chunk.stamp_ns)]
         elif self.strategy == "temporal_ensemble":
             new = _Chunk(cid, chunk.stamp_ns, acts, chunk.infer_ms, chunk.stamp_ns)
