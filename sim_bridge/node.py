@@ -42,7 +42,7 @@ DEFAULTS = {
     "episodes": 1,                  # 0 = run episodes forever
     "max_steps": 0,                 # 0 = the task's time limit
     "end_on_success": True,         # end the episode at the first success (as gym-aloha terminates)
-    "physical": "",                 # physical perturbation: "" | "light:3" | "light:3,camera:2" ...
+    "physical": {},                 # physical perturbations {dimension: level 0..5}, e.g. {light: 3, camera: 2}
     "start_delay_s": 0.5,           # wall time before the first episode (lets subscribers match)
     "render": {
         "width": 320,
@@ -113,7 +113,7 @@ class SimBridge(Node):
 
         c = self.cfg
         self.lockstep = c["clock"] == "lockstep"
-        self.env = SimEnv(c["task"], c["physical"] or None, c["max_steps"])
+        self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"])
         self.cameras = list(c["render"]["cameras"])
         self.h, self.w = int(c["render"]["height"]), int(c["render"]["width"])
         self.every = int(c["render"]["camera_every"])
@@ -144,7 +144,7 @@ class SimBridge(Node):
         self._thread.start()
         self.get_logger().info(
             f"task={c['task']} clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
-            f"render={self.w}x{self.h} every {self.every} physical='{c['physical']}'")
+            f"render={self.w}x{self.h} every {self.every} physical={dict(c['physical'])}")
 
     # ------------------------------------------------------------------ commands
     def _on_command(self, msg: Float64MultiArray) -> None:

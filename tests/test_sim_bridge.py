@@ -90,7 +90,7 @@ def test_bad_commands_hold_and_never_crash(probe, domain_id):
 
 @pytest.mark.parametrize("bad,key", [({"task": "nope"}, "task"), ({"clock": "fast"}, "clock"),
                                      ({"render": {"camera_every": 0}}, "render.camera_every"),
-                                     ({"physical": "wobble:3"}, "wobble"), ({"bogus": 1}, "bogus")])
+                                     ({"physical": {"wobble": 3}}, "wobble"), ({"physical": {"light": 7}}, "light"), ({"bogus": 1}, "bogus")])
 def test_bad_config_is_one_line_error(domain_id, bad, key):
     sim = start_sim(domain_id, **bad)
     try:
@@ -117,7 +117,7 @@ def test_same_seed_same_messages_across_runs(probe, domain_id):
     runs = []
     for _ in range(2):
         drv = ExpertDriver(probe, "transfer_cube")
-        sim = start_sim(domain_id, seed=5, max_steps=150, physical="light:3,layout:2,robot:2",
+        sim = start_sim(domain_id, seed=5, max_steps=150, physical={"light": 3, "layout": 2, "robot": 2},
                         render={"camera_every": 15})
         try:
             ends = drv.wait_event("end", timeout=120)
