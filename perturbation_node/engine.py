@@ -43,18 +43,48 @@ class _Camera:
     last_out: np.ndarray | None = None
 
 
+def check_device(device: str) -> str:
+    """'' (numpy/OpenCV) or a torch device that exists; ConfigError naming it otherwise."""
+    device = str(device or "")
+    if not device:
+        return ""
+    try:
+        import torch
+
+        torch.empty(1, device=device)
+    except Exception as exc:  # noqa: BLE001 - no torch, bad name, no CUDA
+        raise ConfigError(f"perturbation device '{device}' is not usable ({type(exc).__name__}: {exc})") from None
+    return device
+
+
+def _to_torch(x, device):
+    if isinstance(x, np.ndarray):
+        import torch
+
+        return torch.from_numpy(np.array(x, copy=True, order="C")).to(device, non_blocking=True)
+    return x
+
+
+def _to_numpy(x):
+    if isinstance(x, np.ndarray):
+        return x
+    return x.cpu().numpy()
+
+
 class Perturber:
     """Runs one profile (or suite) over images, joint states and instructions."""
 
-    def __init__(self, profile: Profile, lockstep: bool = False):
+    def __init__(self, profile: Profile, lockstep: bool = False, device: str = ""):
         self.profile = profile
         self.lockstep = bool(lockstep)
+        self.device = check_device(device)
         self._check(profile)
         self._lock = threading.Lock()
         self.counts = {"frames": 0, "dropped": 0, "op_errors": 0, "mask_missing": 0}
         self.episode = 0
         self._active = profile.entry_for_episode(0)
         self._pick_for_episode()
+        self._snap = (self._run, self.episode)
         self._cams: dict[str, _Camera] = {}
         self._state_prepared: dict = {}
 
@@ -73,6 +103,7 @@ class Perturber:
             self._pick_for_episode()
             self._cams = {}
             self._state_prepared = {}
+            self._snap = (self._run, self.episode)
 
     def _pick_for_episode(self) -> None:
         p = self._active
@@ -108,7 +139,7 @@ class Perturber:
 
     def image(self, cam: str, img: np.ndarray, stamp_ns: int, mask: np.ndarray | None = None) -> ImageResult:
         """Perturb one HxWx3 uint8 RGB frame of ``cam`` stamped ``stamp_ns``."""
-        run, episode = self._run, self.episode
+        run, episode = self._snap
         entries = run.camera_ops(cam)
         res = ImageResult(img, int(stamp_ns))
         self.counts["frames"] += 1
@@ -129,6 +160,14 @@ class Perturber:
             if spec.target != "image":
                 continue
             try:
+                if self.device and e.resample == "episode":
+                    tfn = self._torch_fn(st, i, spec, spec.param(e.level), src.shape, run, episode, cam)
+                    if tfn is not None:
+                        out = _to_torch(out, self.device)
+                        out = tfn(out)
+                        res.applied.append(e.op)
+                        continue
+                out = _to_numpy(out)
                 out = self._apply_image(cam, i, e, spec, out, stamp_ns, mask, st, run, episode)
                 res.applied.append(e.op)
             except ops_mod.MaskRequired:
@@ -137,7 +176,7 @@ class Perturber:
             except Exception as exc:  # noqa: BLE001 - an op must never take the camera down
                 self.counts["op_errors"] += 1
                 res.errors.append(f"{e.op}: {type(exc).__name__}: {exc}")
-        res.array = out
+        res.array = out = _to_numpy(out)
         for i, e in enumerate(entries):
             if e.op == "frame_drop":
                 p = ops_mod.get_op("frame_drop").param(e.level)
@@ -174,6 +213,15 @@ class Perturber:
             fn = st.prepared[key] = spec.prepare(param, ops_mod.make_rng(run.seed, episode, cam, i), shape)
         return fn
 
+    def _torch_fn(self, st, i, spec, param, shape, run, episode, cam):
+        key = ("torch", i, shape)
+        if key not in st.prepared:
+            from .torch_ops import to_torch
+
+            st.prepared[key] = to_torch(self._prepared(st, i, spec, param, shape, run, episode, cam), self.device,
+                                        shape)
+        return st.prepared[key]
+
     @staticmethod
     def _delayed(st: _Camera, stamp_ns: int, latency_ms: float) -> np.ndarray:
         target = stamp_ns - int(latency_ms * 1e6)
@@ -192,7 +240,7 @@ class Perturber:
 
     def joint_positions(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int) -> list[float]:
         """Perturb one arm's JointState positions (the 6 arm joints; gripper and fingers untouched)."""
-        run, episode = self._run, self.episode
+        run, episode = self._snap
         q = np.asarray(positions, dtype=np.float64).copy()
         if not run.state:
             return q.tolist()
@@ -221,7 +269,7 @@ class Perturber:
 
     def instruction(self, text: str) -> str:
         """Rewrite the instruction (same rewrite for the whole episode)."""
-        run, episode = self._run, self.episode
+        run, episode = self._snap
         if not run.language:
             return text
         nouns = object_nouns(text)

@@ -39,7 +39,7 @@ from wam_common.imageio import ImageDecodeError, Stamp, decode_image, encode_ima
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
 
-from .engine import Perturber
+from .engine import Perturber, check_device
 from .profiles import Profile, load_profile
 
 NAME = "perturbation_node"
@@ -48,6 +48,7 @@ DEFAULTS = {
     "profile": "clean",  # name[@level] of config/perturbations/<name>.yaml, or a path to one
     "lockstep": False,  # reliable sensor QoS; frame drops become stale frames; no stamp jitter
     "cam_low": False,  # also pass cam_low through
+    "device": "",  # "" numpy/OpenCV; a torch device ("cuda") runs the ops that have a torch path there
     "diagnostics_period_s": 2.0,
 }
 
@@ -69,6 +70,12 @@ class PerturbationNode(Node):
         self._warned: dict[str, float] = {}
         self._lock = threading.Lock()
         self.error: str | None = None
+        self.device = str(self.cfg["device"] or "")
+        try:
+            check_device(self.device)
+        except ConfigError as exc:
+            self.get_logger().error(f"parameter 'device': {exc} — running the ops on the CPU")
+            self.device = ""
         self.perturber = self._build(str(self.cfg["profile"]), startup=True)
         self._instruction: str | None = None
         self._masks: dict[str, np.ndarray] = {}
@@ -112,7 +119,7 @@ class PerturbationNode(Node):
 
     def _build(self, ref: str, startup: bool = False) -> Perturber:
         try:
-            p = Perturber(load_profile(ref), self.lockstep)
+            p = Perturber(load_profile(ref), self.lockstep, self.device)
             self.error = None
             return p
         except ConfigError as exc:
@@ -120,7 +127,7 @@ class PerturbationNode(Node):
                 raise
             self.error = str(exc)
             self.get_logger().error(f"{exc} — passing clean frames")
-            return Perturber(Profile(name="clean", ref="clean", dimension="clean"), self.lockstep)
+            return Perturber(Profile(name="clean", ref="clean", dimension="clean"), self.lockstep, self.device)
 
     def switch(self, ref: str) -> Perturber:
         """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
@@ -142,7 +149,7 @@ class PerturbationNode(Node):
                 except ConfigError as exc:
                     self.get_logger().error(f"profile not switched: {exc}")
                     return SetParametersResult(successful=False, reason=str(exc))
-            elif prm.name in ("lockstep", "cam_low"):
+            elif prm.name in ("lockstep", "cam_low", "device"):
                 return SetParametersResult(successful=False, reason=f"parameter '{prm.name}' is read-only at runtime")
         return SetParametersResult(successful=True)
 

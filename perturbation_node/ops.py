@@ -161,6 +161,7 @@ def _lut_op(lut: np.ndarray) -> Callable:
     def fn(img, mask=None, rng=None):
         return cv2.LUT(np.ascontiguousarray(img), lut)
 
+    fn.torch = ("lut", lut)
     return fn
 
 
@@ -172,6 +173,7 @@ def _gain_op(field: np.ndarray) -> Callable:
     def fn(img, mask=None, rng=None):
         return cv2.multiply(np.ascontiguousarray(img), q3, scale=1.0 / 128.0)
 
+    fn.torch = ("gain", q3)
     return fn
 
 
@@ -259,6 +261,7 @@ def _gaussian_noise(sigma, rng, shape):
     def fn(img, mask=None, rng=None):
         return cv2.add(np.ascontiguousarray(img), bank.window(rng), dtype=cv2.CV_8U)
 
+    fn.torch = ("noise", bank)
     return fn
 
 
@@ -334,6 +337,7 @@ def _gaussian_blur(sigma, rng, shape):
     def fn(img, mask=None, rng=None):
         return cv2.GaussianBlur(np.ascontiguousarray(img), (0, 0), s, borderType=cv2.BORDER_REFLECT_101)
 
+    fn.torch = ("gblur", s)
     return fn
 
 
@@ -479,6 +483,7 @@ def _warp_op(hmat, shape):
         return cv2.warpPerspective(np.ascontiguousarray(img), hmat, (w, h), flags=cv2.INTER_LINEAR,
                                    borderMode=cv2.BORDER_REFLECT_101)
 
+    fn.torch = ("warp", hmat)
     return fn
 
 
@@ -543,6 +548,7 @@ def _occlusion(frac, rng, shape):
         out.reshape(-1, 3)[idx] = vals
         return out
 
+    fn.torch = ("paste", (idx, vals))
     return fn
 
 

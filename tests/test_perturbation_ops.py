@@ -335,3 +335,29 @@ def test_docs_table_matches_the_code():
     doc = (Path(__file__).resolve().parents[1] / "docs" / "perturbations.md").read_text()
     table = doc.split("<!-- ops-table -->\n", 1)[1].split("\n<!-- /ops-table -->", 1)[0]
     assert table == ops.parameter_table(), "docs/perturbations.md: regenerate with python -m perturbation_node.ops"
+
+
+def test_torch_path_matches_numpy():
+    pytest.importorskip("torch")
+    import torch
+
+    from perturbation_node import torch_ops
+
+    assert {"brightness", "gaussian_noise", "gaussian_blur", "viewpoint", "shadow", "occlusion"} <= set(
+        torch_ops.TORCH_OPS)
+    for name in torch_ops.TORCH_OPS:
+        for level in (1, 5):
+            a = ops.apply(name, IMG, level, seed=3)
+            b = torch_ops.prepare(name, level, 3, IMG.shape, "cpu")(torch.from_numpy(IMG.copy())).numpy()
+            d = np.abs(a.astype(int) - b)
+            assert b.shape == IMG.shape and b.dtype == np.uint8
+            assert d.mean() < 0.05 and d.max() <= (8 if ops.OPS[name].family == "viewpoint" else 1), (name, level)
+    with pytest.raises(ValueError, match="'fog'"):
+        torch_ops.prepare("fog", 1, 0, IMG.shape)
+    # the engine on a torch device: same result (within rounding) as numpy
+    prof = _p(level=4, cameras={"all": [{"op": "gamma"}, {"op": "viewpoint"}, {"op": "fog"}]})
+    a = Perturber(prof).image("cam_high", IMG, 7).array
+    b = Perturber(prof, device="cpu").image("cam_high", IMG, 7).array
+    assert isinstance(b, np.ndarray) and np.abs(a.astype(int) - b).mean() < 0.1
+    with pytest.raises(ConfigError, match="'nosuchdevice'"):
+        Perturber(prof, device="nosuchdevice")
