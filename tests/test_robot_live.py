@@ -78,13 +78,15 @@ def test_aloha_graph_dry_run_and_preflight(cams, probe, domain_id, tmp_path):
         for c in SERIALS:
             assert probe.count(topics.perturbed(topics.camera_topic(c))) > 0, c
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-        res = subprocess.run(
-            [sys.executable, "-m", "wam_common.cli", "preflight", "--duration", "2", "--discovery-s", "5",
-             "--set", f"realsense_cameras.width={W}", "--set", f"realsense_cameras.height={H}",
-             "--slop-ms", "40", "--min-rate-fraction", "0.5", "--latency-budget-ms", "1000"],
-            env=env, capture_output=True, text=True, timeout=120)
-        assert res.returncode == 0, res.stdout + res.stderr + str(logs)
-        assert "wam_policy_node" in res.stdout  # the e-stop subscriber it found
+        for extra in ([], ["--perturbed"]):  # what the robot publishes, and what the policy reads
+            res = subprocess.run(
+                [sys.executable, "-m", "wam_common.cli", "preflight", "--duration", "2", "--discovery-s", "5",
+                 "--set", f"realsense_cameras.width={W}", "--set", f"realsense_cameras.height={H}",
+                 "--slop-ms", "40", "--min-rate-fraction", "0.5", "--latency-budget-ms", "1000", *extra],
+                env=env, capture_output=True, text=True, timeout=120)
+            assert res.returncode == 0, res.stdout + res.stderr + str(logs)
+            assert "wam_policy_node" in res.stdout  # the e-stop subscriber it found
+            assert (topics.PERTURBED_PREFIX + topics.camera_topic("cam_high") in res.stdout) == bool(extra)
         n_cmd = probe.count(topics.COMMAND)
         assert runner.dead() == {}, runner.dead()
     assert n_cmd == 0  # dry run: nothing reached the motors' topic
