@@ -81,3 +81,22 @@ def test_robot_init_noise_and_layout():
         env.step(env.qpos14())  # distractors settle on the table, nothing explodes
     assert all(0 < env.sim.free_pose(f"distractor_{i}")[2] < 0.1 for i in range(4))
     env.close()
+
+
+def test_contact_sheet_command(tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    out = tmp_path / "sheet.png"
+    cmd = [sys.executable, "-m", "wam_common.cli", "contact-sheet", "-o", str(out), "--tasks", "transfer_cube,lift_beam",
+           "--dimensions", "light,layout", "--levels", "1,5", "--cell-width", "64", "--settle-steps", "2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    img = cv2.imread(str(out))
+    # 2 tasks x 2 dims rows of 48 px (+ one 6 px gap), 1 nominal + 2 level columns of 64 px
+    assert img.shape == (4 * 48 + 6, 3 * 64, 3)
+    bad = subprocess.run(cmd[:4] + ["--dimensions", "wobble", "-o", str(tmp_path / "x.png")],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "wobble" in bad.stderr
