@@ -18,14 +18,14 @@ from wam_common.imageio import Stamp, encode_image
 from wam_common.launcher import GraphRunner
 
 
-def start_policy(domain_id, params: dict, tmp_path) -> GraphRunner:
+def start_policy(domain_id, params: dict, tmp_path, use_sim_time: bool = True) -> GraphRunner:
     base = {"lockstep": True, "backend": {"type": "synthetic"}}
     for k, v in params.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):
             base[k] = {**base[k], **v}
         else:
             base[k] = v
-    g = Graph("policy_test", [NodeSpec("wam_policy_node", "wam_policy_node", base)], use_sim_time=True)
+    g = Graph("policy_test", [NodeSpec("wam_policy_node", "wam_policy_node", base)], use_sim_time=use_sim_time)
     return GraphRunner(g, domain_id=domain_id, log_dir=tmp_path / "logs").start()
 
 
