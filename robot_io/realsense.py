@@ -54,6 +54,18 @@ class DeviceInfo:
         return bool(self.path)
 
 
+@dataclass(frozen=True)
+class Intrinsics:
+    width: int
+    height: int
+    fx: float
+    fy: float
+    ppx: float
+    ppy: float
+    model: str  # librealsense distortion model name
+    coeffs: tuple[float, ...]
+
+
 @dataclass
 class Frame:
     rgb: np.ndarray  # H×W×3 uint8
@@ -194,6 +206,7 @@ class FrameSource:
         self.notes: list[str] = []
         self.auto_exposure_state = "unknown"
         self.info: DeviceInfo | None = None
+        self.intrinsics: Intrinsics | None = None
         self._ctx = None
         self._pipe = None
         self._playback = None
@@ -232,6 +245,13 @@ class FrameSource:
             raise CameraError(f"camera '{self.cam}' (serial {self.serial}): cannot stream color "
                               f"{self.width}x{self.height} rgb8 @ {self.fps} fps: {exc}") from None
         device = profile.get_device()
+        try:
+            it = profile.get_stream(rs.stream.color).as_video_stream_profile().get_intrinsics()
+            self.intrinsics = Intrinsics(int(it.width), int(it.height), float(it.fx), float(it.fy), float(it.ppx),
+                                         float(it.ppy), str(it.model).rsplit(".", 1)[-1],
+                                         tuple(float(c) for c in it.coeffs))
+        except RuntimeError:
+            self.intrinsics = None  # a stream without calibration: no camera_info
         self.notes = []
         playback = None
         if device.is_playback():

@@ -1,7 +1,8 @@
 """``realsense_cameras``: RealSense colour cameras by serial → realsense2_camera topics.
 
 Publishes ``/<cam>/camera/color/image_rect_raw`` (sensor_msgs/Image rgb8, frame_id
-``<cam>_color_optical_frame``, raw CDR via :mod:`wam_common.imageio`) for cam_high,
+``<cam>_color_optical_frame``, raw CDR via :mod:`wam_common.imageio`) and
+``/<cam>/camera/color/camera_info`` (intrinsics, same stamp) for cam_high,
 cam_left_wrist, cam_right_wrist and, when its serial is set, cam_low — the names
 realsense2_camera uses with ``camera_namespace:=<cam>``, so the rest of the graph does not
 care which of the two runs. Stamps are the frames' hardware timestamps mapped onto ROS time
@@ -19,7 +20,7 @@ import time
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.node import Node
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CameraInfo, Image
 
 from wam_common import qos, topics
 from wam_common.config import ConfigError
@@ -45,6 +46,24 @@ DEFAULTS = {
     "playback_loop": False,  # a recording that ends restarts at once (False: it counts as unplugged)
     "diagnostics_period_s": 1.0,
 }
+
+
+def camera_info_topic(cam: str) -> str:
+    """realsense2_camera's ``/<cam>/camera/color/camera_info``."""
+    return topics.camera_topic(cam).rsplit("/", 1)[0] + "/camera_info"
+
+
+def camera_info(intr, frame_id: str) -> CameraInfo:
+    """sensor_msgs/CameraInfo from librealsense intrinsics (as realsense2_camera fills it)."""
+    msg = CameraInfo()
+    msg.header.frame_id = frame_id
+    msg.width, msg.height = intr.width, intr.height
+    msg.distortion_model = "plumb_bob"
+    msg.d = list(intr.coeffs[:5]) + [0.0] * max(0, 5 - len(intr.coeffs))
+    msg.k = [intr.fx, 0.0, intr.ppx, 0.0, intr.fy, intr.ppy, 0.0, 0.0, 1.0]
+    msg.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    msg.p = [intr.fx, 0.0, intr.ppx, 0.0, 0.0, intr.fy, intr.ppy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return msg
 
 
 def validate(cfg: dict, connected: dict | None = None) -> dict[str, str]:
@@ -92,6 +111,9 @@ class RealsenseNode(Node):
         self._lock = threading.Lock()
         self._pubs = {cam: self.create_publisher(Image, topics.camera_topic(cam), qos.sensor(False))
                       for cam in self.cameras}
+        self._info_pubs = {cam: self.create_publisher(CameraInfo, camera_info_topic(cam), qos.sensor(False))
+                           for cam in self.cameras}
+        self._info: dict[str, tuple] = {}  # cam → (intrinsics, CameraInfo)
         self._diag = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
         self._rate: dict[str, list] = {cam: [0, time.monotonic()] for cam in self.cameras}
         missing = [c for c, s in self.cameras.items() if s not in connected]
@@ -110,6 +132,7 @@ class RealsenseNode(Node):
             )
             for cam, serial in self.cameras.items()
         ]
+        self._workers = {w.source.cam: w for w in self.workers}
         for w in self.workers:
             w.start()
         self.create_timer(float(cfg["diagnostics_period_s"]), self._publish_diagnostics)
@@ -122,8 +145,17 @@ class RealsenseNode(Node):
         return self.get_clock().now().nanoseconds
 
     def _on_frame(self, cam: str, rgb, stamp_ns: int, frame) -> None:
-        raw = encode_image(rgb, "rgb8", Stamp.from_ns(stamp_ns), topics.camera_frame(cam))
+        stamp = Stamp.from_ns(stamp_ns)
+        raw = encode_image(rgb, "rgb8", stamp, topics.camera_frame(cam))
         self._pubs[cam].publish(raw)
+        intr = self._workers[cam].source.intrinsics
+        if intr is not None:
+            cached = self._info.get(cam)
+            if cached is None or cached[0] != intr:
+                cached = self._info[cam] = (intr, camera_info(intr, topics.camera_frame(cam)))
+            info = cached[1]
+            info.header.stamp.sec, info.header.stamp.nanosec = stamp.sec, stamp.nanosec
+            self._info_pubs[cam].publish(info)
         with self._lock:
             self._rate[cam][0] += 1
 

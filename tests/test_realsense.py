@@ -204,8 +204,13 @@ def test_node_publishes_reconnects_and_survives_unplug(recordings, domain_id, pr
 
     folder = tmp_path / "devices"
     shutil.copytree(recordings, folder)
+    from sensor_msgs.msg import CameraInfo
+
+    from robot_io.realsense_node import camera_info_topic
+
     for cam in SERIALS:
         probe.listen(topics.camera_topic(cam), Image, reliable=False, depth=200)
+    probe.listen(camera_info_topic("cam_high"), CameraInfo, reliable=False, depth=200)
     probe.listen(topics.DIAGNOSTICS, DiagnosticArray)
     params = {"serials": dict(SERIALS), "playback_dir": str(folder), "lost_after_s": 0.4, "reconnect_s": 0.2,
               "diagnostics_period_s": 0.2}
@@ -233,6 +238,14 @@ def test_node_publishes_reconnects_and_survives_unplug(recordings, domain_id, pr
         assert runner.dead() == {}
         log = runner.log("realsense_cameras")
     assert "is not connected (connected serials:" in log
+    infos = probe.decoded(camera_info_topic("cam_high"), CameraInfo)
+    assert infos, "no camera_info"
+    info = infos[-1]
+    assert (info.width, info.height, info.header.frame_id) == (640, 480, topics.camera_frame("cam_high"))
+    assert list(info.k) == pytest.approx([0.95 * 640, 0, 320, 0, 0.95 * 640, 240, 0, 0, 1])  # as recorded
+    image_stamps = {decode_image(raw).stamp.ns for _, raw in probe.msgs[topics.camera_topic("cam_high")]}
+    info_stamps = {m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec for m in infos}
+    assert len(info_stamps & image_stamps) >= 0.8 * min(len(info_stamps), len(image_stamps))
     for cam, serial in SERIALS.items():
         recv = probe.msgs[topics.camera_topic(cam)]
         decoded = [(t, decode_image(raw)) for t, raw in recv]
