@@ -212,7 +212,7 @@ def _profile_ref(ref: str, tmp: Path) -> str:
     return str(p)
 
 
-def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int) -> dict:
+def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int, device: str = "") -> dict:
     from wam_common.config import config_dir
     from wam_common.graph import Graph, NodeSpec
     from wam_common.launcher import GraphRunner
@@ -221,7 +221,7 @@ def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int)
     results = {}
     for ref in profiles:
         graph = Graph(name="bench_perturb", nodes=[NodeSpec("perturbation_node", "perturbation_node", {
-            "profile": _profile_ref(ref, tmp), "lockstep": False, "diagnostics_period_s": 0.0})],
+            "profile": _profile_ref(ref, tmp), "lockstep": False, "diagnostics_period_s": 0.0, "device": device})],
             dds_profile=config_dir() / "dds" / "fastdds.xml")
         runner = GraphRunner(graph, domain_id=domain_id, log_dir=tmp / "logs", extra_env={"PYTHONPATH": str(ROOT)})
         env = runner.env()
@@ -288,6 +288,7 @@ def main() -> int:
     ap.add_argument("--skip-node", action="store_true")
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--device", default="", help="also time the torch path on this device (cuda, cpu)")
+    ap.add_argument("--node-device", default="", help="run the node's ops on this torch device (its 'device')")
     a = ap.parse_args()
     if a.role == "source":
         role_source(a.rate, a.seconds, Path(a.out))
@@ -306,7 +307,8 @@ def main() -> int:
         os.environ["ROS_DOMAIN_ID"] = str(lease.domain_id)
         try:
             res["node"] = {"rate_hz": a.rate, "cameras": 3, "seconds": a.seconds,
-                           "profiles": bench_node(a.profiles, a.rate, a.seconds, lease.domain_id)}
+                           "device": a.node_device or "cpu (numpy/OpenCV)",
+                           "profiles": bench_node(a.profiles, a.rate, a.seconds, lease.domain_id, a.node_device)}
         finally:
             lease.release()
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -268,3 +268,24 @@ def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path)
         assert not runner.dead()
     finally:
         runner.stop()
+
+
+def test_paper_suite_follows_episodes(domain_id, probe, tmp_path):
+    runner = _start(domain_id, tmp_path, profile="paper@2", lockstep=False)
+    try:
+        rig = Rig(probe, False)
+        first = rig.wait_up(runner)
+        assert first["profile"] == "paper@2" and first["name"] == "clean"
+        for ep, name in ((1, "camera"), (3, "language"), (8, "camera")):
+            rig.ev_pub.publish(String(data=json.dumps({"event": "start", "episode": ep, "task": "t", "seed": 0})))
+            assert wait_for(lambda: any(a["episode"] == ep for a in rig.active()), 10), rig.active()
+            a = [a for a in rig.active() if a["episode"] == ep][-1]
+            assert a["name"] == name and a["level"] == 2, a
+        rig.ev_pub.publish(String(data="{not json"))
+        rig.ev_pub.publish(String(data=json.dumps({"event": "start", "episode": -4})))
+        img, raw, stamp = _image("cam_high", 9)
+        got = decode_image(rig.send_until("cam_high", raw, stamp))  # camera@2: still running, image changed
+        assert got.stamp == stamp and not np.array_equal(got.array, img)
+        assert not runner.dead()
+    finally:
+        runner.stop()
