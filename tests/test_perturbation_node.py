@@ -255,6 +255,16 @@ def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path)
         got = decode_image(rig.send_until("cam_right_wrist", raw, stamp))
         np.testing.assert_array_equal(got.array, ref.image("cam_right_wrist", img, stamp.ns).array)
         assert _set_profile(probe, "light@7").reason.count("level 7") == 1
+        # bgr8 is perturbed as the RGB image it is and goes out as bgr8; mono8 passes unchanged
+        bgr = np.ascontiguousarray(_image("cam_right_wrist", 52)[0][:, :, ::-1])
+        st = Stamp(300, 0)
+        raw = encode_image(bgr, "bgr8", st, "f")
+        got = decode_image(rig.send_until("cam_right_wrist", raw, st))
+        assert got.encoding == "bgr8"
+        np.testing.assert_array_equal(got.array[:, :, ::-1],
+                                      ref.image("cam_right_wrist", bgr[:, :, ::-1], st.ns).array)
+        mono = encode_image(np.full((8, 8), 9, np.uint8), "mono8", Stamp(301, 0), "f")
+        assert rig.send_until("cam_right_wrist", mono, Stamp(301, 0)) == mono
         # a good one switches, and clean passes bytes through again
         assert _set_profile(probe, "clean").successful
         assert wait_for(lambda: rig.active()[-1]["name"] == "clean", 10)
