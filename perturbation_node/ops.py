@@ -577,16 +577,18 @@ def background_texture(rng: np.random.Generator, shape) -> np.ndarray:
              "checker/stripe/noise texture blended in. Needs the mask topic; without one the frame passes clean.",
              needs_mask=True)
 def _background(alpha, rng, shape):
-    tex = background_texture(rng, shape).astype(np.float32)
+    tex = background_texture(rng, shape)
 
     def fn(img, mask=None, rng=None):
         if mask is None:
             raise MaskRequired("op 'background' needs a background mask")
         if mask.shape[:2] != img.shape[:2]:
             raise ValueError(f"op 'background': mask {mask.shape[:2]} does not match image {img.shape[:2]}")
-        a = (mask > 0).astype(np.float32)[:, :, None] * np.float32(alpha)
-        blend = img.astype(np.float32) * (1 - a) + tex * a
-        return np.clip(np.rint(blend), 0, 255).astype(np.uint8)
+        img = np.ascontiguousarray(img)
+        blend = cv2.addWeighted(img, 1.0 - alpha, tex, alpha, 0) if alpha < 1.0 else tex
+        out = img.copy()
+        cv2.copyTo(blend, np.ascontiguousarray(mask, dtype=np.uint8), out)
+        return out
 
     return fn
 
