@@ -270,11 +270,11 @@ def _gaussian_noise(sigma, rng, shape):
              frame_rng=True)
 def _shot_noise(peak, rng, shape):
     bank = _NoiseBank(rng.standard_normal(_bank_size(shape), dtype=np.float32), shape)
-    std_lut = np.sqrt(_V * 255.0 / peak).astype(np.float32)
+    std_lut = np.sqrt(_V * 255.0 / peak).astype(np.float32).reshape(1, 256)
 
     def fn(img, mask=None, rng=None):
         img = np.ascontiguousarray(img)
-        std = std_lut[img]
+        std = cv2.LUT(img, std_lut)  # float32 σ per pixel
         return cv2.add(img, cv2.multiply(std, bank.window(rng)), dtype=cv2.CV_8U)
 
     return fn
