@@ -1,9 +1,12 @@
 """The pure core of perturbation_node: a :class:`Perturber` runs one profile over the streams.
 
 No ROS here: numpy arrays, stamps in ns and strings in, the same out. Seeds are derived from
-(profile seed, episode index, stream name, op index[, frame stamp]) with
+(profile seed, episode key, stream name, op index[, frame stamp]) with
 :func:`perturbation_node.ops.make_rng`, so two runs of the same profile over the same episodes
-produce bit-identical streams, whatever the message timing.
+produce bit-identical streams, whatever the message timing. The episode key is the episode's
+sim seed from the EPISODE start event (docs/GRAPH_CONTRACT.md, "Seeds": an episode is perturbed
+the same whichever run or worker it is in), or the episode index when the event has no seed.
+A suite's entry and ``pick: one`` are chosen by the same key.
 
 Per camera, in order: ``latency`` (choose an older source frame) → image ops in profile order →
 ``frame_drop`` → ``stamp_jitter``. An op that fails (or needs a mask that has not arrived) is
@@ -82,9 +85,10 @@ class Perturber:
         self._lock = threading.Lock()
         self.counts = {"frames": 0, "dropped": 0, "op_errors": 0, "mask_missing": 0}
         self.episode = 0
+        self.episode_key = 0
         self._active = profile.entry_for_episode(0)
         self._pick_for_episode()
-        self._snap = (self._run, self.episode)
+        self._snap = (self._run, self.episode_key)
         self._cams: dict[str, _Camera] = {}
         self._state_prepared: dict = {}
 
@@ -96,20 +100,22 @@ class Perturber:
 
     # ------------------------------------------------------------ episodes
 
-    def start_episode(self, episode: int) -> None:
+    def start_episode(self, episode: int, seed: int | None = None) -> None:
+        """Reset per-episode randomness: key = the episode's sim ``seed`` when given, else ``episode``."""
         with self._lock:
             self.episode = int(episode)
-            self._active = self.profile.entry_for_episode(self.episode)
+            self.episode_key = int(seed) if seed is not None else self.episode
+            self._active = self.profile.entry_for_episode(self.episode_key)
             self._pick_for_episode()
             self._cams = {}
             self._state_prepared = {}
-            self._snap = (self._run, self.episode)
+            self._snap = (self._run, self.episode_key)
 
     def _pick_for_episode(self) -> None:
         p = self._active
         if p.pick == "one" and p.op_names():
             names = p.op_names()
-            rng = ops_mod.make_rng(p.seed, self.episode, "pick")
+            rng = ops_mod.make_rng(p.seed, self.episode_key, "pick")
             p = p.only(names[int(rng.integers(0, len(names)))])
         self._run = p
 
@@ -135,7 +141,7 @@ class Perturber:
     # ------------------------------------------------------------ images
 
     def _seed_keys(self, stream: str, i: int) -> tuple:
-        return (self._run.seed, self.episode, stream, i)
+        return (self._run.seed, self.episode_key, stream, i)
 
     def image(self, cam: str, img: np.ndarray, stamp_ns: int, mask: np.ndarray | None = None) -> ImageResult:
         """Perturb one HxWx3 uint8 RGB frame of ``cam`` stamped ``stamp_ns``."""
@@ -288,7 +294,7 @@ class Perturber:
 
         def rows(entries: list[OpEntry], stream: str):
             return [{"op": e.op, "level": e.level, "resample": e.resample,
-                     "seed": [run.seed, self.episode, stream, i]} for i, e in enumerate(entries)]
+                     "seed": [run.seed, self.episode_key, stream, i]} for i, e in enumerate(entries)]
 
         return {
             "profile": self.profile.ref,
@@ -297,6 +303,7 @@ class Perturber:
             "level": run.level,
             "seed": run.seed,
             "episode": self.episode,
+            "episode_seed": self.episode_key,
             "lockstep": self.lockstep,
             "cameras": {cam: rows(run.camera_ops(cam), cam) for cam in cameras},
             "state": rows(run.state, "state"),

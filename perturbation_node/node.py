@@ -10,7 +10,8 @@ A thin ROS shell over :class:`perturbation_node.engine.Perturber`:
   (language rewrites, re-published at each episode start);
 - QoS ``qos.sensor(lockstep)`` for cameras and joint states, ``qos.LATCHED`` for the instruction
   and ``ACTIVE_PERTURBATION``;
-- ``EPISODE`` start events reset per-episode randomness (seeds from profile seed + episode index);
+- ``EPISODE`` start events reset per-episode randomness (seeds from the profile seed and the
+  episode's sim seed, or its index when the event carries no seed);
 - the profile switches at runtime through the ``profile`` parameter (``ros2 param set``, i.e. the
   node's standard ``~/set_parameters`` service) and ``~/reload`` (std_srvs/Trigger: re-read the
   profile's YAML). An unknown op/level/profile is refused with an error naming it; at start-up
@@ -133,7 +134,7 @@ class PerturbationNode(Node):
         """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
         new = self._build(ref)
         old = self.perturber
-        new.start_episode(old.episode)
+        new.start_episode(old.episode, old.episode_key)
         with self._lock:
             self.perturber = new
         self.get_logger().info(f"switched to profile '{ref}'")
@@ -272,7 +273,10 @@ class PerturbationNode(Node):
             self.counts["malformed"] += 1
             self._warn("badep", f"EPISODE start without a valid 'episode' index ignored: {msg.data[:200]}")
             return
-        self.perturber.start_episode(ep)
+        seed = ev.get("seed")
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            seed = None  # no usable sim seed: per-episode randomness keyed by the index
+        self.perturber.start_episode(ep, seed)
         self._publish_active()
         self._republish_instruction()
 

@@ -20,7 +20,8 @@ A *suite* file lists other profiles instead (``paper.yaml``: clean + one dimensi
     name: paper
     suite: [clean, camera, robot, language, light, background, noise]
     level: 3                    # level for entries given without "@L"
-    episodes_per_entry: 1       # episode i runs entry (i // episodes_per_entry) % len(suite)
+    episodes_per_entry: 1       # an episode with key k runs entry (k // episodes_per_entry) % len(suite);
+                                # k = the episode's sim seed (EPISODE start event), else its index
 
 References: ``"light"`` (file default level), ``"light@4"``, or a path to a YAML file.
 Everything wrong is a :class:`~wam_common.config.ConfigError` naming the profile, key, op or level.

@@ -201,10 +201,11 @@ def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path)
         assert wait_for(lambda: any(a.get("episode") == 2 for a in rig.active()), 10), rig.active()
         a2 = [a for a in rig.active() if a.get("episode") == 2][-1]
         assert [r["op"] for r in a2["cameras"]["cam_high"]] == ["shadow", "gaussian_noise"]
-        assert a2["cameras"]["cam_high"][1]["seed"] == [77, 2, "cam_high", 1] and a2["state"][0]["op"] == "joint_bias"
+        assert a2["cameras"]["cam_high"][1]["seed"] == [77, 0, "cam_high", 1] and a2["state"][0]["op"] == "joint_bias"
+        assert a2["episode_seed"] == 0
 
         ref = Perturber(load_profile(str(prof_path)), lockstep=True)
-        ref.start_episode(2)
+        ref.start_episode(2, 0)  # per-episode randomness keyed by the event's sim seed (0)
         for k in (3, 4):
             img, raw, stamp = _image("cam_high", k)
             got = decode_image(rig.send_until("cam_high", raw, stamp))
@@ -286,8 +287,10 @@ def test_paper_suite_follows_episodes(domain_id, probe, tmp_path):
         rig = Rig(probe, False)
         first = rig.wait_up(runner)
         assert first["profile"] == "paper@2" and first["name"] == "clean"
-        for ep, name in ((1, "camera"), (3, "language"), (8, "camera")):
-            rig.ev_pub.publish(String(data=json.dumps({"event": "start", "episode": ep, "task": "t", "seed": 0})))
+        # the entry follows the episode's sim seed (seed % 7), or its index when there is no seed
+        for ep, seed, name in ((1, 701, "camera"), (2, 3, "language"), (3, None, "language"), (4, 8, "camera")):
+            ev = {"event": "start", "episode": ep, "task": "t"} | ({"seed": seed} if seed is not None else {})
+            rig.ev_pub.publish(String(data=json.dumps(ev)))
             assert wait_for(lambda: any(a["episode"] == ep for a in rig.active()), 10), rig.active()
             a = [a for a in rig.active() if a["episode"] == ep][-1]
             assert a["name"] == name and a["level"] == 2, a

@@ -265,6 +265,8 @@ def test_engine_clean_is_identity_and_episode_seeds_reproduce():
     assert not np.array_equal(x1, b.image("cam_high", IMG, 1000).array)  # per-episode seed
     b.start_episode(4)
     assert np.array_equal(x1, b.image("cam_high", IMG, 1000).array)
+    b.start_episode(0, seed=4)  # keyed by the episode's sim seed, whatever its index in the run
+    assert np.array_equal(x1, b.image("cam_high", IMG, 1000).array)
 
 
 def test_engine_per_camera_targeting_and_pick_one():
