@@ -86,9 +86,10 @@ class Perturber:
         self.counts = {"frames": 0, "dropped": 0, "op_errors": 0, "mask_missing": 0}
         self.episode = 0
         self.episode_key = 0
+        self.episode_start_ns = 0
         self._active = profile.entry_for_episode(0)
         self._pick_for_episode()
-        self._snap = (self._run, self.episode_key)
+        self._snap = (self._run, self.episode_key, self.episode_start_ns)
         self._cams: dict[str, _Camera] = {}
         self._state_prepared: dict = {}
 
@@ -100,16 +101,20 @@ class Perturber:
 
     # ------------------------------------------------------------ episodes
 
-    def start_episode(self, episode: int, seed: int | None = None) -> None:
-        """Reset per-episode randomness: key = the episode's sim ``seed`` when given, else ``episode``."""
+    def start_episode(self, episode: int, seed: int | None = None, start_ns: int = 0) -> None:
+        """Reset per-episode randomness: key = the episode's sim ``seed`` when given, else ``episode``.
+
+        Per-frame draws are keyed by the frame stamp relative to ``start_ns`` (the start event's
+        ``stamp_ns``), so they do not depend on where the episode sits on a run's clock."""
         with self._lock:
             self.episode = int(episode)
+            self.episode_start_ns = int(start_ns or 0)
             self.episode_key = int(seed) if seed is not None else self.episode
             self._active = self.profile.entry_for_episode(self.episode_key)
             self._pick_for_episode()
             self._cams = {}
             self._state_prepared = {}
-            self._snap = (self._run, self.episode_key)
+            self._snap = (self._run, self.episode_key, self.episode_start_ns)
 
     def _pick_for_episode(self) -> None:
         p = self._active
@@ -145,7 +150,8 @@ class Perturber:
 
     def image(self, cam: str, img: np.ndarray, stamp_ns: int, mask: np.ndarray | None = None) -> ImageResult:
         """Perturb one HxWx3 uint8 RGB frame of ``cam`` stamped ``stamp_ns``."""
-        run, episode = self._snap
+        run, episode, t0 = self._snap
+        fk = int(stamp_ns) - t0  # frame key
         entries = run.camera_ops(cam)
         res = ImageResult(img, int(stamp_ns))
         self.counts["frames"] += 1
@@ -174,7 +180,7 @@ class Perturber:
                         res.applied.append(e.op)
                         continue
                 out = _to_numpy(out)
-                out = self._apply_image(cam, i, e, spec, out, stamp_ns, mask, st, run, episode)
+                out = self._apply_image(cam, i, e, spec, out, fk, mask, st, run, episode)
                 res.applied.append(e.op)
             except ops_mod.MaskRequired:
                 self.counts["mask_missing"] += 1
@@ -186,7 +192,7 @@ class Perturber:
         for i, e in enumerate(entries):
             if e.op == "frame_drop":
                 p = ops_mod.get_op("frame_drop").param(e.level)
-                if ops_mod.make_rng(run.seed, episode, cam, i, "drop", int(stamp_ns)).random() < p:
+                if ops_mod.make_rng(run.seed, episode, cam, i, "drop", fk).random() < p:
                     self.counts["dropped"] += 1
                     res.applied.append("frame_drop")
                     if self.lockstep:
@@ -196,16 +202,16 @@ class Perturber:
                         return res
             elif e.op == "stamp_jitter" and not self.lockstep:
                 sigma_ms = ops_mod.get_op("stamp_jitter").param(e.level)
-                j = ops_mod.make_rng(run.seed, episode, cam, i, "jitter", int(stamp_ns)).standard_normal()
+                j = ops_mod.make_rng(run.seed, episode, cam, i, "jitter", fk).standard_normal()
                 res.stamp_ns = max(0, int(stamp_ns) + int(np.clip(j, -2.5, 2.5) * sigma_ms * 1e6))
                 res.applied.append("stamp_jitter")
         st.last_out = res.array
         return res
 
-    def _apply_image(self, cam, i, e: OpEntry, spec, img, stamp_ns, mask, st: _Camera, run, episode):
+    def _apply_image(self, cam, i, e: OpEntry, spec, img, fk, mask, st: _Camera, run, episode):
         param = spec.param(e.level)
         if e.resample == "frame":
-            frame_rng = ops_mod.make_rng(run.seed, episode, cam, i, int(stamp_ns))
+            frame_rng = ops_mod.make_rng(run.seed, episode, cam, i, int(fk))
             if spec.frame_rng:
                 fn = self._prepared(st, i, spec, param, img.shape, run, episode, cam)
                 return fn(img, mask, frame_rng)
@@ -246,7 +252,8 @@ class Perturber:
 
     def joint_positions(self, arm: str, names: Sequence[str], positions: Sequence[float], stamp_ns: int) -> list[float]:
         """Perturb one arm's JointState positions (the 6 arm joints; gripper and fingers untouched)."""
-        run, episode = self._snap
+        run, episode, t0 = self._snap
+        fk = int(stamp_ns) - t0
         q = np.asarray(positions, dtype=np.float64).copy()
         if not run.state:
             return q.tolist()
@@ -260,7 +267,7 @@ class Perturber:
             spec = ops_mod.get_op(e.op)
             param = spec.param(e.level)
             if e.resample == "frame":
-                fn = spec.prepare(param, ops_mod.make_rng(run.seed, episode, stream, i, int(stamp_ns)), sub.shape)
+                fn = spec.prepare(param, ops_mod.make_rng(run.seed, episode, stream, i, fk), sub.shape)
             else:
                 key = (arm, i, sub.shape)
                 fn = self._state_prepared.get(key)
@@ -275,7 +282,7 @@ class Perturber:
 
     def instruction(self, text: str) -> str:
         """Rewrite the instruction (same rewrite for the whole episode)."""
-        run, episode = self._snap
+        run, episode, _ = self._snap
         if not run.language:
             return text
         nouns = object_nouns(text)

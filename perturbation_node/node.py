@@ -134,7 +134,7 @@ class PerturbationNode(Node):
         """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
         new = self._build(ref)
         old = self.perturber
-        new.start_episode(old.episode, old.episode_key)
+        new.start_episode(old.episode, old.episode_key, old.episode_start_ns)
         with self._lock:
             self.perturber = new
         self.get_logger().info(f"switched to profile '{ref}'")
@@ -276,7 +276,9 @@ class PerturbationNode(Node):
         seed = ev.get("seed")
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             seed = None  # no usable sim seed: per-episode randomness keyed by the index
-        self.perturber.start_episode(ep, seed)
+        t0 = ev.get("stamp_ns")
+        t0 = t0 if isinstance(t0, int) and not isinstance(t0, bool) else 0
+        self.perturber.start_episode(ep, seed, t0)
         self._publish_active()
         self._republish_instruction()
 

@@ -267,6 +267,8 @@ def test_engine_clean_is_identity_and_episode_seeds_reproduce():
     assert np.array_equal(x1, b.image("cam_high", IMG, 1000).array)
     b.start_episode(0, seed=4)  # keyed by the episode's sim seed, whatever its index in the run
     assert np.array_equal(x1, b.image("cam_high", IMG, 1000).array)
+    b.start_episode(7, seed=4, start_ns=5 * 10**9)  # ... and per-frame draws by the time since its start
+    assert np.array_equal(x1, b.image("cam_high", IMG, 5 * 10**9 + 1000).array)
 
 
 def test_engine_per_camera_targeting_and_pick_one():
