@@ -11,7 +11,6 @@ engine runs them with numpy/OpenCV.
 """
 from __future__ import annotations
 
-import math
 from typing import Callable
 
 import numpy as np
@@ -152,4 +151,3 @@ def _torch_ops() -> list[str]:
 
 
 TORCH_OPS = _torch_ops()
-_ = math
