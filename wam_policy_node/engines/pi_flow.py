@@ -50,8 +50,8 @@ class EngineError(RuntimeError):
 
 @dataclass
 class _GemmaLayer:
-    ln1: torch.Tensor | None  # (W,) fp32, or None when adaRMS
-    ln2: torch.Tensor | None
+    a1: torch.Tensor | None  # 1 + RMSNorm weight, (W,) fp32; None when adaRMS (π0.5 expert)
+    a2: torch.Tensor | None
     qkv: torch.Tensor  # (H*D + 2*KV*D, W)
     o: torch.Tensor  # (W, H*D)
     gate_up: torch.Tensor  # (2*M, W)
@@ -154,11 +154,11 @@ class _Weights:
                 for n in ("input_layernorm", "post_attention_layernorm"):
                     self.adarms.append((w(f"{E}layers.{i}.{n}.dense.weight", f32), w(f"{E}layers.{i}.{n}.dense.bias", f32)))
             self.adarms.append((w(E + "norm.dense.weight", f32), w(E + "norm.dense.bias", f32)))
-            self.final_norm = None
+            self.final_a = None
             self.time_mlp = [(w("time_mlp_in.weight", f32), w("time_mlp_in.bias", f32)),
                              (w("time_mlp_out.weight", f32), w("time_mlp_out.bias", f32))]
         else:
-            self.final_norm = w(E + "norm.weight", f32)
+            self.final_a = 1.0 + w(E + "norm.weight", f32)
             self.state_proj = (w("state_proj.weight", f32), w("state_proj.bias", f32))
             self.time_mlp = [(w("action_time_mlp_in.weight", f32), w("action_time_mlp_in.bias", f32)),
                              (w("action_time_mlp_out.weight", f32), w("action_time_mlp_out.bias", f32))]
@@ -182,8 +182,8 @@ class _Weights:
     def _gemma_layer(self, w, L, adarms: bool) -> _GemmaLayer:
         d, f32 = self.dtype, torch.float32
         return _GemmaLayer(
-            ln1=None if adarms else w(L + "input_layernorm.weight", f32),
-            ln2=None if adarms else w(L + "post_attention_layernorm.weight", f32),
+            a1=None if adarms else 1.0 + w(L + "input_layernorm.weight", f32),
+            a2=None if adarms else 1.0 + w(L + "post_attention_layernorm.weight", f32),
             qkv=torch.cat([w(L + f"self_attn.{p}_proj.weight", d) for p in "qkv"]),
             o=w(L + "self_attn.o_proj.weight", d),
             gate_up=torch.cat([w(L + "mlp.gate_proj.weight", d), w(L + "mlp.up_proj.weight", d)]),
@@ -192,17 +192,19 @@ class _Weights:
 
 
 # ----------------------------------------------------------------------------------------------
-# small ops (each mirrors the LeRobot/transformers arithmetic and its dtype casts)
+# layer functions: pure tensor code (weights as arguments), one per layer kind, so that on CUDA
+# each can be compiled once (torch.compile fuses the norm / rope / residual / gating element-wise
+# chains) and reused for every layer of its stack. Each mirrors LeRobot/transformers' arithmetic
+# and dtype casts (norms in fp32, residual stream in the model dtype, softmax in fp32).
 
 
-def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _norm(x: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Gemma RMSNorm with a = 1 + weight (π0), or adaRMS with a = 1 + scale, b = shift (π0.5)."""
     var = torch.mean(torch.square(x.float()), dim=-1, keepdim=True)
-    return (x * torch.rsqrt(var + eps) * (1.0 + weight)).type_as(x)
-
-
-def _ada_rms(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, eps: float) -> torch.Tensor:
-    var = torch.mean(torch.square(x.float()), dim=-1, keepdim=True)
-    return (x * torch.rsqrt(var + eps) * (1 + scale) + shift).to(x.dtype)
+    y = x * torch.rsqrt(var + eps) * a
+    if b is not None:
+        y = y + b
+    return y.to(x.dtype)
 
 
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
@@ -214,7 +216,85 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
 def _cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = pos[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # (B, 1, N, D)
+    return emb.cos().to(dtype), emb.sin().to(dtype)  # (B, N, D)
+
+
+def _vision_layer(x, ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b, *,
+                  heads: int, eps: float, act):
+    n, p, d = x.shape
+    hd = d // heads
+    h = F.layer_norm(x, (d,), ln1_w, ln1_b, eps)
+    q, k, v = F.linear(h, qkv_w, qkv_b).view(n, p, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
+    x = x + F.linear(a.transpose(1, 2).reshape(n, p, d), o_w, o_b)
+    h = F.layer_norm(x, (d,), ln2_w, ln2_b, eps)
+    return x + F.linear(act(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
+
+
+def _text_layer(x, cos, sin, key_mask, a1, qkv_w, o_w, a2, gate_up_w, down_w, *, heads: int, head_dim: int,
+                eps: float, act, last: bool):
+    """One VLM layer over the prefix → (x, k, v); k, v (B, L, D) go to the KV cache."""
+    b, n, _ = x.shape
+    H, D = heads, head_dim
+    h = _norm(x, a1, None, eps)
+    qkv = F.linear(h, qkv_w)
+    k = _rope(qkv[..., H * D: H * D + D], cos, sin)
+    v = qkv[..., H * D + D:]
+    if last:  # the prefix's last hidden states are never read: only its keys/values
+        return x, k, v
+    q = _rope(qkv[..., : H * D].view(b, n, H, D), cos[:, :, None], sin[:, :, None])
+    q = q.transpose(1, 2).reshape(b, 1, H * n, D)  # one KV head: fold the heads into the queries
+    a = F.scaled_dot_product_attention(q, k[:, None], v[:, None], attn_mask=key_mask, scale=D ** -0.5)
+    a = a.view(b, H, n, D).transpose(1, 2).reshape(b, n, H * D)
+    x = x + F.linear(a, o_w)
+    h = _norm(x, a2, None, eps)
+    g, u = F.linear(h, gate_up_w).chunk(2, dim=-1)
+    return x + F.linear(act(g) * u, down_w), k, v
+
+
+def _expert_layer(x, cos, sin, mask, kp, vp, qkv_w, o_w, gate_up_w, down_w, a1, b1, g1, a2, b2, g2, *,
+                  heads: int, head_dim: int, eps: float, act):
+    """One action-expert layer over the suffix, attending to the cached prefix (kp, vp) + itself.
+
+    Attention as LeRobot's eager path does it (scores in the model dtype, + mask, softmax in fp32,
+    probabilities back to the model dtype): at 8·51 queries a few small GEMMs beat a fused kernel.
+    """
+    b, n, _ = x.shape
+    H, D = heads, head_dim
+    h = _norm(x, a1, b1, eps)
+    qkv = F.linear(h, qkv_w)
+    q = _rope(qkv[..., : H * D].view(b, n, H, D), cos[:, :, None], sin[:, :, None])
+    q = q.transpose(1, 2).reshape(b, H * n, D)
+    k = torch.cat([kp, _rope(qkv[..., H * D: H * D + D], cos, sin)], dim=1)
+    v = torch.cat([vp, qkv[..., H * D + D:]], dim=1)
+    scores = torch.matmul(q, k.transpose(1, 2)) * (D ** -0.5)
+    probs = torch.softmax(scores.float() + mask, dim=-1).to(x.dtype)
+    a = torch.matmul(probs, v).view(b, H, n, D).transpose(1, 2).reshape(b, n, H * D)
+    o = F.linear(a, o_w)
+    x = x + (o if g1 is None else o * g1)
+    h = _norm(x, a2, b2, eps)
+    gg, u = F.linear(h, gate_up_w).chunk(2, dim=-1)
+    y = F.linear(act(gg) * u, down_w)
+    return x + (y if g2 is None else y * g2)
+
+
+def _suffix_in_pi0(x_t, state, temb, in_w, in_b, mlp_in_w, mlp_in_b, mlp_out_w, mlp_out_b, st_w, st_b, *, dtype):
+    act = F.linear(x_t, in_w, in_b)
+    at = torch.cat([act, temb[:, None, :].expand_as(act)], dim=2)
+    at = F.linear(F.silu(F.linear(at, mlp_in_w, mlp_in_b)), mlp_out_w, mlp_out_b)
+    st = F.linear(state, st_w, st_b)[:, None, :]
+    return torch.cat([st, at], dim=1).to(dtype)
+
+
+def _suffix_in_pi05(x_t, in_w, in_b, *, dtype):
+    return F.linear(x_t, in_w, in_b).to(dtype)
+
+
+def _suffix_out(x, a, b, x_t, out_w, out_b, *, eps: float, chunk: int, dt: float):
+    """Final norm, action projection and the Euler step x_t + dt · v_t (fp32)."""
+    x = _norm(x, a, b, eps)
+    v_t = F.linear(x[:, -chunk:].to(torch.float32), out_w, out_b)
+    return x_t + dt * v_t
 
 
 # ----------------------------------------------------------------------------------------------
@@ -224,13 +304,14 @@ def _cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Te
 class PiFlowEngine:
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)`` for π0 / π0.5."""
 
-    def __init__(self, config, weights: _Weights, *, device, cuda_graph: bool = True):
+    def __init__(self, config, weights: _Weights, *, device, cuda_graph: bool = True, compile: bool | None = None):
         self.config = config
         self.w = weights
         self.device = torch.device(device)
         self.dtype = weights.dtype
         self.pi05 = weights.pi05
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.compile = (self.device.type == "cuda") if compile is None else compile
         self.image_keys = list(config.image_features)
         self.chunk = config.chunk_size
         self.max_action_dim = config.max_action_dim
@@ -238,14 +319,16 @@ class PiFlowEngine:
         self.steps = config.num_inference_steps
         self._graphs: dict[tuple, Any] = {}
         self._static: dict[tuple, dict] = {}
-        self._precompute_time()
         self.startup: dict[str, float] = {}
+        self._precompute_time()
+        self._build_fns()
 
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
     def from_pretrained(cls, pretrained_dir: str | Path, *, device="cuda", dtype=torch.bfloat16,
-                        vision_dtype=None, cuda_graph: bool = True, config=None) -> "PiFlowEngine":
+                        vision_dtype=None, cuda_graph: bool = True, compile: bool | None = None,
+                        config=None) -> "PiFlowEngine":
         from safetensors import safe_open
 
         t0 = time.perf_counter()
@@ -279,13 +362,13 @@ class PiFlowEngine:
             weights = _gather(get, skeleton, config, dtype, vision_dtype, dev)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
-        eng = cls(config, weights, device=dev, cuda_graph=cuda_graph)
+        eng = cls(config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
         eng.startup["load_s"] = time.perf_counter() - t0
         return eng
 
     @classmethod
     def from_policy(cls, policy, *, device=None, dtype=torch.bfloat16, vision_dtype=None,
-                    cuda_graph: bool = True) -> "PiFlowEngine":
+                    cuda_graph: bool = True, compile: bool | None = None) -> "PiFlowEngine":
         """Build from an already loaded LeRobot policy (its tensors are converted, not shared)."""
         model = policy.model
         sd = {k: v for k, v in model.state_dict().items()}
@@ -297,7 +380,28 @@ class PiFlowEngine:
             return sd[name]
 
         weights = _gather(get, model, policy.config, dtype, vision_dtype, dev)
-        return cls(policy.config, weights, device=dev, cuda_graph=cuda_graph)
+        return cls(policy.config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
+
+    def _build_fns(self):
+        from functools import partial
+
+        w = self.w
+        vc = w.vision_cfg
+        fns = {
+            "vision": partial(_vision_layer, heads=vc.num_attention_heads, eps=vc.layer_norm_eps, act=w.vision_act),
+            "text": partial(_text_layer, heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
+                            last=False),
+            "text_last": partial(_text_layer, heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
+                                 last=True),
+            "expert": partial(_expert_layer, heads=w.heads, head_dim=w.head_dim, eps=w.expert_eps,
+                              act=w.expert_act),
+            "suffix_in": partial(_suffix_in_pi05, dtype=self.dtype) if self.pi05
+            else partial(_suffix_in_pi0, dtype=self.dtype),
+            "suffix_out": partial(_suffix_out, eps=w.expert_eps, chunk=self.chunk, dt=self.dt),
+        }
+        if self.compile:
+            fns = {k: torch.compile(f, fullgraph=True, dynamic=False) for k, f in fns.items()}
+        self.fn = fns
 
     # ---- time-only terms ------------------------------------------------------------------------
 
@@ -319,46 +423,31 @@ class PiFlowEngine:
                 mods = []
                 for dw, db in w.adarms:
                     scale, shift, gate = F.linear(cond, dw, db)[:, None, :].chunk(3, dim=-1)
-                    mods.append((scale.float().contiguous(), shift.float().contiguous(), gate.to(self.dtype).contiguous()))
+                    mods.append(((1 + scale.float()).contiguous(), shift.float().contiguous(),
+                                 gate.to(self.dtype).contiguous()))
                 per_step.append(mods)
             else:
                 per_step.append(emb)  # (1, W) fp32
         self._time_terms = per_step
 
-    # ---- forward pieces -------------------------------------------------------------------------
+    # ---- forward --------------------------------------------------------------------------------
 
     def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] → (N, P, text width) image tokens in the model dtype."""
         w, cfg = self.w, self.w.vision_cfg
         x = F.conv2d(pixels.to(w.vision_dtype), w.patch_w, w.patch_b, stride=cfg.patch_size)
         x = x.flatten(2).transpose(1, 2) + w.pos_emb
-        n, p, d = x.shape
-        heads = cfg.num_attention_heads
-        hd = d // heads
-        eps = cfg.layer_norm_eps
         for L in w.vision_layers:
-            h = F.layer_norm(x, (d,), L.ln1_w, L.ln1_b, eps)
-            q, k, v = F.linear(h, L.qkv_w, L.qkv_b).view(n, p, 3, heads, hd).permute(2, 0, 3, 1, 4)
-            a = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
-            x = x + F.linear(a.transpose(1, 2).reshape(n, p, d), L.o_w, L.o_b)
-            h = F.layer_norm(x, (d,), L.ln2_w, L.ln2_b, eps)
-            x = x + F.linear(w.vision_act(F.linear(h, L.fc1_w, L.fc1_b)), L.fc2_w, L.fc2_b)
-        x = F.layer_norm(x, (d,), w.post_ln_w, w.post_ln_b, eps)
+            x = self.fn["vision"](x, L.ln1_w, L.ln1_b, L.qkv_w, L.qkv_b, L.o_w, L.o_b, L.ln2_w, L.ln2_b,
+                                  L.fc1_w, L.fc1_b, L.fc2_w, L.fc2_b)
+        x = F.layer_norm(x, (x.shape[-1],), w.post_ln_w, w.post_ln_b, cfg.layer_norm_eps)
         return F.linear(x, w.proj_w, w.proj_b).to(self.dtype)
 
-    def _attend(self, q, kv_k, kv_v, mask):
-        """q (B, H, N, D) against one KV head (B, 1, S, D); heads folded into the query axis."""
-        b, h, n, d = q.shape
-        out = F.scaled_dot_product_attention(q.reshape(b, 1, h * n, d), kv_k, kv_v, attn_mask=mask,
-                                             scale=d ** -0.5)
-        return out.view(b, h, n, d).transpose(1, 2).reshape(b, n, h * d)
-
     def _prefix(self, s: dict):
-        """Vision + prompt through the VLM; fills s['k'], s['v'][:, :, :, :L]."""
+        """Vision + prompt through the VLM; fills the KV cache s['k'], s['v'] (layers, B, L, D)."""
         w = self.w
         b, ncam = s["img_mask"].shape
-        img = s["images"] * 2.0 - 1.0  # (B*ncam, 3, H, W)
-        img_tok = self._vision(img)  # (B*ncam, P, W)
+        img_tok = self._vision(s["images"] * 2.0 - 1.0)  # (B*ncam, P, W)
         p = img_tok.shape[1]
         img_tok = img_tok.view(b, ncam * p, -1)
         lang = F.embedding(s["tokens"], w.embed) * w.embed_scale
@@ -367,94 +456,57 @@ class PiFlowEngine:
         L = pad.shape[1]
         pos = torch.cumsum(pad, dim=1) - 1
         cos, sin = _cos_sin(pos, w.text_inv_freq, self.dtype)
-        key_mask = pad[:, None, None, :]  # (B, 1, 1, L): bidirectional among valid tokens
-        H, D = w.heads, w.head_dim
+        # (B, 1, 1, L) additive: bidirectional among valid tokens (LeRobot masks padded keys)
+        key_mask = torch.zeros(pad.shape, dtype=self.dtype, device=pad.device).masked_fill_(~pad, -math.inf)
+        key_mask = key_mask[:, None, None, :]
         n_layers = len(w.text_layers)
         for i, lay in enumerate(w.text_layers):
-            h = _rms(x, lay.ln1, w.text_eps)
-            qkv = F.linear(h, lay.qkv)
-            q = qkv[..., : H * D].view(b, L, H, D).transpose(1, 2)
-            k = qkv[..., H * D: H * D + D].view(b, L, 1, D).transpose(1, 2)
-            v = qkv[..., H * D + D:].view(b, L, 1, D).transpose(1, 2)
-            k = _rope(k, cos, sin)
-            s["k"][i, :, :, :L].copy_(k)
-            s["v"][i, :, :, :L].copy_(v)
-            if i == n_layers - 1:
-                break  # the prefix's last hidden states are never read
-            q = _rope(q, cos, sin)
-            a = self._attend(q, s["k"][i, :, :, :L], s["v"][i, :, :, :L], key_mask)
-            x = x + F.linear(a, lay.o)
-            h = _rms(x, lay.ln2, w.text_eps)
-            g, u = F.linear(h, lay.gate_up).chunk(2, dim=-1)
-            x = x + F.linear(w.text_act(g) * u, lay.down)
-        # suffix attention mask and positions (fixed for the chunk)
+            fn = self.fn["text_last"] if i == n_layers - 1 else self.fn["text"]
+            x, k, v = fn(x, cos, sin, key_mask, lay.a1, lay.qkv, lay.o, lay.a2, lay.gate_up, lay.down)
+            s["k"][i].copy_(k)
+            s["v"][i].copy_(v)
+        # suffix attention mask (fp32 additive, heads folded into the queries) and positions
         S = s["suffix_att"].shape[0]
+        H = w.heads
         cum = torch.cumsum(s["suffix_att"], dim=0)
-        suffix_2d = (cum[None, :] <= cum[:, None])  # (S, S)
+        suffix_2d = (cum[None, :] <= cum[:, None])  # (S, S), LeRobot's make_att_2d_masks
         full = torch.cat([pad[:, None, :].expand(b, S, L), suffix_2d[None].expand(b, S, S)], dim=2)
-        s["suffix_mask"].copy_(full[:, None].repeat(1, 1, H, 1).view(b, 1, H * S, L + S))
+        full = full[:, None].expand(b, H, S, L + S).reshape(b, H * S, L + S)
+        s["suffix_mask"].copy_(torch.zeros(full.shape, device=pad.device).masked_fill_(~full, -math.inf))
         spos = pad.sum(dim=1, keepdim=True) + torch.arange(S, device=pad.device)[None, :]
         c, sn = _cos_sin(spos, w.expert_inv_freq, self.dtype)
         s["scos"].copy_(c)
         s["ssin"].copy_(sn)
 
     def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+        """One Euler step: returns x_t + dt · v(x_t, t_step)."""
         w = self.w
         b = x_t.shape[0]
-        H, D = w.heads, w.head_dim
-        L = s["prefix_len"]
-        act = F.linear(x_t, *w.action_in)  # (B, chunk, W) fp32
         if self.pi05:
             mods = self._time_terms[step]
-            x = act
+            x = self.fn["suffix_in"](x_t, *w.action_in)
         else:
             temb = self._time_terms[step].expand(b, -1)
-            at = torch.cat([act, temb[:, None, :].expand_as(act)], dim=2)
-            at = F.linear(F.silu(F.linear(at, *w.time_mlp[0])), *w.time_mlp[1])
-            st = F.linear(s["state"], *w.state_proj)[:, None, :]
-            x = torch.cat([st, at], dim=1)
-        x = x.to(self.dtype)
-        S = x.shape[1]
-        cos, sin = s["scos"], s["ssin"]
-        mask = s["suffix_mask"]
+            x = self.fn["suffix_in"](x_t, s["state"], temb, *w.action_in, *w.time_mlp[0], *w.time_mlp[1],
+                                     *w.state_proj)
         for i, lay in enumerate(w.expert_layers):
             if self.pi05:
-                sc, sh, g1 = mods[2 * i]
-                h = _ada_rms(x, sc, sh, w.expert_eps)
+                (a1, b1, g1), (a2, b2, g2) = mods[2 * i], mods[2 * i + 1]
             else:
-                h = _rms(x, lay.ln1, w.expert_eps)
-            qkv = F.linear(h, lay.qkv)
-            q = qkv[..., : H * D].view(b, S, H, D).transpose(1, 2)
-            k = qkv[..., H * D: H * D + D].view(b, S, 1, D).transpose(1, 2)
-            v = qkv[..., H * D + D:].view(b, S, 1, D).transpose(1, 2)
-            q = _rope(q, cos, sin)
-            s["k"][i, :, :, L:].copy_(_rope(k, cos, sin))
-            s["v"][i, :, :, L:].copy_(v)
-            a = self._attend(q, s["k"][i], s["v"][i], mask)
-            o = F.linear(a, lay.o)
-            if self.pi05:
-                x = x + o * g1
-                sc, sh, g2 = mods[2 * i + 1]
-                h = _ada_rms(x, sc, sh, w.expert_eps)
-            else:
-                x = x + o
-                h = _rms(x, lay.ln2, w.expert_eps)
-            g, u = F.linear(h, lay.gate_up).chunk(2, dim=-1)
-            y = F.linear(w.expert_act(g) * u, lay.down)
-            x = x + y * g2 if self.pi05 else x + y
+                a1, b1, g1, a2, b2, g2 = lay.a1, None, None, lay.a2, None, None
+            x = self.fn["expert"](x, s["scos"], s["ssin"], s["suffix_mask"], s["k"][i], s["v"][i], lay.qkv,
+                                  lay.o, lay.gate_up, lay.down, a1, b1, g1, a2, b2, g2)
         if self.pi05:
-            sc, sh, _ = mods[-1]
-            x = _ada_rms(x, sc, sh, w.expert_eps)
+            a, bb, _ = mods[-1]
         else:
-            x = _rms(x, w.final_norm, w.expert_eps)
-        out = x[:, -self.chunk:].to(torch.float32)
-        return F.linear(out, *w.action_out)
+            a, bb = w.final_a, None
+        return self.fn["suffix_out"](x, a, bb, x_t, *w.action_out)
 
     def _forward(self, s: dict) -> None:
         self._prefix(s)
         x_t = s["noise"]
         for step in range(self.steps):
-            x_t = x_t + self.dt * self._denoise_step(s, step, x_t)
+            x_t = self._denoise_step(s, step, x_t)
         s["out"].copy_(x_t)
 
     # ---- static buffers, graph, staging ---------------------------------------------------------
@@ -475,11 +527,11 @@ class PiFlowEngine:
             "state": torch.zeros(b, cfg.max_state_dim, device=dev),
             "noise": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
             "out": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
-            "k": torch.zeros(n_layers, b, 1, L + S, w.head_dim, dtype=self.dtype, device=dev),
-            "v": torch.zeros(n_layers, b, 1, L + S, w.head_dim, dtype=self.dtype, device=dev),
-            "suffix_mask": torch.zeros(b, 1, w.heads * S, L + S, dtype=torch.bool, device=dev),
-            "scos": torch.zeros(b, 1, S, w.head_dim, dtype=self.dtype, device=dev),
-            "ssin": torch.zeros(b, 1, S, w.head_dim, dtype=self.dtype, device=dev),
+            "k": torch.zeros(n_layers, b, L, w.head_dim, dtype=self.dtype, device=dev),
+            "v": torch.zeros(n_layers, b, L, w.head_dim, dtype=self.dtype, device=dev),
+            "suffix_mask": torch.zeros(b, w.heads * S, L + S, device=dev),
+            "scos": torch.zeros(b, S, w.head_dim, dtype=self.dtype, device=dev),
+            "ssin": torch.zeros(b, S, w.head_dim, dtype=self.dtype, device=dev),
             "suffix_att": torch.tensor(([1, 1] if not self.pi05 else [1]) + [0] * (self.chunk - 1),
                                        dtype=torch.int64, device=dev),
             "prefix_len": L,
@@ -498,6 +550,8 @@ class PiFlowEngine:
         if not present:
             raise EngineError(f"no image in the batch; expected one of {self.image_keys}")
         pinned = s.get("pinned")
+        if s.get("h2d_done") is not None:
+            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
 
         def put(name, value, sl=slice(None)):
             dst = s[name][sl]
@@ -538,6 +592,9 @@ class PiFlowEngine:
             if tuple(noise.shape) != tuple(s["noise"].shape):
                 raise EngineError(f"noise shape {tuple(noise.shape)} != {tuple(s['noise'].shape)}")
             put("noise", noise.to(torch.float32))
+        if pinned is not None:
+            s["h2d_done"] = torch.cuda.Event()
+            s["h2d_done"].record()
 
     def _image(self, img: torch.Tensor, key: str) -> torch.Tensor:
         """LeRobot's `_preprocess_images` minus the [-1,1] map (done on device in the graph)."""

@@ -1,0 +1,350 @@
+"""GPU inference bench: LeRobot eager π0 / π0.5 vs the fast engine, in the same run (JSON).
+
+Full-size models (PaliGemma-3B + Gemma-300M expert) from config only, random weights (every
+parameter randomised, also the norm scales and π0.5's adaRMS layers that LeRobot initialises to
+zero, so the expert's gated residuals are live), bf16, 3 cameras 224×224, 50×14 chunk, 10 flow
+steps, batch 1. For each policy:
+
+* reference: LeRobot's ``PolicyClass(config)`` built on the GPU, ``predict_action_chunk`` (eager);
+* the checkpoint is written with LeRobot's ``save_pretrained`` and the fast engine loads it from
+  disk (start-up = load + warm-up/graph capture, the disk read measured separately);
+* latency p50/p99 (host wall clock around the call, synchronised), peak GPU memory, and the max
+  abs difference of the actions for the same inputs and the same noise (also against a LeRobot
+  fp32 copy of the same weights, which shows the bf16 rounding floor itself);
+* a torch.profiler kernel table of both, and a per-part split of the fast forward.
+
+Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json
+CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+T_START = time.perf_counter()
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+T_TORCH = time.perf_counter()
+
+
+def _sync(dev):
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def _pcts(ms):
+    ms = sorted(ms)
+
+    def q(p):
+        return ms[min(len(ms) - 1, max(0, math.ceil(p / 100 * len(ms)) - 1))]
+
+    return {"p50": round(statistics.median(ms), 3), "p99": round(q(99), 3), "min": round(ms[0], 3),
+            "mean": round(statistics.fmean(ms), 3), "n": len(ms)}
+
+
+def _time_calls(fn, dev, iters, warmup=2):
+    for _ in range(warmup):
+        fn()
+    _sync(dev)
+    out = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        fn()
+        _sync(dev)
+        out.append((time.perf_counter() - t0) * 1e3)
+    return _pcts(out)
+
+
+def _randomise(module, seed):
+    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.ndim >= 2:
+                p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) / math.sqrt(p[0].numel()))
+            else:
+                p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) * 0.1)
+
+
+def _mem(dev):
+    if dev.type != "cuda":
+        return {}
+    return {"allocated_gib": round(torch.cuda.memory_allocated(dev) / 2**30, 3),
+            "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)}
+
+
+def _profile(fn, dev, n=1, rows=18):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+    fn()
+    _sync(dev)
+    with profile(activities=acts) as prof:
+        for _ in range(n):
+            fn()
+        _sync(dev)
+    key = "cuda_time_total" if dev.type == "cuda" else "cpu_time_total"
+    table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
+    total_dev = 0.0
+    kernels = []
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if ev.device_type is not None and str(ev.device_type).endswith("CUDA") and t:
+            total_dev += t
+            kernels.append((ev.key, t / n / 1e3, ev.count // n))
+    kernels.sort(key=lambda k: -k[1])
+    return {"table": table, "gpu_kernel_ms_per_call": round(total_dev / n / 1e3, 3),
+            "top_kernels": [{"name": k[:90], "ms": round(t, 3), "calls": c} for k, t, c in kernels[:15]]}
+
+
+def _sdpa_backends(dev, dtype, q_len, k_len, head_dim=256):
+    """Which SDPA kernels take the engine's folded-head attention with an additive mask, and how fast."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 1, q_len, head_dim, device=dev, dtype=dtype)
+    k = torch.randn(1, 1, k_len, head_dim, device=dev, dtype=dtype)
+    v = torch.randn(1, 1, k_len, head_dim, device=dev, dtype=dtype)
+    m = torch.zeros(1, 1, 1, k_len, device=dev, dtype=dtype)
+    m[..., -7:] = -math.inf
+    ref = torch.nn.functional.scaled_dot_product_attention(q.float(), k.float(), v.float(), attn_mask=m.float())
+    out = {}
+    for be in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION, SDPBackend.MATH):
+        for masked in (True, False):
+            name = f"{be.name.lower()}{'_mask' if masked else ''}"
+            try:
+                with sdpa_kernel([be]):
+                    f = lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=m if masked else None)  # noqa: E731
+                    o = f()
+                    t = _time_calls(f, dev, 20)
+                err = (o.float() - ref).abs().max().item() if masked else None
+                out[name] = {"ms": t["p50"], "max_err": err}
+            except Exception as e:  # noqa: BLE001
+                out[name] = {"error": str(e).splitlines()[0][:120]}
+    return out
+
+
+def run_policy(ptype, args, dev, workdir):
+    from lerobot.policies.factory import get_policy_class
+
+    from wam_policy_node.engines import EagerEngine, PiFlowEngine
+    from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims
+
+    res = {"policy": ptype}
+    ctx = tiny_dims() if args.tiny else contextlib.nullcontext()
+    size = 56 if args.tiny else 224
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    with ctx:
+        cfg = make_config(ptype, dtype=args.dtype, device=str(dev), image_size=size)
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        with torch.device(dev):
+            pol = get_policy_class(ptype)(cfg)
+        _randomise(pol, seed=0)
+        _sync(dev)
+        res["ref_build_random_s"] = round(time.perf_counter() - t0, 2)
+        res["ref_weights_mem"] = _mem(dev)
+        ckpt = workdir / ptype
+        t0 = time.perf_counter()
+        pol.save_pretrained(ckpt)
+        res["save_s"] = round(time.perf_counter() - t0, 2)
+        st = ckpt / "model.safetensors"
+        res["checkpoint_gib"] = round(st.stat().st_size / 2**30, 3)
+        t0 = time.perf_counter()
+        with open(st, "rb") as fh:
+            while fh.read(1 << 26):
+                pass
+        res["disk_read_s"] = round(time.perf_counter() - t0, 2)  # just written: mostly page cache
+
+        ref = EagerEngine(pol)
+        batches = [random_batch(cfg, n_valid_tokens=20, seed=s) for s in range(3)]
+        gen = torch.Generator().manual_seed(123)
+        noises = [torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=gen) for _ in range(3)]
+        on_dev = [{k: v.to(dev) for k, v in b.items()} for b in batches]
+        res["tokens"] = {"images": len(cfg.image_features), "image_tokens_each": (size // 14) ** 2,
+                         "text_tokens": cfg.tokenizer_max_length, "valid_text_tokens": 20,
+                         "prefix_len": len(cfg.image_features) * (size // 14) ** 2 + cfg.tokenizer_max_length,
+                         "suffix_len": cfg.chunk_size + (1 if ptype == "pi0" else 0),
+                         "chunk": [cfg.chunk_size, 14], "flow_steps": cfg.num_inference_steps}
+
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        ref_out = [ref.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)]
+        res["ref"] = {"latency_ms": _time_calls(lambda: ref.predict_action_chunk(on_dev[0], noise=noises[0]), dev,
+                                                args.ref_iters),
+                      "mem": _mem(dev), "batch_on": "device (as after LeRobot's to_device step)"}
+        if args.profile:
+            res["ref"]["profile"] = _profile(lambda: ref.predict_action_chunk(on_dev[0], noise=noises[0]), dev)
+        print(f"[{ptype}] ref p50 {res['ref']['latency_ms']['p50']} ms", flush=True)
+
+        # fast engine from the checkpoint on disk
+        if dev.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(dev)
+        before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
+        t0 = time.perf_counter()
+        fast = PiFlowEngine.from_pretrained(ckpt, device=dev, dtype=dtype)
+        load_s = time.perf_counter() - t0
+        weights_gib = ((torch.cuda.memory_allocated(dev) - before) / 2**30) if dev.type == "cuda" else None
+        warm_s = fast.warmup(batches[0])
+        res["fast"] = {"startup": {"load_s": round(load_s, 2), "warmup_capture_s": round(warm_s, 2),
+                                   "to_first_action_s": round(load_s + warm_s, 2),
+                                   "python_import_torch_s": round(T_TORCH - T_START, 2)},
+                       "weights_gib": None if weights_gib is None else round(weights_gib, 3),
+                       "batch_on": "host (pinned staging + non-blocking copies inside the timed call)"}
+        fast_out = [fast.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
+        res["fast"]["latency_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0], noise=noises[0]), dev,
+                                                args.iters, warmup=3)
+        res["fast"]["mem"] = _mem(dev)
+        res["speedup_p50"] = round(res["ref"]["latency_ms"]["p50"] / res["fast"]["latency_ms"]["p50"], 2)
+        diffs = [(a - b).abs().max().item() for a, b in zip(ref_out, fast_out)]
+        res["max_abs_diff_vs_ref"] = max(diffs)
+        res["ref_abs_mean"] = statistics.fmean(a.abs().mean().item() for a in ref_out)
+        print(f"[{ptype}] fast p50 {res['fast']['latency_ms']['p50']} ms, x{res['speedup_p50']}, "
+              f"diff {res['max_abs_diff_vs_ref']:.3g}", flush=True)
+
+        # a second start on warm compile caches (what a node restart sees)
+        t0 = time.perf_counter()
+        fast2 = PiFlowEngine.from_pretrained(ckpt, device=dev, dtype=dtype)
+        l2 = time.perf_counter() - t0
+        w2 = fast2.warmup(batches[0])
+        res["fast"]["startup_warm_cache"] = {"load_s": round(l2, 2), "warmup_capture_s": round(w2, 2),
+                                             "to_first_action_s": round(l2 + w2, 2)}
+        del fast2
+        gc.collect()
+
+        # same weights: CUDA graph without torch.compile; neither (for the split and the profile)
+        nocomp = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=True, compile=False)
+        nc_out = nocomp.predict_action_chunk(batches[0], noise=noises[0]).float().cpu()
+        res["fast_graph_no_compile"] = {
+            "latency_ms": _time_calls(lambda: nocomp.predict_action_chunk(batches[0], noise=noises[0]), dev, 30),
+            "max_abs_diff_vs_ref": (nc_out - ref_out[0]).abs().max().item()}
+        del nocomp
+        nog = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=False, compile=False)
+        res["fast_no_graph_no_compile_latency_ms"] = _time_calls(
+            lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev, 10)
+        nogc = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=False, compile=True)
+        for name, eng in (("no_graph_no_compile", nog), ("no_graph_compiled", nogc)):
+            s, _ = eng._state_for(1, cfg.tokenizer_max_length)
+            eng._stage(s, batches[0], noises[0])
+            res[f"fast_split_{name}_ms"] = {
+                "vision": _time_calls(lambda: eng._vision(s["images"]), dev, 10)["p50"],
+                "prefix_incl_vision": _time_calls(lambda: eng._prefix(s), dev, 10)["p50"],
+                "one_denoise_step": _time_calls(lambda: eng._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
+            }
+        if args.profile:
+            res["fast"]["profile_graph"] = _profile(lambda: fast.predict_action_chunk(batches[0], noise=noises[0]), dev, n=3)
+            res["fast"]["profile_no_graph_no_compile"] = _profile(
+                lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev)
+        del nog, nogc
+
+        # LeRobot's own random init (std 0.02, adaRMS layers zero), as in the issue's measurement
+        if not args.quick:
+            with torch.device(dev):
+                pol_li = get_policy_class(ptype)(cfg)
+            ref_li = EagerEngine(pol_li)
+            fast_li = PiFlowEngine.from_policy(pol_li, dtype=dtype)
+            res["lerobot_init"] = {"max_abs_diff_vs_ref": max(
+                (ref_li.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu()
+                 - fast_li.predict_action_chunk(batches[i], noise=noises[i]).float().cpu()).abs().max().item()
+                for i in range(3))}
+            del pol_li, ref_li, fast_li
+            gc.collect()
+
+        # fast with the vision tower in fp32 (as LeRobot keeps it)
+        if not args.quick:
+            v32 = PiFlowEngine.from_policy(pol, dtype=dtype, vision_dtype=torch.float32)
+            v32_out = [v32.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
+            res["fast_vision_fp32"] = {
+                "max_abs_diff_vs_ref": max((a - b).abs().max().item() for a, b in zip(ref_out, v32_out)),
+                "latency_ms": _time_calls(lambda: v32.predict_action_chunk(batches[0], noise=noises[0]), dev, 20)}
+            del v32
+            gc.collect()
+            # LeRobot in fp32 on the same weights: the rounding floor of bf16 itself
+            cfg32 = make_config(ptype, dtype="float32", device=str(dev), image_size=size)
+            with torch.device(dev):
+                pol32 = get_policy_class(ptype)(cfg32)
+            pol32.load_state_dict(pol.state_dict())
+            ref32 = EagerEngine(pol32)
+            r32 = [ref32.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)]
+            res["fp32_reference"] = {
+                "ref_bf16_vs_ref_fp32": max((a - b).abs().max().item() for a, b in zip(ref_out, r32)),
+                "fast_bf16_vs_ref_fp32": max((a - b).abs().max().item() for a, b in zip(fast_out, r32)),
+            }
+            del ref32, pol32
+    del fast, ref, pol
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--policies", default="pi0,pi05")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    ap.add_argument("--iters", type=int, default=100)
+    ap.add_argument("--ref-iters", type=int, default=20)
+    ap.add_argument("--tiny", action="store_true", help="reduced-size models (CPU smoke)")
+    ap.add_argument("--quick", action="store_true", help="skip the fp32 comparisons")
+    ap.add_argument("--no-profile", dest="profile", action="store_false")
+    ap.add_argument("--sdpa", action="store_true", help="also time each SDPA backend on the engine's shapes")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    dev = torch.device(args.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        print(json.dumps({"error": "CUDA not available"}))
+        return 2
+    torch.backends.cuda.matmul.allow_tf32 = False
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="gpu_bench_"))
+    out = {"bench": "gpu_inference", "argv": sys.argv[1:], "torch": torch.__version__,
+           "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor(),
+           "host": platform.node(), "results": []}
+    try:
+        import lerobot
+        import transformers
+
+        out["lerobot"], out["transformers"] = lerobot.__version__, transformers.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    if args.sdpa and dev.type == "cuda":
+        dt = torch.bfloat16
+        out["sdpa_backends"] = {"prefix_pi0_8x816_vs_816": _sdpa_backends(dev, dt, 8 * 816, 816),
+                                "suffix_pi0_8x51_vs_867": _sdpa_backends(dev, dt, 8 * 51, 867)}
+    for ptype in args.policies.split(","):
+        try:
+            out["results"].append(run_policy(ptype.strip(), args, dev, workdir))
+        except Exception as e:  # noqa: BLE001
+            import traceback
+
+            traceback.print_exc()
+            out["results"].append({"policy": ptype, "error": f"{type(e).__name__}: {e}"})
+        if args.out:
+            Path(args.out).write_text(json.dumps(out, indent=1))
+    summary = [{k: r.get(k) for k in ("policy", "speedup_p50", "max_abs_diff_vs_ref", "error")}
+               | {"ref_p50": r.get("ref", {}).get("latency_ms", {}).get("p50"),
+                  "fast_p50": r.get("fast", {}).get("latency_ms", {}).get("p50"),
+                  "fast_p99": r.get("fast", {}).get("latency_ms", {}).get("p99"),
+                  "startup_s": r.get("fast", {}).get("startup", {}).get("to_first_action_s")}
+               for r in out["results"]]
+    out["summary"] = summary
+    if args.out:
+        Path(args.out).write_text(json.dumps(out, indent=1))
+    print(json.dumps({"summary": summary}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
