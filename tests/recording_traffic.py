@@ -24,8 +24,13 @@ def contract_qos(topic: str, lockstep: bool = True):
         return qos.LATCHED
     if topic in (T.COMMAND, T.SHADOW_COMMAND):
         return qos.COMMAND
-    if topic in (T.EPISODE, T.POLICY_STATUS):
+    if topic == T.EPISODE:
         return qos.EVENTS
+    if topic == T.POLICY_STATUS:  # as wam_policy_node.node.STATUS_QOS
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+        return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
+                          durability=DurabilityPolicy.VOLATILE)
     if topic in (T.CLOCK, T.DIAGNOSTICS):
         return 10
     return qos.sensor(lockstep)

@@ -239,3 +239,34 @@ def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
                         "--params-file", str(pfile)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert key in r.stderr and "Traceback" not in r.stderr
+
+
+def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path):
+    """A publisher offering more than the contract says (transient-local POLICY_STATUS): the
+    recorder's eager volatile subscription is replaced by a transient-local one, whose history
+    replay must not record messages twice."""
+    from std_msgs.msg import String
+
+    from wam_common import qos
+
+    pub = probe.node.create_publisher(String, T.POLICY_STATUS, qos.EVENTS)  # transient local, depth 50
+    # slow discovery: all 40 messages go through the eager volatile subscription before the
+    # switch, so the transient-local replay brings every one of them a second time
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS], discovery_period_s=2.0)
+    sent = []
+    try:
+        assert wait_for(lambda: pub.get_subscription_count() > 0, 20), runner.log("recorder")
+        for k in range(40):
+            pub.publish(String(data=json.dumps({"seq": k})))
+            sent.append(k)
+            time.sleep(0.005)
+        assert wait_for(lambda: "transient local" in runner.log("recorder"), 10), runner.log("recorder")
+        time.sleep(0.5)
+    finally:
+        runner.stop()
+    from wam_common.recording.bag import Bag, json_event
+
+    with Bag(tmp_path / "bag") as bag:
+        seqs = [json_event(m)["seq"] for m in bag.messages([T.POLICY_STATUS])]
+    assert seqs == sent, seqs
+    assert "transient local" in runner.log("recorder")  # it did switch

@@ -15,6 +15,7 @@ cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
 """
 from __future__ import annotations
 
+import collections
 import json
 import os
 import queue
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 
 import rclpy
-from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -32,7 +33,7 @@ from ..config import ConfigError
 from ..node_main import run_node
 from ..params import declare_tree
 from .msgdefs import UnknownTypeError, message_class, message_definition
-from .topics import contract_types, default_topics
+from .topics import contract_qos, contract_types, default_topics
 from .writer import BagError, BagWriter, COMPRESSION, QosSpec
 
 DEFAULTS = {
@@ -132,8 +133,10 @@ class Recorder(Node):
         self.dropped = 0
         self.written = 0
         self.write_errors = 0
+        self.duplicates = 0
+        self._seen: dict[str, tuple[dict, collections.deque]] = {}
         self._closing = False
-        self._sub_group = ReentrantCallbackGroup()
+        self._groups: dict[str, MutuallyExclusiveCallbackGroup] = {}
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._thread = threading.Thread(target=self._writer_loop, name="bag-writer", daemon=True)
         self._thread.start()
@@ -143,11 +146,25 @@ class Recorder(Node):
 
             self._diag_pub = self.create_publisher(DiagnosticArray, T.DIAGNOSTICS, 10)
             self.create_timer(cfg["diagnostics_period_s"], self._publish_diagnostics, callback_group=self._timer_group)
+        self._actual_qos: set[str] = set()
+        self._eager()
         self.create_timer(cfg["discovery_period_s"], self._discover, callback_group=self._timer_group)
         self._discover()
         self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
 
     # -- discovery and subscriptions ---------------------------------------------------------
+    def _eager(self) -> None:
+        """Subscribe to the contract's topics before their publishers exist (with the QoS the
+        contract says they offer), so the first messages of a graph are not lost to discovery."""
+        for topic in self.wanted:
+            cq = contract_qos(topic)
+            if cq is None:
+                continue
+            reliable, latched, depth = cq
+            spec = QosSpec(reliability="reliable" if reliable else "best_effort",
+                           durability="transient_local" if latched else "volatile", depth=depth)
+            self._subscribe(topic, (self._types[topic], reliable, latched), None, [spec])
+
     def _discover(self) -> None:
         if self._closing:
             return
@@ -170,10 +187,25 @@ class Recorder(Node):
             latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
             key = (msgtype, reliable, latched)
             if current and current[0] == key:
+                if topic not in self._actual_qos:  # eager subscription: note what is really offered
+                    self._actual_qos.add(topic)
+                    self._q.put(("add", topic, msgtype, self._offered(infos)[:1]))
                 continue
             self._subscribe(topic, key, infos)
 
-    def _subscribe(self, topic: str, key: tuple, infos) -> None:
+    @staticmethod
+    def _offered(infos) -> list[QosSpec]:
+        offered = []
+        for i in infos:
+            q = i.qos_profile
+            offered.append(QosSpec(
+                reliability="reliable" if q.reliability == ReliabilityPolicy.RELIABLE else "best_effort",
+                durability="transient_local" if q.durability == DurabilityPolicy.TRANSIENT_LOCAL else "volatile",
+                history="keep_all" if q.history == HistoryPolicy.KEEP_ALL else "keep_last",
+                depth=int(q.depth)))
+        return offered
+
+    def _subscribe(self, topic: str, key: tuple, infos, offered: list | None = None) -> None:
         msgtype, reliable, latched = key
         try:
             cls = message_class(msgtype)
@@ -191,26 +223,36 @@ class Recorder(Node):
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(self.cfg["qos_depth"]),
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
-        offered = []
-        for i in infos:
-            q = i.qos_profile
-            offered.append(QosSpec(
-                reliability="reliable" if q.reliability == ReliabilityPolicy.RELIABLE else "best_effort",
-                durability="transient_local" if q.durability == DurabilityPolicy.TRANSIENT_LOCAL else "volatile",
-                history="keep_all" if q.history == HistoryPolicy.KEEP_ALL else "keep_last",
-                depth=int(q.depth)))
-        self._q.put(("add", topic, msgtype, offered[:1]))
+        if infos is not None:
+            offered = self._offered(infos)
+            self._actual_qos.add(topic)
+        self._q.put(("add", topic, msgtype, list(offered or [])[:1]))
 
         def cb(raw, info, topic=topic):
             self._on_message(topic, raw, info)
 
-        sub = self.create_subscription(cls, topic, cb, qos, raw=True, callback_group=self._sub_group)
+        # one mutually exclusive group per topic: a topic's messages are enqueued in arrival order
+        # (a reentrant group lets two executor threads swap them), topics still run in parallel
+        group = self._groups.setdefault(topic, MutuallyExclusiveCallbackGroup())
+        sub = self.create_subscription(cls, topic, cb, qos, raw=True, callback_group=group)
         self._subs[topic] = (key, sub)
         self.get_logger().info(f"recording {topic} [{msgtype}] ({'reliable' if reliable else 'best effort'}"
                                f"{', transient local' if latched else ''})")
 
     def _on_message(self, topic: str, raw: bytes, info: dict) -> None:
         n = len(raw)
+        src = info.get("source_timestamp") or 0
+        if src:
+            # a subscription re-created as transient-local replays history already recorded
+            key = (src, info.get("publication_sequence_number"))
+            seen = self._seen.setdefault(topic, ({}, collections.deque()))
+            if key in seen[0]:
+                self.duplicates += 1
+                return
+            seen[0][key] = None
+            seen[1].append(key)
+            if len(seen[1]) > 256:
+                seen[0].pop(seen[1].popleft(), None)
         with self._qlock:
             self.received += 1
             if self._qbytes + n > self.cfg["queue_max_bytes"] or self._closing:
@@ -218,7 +260,7 @@ class Recorder(Node):
                 return
             self._qbytes += n
         recv = info.get("received_timestamp") or time.time_ns()
-        src = info.get("source_timestamp") or recv
+        src = src or recv
         self._q.put(("msg", topic, recv, src, raw))
 
     # -- the writer thread -----------------------------------------------------------------
@@ -272,7 +314,7 @@ class Recorder(Node):
         with self._qlock:
             qb = self._qbytes
         return {"bag": str(self.bag_path), "received": self.received, "written": self.written,
-                "dropped": self.dropped, "queue_bytes": qb, "write_errors": self.write_errors,
+                "dropped": self.dropped, "duplicates": self.duplicates, "queue_bytes": qb, "write_errors": self.write_errors,
                 "files": len(self.bag.files), "topics": len(self._subs)}
 
     def _publish_diagnostics(self) -> None:

@@ -24,3 +24,26 @@ def contract_types() -> dict[str, str]:
 
 def default_topics() -> list[str]:
     return list(contract_types())
+
+
+#: topics the contract publishes transient-local (latched)
+LATCHED_TOPICS = (T.INSTRUCTION, T.perturbed(T.INSTRUCTION), T.ACTIVE_PERTURBATION, T.ESTOP, T.EPISODE)
+
+
+def contract_qos(topic: str) -> tuple[bool, bool, int] | None:
+    """(reliable, transient_local, depth) the contract's publisher offers on ``topic``; sensors are
+    guessed lockstep (reliable, matches the sim's lockstep publishers at once; realtime
+    best-effort publishers make the recorder switch when it discovers them). None: not a
+    contract topic."""
+    types = contract_types()
+    if topic not in types:
+        return None
+    if topic in LATCHED_TOPICS:
+        return True, True, 50 if topic == T.EPISODE else 1
+    if topic in (T.COMMAND, T.SHADOW_COMMAND):
+        return True, False, 1
+    if topic in (T.POLICY_STATUS,):
+        return True, False, 50
+    if topic in (T.CLOCK, T.DIAGNOSTICS, T.PRIVILEGED_STATE):
+        return True, False, 10 if topic != T.PRIVILEGED_STATE else 2
+    return True, False, 2  # cameras and joint states, raw and perturbed (qos.sensor(lockstep=True))

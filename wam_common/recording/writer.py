@@ -109,10 +109,10 @@ class BagWriter:
     def add_topic(self, name: str, msgtype: str, qos: Sequence[QosSpec] = ()) -> None:
         """Declare a topic (idempotent for the same type); its definition must be resolvable."""
         old = self.topics.get(name)
-        if old is not None:
+        if old is not None and (old.count or old.msgtype == msgtype):
             if old.msgtype != msgtype:
                 raise BagError(f"topic '{name}' already recorded as {old.msgtype}, not {msgtype}")
-            if qos and not old.qos:
+            if qos and old.count == 0:  # nothing written yet: the offered QoS may still be corrected
                 old.qos = list(qos)
             return
         message_definition(msgtype)  # raises UnknownTypeError early
@@ -237,7 +237,8 @@ class BagWriter:
             files=[{"path": f.path.name, "start_ns": f.start_ns, "duration_ns": max(0, f.end_ns - f.start_ns),
                     "count": f.count} for f in files],
             topics=[{"name": t.name, "type": t.msgtype, "qos": [q.as_dict() for q in t.qos],
-                     "hash": message_definition(t.msgtype).rihs01, "count": t.count} for t in self.topics.values()],
+                     "hash": message_definition(t.msgtype).rihs01, "count": t.count}
+                    for t in self.topics.values() if t.count],
             start_ns=start, duration_ns=max(0, end - start), count=counts,
             compression=self.compression, custom=custom)
 
