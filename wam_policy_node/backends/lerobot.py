@@ -1,0 +1,163 @@
+"""Any LeRobot policy from a local pretrained directory, with its own pre/post-processors.
+
+Loads exactly as LeRobot does: ``PreTrainedConfig.from_pretrained(dir)``,
+``get_policy_class(cfg.type).from_pretrained(dir, config=cfg)`` (config.json +
+model.safetensors) and ``make_pre_post_processors(cfg, pretrained_path=dir)`` (the saved
+processor pipelines: normalisation stats, tokenizer, ...). Works for ACT, Diffusion, SmolVLA,
+π0/π0.5, and the WAMs fastwam / lingbot_va — whatever ``get_policy_class`` knows.
+
+Observation → batch as LeRobot's own inference path (``prepare_observation_for_inference``):
+images HWC uint8 → float CHW in [0, 1] under ``observation.images.<key>`` (the node's
+``observation.image_keys``; keys that already start with ``observation.`` are used as they are),
+the 14-dim state under ``observation.state``, the prompt as ``task``. One
+``predict_action_chunk`` gives the chunk; the post-processor un-normalises it.
+
+GPU when present (``device: auto``); ``dtype: auto`` runs bf16 autocast on CUDA (float32 on
+CPU). With ``rtc: true`` and a policy whose config has RTC enabled (SmolVLA, π0, π0.5), the
+un-executed remainder of the previous chunk (model space, indexed by observation time) and the
+expected inference delay are passed to LeRobot's RTC guidance.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+
+import numpy as np
+
+from wam_common.config import ConfigError
+from wam_common.topics import DT, STATE_DIM
+
+from . import ActionChunk, Backend, BackendError, Observation, register_backend
+
+DEFAULTS = {
+    "path": "",  # local pretrained directory (config.json, model.safetensors, policy_*processor*.json)
+    "device": "auto",  # auto | cpu | cuda | cuda:N
+    "dtype": "auto",  # auto (bf16 autocast on cuda) | float32 | bfloat16
+    "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
+    "rtc": False,  # pass RTC guidance inputs when the policy supports it
+    "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
+}
+
+
+@register_backend("lerobot")
+class LeRobotBackend(Backend):
+    def __init__(self, cfg):
+        merged = dict(DEFAULTS)
+        merged.update({k: v for k, v in dict(cfg).items() if v is not None})
+        super().__init__(merged)
+        c = self.cfg
+        path = Path(str(c["path"])).expanduser()
+        if not c["path"] or not (path / "config.json").is_file():
+            raise ConfigError(f"key 'backend.lerobot.path': '{c['path']}' is not a LeRobot pretrained directory "
+                              "(no config.json)")
+        import torch
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+        self.torch = torch
+        dev = str(c["device"])
+        if dev == "auto":
+            dev = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(dev)
+        pcfg = PreTrainedConfig.from_pretrained(str(path))
+        pcfg.device = dev
+        self.policy_type = pcfg.type
+        self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
+        self.policy.to(self.device).eval()
+        self.pre, self.post = make_pre_post_processors(
+            pcfg, pretrained_path=str(path),
+            preprocessor_overrides={"device_processor": {"device": dev}},
+            postprocessor_overrides={"device_processor": {"device": "cpu"}})
+        want = str(c["dtype"])
+        self.autocast_dtype = None
+        if self.device.type == "cuda" and want in ("auto", "bfloat16"):
+            self.autocast_dtype = torch.bfloat16
+        elif want == "bfloat16":
+            self.autocast_dtype = torch.bfloat16  # CPU bf16 autocast on request
+        self.image_features = list(getattr(pcfg, "image_features", {}) or {})
+        self.state_key = "observation.state"
+        act = getattr(pcfg, "action_feature", None)
+        self.action_dim = int(act.shape[0]) if act is not None else STATE_DIM
+        if self.action_dim != STATE_DIM:
+            raise ConfigError(f"key 'backend.lerobot.path': policy action dim {self.action_dim} != {STATE_DIM}")
+        self.use_rtc = bool(c["rtc"]) and bool(getattr(self.policy, "_rtc_enabled", lambda: False)())
+        self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
+        self.needs_images = bool(self.image_features)
+        for _ in range(int(c["warmup"])):
+            self._warmup()
+
+    def _warmup(self):
+        imgs = {}
+        for k in self.image_features:
+            shape = tuple(getattr(self.policy.config, "image_features")[k].shape)  # (C, H, W)
+            imgs[k] = np.zeros((shape[1], shape[2], shape[0]), np.uint8)
+        obs = Observation(0, imgs, np.zeros(STATE_DIM), "warm up")
+        self._forward(obs, {k: k for k in imgs})
+        self.reset()
+
+    def reset(self, episode=None) -> None:
+        self._last_raw = None
+        with contextlib.suppress(Exception):
+            self.policy.reset()
+
+    def _key(self, k: str) -> str:
+        return k if k.startswith("observation.") else f"observation.images.{k}"
+
+    def _forward(self, obs: Observation, keys: dict[str, str]):
+        torch = self.torch
+        batch = {}
+        for src, dst in keys.items():
+            img = np.asarray(obs.images[src])
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
+            batch[dst] = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
+        batch[self.state_key] = torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
+        batch["task"] = obs.prompt or ""
+        batch["robot_type"] = ""
+        batch = self.pre(batch)
+        kwargs = {}
+        if self.use_rtc and self._last_raw is not None:
+            stamp, raw = self._last_raw
+            i = int(round((obs.stamp_ns - stamp) / (DT * 1e9)))
+            if 0 <= i < len(raw):
+                kwargs = {"prev_chunk_left_over": raw[i:].unsqueeze(0).to(self.device),
+                          "inference_delay": int(obs.inference_delay)}
+        if self.policy_type == "diffusion":
+            # Diffusion conditions on the last n_obs_steps observations: feed its queues the way its
+            # select_action does, then predict from them (the online path of predict_action_chunk)
+            from lerobot.policies.utils import populate_queues
+
+            qb = dict(batch)
+            if self.image_features:
+                qb["observation.images"] = torch.stack([qb[k] for k in self.image_features], dim=-4)
+            self.policy._queues = populate_queues(self.policy._queues, qb)
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with torch.inference_mode(), ctx:
+            chunk = self.policy.predict_action_chunk(batch, **kwargs)
+        if chunk.ndim == 2:
+            chunk = chunk.unsqueeze(0)
+        raw = chunk[0].float()
+        actions = self.post(chunk.float())
+        return raw, actions
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        t0 = time.perf_counter()
+        missing = [k for k in self.image_features if not any(self._key(s) == k for s in obs.images)]
+        if missing:
+            raise BackendError(f"lerobot: observation lacks image features {missing} "
+                               f"(have {[self._key(s) for s in obs.images]}); set observation.image_keys")
+        keys = {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
+        raw, actions = self._forward(obs, keys)
+        a = actions.detach().to("cpu", self.torch.float64).numpy()
+        a = a.reshape(-1, a.shape[-1])
+        n = int(self.cfg["n_actions"])
+        if n > 0:
+            a = a[:n]
+        if self.use_rtc:
+            self._last_raw = (obs.stamp_ns, raw.detach().cpu())
+        if self.device.type == "cuda":
+            self.torch.cuda.synchronize()
+        return ActionChunk(a, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
+                           {"policy": self.policy_type, "device": str(self.device)})
