@@ -186,7 +186,8 @@ class Operator:
                                 durability=DurabilityPolicy.VOLATILE)
         self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, status_qos)
         self.node.create_subscription(String, OPERATOR_TOPIC, self._on_command, 10)
-        self.node.create_timer(0.1, self._check_timeout)
+        self.node.create_timer(0.1, self._tick)
+        self._listeners = (0, 0)
         self.lock = threading.Lock()
         self.events: list[dict] = []
         self.estop = False
@@ -260,6 +261,14 @@ class Operator:
             return
         with self.lock:
             self.book.add_status(st)
+
+    def _tick(self) -> None:
+        n = (self.pub_episode.get_subscription_count(), self.pub_estop.get_subscription_count())
+        if n != self._listeners:
+            self._listeners = n
+            self.say(f"subscribers: {topics.EPISODE} {n[0]}, {topics.ESTOP} {n[1]}"
+                     + ("" if n[0] else " (no recorder yet: events wait for it, latched)"))
+        self._check_timeout()
 
     def _check_timeout(self) -> None:
         with self.lock:

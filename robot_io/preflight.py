@@ -287,7 +287,6 @@ def plan_from_args(args) -> Plan:
     check_policy = True
     if args.graph:
         g = load_graph(args.graph, parse_set(args.set))
-        names = {n.name: n for n in g.nodes}
         rs = next((n for n in g.nodes if n.executable == "realsense_cameras"), None)
         if rs is not None:
             p = rs.parameters
@@ -302,7 +301,6 @@ def plan_from_args(args) -> Plan:
             policy_hz = float(pol.parameters.get("rate_hz", policy_hz)) / max(1, int(pol.parameters.get("status_every", 1)))
         else:
             check_policy = False
-        del names
     if args.cameras:
         cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
         unknown = [c for c in cams if c not in topics.CAMERAS + topics.OPTIONAL_CAMERAS]

@@ -139,7 +139,7 @@ def check_serials(wanted: dict[str, str], connected: dict[str, DeviceInfo]) -> N
 # sensor options
 
 
-def _color_sensor(rs, device, profile):
+def _color_sensor(rs, device):
     """The sensor that produces the colour stream (D405: the stereo module; D435: the RGB camera)."""
     for sensor in device.query_sensors():
         for p in sensor.get_stream_profiles():
@@ -257,7 +257,7 @@ class FrameSource:
         if device.is_playback():
             playback = device.as_playback()
             playback.set_real_time(True)  # frames at their recorded pace, like a camera
-        sensor = _color_sensor(rs, device, profile)
+        sensor = _color_sensor(rs, device)
         if sensor is not None:
             if sensor.supports(rs.option.global_time_enabled) and not device.is_playback():
                 try:  # we map the raw hardware clock ourselves (clock_sync)

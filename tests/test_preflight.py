@@ -15,7 +15,6 @@ import sys
 import time
 
 import numpy as np
-import pytest
 
 from robot_io import preflight as pf
 from wam_common import aloha, topics
