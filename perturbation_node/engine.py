@@ -225,6 +225,18 @@ class Perturber:
             fn = st.prepared[key] = spec.prepare(param, ops_mod.make_rng(run.seed, episode, cam, i), shape)
         return fn
 
+    def warm(self, cam: str, shape: tuple) -> None:
+        """Draw the per-episode fields of ``cam`` for frames of ``shape`` now (at episode start),
+        so the first frame of the episode does not pay for them."""
+        run, episode, _ = self._snap
+        st = self._cams.get(cam)
+        if st is None:
+            st = self._cams[cam] = _Camera()
+        for i, e in enumerate(run.camera_ops(cam)):
+            spec = ops_mod.get_op(e.op)
+            if spec.target == "image" and (e.resample == "episode" or spec.frame_rng):
+                self._prepared(st, i, spec, spec.param(e.level), tuple(shape), run, episode, cam)
+
     def _torch_fn(self, st, i, spec, param, shape, run, episode, cam):
         key = ("torch", i, shape)
         if key not in st.prepared:

@@ -80,6 +80,7 @@ class PerturbationNode(Node):
         self.perturber = self._build(str(self.cfg["profile"]), startup=True)
         self._instruction: str | None = None
         self._masks: dict[str, np.ndarray] = {}
+        self._shapes: dict[str, tuple] = {}  # last frame shape per camera (warm-up at episode start)
 
         sensor = qos.sensor(self.lockstep)
         self._pub_active = self.create_publisher(String, topics.ACTIVE_PERTURBATION, qos.LATCHED)
@@ -198,6 +199,7 @@ class PerturbationNode(Node):
             self._warn(f"enc/{cam}", f"{cam}: encoding '{enc}' is not perturbed (rgb8/bgr8 only); passed through")
             pub.publish(raw)
             return
+        self._shapes[cam] = rgb.shape
         try:
             res = pert.image(cam, rgb, img.stamp.ns, self._masks.get(cam))
         except Exception as exc:  # noqa: BLE001 - never take a camera down
@@ -281,6 +283,11 @@ class PerturbationNode(Node):
         self.perturber.start_episode(ep, seed, t0)
         self._publish_active()
         self._republish_instruction()
+        for cam, shape in list(self._shapes.items()):
+            try:
+                self.perturber.warm(cam, shape)
+            except Exception as exc:  # noqa: BLE001 - the frame path will meet (and count) it
+                self._warn(f"warm/{cam}", f"{cam}: warm-up failed ({exc})")
 
     def _publish_diagnostics(self) -> None:
         from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue

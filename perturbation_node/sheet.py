@@ -18,6 +18,7 @@ from wam_common import topics
 from wam_common.config import ConfigError
 
 from . import ops
+from .masks import background_mask
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,20 +78,6 @@ def sim_frame(task: str, cam: str, h: int = 480, w: int = 640, seed: int = 0) ->
         return rgb, background_mask(sim.model, seg, foreground=("vx300s",) + tuple(env.task.objects))
     finally:
         env.close()
-
-
-def background_mask(model, seg: np.ndarray, foreground: tuple[str, ...]) -> np.ndarray:
-    """mono8 mask (255 = background) from MuJoCo segmentation (``Renderer.enable_segmentation_rendering``):
-    a pixel is foreground when its geom's root body name starts with one of ``foreground`` (robot,
-    task objects); table, floor, walls and empty space are background."""
-    import mujoco
-
-    gid, otype = seg[..., 0], seg[..., 1]
-    is_geom = (otype == int(mujoco.mjtObj.mjOBJ_GEOM)) & (gid >= 0)
-    roots = model.body_rootid[model.geom_bodyid]
-    fg_root = np.array([any(model.body(int(r)).name.startswith(f) for f in foreground) for r in roots], bool)
-    fg = is_geom & fg_root[np.clip(gid, 0, model.ngeom - 1)]
-    return np.where(fg, 0, 255).astype(np.uint8)
 
 
 def dominant_colour_mask(img: np.ndarray) -> np.ndarray:

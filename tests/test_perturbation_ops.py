@@ -268,6 +268,7 @@ def test_engine_clean_is_identity_and_episode_seeds_reproduce():
     b.start_episode(0, seed=4)  # keyed by the episode's sim seed, whatever its index in the run
     assert np.array_equal(x1, b.image("cam_high", IMG, 1000).array)
     b.start_episode(7, seed=4, start_ns=5 * 10**9)  # ... and per-frame draws by the time since its start
+    b.warm("cam_high", IMG.shape)  # fields drawn ahead of the first frame: same result
     assert np.array_equal(x1, b.image("cam_high", IMG, 5 * 10**9 + 1000).array)
 
 
