@@ -53,13 +53,13 @@ def _start(domain_id: int, tmp_path: Path, **params) -> GraphRunner:
 class Rig:
     """The probe's side of one node: publishers on the sensor topics, listeners on /perturbed/..."""
 
-    def __init__(self, probe, lockstep: bool):
+    def __init__(self, probe, lockstep: bool, cams: list[str] = CAMS):
         self.probe = probe
-        self.cam_pub = {c: probe.publisher(topics.camera_topic(c), Image) for c in CAMS}
+        self.cam_pub = {c: probe.publisher(topics.camera_topic(c), Image) for c in cams}
         self.js_pub = {a: probe.publisher(topics.joint_state_topic(a), JointState) for a in topics.ARMS}
         self.instr_pub = probe.publisher(topics.INSTRUCTION, String, latched=True)
         self.ev_pub = probe.publisher(topics.EPISODE, String, latched=True)
-        for c in CAMS:
+        for c in cams:
             probe.listen(topics.perturbed(topics.camera_topic(c)), Image, reliable=lockstep)
         for a in topics.ARMS:
             probe.listen(topics.perturbed(topics.joint_state_topic(a)), JointState, reliable=lockstep)
@@ -133,9 +133,9 @@ def test_clean_passes_everything_through_unchanged(domain_id, probe, tmp_path, l
 
 
 def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, tmp_path):
-    runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True)
+    runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True, cam_low=True)
     try:
-        rig = Rig(probe, True)
+        rig = Rig(probe, True, CAMS + ["cam_low"])
         active = rig.wait_up(runner)
         assert "no_such_profile" in (active["error"] or ""), active
         img, raw, stamp = _image("cam_high", 1)
@@ -143,6 +143,8 @@ def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, 
         # malformed images: dropped and counted, the node keeps going
         for bad in (b"\x00\x01\x00\x00" + b"\xff" * 10, raw[:40], b"\x00\x07junk"):
             rig.cam_pub["cam_high"].publish(bad)
+        low, raw_low, stamp_low = _image("cam_low", 3)
+        assert rig.send_until("cam_low", raw_low, stamp_low) == raw_low  # the optional camera too
         img2, raw2, stamp2 = _image("cam_high", 2)
         assert rig.send_until("cam_high", raw2, stamp2) == raw2
         for r in rig.received(topics.perturbed(topics.camera_topic("cam_high"))):
