@@ -166,6 +166,7 @@ class PerturbationNode(Node):
     def _publish_active(self) -> None:
         d = self.perturber.active(self.cameras)
         d["error"] = self.error
+        d["device"] = self.device or "cpu"
         d["stamp_ns"] = self.get_clock().now().nanoseconds
         self._pub_active.publish(String(data=json.dumps(d)))
 
