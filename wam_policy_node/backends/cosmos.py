@@ -1,0 +1,103 @@
+"""Cosmos-Policy's HTTP policy server: ``POST /act`` with json_numpy payloads.
+
+Request (Cosmos-Policy ``experiments/robot/aloha/deploy.py``): ``primary_image``,
+``left_wrist_image``, ``right_wrist_image`` (HxWx3 uint8), ``proprio`` (14,), and
+``task_description``; sent double-encoded (``{"encoded": json_numpy.dumps(obs)}``) so no global
+json patching is needed. Reply: ``actions`` (a chunk, 50 on ALOHA), plus ``value_prediction`` and
+``future_image_predictions`` that are kept out of the command path. The server answers the string
+``"error"`` when inference fails. Timeouts and connection errors raise :class:`BackendError`.
+"""
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from wam_common.config import ConfigError
+
+from . import ActionChunk, Backend, BackendError, Observation, register_backend
+from ..observation import resize_with_pad
+
+DEFAULTS = {
+    "url": "http://127.0.0.1:8777/act",
+    "image_map": ["cam_high:primary_image", "cam_left_wrist:left_wrist_image",
+                  "cam_right_wrist:right_wrist_image"],  # node image key : server key
+    "image_size": [0, 0],  # [h, w] resize-with-pad before sending; [0, 0] = as received
+    "timeout_s": 10.0,
+    "connect_timeout_s": 3.0,
+    "n_actions": 0,
+    "double_encode": True,
+}
+
+
+@register_backend("cosmos")
+class CosmosBackend(Backend):
+    def __init__(self, cfg):
+        merged = dict(DEFAULTS)
+        merged.update({k: v for k, v in dict(cfg).items() if v is not None})
+        super().__init__(merged)
+        import requests
+
+        self.requests = requests
+        self.session = requests.Session()
+        self.image_map = {}
+        for item in self.cfg["image_map"]:
+            if ":" not in str(item):
+                raise ConfigError(f"key 'backend.cosmos.image_map': '{item}' is not 'node_key:server_key'")
+            a, b = str(item).split(":", 1)
+            self.image_map[a] = b
+        size = [int(v) for v in self.cfg["image_size"]]
+        self.size = tuple(size) if len(size) == 2 and min(size) > 0 else None
+        self.last_value: float | None = None
+
+    def payload(self, obs: Observation) -> dict:
+        out = {}
+        for src, dst in self.image_map.items():
+            if src not in obs.images:
+                raise BackendError(f"cosmos: no image '{src}' in the observation (have {sorted(obs.images)})")
+            img = np.asarray(obs.images[src], np.uint8)
+            out[dst] = resize_with_pad(img, *self.size) if self.size else np.ascontiguousarray(img)
+        out["proprio"] = np.asarray(obs.state, np.float32)
+        out["task_description"] = obs.prompt or ""
+        return out
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        import json_numpy
+
+        t0 = time.perf_counter()
+        payload = self.payload(obs)
+        body = {"encoded": json_numpy.dumps(payload)} if self.cfg["double_encode"] else json.loads(json_numpy.dumps(payload))
+        try:
+            r = self.session.post(self.cfg["url"], json=body,
+                                  timeout=(float(self.cfg["connect_timeout_s"]), float(self.cfg["timeout_s"])))
+        except self.requests.Timeout:
+            raise BackendError(f"cosmos: no reply from {self.cfg['url']} within {self.cfg['timeout_s']} s") from None
+        except self.requests.RequestException as exc:
+            raise BackendError(f"cosmos: cannot reach {self.cfg['url']}: {type(exc).__name__}") from None
+        if r.status_code != 200:
+            raise BackendError(f"cosmos: HTTP {r.status_code} from {self.cfg['url']}: {r.text[:200]}")
+        try:
+            reply = r.json()
+            if isinstance(reply, str):
+                if reply.strip() == "error":
+                    raise BackendError("cosmos: server error (it answered 'error'; see the server log)")
+                reply = json_numpy.loads(reply)
+            elif isinstance(reply, dict):
+                reply = json_numpy.loads(json.dumps(reply))
+            actions = np.asarray(reply["actions"], dtype=np.float64)
+        except BackendError:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"cosmos: malformed reply ({type(exc).__name__}: {exc})") from None
+        if actions.ndim != 2 or actions.shape[1] != 14:
+            raise BackendError(f"cosmos: reply 'actions' has shape {actions.shape}, want (H, 14)")
+        n = int(self.cfg["n_actions"])
+        if n > 0:
+            actions = actions[:n]
+        v = reply.get("value_prediction")
+        self.last_value = float(v) if isinstance(v, (int, float)) else None
+        return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t0) * 1e3, {"value": self.last_value})
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,129 @@
+"""openpi's websocket policy protocol (openpi π0/π0.5 servers, LingBot-VA's server).
+
+``ws://host:port``; the server sends a metadata dict first; then each request is
+``msgpack(obs)`` → ``msgpack(reply)`` with numpy arrays in openpi's msgpack-numpy encoding. A text
+frame instead of a binary reply is the server's error (openpi sends the traceback).
+ALOHA observation: ``state`` (14,), ``images{cam: uint8 CHW}`` resized with pad to
+``image_size``, ``prompt``; reply ``actions`` (H, 14), ``server_timing.infer_ms``.
+
+Robustness: ``Authorization: Api-Key <key>`` header when ``api_key`` is set; a connect timeout
+and a per-request timeout; any failure closes the connection (a late reply must never be read as
+the answer to the next request) and raises :class:`BackendError` (the node holds); the next
+request reconnects, at most once per ``reconnect_s``.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from wam_common.config import ConfigError
+
+from . import ActionChunk, Backend, BackendError, Observation, register_backend
+from . import msgpack_numpy
+from ..observation import resize_with_pad
+
+DEFAULTS = {
+    "host": "127.0.0.1",
+    "port": 8000,
+    "api_key": "",
+    "image_size": [224, 224],  # [h, w] resize-with-pad before sending; [0, 0] = as received
+    "channels_first": True,  # openpi's ALOHA examples send CHW
+    "connect_timeout_s": 3.0,
+    "timeout_s": 10.0,  # per request
+    "reconnect_s": 1.0,  # least time between connection attempts
+    "n_actions": 0,  # keep the first n actions (0 = all)
+    "actions_key": "actions",
+}
+
+
+@register_backend("openpi")
+class OpenPIBackend(Backend):
+    def __init__(self, cfg):
+        merged = dict(DEFAULTS)
+        merged.update({k: v for k, v in dict(cfg).items() if v is not None})
+        super().__init__(merged)
+        c = self.cfg
+        host = str(c["host"])
+        if not host:
+            raise ConfigError("key 'backend.openpi.host' must not be empty")
+        self.uri = host if host.startswith(("ws://", "wss://")) else f"ws://{host}"
+        if int(c["port"]) > 0 and ":" not in self.uri.split("//", 1)[1]:
+            self.uri += f":{int(c['port'])}"
+        size = [int(v) for v in c["image_size"]]
+        self.size = tuple(size) if len(size) == 2 and min(size) > 0 else None
+        self._ws = None
+        self.metadata: dict | None = None
+        self._last_attempt = -1e9
+        self._packer = msgpack_numpy.Packer()
+        self.connects = 0
+
+    # -- connection --------------------------------------------------------------------------
+    def _connect(self):
+        from websockets.sync.client import connect
+
+        now = time.monotonic()
+        if now - self._last_attempt < float(self.cfg["reconnect_s"]):
+            raise BackendError(f"openpi: not connected to {self.uri} (next attempt in "
+                               f"{float(self.cfg['reconnect_s']) - (now - self._last_attempt):.1f} s)")
+        self._last_attempt = now
+        headers = {"Authorization": f"Api-Key {self.cfg['api_key']}"} if self.cfg["api_key"] else None
+        try:
+            ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers, proxy=None,
+                         open_timeout=float(self.cfg["connect_timeout_s"]), close_timeout=1.0)
+            meta = ws.recv(timeout=float(self.cfg["connect_timeout_s"]))
+            self.metadata = msgpack_numpy.unpackb(meta) if isinstance(meta, bytes) else {"raw": meta}
+        except Exception as exc:  # noqa: BLE001 - refused, timeout, handshake rejected (401), ...
+            raise BackendError(f"openpi: cannot connect to {self.uri}: {type(exc).__name__}: {exc}") from None
+        self._ws = ws
+        self.connects += 1
+
+    def _drop(self):
+        if self._ws is not None:
+            try:
+                self._ws.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._ws = None
+
+    def close(self) -> None:
+        self._drop()
+
+    # -- inference ---------------------------------------------------------------------------
+    def request(self, obs: Observation) -> dict:
+        images = {}
+        for key, img in obs.images.items():
+            a = resize_with_pad(np.asarray(img), *self.size) if self.size else np.asarray(img)
+            images[key] = np.ascontiguousarray(a.transpose(2, 0, 1)) if self.cfg["channels_first"] else a
+        return {"state": np.asarray(obs.state, np.float32), "images": images, "prompt": obs.prompt or ""}
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        t0 = time.perf_counter()
+        if self._ws is None:
+            self._connect()
+        try:
+            self._ws.send(self._packer.pack(self.request(obs)))
+            reply = self._ws.recv(timeout=float(self.cfg["timeout_s"]))
+        except TimeoutError:
+            self._drop()
+            raise BackendError(f"openpi: no reply from {self.uri} within {self.cfg['timeout_s']} s") from None
+        except Exception as exc:  # noqa: BLE001 - connection closed / reset
+            self._drop()
+            raise BackendError(f"openpi: connection to {self.uri} failed: {type(exc).__name__}: {exc}") from None
+        if isinstance(reply, str):
+            self._drop()  # openpi closes after an error
+            raise BackendError(f"openpi: server error: {reply.strip().splitlines()[-1] if reply.strip() else reply}")
+        try:
+            out = msgpack_numpy.unpackb(reply)
+            actions = np.asarray(out[self.cfg["actions_key"]], dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"openpi: malformed reply ({type(exc).__name__}: {exc})") from None
+        if actions.ndim != 2 or actions.shape[1] < 14:
+            raise BackendError(f"openpi: reply '{self.cfg['actions_key']}' has shape {actions.shape}, want (H, 14)")
+        actions = actions[:, :14]
+        n = int(self.cfg["n_actions"])
+        if n > 0:
+            actions = actions[:n]
+        timing = out.get("server_timing") or {}
+        return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
+                           {"server_infer_ms": timing.get("infer_ms")})
