@@ -8,8 +8,10 @@ and publishes, per follower arm, ``/follower_{side}/commands/joint_group``
 gripper joint angle from :func:`wam_common.aloha.gripper_joint_unnormalize`), as ALOHA's own
 ``real_env`` does.
 
-The conversion is the pure :func:`to_arm_commands` (tested here); ``interbotix_xs_msgs`` is
-imported only when the node starts — where it is missing the node says so and exits (status 2).
+The conversion is the pure :func:`to_arm_commands`; ``interbotix_xs_msgs`` is imported only
+when the node starts — where it is missing the node says so and exits (status 2). ``output:
+float64`` publishes the same per-arm command as one std_msgs/Float64MultiArray (6 joints +
+gripper joint angle) for a per-arm ros2_control forward controller: standard messages only.
 Bad commands (wrong length, NaN/inf, a joint beyond its vx300s limit by more than
 ``reject_tolerance``) are dropped with a warning, so the arms hold their last good command;
 an engaged e-stop (``/wam_policy/estop``, latched Bool) drops every command until released.
@@ -17,6 +19,7 @@ an engaged e-stop (``/wam_policy/estop``, latched Bool) drops every command unti
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -26,11 +29,18 @@ from wam_common.config import ConfigError
 
 NAME = "interbotix_adapter"
 
+OUTPUTS = ("interbotix", "float64")
+
 DEFAULTS = {
     "arms": ["left", "right"],  # follower arms that receive commands
+    # interbotix: JointGroupCommand + JointSingleCommand (needs interbotix_xs_msgs);
+    # float64: one Float64MultiArray [6 joints rad, gripper joint rad] per arm (a ros2_control
+    # forward_position_controller per arm; works without Interbotix packages)
+    "output": "interbotix",
     "command_topic": topics.COMMAND,
     "arm_topic": "/follower_{side}/commands/joint_group",
     "gripper_topic": "/follower_{side}/commands/joint_single",
+    "float64_topic": "/follower_{side}/forward_position_controller/commands",
     "reject_tolerance": 0.2,  # rad beyond a joint limit → the command is dropped; within it → clipped
     "follow_estop": True,  # drop commands while /wam_policy/estop is true
     "diagnostics_period_s": 1.0,
@@ -39,8 +49,9 @@ DEFAULTS = {
 MISSING_MSGS = (
     "interbotix_xs_msgs is not importable, so commands cannot reach the Interbotix arms. Source the "
     "Interbotix ROS 2 workspace (interbotix_ros_core → interbotix_xs_msgs, as installed by the ALOHA "
-    "setup) before launching; or drive a ros2_control forward_position_controller straight from "
-    f"{topics.COMMAND} and drop this node (--set interbotix_adapter.enabled=false)"
+    "setup) before launching; or set output: float64 (--set interbotix_adapter.output=float64) for "
+    "per-arm ros2_control forward_position_controllers; or drive one 14-joint forward controller "
+    f"straight from {topics.COMMAND} and drop this node (--set interbotix_adapter.enabled=false)"
 )
 
 
@@ -92,8 +103,6 @@ def _interbotix_msgs():
 
 
 def make_node():
-    JointGroupCommand, JointSingleCommand = _interbotix_msgs()  # before any ROS work: fail clearly
-
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rclpy.node import Node
     from std_msgs.msg import Bool, Float64MultiArray
@@ -111,27 +120,48 @@ def make_node():
                     raise ConfigError(f"node '{NAME}': parameter 'arms' has unknown arm '{s}' (known: left, right)")
             if not arms:
                 raise ConfigError(f"node '{NAME}': parameter 'arms' is empty")
+            if cfg["output"] not in OUTPUTS:
+                raise ConfigError(f"node '{NAME}': parameter 'output' is '{cfg['output']}', not one of {', '.join(OUTPUTS)}")
             self.cfg, self.arms = cfg, arms
             self.estop = False
             self.sent = self.dropped = 0
             self.last_error = ""
-            self._arm_pub = {s: self.create_publisher(JointGroupCommand, cfg["arm_topic"].format(side=s), qos.COMMAND)
-                             for s in arms}
-            self._grip_pub = {s: self.create_publisher(JointSingleCommand, cfg["gripper_topic"].format(side=s), qos.COMMAND)
-                              for s in arms}
+            self._last_warn = -1e9
+            if cfg["output"] == "interbotix":
+                group, single = _interbotix_msgs()  # ConfigError naming what is missing
+                arm_pub = {s: self.create_publisher(group, cfg["arm_topic"].format(side=s), qos.COMMAND) for s in arms}
+                grip_pub = {s: self.create_publisher(single, cfg["gripper_topic"].format(side=s), qos.COMMAND)
+                            for s in arms}
+
+                def send(c: ArmCommand) -> None:
+                    arm_pub[c.side].publish(group(name="arm", cmd=list(c.joints)))
+                    grip_pub[c.side].publish(single(name="gripper", cmd=c.gripper))
+
+                where = f"{cfg['arm_topic']} + {cfg['gripper_topic']}"
+            else:
+                pubs = {s: self.create_publisher(Float64MultiArray, cfg["float64_topic"].format(side=s), qos.COMMAND)
+                        for s in arms}
+
+                def send(c: ArmCommand) -> None:
+                    pubs[c.side].publish(Float64MultiArray(data=list(c.joints) + [c.gripper]))
+
+                where = cfg["float64_topic"]
+            self._send = send
             self.create_subscription(Float64MultiArray, cfg["command_topic"], self._on_command, qos.COMMAND)
             if cfg["follow_estop"]:
                 self.create_subscription(Bool, topics.ESTOP, self._on_estop, qos.LATCHED)
             self._diag = self.create_publisher(DiagnosticArray, topics.DIAGNOSTICS, 10)
             self._DiagnosticArray, self._DiagnosticStatus, self._KeyValue = DiagnosticArray, DiagnosticStatus, KeyValue
             self.create_timer(float(cfg["diagnostics_period_s"]), self._publish_diagnostics)
-            self.get_logger().info(f"{cfg['command_topic']} → Interbotix follower arms {', '.join(arms)}")
+            self.get_logger().info(f"{cfg['command_topic']} → {where} for arms {', '.join(arms)}")
 
         def _on_estop(self, msg) -> None:
             if bool(msg.data) != self.estop:
                 self.estop = bool(msg.data)
-                log = self.get_logger().error if self.estop else self.get_logger().info
-                log(f"e-stop {'ENGAGED: commands dropped, arms hold' if self.estop else 'released'}")
+                if self.estop:  # (rclpy: one severity per logging call site)
+                    self.get_logger().error("e-stop ENGAGED: commands dropped, arms hold")
+                else:
+                    self.get_logger().info("e-stop released")
 
         def _on_command(self, msg) -> None:
             if self.estop:
@@ -142,11 +172,13 @@ def make_node():
             except CommandError as exc:
                 self.dropped += 1
                 self.last_error = str(exc)
-                self.get_logger().warning(f"command dropped, arms hold: {exc}", throttle_duration_sec=1.0)
+                now = time.monotonic()
+                if now - self._last_warn >= 1.0:  # at most one warning a second (rclpy's throttle skips the first)
+                    self._last_warn = now
+                    self.get_logger().warning(f"command dropped, arms hold: {exc} ({self.dropped} dropped so far)")
                 return
             for c in cmds:
-                self._arm_pub[c.side].publish(JointGroupCommand(name="arm", cmd=list(c.joints)))
-                self._grip_pub[c.side].publish(JointSingleCommand(name="gripper", cmd=c.gripper))
+                self._send(c)
             self.sent += 1
 
         def _publish_diagnostics(self) -> None:

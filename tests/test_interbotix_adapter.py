@@ -73,3 +73,64 @@ def test_node_says_what_is_missing(domain_id):
     assert res.returncode == 2, res.stderr
     assert "interbotix_xs_msgs is not importable" in res.stderr
     assert MISSING_MSGS in res.stderr
+
+
+def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
+    """The node over DDS with the standard-message output (the Interbotix output differs only in
+    the message classes, which cannot be installed here)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    from rosutil import wait_for
+    from wam_common import qos, topics
+    from wam_common.graph import Graph, NodeSpec
+    from wam_common.launcher import GraphRunner
+
+    out = {s: f"/follower_{s}/forward_position_controller/commands" for s in topics.ARMS}
+    for t in out.values():
+        probe.listen(t, Float64MultiArray)
+    probe.listen(topics.DIAGNOSTICS, DiagnosticArray)
+    cmd = probe.node.create_publisher(Float64MultiArray, topics.COMMAND, qos.COMMAND)
+    estop = probe.node.create_publisher(Bool, topics.ESTOP, qos.LATCHED)
+
+    def diag_estop():
+        arrs = probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)
+        for st in (s for a in reversed(arrs) for s in a.status if s.name == "interbotix_adapter: arms"):
+            return {kv.key: kv.value for kv in st.values}["estop"]
+        return None
+
+    def send(v):
+        cmd.publish(Float64MultiArray(data=[float(x) for x in v]))
+
+    g = Graph("arms", [NodeSpec("interbotix_adapter", "interbotix_adapter",
+                                {"output": "float64", "diagnostics_period_s": 0.1})])
+    with GraphRunner(g, domain_id=domain_id, log_dir=tmp_path) as runner:
+        assert wait_for(lambda: cmd.get_subscription_count() > 0 and all(
+            probe.node.count_publishers(t) for t in out.values()), 30), runner.log("interbotix_adapter")
+        good = _cmd()
+        send(good)
+        assert wait_for(lambda: all(probe.count(t) == 1 for t in out.values()), 10), runner.log("interbotix_adapter")
+        left = probe.decoded(out["left"], Float64MultiArray)[0].data
+        right = probe.decoded(out["right"], Float64MultiArray)[0].data
+        assert list(left) == pytest.approx(list(good[:6]) + [aloha.PUPPET_GRIPPER_JOINT_OPEN])
+        assert list(right) == pytest.approx(list(good[7:13]) + [aloha.PUPPET_GRIPPER_JOINT_CLOSE])
+        # bad commands are dropped (the arms hold); a good one after them gets through alone
+        for bad in (np.zeros(13), np.r_[np.zeros(13), np.nan], _cmd(left=[0, 3.0, 0, 0, 0, 0, 1])):
+            send(bad)
+        marker = _cmd(left=[0.2, -0.2, 0.2, 0, 0, 0, 0.5])
+        send(marker)
+        assert wait_for(lambda: probe.count(out["left"]) >= 2, 10)
+        assert probe.count(out["left"]) == 2
+        assert probe.decoded(out["left"], Float64MultiArray)[1].data[0] == pytest.approx(0.2)
+        # e-stop: commands dropped until released
+        estop.publish(Bool(data=True))
+        assert wait_for(lambda: diag_estop() == "True", 10)
+        send(good)
+        estop.publish(Bool(data=False))
+        assert wait_for(lambda: diag_estop() == "False", 10), (diag_estop(), runner.log("interbotix_adapter"), probe.count(topics.DIAGNOSTICS))
+        send(marker)
+        assert wait_for(lambda: probe.count(out["left"]) >= 3, 10)
+        assert probe.count(out["left"]) == 3  # the command sent during the e-stop never went out
+        assert runner.dead() == {}
+        log = runner.log("interbotix_adapter")
+    assert "command dropped, arms hold" in log and "e-stop ENGAGED" in log
