@@ -69,7 +69,7 @@ class OpenPIBackend(Backend):
         self._last_attempt = now
         headers = {"Authorization": f"Api-Key {self.cfg['api_key']}"} if self.cfg["api_key"] else None
         try:
-            ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers, proxy=None,
+            ws = connect(self.uri, compression=None, max_size=None, additional_headers=headers, proxy=None, legacy=True,
                          open_timeout=float(self.cfg["connect_timeout_s"]), close_timeout=1.0)
             meta = ws.recv(timeout=float(self.cfg["connect_timeout_s"]))
             self.metadata = msgpack_numpy.unpackb(meta) if isinstance(meta, bytes) else {"raw": meta}
