@@ -93,11 +93,14 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
     cmd = probe.node.create_publisher(Float64MultiArray, topics.COMMAND, qos.COMMAND)
     estop = probe.node.create_publisher(Bool, topics.ESTOP, qos.LATCHED)
 
-    def diag_estop():
+    def diag(key):
         arrs = probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)
         for st in (s for a in reversed(arrs) for s in a.status if s.name == "interbotix_adapter: arms"):
-            return {kv.key: kv.value for kv in st.values}["estop"]
+            return {kv.key: kv.value for kv in st.values}[key]
         return None
+
+    def diag_estop():
+        return diag("estop")
 
     def send(v):
         cmd.publish(Float64MultiArray(data=[float(x) for x in v]))
@@ -115,8 +118,9 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
         assert list(left) == pytest.approx(list(good[:6]) + [aloha.PUPPET_GRIPPER_JOINT_OPEN])
         assert list(right) == pytest.approx(list(good[7:13]) + [aloha.PUPPET_GRIPPER_JOINT_CLOSE])
         # bad commands are dropped (the arms hold); a good one after them gets through alone
-        for bad in (np.zeros(13), np.r_[np.zeros(13), np.nan], _cmd(left=[0, 3.0, 0, 0, 0, 0, 1])):
-            send(bad)
+        for k, bad in enumerate((np.zeros(13), np.r_[np.zeros(13), np.nan], _cmd(left=[0, 3.0, 0, 0, 0, 0, 1]))):
+            send(bad)  # (COMMAND keeps one message: wait for each to be handled)
+            assert wait_for(lambda: diag("dropped") == str(k + 1), 10), diag("dropped")
         marker = _cmd(left=[0.2, -0.2, 0.2, 0, 0, 0, 0.5])
         send(marker)
         assert wait_for(lambda: probe.count(out["left"]) >= 2, 10)
@@ -126,6 +130,7 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
         estop.publish(Bool(data=True))
         assert wait_for(lambda: diag_estop() == "True", 10)
         send(good)
+        assert wait_for(lambda: diag("dropped") == "4", 10), diag("dropped")
         estop.publish(Bool(data=False))
         assert wait_for(lambda: diag_estop() == "False", 10), (diag_estop(), runner.log("interbotix_adapter"), probe.count(topics.DIAGNOSTICS))
         send(marker)
