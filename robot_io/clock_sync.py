@@ -24,17 +24,27 @@ class MappedStamp:
     reset: bool  # the estimate was (re)started at this sample
 
 
-class HardwareClockMapper:
-    """Lower-envelope offset estimator: ``stamp = hw + min(host - hw)`` with bounded creep."""
+#: RealSense hardware timestamps are a 32-bit microsecond counter: they wrap every ~71.6 min
+RS_WRAP_NS = (1 << 32) * 1000
 
-    def __init__(self, max_drift: float = 1e-4, reset_after_ns: int = 1_000_000_000):
+
+class HardwareClockMapper:
+    """Lower-envelope offset estimator: ``stamp = hw + min(host - hw)`` with bounded creep.
+
+    ``wrap_ns``: the device counter's period; a backwards jump of about that size is unwrapped
+    (the estimate carries on) instead of restarting the estimate."""
+
+    def __init__(self, max_drift: float = 1e-4, reset_after_ns: int = 1_000_000_000,
+                 wrap_ns: int | None = RS_WRAP_NS):
         if max_drift < 0:
             raise ValueError("max_drift must be >= 0")
         self.max_drift = float(max_drift)
         self.reset_after_ns = int(reset_after_ns)
+        self.wrap_ns = int(wrap_ns) if wrap_ns else None
         self._offset: int | None = None
         self._last_hw: int | None = None
         self._last_stamp: int | None = None
+        self._wraps = 0
         self.resets = 0
 
     @property
@@ -43,10 +53,16 @@ class HardwareClockMapper:
 
     def reset(self) -> None:
         self._offset = self._last_hw = self._last_stamp = None
+        self._wraps = 0
 
     def map(self, hw_ns: int, host_ns: int) -> MappedStamp:
         """Stamp for a frame with device time ``hw_ns`` that reached the host at ``host_ns``."""
         hw_ns, host_ns = int(hw_ns), int(host_ns)
+        if self.wrap_ns and self._last_hw is not None:
+            raw_last = self._last_hw - self._wraps * self.wrap_ns
+            if raw_last - hw_ns > self.wrap_ns // 2:  # the counter wrapped (not a device restart)
+                self._wraps += 1
+        hw_ns += self._wraps * self.wrap_ns
         d = host_ns - hw_ns
         reset = False
         if self._offset is None or self._last_hw is None or hw_ns <= self._last_hw:

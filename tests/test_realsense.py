@@ -314,3 +314,20 @@ def test_worker_loops_a_recording_without_losing_it(recordings):
     stamps = [s for _, s in got]
     assert all(b > a for a, b in zip(stamps, stamps[1:]))
     assert w.status.reconnects == 0
+
+
+def test_clock_mapper_unwraps_the_32bit_microsecond_counter():
+    from robot_io.clock_sync import RS_WRAP_NS
+
+    m = HardwareClockMapper()
+    host0, period = 77_000_000_000_000, 33_333_333
+    hw0 = RS_WRAP_NS - 20 * period  # 20 frames before the counter wraps
+    out = []
+    for i in range(60):
+        hw = (hw0 + i * period) % RS_WRAP_NS  # what the device reports
+        out.append(m.map(hw, host0 + i * period + 2_000_000))
+    assert m.resets == 1  # only the first frame started the estimate
+    stamps = np.array([o.stamp_ns for o in out])
+    np.testing.assert_allclose(np.diff(stamps), period, atol=10)
+    assert stamps[-1] == host0 + 59 * period + 2_000_000  # offset kept across the wrap (a constant
+    # latency is indistinguishable from the offset: the stamp is the earliest arrival it explains)
