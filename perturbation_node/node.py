@@ -228,14 +228,14 @@ class PerturbationNode(Node):
 
     def _on_joints(self, arm: str, raw: bytes, pub) -> None:
         pert = self.perturber
-        if pert.state_clean:
-            pub.publish(raw)
-            return
         try:
-            msg = deserialize_message(raw, JointState)
+            msg = deserialize_message(raw, JointState)  # ~20 µs: also validates pass-through messages
         except Exception as exc:  # noqa: BLE001 - malformed CDR
             self.counts["malformed"] += 1
             self._warn(f"badjs/{arm}", f"{arm}: malformed JointState dropped ({exc})")
+            return
+        if pert.state_clean:
+            pub.publish(raw)
             return
         stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
         try:

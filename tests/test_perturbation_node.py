@@ -149,6 +149,15 @@ def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, 
         assert rig.send_until("cam_high", raw2, stamp2) == raw2
         for r in rig.received(topics.perturbed(topics.camera_topic("cam_high"))):
             decode_image(r)  # nothing malformed came out
+        # malformed joint states, instructions and episode events: dropped, the node keeps going
+        for junk in (b"\x00\x01\x00\x00\xff\xff\xff\x7f", b"\x00\x01\x00\x00", b"zz"):
+            rig.js_pub["left"].publish(junk)
+            rig.instr_pub.publish(junk)
+            rig.ev_pub.publish(junk)
+        good = _joint_state("left", 7)
+        assert serialize_message(rig.send_js_until("left", good)) == good
+        for r in rig.received(topics.perturbed(topics.joint_state_topic("left"))):
+            deserialize_message(r, JointState)
         assert not runner.dead()
         assert "no_such_profile" in runner.log("perturbation_node")
     finally:
