@@ -33,8 +33,9 @@ from .realsense import CameraStatus, CameraWorker, FrameSource, discover
 NAME = "realsense_cameras"
 
 DEFAULTS = {
-    # serial number per camera; cam_low is optional ("" → not started)
-    "serials": {"cam_high": "", "cam_left_wrist": "", "cam_right_wrist": "", "cam_low": ""},
+    # serial number per camera (quote it in YAML: "0123..." must stay a string); cam_low is
+    # optional ("" → not started). None accepts a bare number too.
+    "serials": {"cam_high": None, "cam_left_wrist": None, "cam_right_wrist": None, "cam_low": None},
     "width": 640,
     "height": 480,
     "fps": 30,
@@ -73,6 +74,8 @@ def validate(cfg: dict, connected: dict | None = None) -> dict[str, str]:
         have = " (connected serials: " + (", ".join(f"{s} ({i.name})" for s, i in sorted(connected.items())) or "none") + ")"
     cams: dict[str, str] = {}
     for cam, serial in cfg["serials"].items():
+        if isinstance(serial, bool) or not isinstance(serial, (str, int)) and serial is not None:
+            raise ConfigError(f"node '{NAME}': parameter 'serials.{cam}' must be a serial number string, got {serial!r}")
         serial = "" if serial is None else str(serial).strip()
         if cam in topics.CAMERAS and not serial:
             raise ConfigError(f"node '{NAME}': parameter 'serials.{cam}' is empty: set the camera's serial number{have}")

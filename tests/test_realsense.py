@@ -331,3 +331,31 @@ def test_clock_mapper_unwraps_the_32bit_microsecond_counter():
     np.testing.assert_allclose(np.diff(stamps), period, atol=10)
     assert stamps[-1] == host0 + 59 * period + 2_000_000  # offset kept across the wrap (a constant
     # latency is indistinguishable from the offset: the stamp is the earliest arrival it explains)
+
+
+def test_cameras_cli_lists_serials(recordings, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "wam_common.cli", "cameras", "--playback-dir", str(recordings)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    for serial in SERIALS.values():
+        assert serial in res.stdout
+    assert "serials:" in res.stdout and "cam_low: ''" in res.stdout
+    res = subprocess.run([sys.executable, "-m", "wam_common.cli", "cameras", "--playback-dir", str(tmp_path)],
+                         capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1 and "no recordings in" in res.stdout
+
+
+def test_validate_serials():
+    from robot_io.realsense_node import DEFAULTS, validate
+    from wam_common.config import ConfigError
+
+    cfg = dict(DEFAULTS, serials={"cam_high": 130322270001, "cam_left_wrist": " 2 ", "cam_right_wrist": "3",
+                                  "cam_low": None})
+    assert validate(cfg) == {"cam_high": "130322270001", "cam_left_wrist": "2", "cam_right_wrist": "3"}
+    with pytest.raises(ConfigError, match="'serials.cam_high' must be a serial number string"):
+        validate(dict(cfg, serials={**cfg["serials"], "cam_high": True}))
+    with pytest.raises(ConfigError, match="'fps' must be > 0"):
+        validate(dict(cfg, fps=0))

@@ -38,6 +38,7 @@ def _load_optional() -> None:
         "train": ("wam_common.training.train", "train ACT / Diffusion Policy with LeRobot"),
         "preflight": ("robot_io.preflight", "pre-flight checks before arming a real robot"),
         "operator": ("robot_io.operator", "real-robot evaluation: start/stop/label episodes from the keyboard or a topic"),
+        "cameras": ("robot_io.cameras_cli", "list connected RealSense cameras (serials for config/aloha.yaml)"),
     }
     for name, (mod, help_) in extra.items():
         if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None:
