@@ -228,10 +228,12 @@ def check_backend(latencies_ms: list[float], budget_ms: float, error: str | None
     return Check(name, target, measured, PASS)
 
 
-def check_estop(subscribers: list[str], engaged: bool | None) -> Check:
+def check_estop(subscribers: list[str], engaged: bool | None, services: list[str] | None = None) -> Check:
     name = f"e-stop ({topics.ESTOP})"
     target = "a subscriber, not engaged"
     measured = ", ".join(subscribers) if subscribers else "no subscriber"
+    if services:
+        measured += "; services " + ", ".join(services)
     if not subscribers:
         return Check(name, target, measured, FAIL,
                      f"unreachable: no node subscribes to {topics.ESTOP}, so nothing would stop the arms "
@@ -435,6 +437,11 @@ class Listener:
             ok = ok and n.count_publishers(topics.POLICY_STATUS) > 0
         return ok and bool(self.estop_subscribers())
 
+    def estop_services(self) -> list[str]:
+        """``<node>/estop`` services (std_srvs/SetBool), e.g. ``/wam_policy_node/estop``."""
+        return sorted(n for n, types in self.node.get_service_names_and_types()
+                      if n.endswith("/estop") and "std_srvs/srv/SetBool" in types)
+
     def estop_subscribers(self) -> list[str]:
         infos = self.node.get_subscriptions_info_by_topic(topics.ESTOP)
         return sorted({i.node_name for i in infos if i.node_name != self.node.get_name()})
@@ -517,6 +524,7 @@ def run_checks(plan: Plan, domain_id: int | None = None, prompt: str = "") -> li
             frames = dict(listener.frames)
             status, status_recv = list(listener.status), list(listener.status_recv)
         subs = listener.estop_subscribers()
+        services = listener.estop_services()
         estop = listener.estop
         instruction = listener.instruction
     finally:
@@ -542,7 +550,7 @@ def run_checks(plan: Plan, domain_id: int | None = None, prompt: str = "") -> li
     if plan.load_backend:
         lat, err, label = backend_latencies(plan, frames, joints, prompt or instruction)
         checks.append(check_backend(lat, plan.budget_ms, err, label))
-    checks.append(check_estop(subs, estop))
+    checks.append(check_estop(subs, estop, services))
     return checks
 
 
