@@ -5,8 +5,8 @@
 - ``synonym``: replace ``level`` verb/preposition phrases by synonyms from :data:`SYNONYMS`;
 - ``paraphrase``: wrap in a template, more indirect with level (:data:`TEMPLATES`), plus synonyms
   at levels ≥ 3 (1, 2, all);
-- ``reorder``: move phrases — level 1 fronts one prepositional phrase, each level one more
-  move; the clause order is swapped ("B, after A") once there are two clauses to swap;
+- ``reorder``: ``level`` moves — swap the first two clauses ("B, after you A") and front the (new)
+  first clause's prepositional phrase (at most two moves: levels ≥ 2 are the same);
 - ``distractor``: add ``level`` clauses from :data:`DISTRACTORS` (none names a task object);
 - ``typo``: ``level`` typos (adjacent swap, drop, double, keyboard neighbour) in words that are not
   protected.
@@ -25,15 +25,15 @@ OBJECT_NOUNS = frozenset("""
 cube cubes block blocks box boxes peg pegs socket sockets hole cup cups mug mugs bowl bowls plate plates bottle
 bottles ball balls towel cloth shoe shoes marker pen battery tape screwdriver sponge container bin basket drawer lid
 spoon fork knife banana apple orange can cans jar tray bag object objects item items toy tube pot pan kettle
-book books rack shelf table
+book books rack shelf table beam beams rod rods bar bars stick handle cap cloth lego brick bricks
 """.split())
 COLOURS = frozenset("red green blue yellow orange purple pink black white grey gray brown".split())
 SIDES = frozenset({"left", "right", "both"})
 
 #: phrase → alternatives (lower case; matched on word boundaries, longest first)
 SYNONYMS: dict[str, list[str]] = {
-    "pick up": ["grab", "lift", "take", "pick"],
-    "transfer": ["hand over", "pass", "move"],
+    "pick up": ["grab", "lift", "take"],
+    "transfer": ["hand", "pass", "move"],
     "insert": ["put", "slide", "push", "fit"],
     "place": ["put", "set", "position"],
     "put": ["place", "set"],
@@ -180,23 +180,32 @@ def _front_phrase(clause: str) -> str | None:
 
 
 def reorder(text: str, level: int, rng: np.random.Generator) -> str:
+    """``level`` moves (a short instruction saturates early): swap the first two clauses ("B, after
+    you A") and front the (new) first clause's prepositional phrase; which comes first at level 1
+    is drawn from ``rng``."""
     clauses, joints = _clauses(_core(text))
-    first = clauses[0] if clauses else ""
-    moves = [("front", i) for i in range(len(clauses)) if _front_phrase(clauses[i])]
-    order = rng.permutation(len(moves)).tolist()
-    moves = [moves[i] for i in order]
-    if len(clauses) >= 2:
-        moves.insert(min(1, len(moves)), ("swap", 0))
-    for kind, i in moves[:level]:
-        if kind == "front":
-            clauses[i] = _front_phrase(clauses[i]) or clauses[i]
-    if any(k == "swap" for k, _ in moves[:level]):
-        body = ", ".join(clauses[1:])
-        out = f"{body}, after you {first}"
-    else:
-        out = clauses[0]
-        for j, c in zip(joints, clauses[1:]):
-            out += j + c
+    if not clauses:
+        return text
+    first, rest = clauses[0], clauses[1:]
+    moves = []
+    if _front_phrase(first) or (rest and _front_phrase(rest[0])):
+        moves.append("front")
+    if rest:
+        moves.append("swap")
+    if len(moves) == 2 and rng.random() < 0.5:
+        moves.reverse()
+    done = moves[:level]
+    if done == ["front"] and not _front_phrase(first):  # only the second clause has a phrase: swap too
+        done = ["swap", "front"]
+    if "swap" in done:
+        if "front" in done:
+            rest[0] = _front_phrase(rest[0]) or rest[0]
+        return f"{', '.join(rest)}, after you {first}"
+    if "front" in done:
+        first = _front_phrase(first) or first
+    out = first
+    for j, c in zip(joints, rest):
+        out += j + c
     return out
 
 

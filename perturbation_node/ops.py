@@ -660,7 +660,8 @@ def _language_op(kind: str):
 for _kind, _doc in (
     ("paraphrase", "Template paraphrase (more indirect wording with level) plus synonyms."),
     ("synonym", "Replace `level` words/phrases by synonyms from the bank."),
-    ("reorder", "Reorder clauses/phrases (level 1: move one phrase … 5: every movable phrase, clauses reversed)."),
+    ("reorder", "Reorder: level 1 swaps the first two clauses (\"B, after you A\") or fronts a prepositional "
+                "phrase (drawn); level ≥ 2 does both (short instructions saturate)."),
     ("distractor", "Append `level` distractor clauses that mention no task object."),
     ("typo", "Insert typos (swap/drop/double/neighbour key) in non-object words: 1, 2, 4, 6, 9 typos."),
 ):

@@ -21,6 +21,8 @@ LANG_OPS = sorted(n for n, s in ops.OPS.items() if s.target == "language")
 STATE_OPS = sorted(n for n, s in ops.OPS.items() if s.target == "state")
 INSTRUCTIONS = ["Pick up the red cube with the right arm and transfer it to the left arm.",
                 "Insert the peg into the socket with both arms.",
+                "Insert the red peg into the blue socket.",
+                "Lift the green beam with both arms and hold it level.",
                 "Grab the blue cup, then place it onto the plate."]
 
 
