@@ -14,6 +14,7 @@ one per serial (see :func:`robot_io.realsense.write_recording`).
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -105,6 +106,8 @@ class RealsenseNode(Node):
             raise ConfigError(f"node '{NAME}': unknown camera 'serials.{extra[0]}' "
                               f"(known: {', '.join(topics.CAMERAS + topics.OPTIONAL_CAMERAS)})")
         playback = cfg["playback_dir"] or None
+        if playback and not os.path.isdir(playback):
+            raise ConfigError(f"node '{NAME}': parameter 'playback_dir': no such folder {playback}")
         try:
             connected = discover(playback)
         except Exception as exc:  # noqa: BLE001 - e.g. libusb missing: say so, do not crash

@@ -271,6 +271,7 @@ def test_node_config_errors_name_the_key(recordings, domain_id, tmp_path):
         ({"serials": {**SERIALS, "cam_low": SERIALS["cam_high"]}, "playback_dir": str(recordings)},
          ["serials.cam_high", "serials.cam_low", "same serial"]),
         ({"serials": {**SERIALS, "cam_top": "7"}, "playback_dir": str(recordings)}, ["cam_top"]),
+        ({"serials": {**SERIALS}, "playback_dir": str(recordings / "nope")}, ["'playback_dir': no such folder"]),
     ]
     for params, words in cases:
         runner = _runner(params, domain_id, tmp_path)
