@@ -305,13 +305,15 @@ def _salt_pepper(amount, rng, shape):
 @register_op("motion_blur", "noise", (5, 10, 16, 24, 34), "blur length in px (640-wide)",
              "Linear motion blur at a drawn angle (LIBERO-Plus 'motion blur').")
 def _motion_blur(length, rng, shape):
-    # A box of 16 taps along the drawn direction, built by 4 shift-and-average steps (shifts L/2, L/4,
-    # L/8, L/16; bilinear sub-pixel shifts), centred: 5 warps instead of an L×L filter2D.
+    # A box of 2^k taps along the drawn direction, built by k shift-and-average steps (shifts L/2,
+    # L/4, …; bilinear sub-pixel shifts; k so the taps are ≤ 2 px apart), centred: k+1 warps instead
+    # of an L×L filter2D.
     h, w = shape[:2]
     n = length * _scale(shape)
     ang = rng.uniform(0, math.pi)
     ux, uy = math.cos(ang), math.sin(ang)
-    shifts = [n / 2 ** i for i in range(1, 5)]
+    k = int(min(5, max(1, math.ceil(math.log2(max(n, 2.0) / 2.0)))))
+    shifts = [n / 2 ** i for i in range(1, k + 1)]
     centre = sum(shifts) / 2
 
     def T(dx):
