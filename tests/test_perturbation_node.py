@@ -313,3 +313,36 @@ def test_paper_suite_follows_episodes(domain_id, probe, tmp_path):
         assert not runner.dead()
     finally:
         runner.stop()
+
+
+def test_realtime_frame_drops_follow_the_seed(domain_id, probe, tmp_path):
+    from perturbation_node.engine import Perturber
+    from perturbation_node.profiles import load_profile
+
+    prof = tmp_path / "drops.yaml"
+    prof.write_text("name: drops\nseed: 5\ncameras: {cam_high: [{op: frame_drop, level: 5}]}\n")
+    runner = _start(domain_id, tmp_path, profile=str(prof), lockstep=False)
+    try:
+        rig = Rig(probe, False)
+        rig.wait_up(runner)
+        ref = Perturber(load_profile(str(prof)))
+        out = topics.perturbed(topics.camera_topic("cam_high"))
+        kept = dropped = 0
+        for k in range(12):
+            img, raw, stamp = _image("cam_high", k)
+            if ref.image("cam_high", img, stamp.ns).array is not None:
+                assert rig.send_until("cam_high", raw, stamp) == raw  # kept frames pass unchanged
+                kept += 1
+            else:
+                for _ in range(5):
+                    rig.cam_pub["cam_high"].publish(raw)
+                    time.sleep(0.05)
+                dropped += 1
+        # a later kept frame has arrived, so the dropped ones (published before it) are not coming
+        assert kept >= 2 and dropped >= 2
+        got = {decode_image(r).stamp for r in rig.received(out)}
+        for k in range(12):
+            img, raw, stamp = _image("cam_high", k)
+            assert (stamp in got) == (ref.image("cam_high", img, stamp.ns).array is not None), k
+    finally:
+        runner.stop()
