@@ -346,3 +346,13 @@ def test_realtime_frame_drops_follow_the_seed(domain_id, probe, tmp_path):
             assert (stamp in got) == (ref.image("cam_high", img, stamp.ns).array is not None), k
     finally:
         runner.stop()
+
+
+def test_unknown_parameter_exits_2_naming_it(domain_id, tmp_path):
+    runner = _start(domain_id, tmp_path, profile="clean", colour_jitter=1)
+    try:
+        assert wait_for(lambda: runner.dead(), 30)
+        assert runner.dead()["perturbation_node"] == 2
+        assert "colour_jitter" in runner.log("perturbation_node")
+    finally:
+        runner.stop()
