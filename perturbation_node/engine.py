@@ -47,10 +47,18 @@ class _Camera:
 
 
 def check_device(device: str) -> str:
-    """'' (numpy/OpenCV) or a torch device that exists; ConfigError naming it otherwise."""
+    """'' (numpy/OpenCV), 'auto' (CUDA when torch sees a GPU, else ''), or a torch device that
+    exists; ConfigError naming it otherwise."""
     device = str(device or "")
     if not device:
         return ""
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else ""
+        except ImportError:
+            return ""
     try:
         import torch
 

@@ -49,7 +49,7 @@ DEFAULTS = {
     "profile": "clean",  # name[@level] of config/perturbations/<name>.yaml, or a path to one
     "lockstep": False,  # reliable sensor QoS; frame drops become stale frames; no stamp jitter
     "cam_low": False,  # also pass cam_low through
-    "device": "",  # "" numpy/OpenCV; a torch device ("cuda") runs the ops that have a torch path there
+    "device": "",  # "" numpy/OpenCV; "auto" or a torch device ("cuda"): ops with a torch path run there
     "diagnostics_period_s": 2.0,
 }
 
@@ -73,7 +73,7 @@ class PerturbationNode(Node):
         self.error: str | None = None
         self.device = str(self.cfg["device"] or "")
         try:
-            check_device(self.device)
+            self.device = check_device(self.device)
         except ConfigError as exc:
             self.get_logger().error(f"parameter 'device': {exc} — running the ops on the CPU")
             self.device = ""

@@ -366,5 +366,8 @@ def test_torch_path_matches_numpy():
     a = Perturber(prof).image("cam_high", IMG, 7).array
     b = Perturber(prof, device="cpu").image("cam_high", IMG, 7).array
     assert isinstance(b, np.ndarray) and np.abs(a.astype(int) - b).mean() < 0.1
+    from perturbation_node.engine import check_device
+
+    assert check_device("auto") == ("cuda" if torch.cuda.is_available() else "")
     with pytest.raises(ConfigError, match="'nosuchdevice'"):
         Perturber(prof, device="nosuchdevice")
