@@ -36,6 +36,21 @@ def contract_qos(topic: str, lockstep: bool = True):
     return qos.sensor(lockstep)
 
 
+def deep(q, depth: int = 1000):
+    """The contract's reliability/durability with a deep writer history: a reliable KEEP_LAST
+    writer of depth 1-2 drops samples a slow reader has not acknowledged yet (DDS semantics,
+    not the recorder's doing), which a loaded 2-core test machine would otherwise hit."""
+    import copy
+
+    from rclpy.qos import QoSProfile
+
+    if isinstance(q, int):
+        return QoSProfile(depth=max(q, depth))
+    q = copy.copy(q)
+    q.depth = max(q.depth, depth)
+    return q
+
+
 class Traffic:
     def __init__(self, node, lockstep: bool = True, size=(48, 64), cameras=T.CAMERAS, pattern: str = "noise"):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -53,7 +68,7 @@ class Traffic:
             self.types[T.camera_topic(c)] = self.types[T.perturbed(T.camera_topic(c))] = Image
         for a in T.ARMS:
             self.types[T.joint_state_topic(a)] = self.types[T.perturbed(T.joint_state_topic(a))] = JointState
-        self.pubs = {t: node.create_publisher(cls, t, contract_qos(t, lockstep)) for t, cls in self.types.items()}
+        self.pubs = {t: node.create_publisher(cls, t, deep(contract_qos(t, lockstep))) for t, cls in self.types.items()}
         self.t_ns = 1_000_000_000
         self.rng = np.random.default_rng(0)
 

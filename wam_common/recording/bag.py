@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -19,7 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .. import imageio
-from .repair import RepairError, is_complete, needs_repair, repair_bag, repair_mcap
+from .repair import RepairError, bag_mcap_files, is_complete, needs_repair, repair_bag, repair_mcap
 
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED = "sensor_msgs/msg/CompressedImage"
@@ -73,33 +72,28 @@ class Bag:
         self.paths = [prepare(p, repair) for p in paths]
         if not self.paths:
             raise BagReadError("no bag given")
-        self._tmp: tempfile.TemporaryDirectory | None = None
         self._reader = None
+        self._custom: dict = {}
 
     def __enter__(self) -> "Bag":
         from rosbags.highlevel import AnyReader
 
-        paths = []
+        # Every MCAP file is its own reader: AnyReader merges readers by log time, whereas a
+        # rosbag2 directory reader plays its files one after the other (a message received just
+        # before an episode split but written after it would come out of order).
+        files: list[Path] = []
+        self._custom = {}
         for p in self.paths:
-            if p.is_file():  # AnyReader wants rosbag2 directories for MCAP: wrap single files
-                if self._tmp is None:
-                    self._tmp = tempfile.TemporaryDirectory(prefix="wam_bag_")
-                d = Path(self._tmp.name) / f"{len(paths)}_{p.stem}"
-                d.mkdir()
-                os.symlink(p.resolve(), d / p.name)
-                from .repair import metadata_from_files
-                from .writer import write_metadata_file
-                import yaml
-
-                write_metadata_file(d, yaml.safe_dump(metadata_from_files(d), sort_keys=False))
-                paths.append(d)
+            if p.is_dir():
+                files += bag_mcap_files(p)
+                self._custom.update(_custom_data(p))
             else:
-                paths.append(p)
+                files.append(p)
         try:
-            self._reader = AnyReader(paths)
+            self._reader = AnyReader(files)
             self._reader.open()
         except Exception as exc:  # noqa: BLE001 - name the bag
-            self._cleanup()
+            self._reader = None
             raise BagReadError(f"{', '.join(map(str, self.paths))}: cannot open ({exc})") from None
         return self
 
@@ -107,12 +101,6 @@ class Bag:
         if self._reader is not None:
             self._reader.close()
             self._reader = None
-        self._cleanup()
-
-    def _cleanup(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
 
     @property
     def reader(self):
@@ -132,12 +120,8 @@ class Bag:
 
     @property
     def custom_data(self) -> dict:
-        out: dict = {}
-        for r in getattr(self.reader, "readers", []):
-            custom = getattr(getattr(r, "metadata", None), "custom", None)
-            if isinstance(custom, dict):
-                out.update(custom)
-        return out
+        """metadata.yaml ``custom_data`` of the bag directories (labels, file → episodes)."""
+        return dict(self._custom)
 
     @property
     def start_ns(self) -> int:
@@ -161,6 +145,17 @@ class Bag:
         computation leaves after empty float64 sequences, which rosbags rejects), else a rosbags
         dataclass built from the bag's own definitions."""
         return decode(msg, self.reader)
+
+
+def _custom_data(bag_dir: Path) -> dict:
+    import yaml
+
+    try:
+        info = yaml.safe_load((bag_dir / "metadata.yaml").read_text())["rosbag2_bagfile_information"]
+        custom = info.get("custom_data") or {}
+        return custom if isinstance(custom, dict) else {}
+    except Exception:  # noqa: BLE001 - metadata is optional for reading
+        return {}
 
 
 def decode(msg: BagMessage, reader=None):

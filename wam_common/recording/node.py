@@ -7,7 +7,9 @@ with ``raw=True``: the CDR bytes go unchanged into the bag. Callbacks only enque
 thread owns the :class:`~wam_common.recording.writer.BagWriter`, so DDS never waits on disk.
 A full queue (``queue_max_bytes``) drops and counts messages instead of blocking.
 
-Message log time = the DDS receive time (system clock, ns); publish time = the source stamp.
+Message log time = the DDS source (publish) timestamp by default (``log_time: receive`` for the
+receive time): episode boundaries, latched replays and obs→command latencies then follow the order
+in which things were published (one host, one clock); MCAP publish time = the source stamp.
 Files split on each EPISODE ``start`` event (``split.by_episode``), by size
 (``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
 cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
@@ -16,6 +18,7 @@ cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import os
 import queue
@@ -48,6 +51,7 @@ DEFAULTS = {
         "max_duration_s": 0.0, # 0 → no duration limit per file
     },
     "flush_period_s": 0.5,     # chunk closed and flushed to the OS at least this often (crash safety)
+    "reorder_window_s": 0.2,   # messages wait this long to be written in log-time order
     "metadata_period_s": 1.0,  # metadata.yaml rewritten this often
     "chunk_bytes": 4194304,
     "queue_max_bytes": 1073741824,  # backlog beyond this is dropped (and counted), never blocks DDS
@@ -55,6 +59,8 @@ DEFAULTS = {
     "discovery_period_s": 0.2,
     "diagnostics_period_s": 1.0,  # 0 → no recorder status on /diagnostics
     "fsync": False,
+    "log_time": "publish",     # MCAP log time: "publish" (DDS source stamp: causal order across
+                               # publishers, latched replays keep their time) or "receive"
     "labels": {},              # free key → value labels (policy, dimension, level, …) kept in metadata custom_data
 }
 
@@ -97,6 +103,8 @@ class Recorder(Node):
         self.wanted = [t for t in dict.fromkeys(topics) if t not in excluded]
         if cfg["compression"] not in COMPRESSION:
             raise ConfigError(f"node 'recorder': key 'compression' must be one of none, zstd, lz4, got {cfg['compression']!r}")
+        if not 0 <= cfg["reorder_window_s"] <= 0.5:
+            raise ConfigError(f"node 'recorder': key 'reorder_window_s' must be within 0..0.5 s, got {cfg['reorder_window_s']!r}")
         for key in ("flush_period_s", "metadata_period_s", "discovery_period_s"):
             if not cfg[key] > 0:
                 raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
@@ -120,7 +128,11 @@ class Recorder(Node):
                                  fsync=cfg["fsync"])
         except (BagError, OSError) as exc:
             raise ConfigError(f"node 'recorder': key 'output_dir'/'bag_name': cannot create bag {out}: {exc}") from None
-        self.bag.custom["wam_policy.log_time"] = "DDS receive time (system clock, ns)"
+        if cfg["log_time"] not in ("publish", "receive"):
+            raise ConfigError(f"node 'recorder': key 'log_time' must be 'publish' or 'receive', got {cfg['log_time']!r}")
+        self._log_publish = cfg["log_time"] == "publish"
+        self.bag.custom["wam_policy.log_time"] = ("DDS source (publish) timestamp, system clock ns" if self._log_publish
+                                                  else "DDS receive timestamp, system clock ns")
         self.bag.custom["wam_policy.labels"] = json.dumps(cfg["labels"] or {}, sort_keys=True, default=str)
         self.bag_path = out
         self._types = contract_types()
@@ -261,30 +273,40 @@ class Recorder(Node):
             self._qbytes += n
         recv = info.get("received_timestamp") or time.time_ns()
         src = src or recv
-        self._q.put(("msg", topic, recv, src, raw))
+        self._q.put(("msg", topic, src if self._log_publish else recv, src, raw))
 
     # -- the writer thread -----------------------------------------------------------------
     def _writer_loop(self) -> None:
+        """Take items off the queue; hold messages ``reorder_window_s`` in a heap and write them
+        in log-time order, so files are time-ordered and episode splits fall where the EPISODE
+        start event was published, even when callbacks of different topics ran out of order."""
         bag = self.bag
-        period = min(0.1, self.cfg["flush_period_s"] / 2)
-        while True:
+        window = float(self.cfg["reorder_window_s"])
+        period = min(0.05, self.cfg["flush_period_s"] / 4)
+        heap: list = []
+        seq = 0
+        stop = False
+        while not stop:
             try:
                 item = self._q.get(timeout=period)
             except queue.Empty:
                 item = None
-            if item is _STOP:
-                break
-            if item is not None:
+            while item is not None:  # drain what is there without blocking
+                if item is _STOP:
+                    stop = True
+                    break
+                if item[0] == "msg":
+                    heapq.heappush(heap, (item[2], seq, time.monotonic(), item))
+                    seq += 1
+                else:
+                    self._safe(bag, item)
                 try:
-                    self._handle(bag, item)
-                except Exception as exc:  # noqa: BLE001 - a bad write never kills the recorder
-                    self.write_errors += 1
-                    if self.write_errors <= 5:
-                        self.get_logger().error(f"bag write failed: {exc!r}")
-                finally:
-                    if item[0] == "msg":
-                        with self._qlock:
-                            self._qbytes -= len(item[4])
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    item = None
+            now = time.monotonic()
+            while heap and (stop or now - heap[0][2] >= window):
+                self._safe(bag, heapq.heappop(heap)[3])
             try:
                 bag.maybe_flush()
             except Exception as exc:  # noqa: BLE001
@@ -292,12 +314,24 @@ class Recorder(Node):
                 if self.write_errors <= 5:
                     self.get_logger().error(f"bag flush failed: {exc!r}")
 
+    def _safe(self, bag: BagWriter, item) -> None:
+        try:
+            self._handle(bag, item)
+        except Exception as exc:  # noqa: BLE001 - a bad write never kills the recorder
+            self.write_errors += 1
+            if self.write_errors <= 5:
+                self.get_logger().error(f"bag write failed: {exc!r}")
+        finally:
+            if item[0] == "msg":
+                with self._qlock:
+                    self._qbytes -= len(item[4])
+
     def _handle(self, bag: BagWriter, item) -> None:
         if item[0] == "add":
             _, topic, msgtype, offered = item
             bag.add_topic(topic, msgtype, offered)
             return
-        _, topic, recv, src, raw = item
+        _, topic, log_ns, src, raw = item
         if topic == T.EPISODE:
             ev = _episode_event(raw)
             if ev and ev.get("event") == "start":
@@ -306,7 +340,7 @@ class Recorder(Node):
                     bag.split()
                 ep = ev.get("episode")
                 bag.mark_episode(ep if isinstance(ep, int) and not isinstance(ep, bool) else -1)
-        bag.write(topic, recv, raw, src)
+        bag.write(topic, log_ns, raw, src)
         self.written += 1
 
     # -- status and shutdown ---------------------------------------------------------------
@@ -352,7 +386,7 @@ class Recorder(Node):
             self.get_logger().error(f"closing the bag failed: {exc!r}")
         st = self.status()
         print(f"[recorder] closed {st['bag']}: {st['written']} messages in {st['files']} file(s), "
-              f"{st['dropped']} dropped", flush=True)
+              f"{st['dropped']} dropped, {st['duplicates']} duplicates", flush=True)
 
 
 def main(args=None) -> int:
