@@ -16,7 +16,6 @@ The episode loop runs in its own thread; subscriptions are served by the executo
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 
@@ -43,7 +42,9 @@ DEFAULTS = {
     "max_steps": 0,                 # 0 = the task's time limit
     "end_on_success": True,         # end the episode at the first success (as gym-aloha terminates)
     "physical": {},                 # physical perturbations {dimension: level 0..5}, e.g. {light: 3, camera: 2}
-    "start_delay_s": 0.5,           # wall time before the first episode (lets subscribers match)
+    "start_wait_s": 30.0,           # before the first episode: wait (at most this long) for a COMMAND
+                                    # publisher and joint-state subscribers, ...
+    "start_delay_s": 0.5,           # ... and for the matched endpoints to stay unchanged this long
     "render": {
         "width": 320,
         "height": 240,
@@ -82,6 +83,8 @@ def validate(cfg: dict) -> dict:
         raise ConfigError("sim_bridge: keys 'episodes' and 'max_steps' must be >= 0")
     if cfg["lockstep"]["resend_s"] <= 0 or cfg["lockstep"]["give_up_s"] <= 0:
         raise ConfigError("sim_bridge: keys 'lockstep.resend_s' and 'lockstep.give_up_s' must be > 0")
+    if cfg["start_wait_s"] < 0 or cfg["start_delay_s"] < 0:
+        raise ConfigError("sim_bridge: keys 'start_wait_s' and 'start_delay_s' must be >= 0")
     if cfg["realtime"]["speed"] <= 0:
         raise ConfigError("sim_bridge: key 'realtime.speed' must be > 0")
     return cfg
@@ -134,6 +137,8 @@ class SimBridge(Node):
         self._cmd_ns = 0                         # wall monotonic ns of the newest command
         self._bad_cmds = 0
         self._last_warn = 0.0
+        self._pub_ns: int | None = None          # realtime latency bookkeeping
+        self._rt_lat: list[float] = []
         self.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND,
                                  callback_group=MutuallyExclusiveCallbackGroup())
 
@@ -160,6 +165,9 @@ class SimBridge(Node):
                 self._cmd = a
             self._cmd_seq += 1
             self._cmd_ns = now
+            if self._pub_ns is not None:  # realtime: first command after a step's joint states
+                self._rt_lat.append((now - self._pub_ns) / 1e6)
+                self._pub_ns = None
             self._cond.notify_all()
 
     def _warn(self, text: str) -> None:
@@ -184,29 +192,60 @@ class SimBridge(Node):
     def _publish_event(self, ev: dict) -> None:
         self.pub_event.publish(String(data=json.dumps(ev)))
 
-    def _publish_step(self, episode: int, k: int, episode_start_ns: int, cameras: bool) -> None:
+    def _build_step(self, episode: int, k: int, episode_start_ns: int, cameras: bool) -> list:
+        """Step k's messages in publishing order: clock, due cameras, privileged state, joint states."""
         t = self.t_ns
         stamp = self._stamp_msg(t)
-        self.pub_clock.publish(Clock(clock=stamp))
+        out = [(self.pub_clock, Clock(clock=stamp))]
         if cameras:
             st = Stamp.from_ns(t)
             for cam in self.cameras:
                 img = self.env.render(cam, self.h, self.w)
-                self.pub_cam[cam].publish(encode_image(img, "rgb8", st, topics.camera_frame(cam)))
+                out.append((self.pub_cam[cam], encode_image(img, "rgb8", st, topics.camera_frame(cam))))
         priv = self.env.privileged(episode, k, t, episode_start_ns)
-        self.pub_priv.publish(String(data=json.dumps(priv)))
+        out.append((self.pub_priv, String(data=json.dumps(priv))))
         for arm in topics.ARMS:
             pos, vel, eff = self.env.sim.arm_joint_state(arm)
             js = JointState()
             js.header.stamp = stamp
             js.name = list(aloha.JOINT_STATE_NAMES)
             js.position, js.velocity, js.effort = pos, vel, eff
-            self.pub_js[arm].publish(js)
+            out.append((self.pub_js[arm], js))
+        return out
+
+    @staticmethod
+    def _publish_all(msgs: list) -> None:
+        for pub, msg in msgs:
+            pub.publish(msg)
+
+    def _publish_step(self, episode: int, k: int, episode_start_ns: int, cameras: bool) -> list:
+        msgs = self._build_step(episode, k, episode_start_ns, cameras)
+        self._publish_all(msgs)
+        return msgs
 
     # ------------------------------------------------------------------ loop
+    def _wait_for_graph(self) -> None:
+        """Start when a policy publishes COMMAND, someone reads the joint states and discovery settled."""
+        settle = float(self.cfg["start_delay_s"])
+        deadline = time.monotonic() + float(self.cfg["start_wait_s"])
+        pubs = list(self.pub_js.values()) + list(self.pub_cam.values()) + [self.pub_priv]
+        last, since = None, time.monotonic()
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            counts = (self.count_publishers(topics.COMMAND), *[p.get_subscription_count() for p in pubs])
+            if counts != last:
+                last, since = counts, time.monotonic()
+            ready = counts[0] > 0 and all(c > 0 for c in counts[1:1 + len(self.pub_js)])
+            if ready and time.monotonic() - since >= settle:
+                return
+            self._stop.wait(0.05)
+        if not self._stop.is_set():
+            self.get_logger().warning(f"starting without a matched policy/readers after {self.cfg['start_wait_s']} s "
+                                      f"(COMMAND publishers, subscribers per topic: {last})")
+
     def _run(self) -> None:
         try:
-            if self._stop.wait(float(self.cfg["start_delay_s"])):
+            self._wait_for_graph()
+            if self._stop.is_set():
                 return
             n = int(self.cfg["episodes"])
             i = 0
@@ -264,9 +303,9 @@ class SimBridge(Node):
             cams = k % self.every == 0
             with self._cond:
                 seq0 = self._cmd_seq
-            sent = time.monotonic_ns()
-            self._publish_step(i, k, t_start, cams)
-            first_sent = sent
+            msgs = self._build_step(i, k, t_start, cams)
+            self._publish_all(msgs)
+            sent = first_sent = time.monotonic_ns()  # latency counts from the joint states (sent last)
             cmd = None
             while True:
                 with self._cond:
@@ -285,9 +324,9 @@ class SimBridge(Node):
                 if time.monotonic_ns() - first_sent >= give_up_ns:
                     return "policy_timeout", k, lat, {"resends": resends}
                 resends += 1
+                self._publish_all(msgs)  # republish step k: the same messages, same stamp
                 sent = time.monotonic_ns()
-                self._publish_step(i, k, t_start, cams)  # republish step k (same stamp)
-            lat.append((got_ns - first_sent) / 1e6)
+            lat.append(max(0.0, (got_ns - first_sent) / 1e6))
             if cmd is None:
                 cmd = hold if hold is not None else self.env.qpos14()
             hold = cmd
@@ -299,43 +338,45 @@ class SimBridge(Node):
         return "timeout", self.env.max_steps, lat, {"resends": resends}
 
     def _realtime_episode(self, i: int, t_start: int):
-        lat: list[float] = []
         speed = float(self.cfg["realtime"]["speed"])
         period = topics.DT / speed
         hold = self.env.qpos14()
+        with self._cond:
+            self._rt_lat = []
+            self._pub_ns = None
         wall0 = time.monotonic()
         late = 0
-        last_seq = self._cmd_seq
+        reason, steps = "timeout", self.env.max_steps
         for k in range(self.env.max_steps):
             if self._stop.is_set():
-                return "aborted", k, lat, {}
-            sent = time.monotonic_ns()
-            self._publish_step(i, k, t_start, k % self.every == 0)
+                reason, steps = "aborted", k
+                break
+            msgs = self._build_step(i, k, t_start, k % self.every == 0)
+            self._publish_all(msgs)
+            with self._cond:
+                self._pub_ns = time.monotonic_ns()
             target = wall0 + (k + 1) * period
-            # wait until this step's wall deadline; newest command wins
+            # physics keeps the wall clock's pace; the newest command at the deadline wins
             with self._cond:
                 while not self._stop.is_set():
                     left = target - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                if self._cmd_seq != last_seq:
-                    last_seq = self._cmd_seq
-                    if self._cmd_ns >= sent:
-                        lat.append((self._cmd_ns - sent) / 1e6)
                 if self._cmd is not None:
                     hold = self._cmd
             if time.monotonic() > target + period:
-                late += 1
+                late += 1  # the sim itself could not keep real time at this step
             self.env.step(hold)
             self.t_ns += DT_NS
             end = self._finish_step(k)
             if end:
-                wall = time.monotonic() - wall0
-                return end, k + 1, lat, {"rtf": round((k + 1) * topics.DT / max(wall, 1e-9), 3), "late_steps": late}
+                reason, steps = end, k + 1
+                break
         wall = time.monotonic() - wall0
-        return "timeout", self.env.max_steps, lat, {"rtf": round(self.env.max_steps * topics.DT / max(wall, 1e-9), 3),
-                                                    "late_steps": late}
+        with self._cond:
+            lat, self._pub_ns = list(self._rt_lat), None
+        return reason, steps, lat, {"rtf": round(steps * topics.DT / max(wall, 1e-9), 3), "late_steps": late}
 
     def close(self) -> None:
         self._stop.set()

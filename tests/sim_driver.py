@@ -35,11 +35,16 @@ def start_sim(domain_id: int, **params) -> GraphRunner:
 
 
 class ExpertDriver:
-    def __init__(self, probe, task: str, answer: bool = True, cameras=topics.CAMERAS, lockstep: bool = True):
+    def __init__(self, probe, task: str, answer: bool = True, cameras=topics.CAMERAS, lockstep: bool = True,
+                 wait_images_every: int = 0):
+        """``wait_images_every=n``: at steps k % n == 0 answer only once every camera's frame of that
+        step arrived (what wam_policy_node does in lockstep); 0: answer on joint states alone."""
         from sim_bridge.experts import make_expert
 
         self.expert = make_expert(task)
         self.answer = answer
+        self.wait_images_every = int(wait_images_every)
+        self.stamps: dict[str, set[int]] = {c: set() for c in cameras}
         self.lock = threading.Lock()
         self.cond = threading.Condition(self.lock)
         self.events: list[dict] = []
@@ -72,6 +77,8 @@ class ExpertDriver:
         digest = hashlib.sha1(im.array.tobytes()).hexdigest()
         with self.lock:
             self.images[cam].append((im.stamp.ns, im.encoding, im.frame_id, im.array.shape, digest))
+            self.stamps[cam].add(im.stamp.ns)
+        self._maybe_answer(im.stamp.ns)
 
     def _on_event(self, msg):
         with self.cond:
@@ -98,8 +105,11 @@ class ExpertDriver:
             ready = t in self.priv and t in self.js["left"] and t in self.js["right"] and t not in self.answered
             if not ready or not self.answer:
                 return
-            self.answered.add(t)
             step = self.priv[t]["step"]
+            if self.wait_images_every and step % self.wait_images_every == 0:
+                if not all(t in st for st in self.stamps.values()):
+                    return
+            self.answered.add(t)
         cmd = self.expert.actions(step, 1)[0]
         self.pub.publish(Float64MultiArray(data=[float(x) for x in cmd]))
         self.commands += 1

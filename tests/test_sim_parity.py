@@ -19,7 +19,7 @@ def test_sim_publishes_the_robot_topic_table(probe, domain_id):
     assert {topics.camera_topic(c) for c in topics.CAMERAS} | {topics.joint_state_topic(a) for a in topics.ARMS} \
         | {topics.COMMAND} == {t for t, r in rows.items() if not r.get("optional")}
 
-    drv = ExpertDriver(probe, "transfer_cube")
+    drv = ExpertDriver(probe, "transfer_cube", wait_images_every=2)
     sim = start_sim(domain_id, max_steps=12, render={"width": 640, "height": 480, "camera_every": 2})
     try:
         assert drv.wait_event("end", timeout=120), sim.log("sim_bridge")[-2000:]
