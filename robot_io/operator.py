@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import select
 import sys
 import threading
@@ -312,11 +313,13 @@ def _keys(stream):
             while True:
                 r, _, _ = select.select([fd], [], [], 0.2)
                 if r:
-                    ch = stream.read(1)
-                    if not ch:
+                    # the fd itself, not the text stream: its buffer would hide keys typed together from select()
+                    data = os.read(fd, 64)
+                    if not data:
                         return
-                    if ch.strip():
-                        yield ch
+                    for ch in data.decode("utf-8", errors="ignore"):
+                        if ch.strip():
+                            yield ch
                 else:
                     yield None  # a tick, so the caller can notice a topic-driven "done"
         finally:

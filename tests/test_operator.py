@@ -169,3 +169,32 @@ def test_topic_driven_with_timeout(probe, domain_id):
     assert end["latency_ms"]["n"] == 3 and end["latency_ms"]["p50"] == pytest.approx(50.0)
     assert [m.data for m in probe.decoded(topics.INSTRUCTION, String)] == ["open the drawer"]
 
+
+
+def test_single_key_presses_on_a_terminal(probe, domain_id):
+    """A real terminal (a pty): single key presses, no Enter, as an operator types them."""
+    import pty
+
+    from rosutil import wait_for
+    from std_msgs.msg import String
+
+    probe.listen(topics.EPISODE, String, latched=True)
+    master, slave = pty.openpty()
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
+    op = subprocess.Popen([sys.executable, "-m", "wam_common.cli", "operator", "--task", "stack"], env=env,
+                          stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    os.close(slave)
+    try:
+        # a key typed before the operator switched the terminal to cbreak is flushed by the
+        # switch: press again until it lands (a repeated press is a harmless "! ..." message)
+        for key, n in ((b"s", 1), (b"y", 2)):
+            assert wait_for(lambda: os.write(master, key) and probe.count(topics.EPISODE) >= n, 30, interval=0.5)
+        os.write(master, b"q")
+        out, _ = op.communicate(timeout=30)
+    finally:
+        if op.poll() is None:
+            op.kill()
+        os.close(master)
+    assert op.returncode == 0, out
+    events = [json.loads(m.data) for m in probe.decoded(topics.EPISODE, String)]
+    assert [(e["event"], e.get("success")) for e in events] == [("start", None), ("end", True), ("done", None)]
