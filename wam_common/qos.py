@@ -32,6 +32,10 @@ EVENTS = QoSProfile(  # episode boundaries, operator labels: every one, late joi
     history=HistoryPolicy.KEEP_LAST, depth=50,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL,
 )
+STATUS = QoSProfile(  # per-step status JSON: every one while you listen, no history for late joiners
+    history=HistoryPolicy.KEEP_LAST, depth=50,
+    reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,
+)
 RECORD = QoSProfile(
     history=HistoryPolicy.KEEP_LAST, depth=100,
     reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.VOLATILE,

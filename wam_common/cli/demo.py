@@ -17,6 +17,7 @@ from pathlib import Path
 from ..config import deep_merge
 from ..graph import load_graph, parse_set
 from ..launcher import GraphRunner
+from ..progress import Progress
 
 #: the demo's own overrides on top of config/aloha_sim.yaml (kept small: the graph's defaults rule)
 DEMO_OVERRIDES = {
@@ -90,15 +91,6 @@ class _Watcher:
         self._thread.join(timeout=2)
 
 
-def _progress(step: int, total: int, started: float) -> str:
-    total = max(total, 1)
-    frac = min(step / total, 1.0)
-    bar = "#" * int(frac * 30)
-    elapsed = time.monotonic() - started
-    eta = f"{elapsed / frac - elapsed:5.0f}s" if frac > 0.02 else "    ?"
-    return f"\r[demo] [{bar:<30}] step {step:4d}/{total}  {elapsed:5.0f}s elapsed  ETA {eta}"
-
-
 def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: float = 600.0,
              bag_name: str | None = None, output_dir: str | None = None, show_progress: bool = True,
              domain_id: int | None = None, log_dir: str | Path | None = None) -> DemoResult:
@@ -122,8 +114,7 @@ def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: f
         watcher = _Watcher(runner.domain_id)
         started = time.monotonic()
         deadline = started + timeout
-        total = 0
-        last_line = 0.0
+        bar = None
         while True:
             with watcher.cond:
                 watcher.cond.wait(timeout=0.25)
@@ -131,11 +122,10 @@ def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: f
                 commands = watcher.commands
             start = next((e for e in events if e.get("event") == "start"), None)
             end = next((e for e in events if e.get("event") == "end"), None)
-            if start and not total:
-                total = int(start.get("max_steps") or 0)
-            if show_progress and total and time.monotonic() - last_line > 0.5:
-                print(_progress(commands, total, started), end="", flush=True, file=sys.stderr)
-                last_line = time.monotonic()
+            if start and bar is None and show_progress:
+                bar = Progress(int(start.get("max_steps") or 0), "demo", "steps (the episode ends early on success)")
+            if bar is not None:
+                bar.update(commands)
             if end is not None:
                 res.success = bool(end.get("success"))
                 res.steps = int(end.get("steps", 0))
@@ -150,8 +140,8 @@ def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: f
             if time.monotonic() > deadline:
                 res.error = f"no episode end within {timeout:.0f} s (logs in {runner.log_dir})"
                 break
-        if show_progress and total:
-            print(_progress(res.steps or commands, total, started), file=sys.stderr)
+        if bar is not None:
+            bar.close(res.steps or commands)
         # give the recorder a moment to receive the last messages before the graph stops
         time.sleep(1.0)
         with watcher.cond:

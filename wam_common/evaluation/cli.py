@@ -14,10 +14,10 @@ import json
 import shutil
 import sys
 import threading
-import time
 from pathlib import Path
 
 from ..config import ConfigError
+from ..progress import Progress
 from .results import ResultStore, episode_key
 from .runner import Job, contiguous_runs, run_jobs
 from .suites import load_policy, load_suite
@@ -42,6 +42,10 @@ def add_arguments(p) -> None:
     p.add_argument("--bags", choices=["keep", "none"], default="keep", help="keep every episode's bag, or none")
     p.add_argument("--out", default=None, help="output folder (default runs/eval/<suite>_<task>)")
     p.add_argument("--fresh", action="store_true", help="discard earlier results in --out instead of resuming")
+    p.add_argument("--robot", action="store_true",
+                   help="real robot: the graph is already up (ros2 launch); prompt the operator between episodes "
+                        "and record their success labels (stream-level and operator-set configurations only)")
+    p.add_argument("--max-duration-s", type=float, default=120.0, help="--robot: an episode longer than this times out")
 
 
 def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
@@ -78,29 +82,42 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     return jobs, wanted, out, suite.name
 
 
-def _bar(done: int, total: int, started: float, base: int) -> str:
-    frac = done / total if total else 1.0
-    new = done - base
-    elapsed = time.monotonic() - started
-    eta = (elapsed / new) * (total - done) if new > 0 else float("nan")
-    eta_s = "?" if eta != eta else f"{eta:.0f}s"
-    return f"\r[eval] [{'#' * int(30 * frac):<30}] {done}/{total} episodes  {elapsed:.0f}s  ETA {eta_s}   "
+def run_on_robot(args) -> int:
+    from .robot import run_robot
+
+    if args.policy and len(args.policy) > 1:
+        raise ConfigError("--robot evaluates the one policy the robot's graph runs: give one --policy (a label)")
+    suite = load_suite(args.suite)
+    task = args.task or "aloha_real"
+    episodes = args.episodes if args.episodes is not None else suite.episodes
+    seed0 = args.seed if args.seed is not None else suite.seed
+    policy = (args.policy or ["robot_policy"])[0]
+    out = Path(args.out or f"runs/eval/{suite.name}_{task}")
+    if args.fresh and out.exists():
+        shutil.rmtree(out)
+    store = ResultStore(out)
+    run_robot(suite, policy, task, episodes, seed0, store, max_duration_s=args.max_duration_s)
+    table = write_all(store.rows(), out, title=f"{suite.name} · {task} (robot)")
+    print(markdown(table))
+    print(f"[eval] results: {out}/results.md (.csv .json .png), episodes: {out}/episodes.jsonl")
+    return 0
 
 
 def run(args) -> int:
+    if args.robot:
+        return run_on_robot(args)
     jobs, wanted, out, suite_name = plan(args)
     store = ResultStore(out)
     wanted_set = set(wanted)
     base = len(store.done() & wanted_set)
     print(f"[eval] {len(wanted)} episodes ({base} already done, resuming), {len(jobs)} graph runs, "
           f"workers={args.workers}{' on Ray ' + args.ray if args.ray else ''}, out={out}", flush=True)
-    started = time.monotonic()
+    bar = Progress(len(wanted), "eval", "episodes", base=base)
     stop = threading.Event()
 
     def progress():
         while not stop.wait(1.0):
-            print(_bar(len(store.done() & wanted_set), len(wanted), started, base), end="", file=sys.stderr,
-                  flush=True)
+            bar.update(len(store.done() & wanted_set))
 
     t = threading.Thread(target=progress, daemon=True)
     t.start()
@@ -111,7 +128,7 @@ def run(args) -> int:
     finally:
         stop.set()
         t.join()
-        print(_bar(len(store.done() & wanted_set), len(wanted), started, base), file=sys.stderr)
+        bar.close(len(store.done() & wanted_set))
     rows = [r for r in store.rows() if episode_key(r) in wanted_set]
     table = write_all(rows, out, title=f"{suite_name} · {args.task or ''}".strip(" ·"))
     print(markdown(table))

@@ -73,14 +73,18 @@ def graph_overrides(job: Job) -> dict:
         ov["recorder"] = {"enabled": False}
     else:
         bag_dir = Path(job.out_dir).resolve() / "bags" / job.policy / job.configuration
-        ov["recorder"] = {"output_dir": str(bag_dir), "bag_name": f"{job.task}_seed{job.seeds[0]}"}
+        name, attempt = f"{job.task}_seed{job.seeds[0]}", 1
+        while (bag_dir / name).exists():  # an interrupted earlier attempt keeps its bag
+            attempt += 1
+            name = f"{job.task}_seed{job.seeds[0]}_try{attempt}"
+        ov["recorder"] = {"output_dir": str(bag_dir), "bag_name": name}
     return ov
 
 
 class _Observer:
     """Episode events, policy status and command timing on one job's domain."""
 
-    def __init__(self, domain_id: int, dt: float):
+    def __init__(self, domain_id: int, dt: float, count_stalls: bool):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -89,6 +93,7 @@ class _Observer:
         from .. import qos, topics
 
         self.dt = dt
+        self.count_stalls = count_stalls  # wall-clock command gaps mean something only in realtime
         self.ctx = Context()
         rclpy.init(context=self.ctx, domain_id=domain_id)
         self.node = rclpy.create_node("wam_policy_eval_observer", context=self.ctx)
@@ -98,7 +103,7 @@ class _Observer:
         self.cur_cmd_t: list[float] = []
         self.per_episode: dict[int, dict] = {}
         self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
-        self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.EVENTS)
+        self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.STATUS)
         self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
         self.executor = SingleThreadedExecutor(context=self.ctx)
         self.executor.add_node(self.node)
@@ -123,7 +128,7 @@ class _Observer:
                 gaps = np.diff(self.cur_cmd_t) if len(self.cur_cmd_t) > 1 else np.zeros(0)
                 self.per_episode[int(ev.get("episode", -1))] = {
                     "infer_ms_mean": float(np.mean(self.cur_infer)) if self.cur_infer else None,
-                    "stalls": int(np.sum(gaps > 1.5 * self.dt)),
+                    "stalls": int(np.sum(gaps > 1.5 * self.dt)) if self.count_stalls else None,
                 }
             self.events.append(ev)
             self.lock.notify_all()
@@ -161,7 +166,7 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
     obs = None
     runner.start()
     try:
-        obs = _Observer(runner.domain_id, topics.DT)
+        obs = _Observer(runner.domain_id, topics.DT, count_stalls=job.clock == "realtime")
         deadline = time.monotonic() + 60 + job.timeout_per_episode_s * len(job.seeds)
         written: set[int] = set()
         while True:
@@ -180,7 +185,7 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
                     "success": bool(ev["success"]), "steps": int(ev.get("steps", 0)),
                     "reason": ev.get("reason", ""), "clock": job.clock,
-                    "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": 0}),
+                    "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": None}),
                     "bag": None if job.bags == "none" else str(Path(g.node("recorder").parameters["output_dir"])
                                                               / g.node("recorder").parameters["bag_name"]),
                 }

@@ -117,8 +117,10 @@ def bar_chart(table: dict, path: Path, title: str = "") -> None:
     x = np.arange(len(cols))
     for i, p in enumerate(policies):
         rates = [100 * (table[p][c]["rate"] or 0) if c in table[p] else 0 for c in cols]
-        lo = [100 * ((table[p][c]["rate"] or 0) - table[p][c]["ci_lo"]) if c in table[p] else 0 for c in cols]
-        hi = [100 * (table[p][c]["ci_hi"] - (table[p][c]["rate"] or 0)) if c in table[p] else 0 for c in cols]
+        lo = [max(0.0, 100 * ((table[p][c]["rate"] or 0) - table[p][c]["ci_lo"])) if c in table[p] else 0
+              for c in cols]
+        hi = [max(0.0, 100 * (table[p][c]["ci_hi"] - (table[p][c]["rate"] or 0))) if c in table[p] else 0
+              for c in cols]
         ax.bar(x + i * width - 0.4 + width / 2, rates, width, yerr=[lo, hi], capsize=2, label=p)
     ax.set_xticks(x, cols, rotation=20)
     ax.set_ylabel("success %")
