@@ -152,7 +152,7 @@ def role_source(rate: float, seconds: float, out: Path) -> None:
 class Sink:
     def __init__(self):
         import rclpy
-        from rclpy.executors import MultiThreadedExecutor
+        from rclpy.executors import SingleThreadedExecutor
         from sensor_msgs.msg import Image
 
         from wam_common import qos, topics
@@ -177,7 +177,7 @@ class Sink:
             self.node.create_subscription(Image, topics.camera_topic(c), cb(self.raw, c), qos.SENSOR, raw=True)
             self.node.create_subscription(Image, topics.perturbed(topics.camera_topic(c)), cb(self.pert, c),
                                           qos.SENSOR, raw=True)
-        self.ex = MultiThreadedExecutor(num_threads=2, context=self.ctx)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
         self.ex.add_node(self.node)
         self.thread = threading.Thread(target=self._spin, daemon=True)
         self.thread.start()
