@@ -112,9 +112,10 @@ def _from_bag(path: Path, topic: str, index: int) -> tuple[np.ndarray, np.ndarra
 
     from wam_common.imageio import ImageDecodeError, decode_image, to_rgb
 
-    paths = [path] if path.is_dir() or path.suffix != ".mcap" else [path]
+    if path.is_file() and path.suffix in (".mcap", ".db3"):
+        path = path.parent  # a rosbag2 storage file: open its bag folder (metadata.yaml)
     try:
-        reader = AnyReader(paths)
+        reader = AnyReader([path])
         reader.open()
     except Exception as exc:  # noqa: BLE001 - rosbags raises several types
         raise ConfigError(f"perturb-sheet: cannot open bag '{path}' ({exc})") from None

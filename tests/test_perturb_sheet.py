@@ -57,6 +57,8 @@ def test_sheet_from_bag(tmp_path):
     s = _read(out)
     assert s.shape == (48, 6 * 64, 3)
     np.testing.assert_array_equal(s[30:, :64], frames[2][30:])
+    mcap = sorted(bag.glob("*.mcap"))[0]  # the storage file works too
+    assert cli(["perturb-sheet", str(mcap), "--camera", "cam_left_wrist", "--ops", "gamma", "-o", str(out)]) == 0
     # a missing topic or message is a clear error naming it (exit 2), not a traceback
     assert cli(["perturb-sheet", str(bag), "--topic", "/nope", "-o", str(out)]) == 2
     assert cli(["perturb-sheet", str(bag), "--camera", "cam_left_wrist", "--index", "9", "-o", str(out)]) == 2
