@@ -13,7 +13,9 @@ when the node starts — where it is missing the node says so and exits (status 
 float64`` publishes the same per-arm command as one std_msgs/Float64MultiArray (6 joints +
 gripper joint angle) for a per-arm ros2_control forward controller: standard messages only.
 Bad commands (wrong length, NaN/inf, a joint beyond its vx300s limit by more than
-``reject_tolerance``) are dropped with a warning, so the arms hold their last good command;
+``reject_tolerance``, a joint further than ``max_deviation_rad`` from the measured follower
+joint state, or no recent joint state) are dropped with a warning, so the arms hold their last
+good command;
 an engaged e-stop (``/wam_policy/estop``, latched Bool) drops every command until released.
 """
 from __future__ import annotations
@@ -43,6 +45,10 @@ DEFAULTS = {
     "float64_topic": "/follower_{side}/forward_position_controller/commands",
     "reject_tolerance": 0.2,  # rad beyond a joint limit → the command is dropped; within it → clipped
     "follow_estop": True,  # drop commands while /wam_policy/estop is true
+    # a command whose arm joints are further than this from the measured follower joint state
+    # (/follower_{side}/joint_states) is dropped and the arm holds; 0 disables the guard
+    "max_deviation_rad": 0.5,
+    "state_timeout_s": 0.5,  # with the guard on, no joint state this recent → commands dropped
     "diagnostics_period_s": 1.0,
 }
 
@@ -94,6 +100,19 @@ def to_arm_commands(cmd, arms=("left", "right"), reject_tolerance: float = 0.2) 
     return out
 
 
+def check_deviation(cmd: ArmCommand, measured6, max_deviation: float) -> None:
+    """CommandError when an arm joint of ``cmd`` is further than ``max_deviation`` rad from the
+    measured position (the gripper is not checked: it stalls on a grasped object by design)."""
+    m = np.asarray(measured6, dtype=np.float64)
+    if m.shape != (6,) or not np.all(np.isfinite(m)):
+        raise CommandError(f"{cmd.side}: measured joint state unusable ({m.tolist()})")
+    dev = np.abs(np.asarray(cmd.joints) - m)
+    j = int(np.argmax(dev))
+    if dev[j] > max_deviation:
+        raise CommandError(f"{cmd.side} {topics.ARM_JOINTS[j]}: command {cmd.joints[j]:.3f} rad is {dev[j]:.3f} rad "
+                           f"from the measured {m[j]:.3f} (max_deviation_rad {max_deviation:g})")
+
+
 def _interbotix_msgs():
     try:
         from interbotix_xs_msgs.msg import JointGroupCommand, JointSingleCommand
@@ -105,6 +124,7 @@ def _interbotix_msgs():
 def make_node():
     from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
     from rclpy.node import Node
+    from sensor_msgs.msg import JointState
     from std_msgs.msg import Bool, Float64MultiArray
 
     from wam_common import qos
@@ -147,6 +167,13 @@ def make_node():
 
                 where = cfg["float64_topic"]
             self._send = send
+            self.max_dev = float(cfg["max_deviation_rad"])
+            self.state_timeout_ns = int(float(cfg["state_timeout_s"]) * 1e9)
+            self._measured: dict[str, tuple[int, np.ndarray]] = {}  # side → (receive ns, 6 joints)
+            if self.max_dev > 0:
+                for side in arms:
+                    self.create_subscription(JointState, topics.joint_state_topic(side),
+                                             lambda m, side=side: self._on_joint_state(side, m), qos.SENSOR)
             self.create_subscription(Float64MultiArray, cfg["command_topic"], self._on_command, qos.COMMAND)
             if cfg["follow_estop"]:
                 self.create_subscription(Bool, topics.ESTOP, self._on_estop, qos.LATCHED)
@@ -163,12 +190,34 @@ def make_node():
                 else:
                     self.get_logger().info("e-stop released")
 
+        def _on_joint_state(self, side: str, msg) -> None:
+            idx = {n: i for i, n in enumerate(msg.name)}
+            try:
+                q = np.array([msg.position[idx[j]] for j in topics.ARM_JOINTS], dtype=np.float64)
+            except (KeyError, IndexError):
+                return  # a partial joint state: the guard keeps the last full one (and its age)
+            self._measured[side] = (time.monotonic_ns(), q)
+
+        def _guard(self, cmds) -> None:
+            now = time.monotonic_ns()
+            for c in cmds:
+                got = self._measured.get(c.side)
+                if got is None:
+                    raise CommandError(f"{c.side}: no joint state on {topics.joint_state_topic(c.side)} yet "
+                                       "(max_deviation_rad needs it; 0 disables the guard)")
+                if now - got[0] > self.state_timeout_ns:
+                    raise CommandError(f"{c.side}: joint state on {topics.joint_state_topic(c.side)} is "
+                                       f"{(now - got[0]) / 1e9:.2f} s old")
+                check_deviation(c, got[1], self.max_dev)
+
         def _on_command(self, msg) -> None:
             if self.estop:
                 self.dropped += 1
                 return
             try:
                 cmds = to_arm_commands(msg.data, self.arms, float(self.cfg["reject_tolerance"]))
+                if self.max_dev > 0:
+                    self._guard(cmds)
             except CommandError as exc:
                 self.dropped += 1
                 self.last_error = str(exc)
@@ -180,6 +229,7 @@ def make_node():
             for c in cmds:
                 self._send(c)
             self.sent += 1
+            self.last_error = ""  # diagnostics show the current state: commands flow again
 
         def _publish_diagnostics(self) -> None:
             DS = self._DiagnosticStatus

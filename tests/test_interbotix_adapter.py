@@ -6,11 +6,12 @@ import importlib.util
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
 
-from robot_io.interbotix_adapter import MISSING_MSGS, CommandError, to_arm_commands
+from robot_io.interbotix_adapter import MISSING_MSGS, ArmCommand, CommandError, check_deviation, to_arm_commands
 from wam_common import aloha
 
 
@@ -106,7 +107,7 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
         cmd.publish(Float64MultiArray(data=[float(x) for x in v]))
 
     g = Graph("arms", [NodeSpec("interbotix_adapter", "interbotix_adapter",
-                                {"output": "float64", "diagnostics_period_s": 0.1})])
+                                {"output": "float64", "diagnostics_period_s": 0.1, "max_deviation_rad": 0.0})])
     with GraphRunner(g, domain_id=domain_id, log_dir=tmp_path) as runner:
         assert wait_for(lambda: cmd.get_subscription_count() > 0 and all(
             probe.node.count_publishers(t) for t in out.values()), 30), runner.log("interbotix_adapter")
@@ -132,10 +133,79 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
         send(good)
         assert wait_for(lambda: diag("dropped") == "4", 10), diag("dropped")
         estop.publish(Bool(data=False))
-        assert wait_for(lambda: diag_estop() == "False", 10), (diag_estop(), runner.log("interbotix_adapter"), probe.count(topics.DIAGNOSTICS))
+        assert wait_for(lambda: diag_estop() == "False", 10), (diag_estop(), runner.log("interbotix_adapter"))
         send(marker)
         assert wait_for(lambda: probe.count(out["left"]) >= 3, 10)
         assert probe.count(out["left"]) == 3  # the command sent during the e-stop never went out
         assert runner.dead() == {}
         log = runner.log("interbotix_adapter")
     assert "command dropped, arms hold" in log and "e-stop ENGAGED" in log
+
+
+def test_deviation_check():
+    c = ArmCommand("left", (0.1, -0.5, 0.6, 0.0, 0.0, 0.0), 0.3)
+    check_deviation(c, [0.0, -0.4, 0.5, 0.0, 0.0, 0.0], 0.5)
+    with pytest.raises(CommandError, match=r"left elbow: command 0.600 rad is 0.700 rad from the measured -0.100"):
+        check_deviation(c, [0.0, -0.4, -0.1, 0.0, 0.0, 0.0], 0.5)
+    with pytest.raises(CommandError, match="unusable"):
+        check_deviation(c, [0.0, np.nan, 0.5, 0.0, 0.0, 0.0], 0.5)
+
+
+def test_node_guards_against_commands_far_from_the_measured_state(probe, domain_id, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from rosutil import wait_for
+    from wam_common import qos, topics
+    from wam_common.graph import Graph, NodeSpec
+    from wam_common.launcher import GraphRunner
+
+    out = "/follower_left/forward_position_controller/commands"
+    probe.listen(out, Float64MultiArray)
+    probe.listen(topics.DIAGNOSTICS, DiagnosticArray)
+    cmd = probe.node.create_publisher(Float64MultiArray, topics.COMMAND, qos.COMMAND)
+    js = probe.node.create_publisher(JointState, topics.joint_state_topic("left"), qos.SENSOR)
+    measured = np.array([0.1, -0.5, 0.6, 0.05, -0.2, 0.3, 0.5])
+    publishing = {"on": False}
+
+    def tick():
+        if publishing["on"]:
+            js.publish(JointState(name=aloha.JOINT_STATE_NAMES, position=aloha.joint_state_positions(measured)))
+
+    probe.node.create_timer(0.02, tick)
+
+    def diag(key):
+        for st in (s for a in reversed(probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)) for s in a.status
+                   if s.name == "interbotix_adapter: arms"):
+            return {kv.key: kv.value for kv in st.values}.get(key), st.message
+        return None, ""
+
+    def send_and_wait(v, dropped=None, sent=None):
+        cmd.publish(Float64MultiArray(data=[float(x) for x in v]))
+        want = {"dropped": dropped, "sent": sent}
+        key = "dropped" if dropped is not None else "sent"
+        assert wait_for(lambda: diag(key)[0] == str(want[key]), 10), diag(key)
+        return diag(key)[1]
+
+    g = Graph("guard", [NodeSpec("interbotix_adapter", "interbotix_adapter",
+                                 {"output": "float64", "arms": ["left"], "diagnostics_period_s": 0.1,
+                                  "max_deviation_rad": 0.5, "state_timeout_s": 0.5})])
+    with GraphRunner(g, domain_id=domain_id, log_dir=tmp_path) as runner:
+        assert wait_for(lambda: cmd.get_subscription_count() > 0 and diag("sent")[0] == "0", 30), \
+            runner.log("interbotix_adapter")
+        msg = send_and_wait(_cmd(left=measured), dropped=1)  # no joint state yet
+        assert "no joint state on /follower_left/joint_states yet" in msg
+        publishing["on"] = True
+        assert wait_for(lambda: probe.node.count_subscribers(topics.joint_state_topic("left")) > 0, 10)
+        time.sleep(0.2)
+        send_and_wait(_cmd(left=measured + [0.3, 0, 0, 0, 0, 0, 0.5]), sent=1)  # near: forwarded
+        assert probe.count(out) == 1
+        msg = send_and_wait(_cmd(left=measured + [0, 0, -0.9, 0, 0, 0, 0]), dropped=2)  # elbow 0.9 away
+        assert "left elbow" in msg and "from the measured" in msg
+        publishing["on"] = False
+        time.sleep(0.8)
+        msg = send_and_wait(_cmd(left=measured), dropped=3)  # joint state stopped: stale
+        assert "s old" in msg
+        assert probe.count(out) == 1
+        assert runner.dead() == {}
