@@ -270,3 +270,33 @@ def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path)
         seqs = [json_event(m)["seq"] for m in bag.messages([T.POLICY_STATUS])]
     assert seqs == sent, seqs
     assert "transient local" in runner.log("recorder")  # it did switch
+
+
+def test_split_service(probe, domain_id, tmp_path):
+    """~/split (std_srvs/Trigger) starts a new file, for robots without EPISODE events."""
+    from std_msgs.msg import String
+    from std_srvs.srv import Trigger
+
+    pub = probe.node.create_publisher(String, T.POLICY_STATUS, 100)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS])
+    cli = probe.node.create_client(Trigger, "/recorder/split")
+    try:
+        assert cli.wait_for_service(timeout_sec=20), runner.log("recorder")
+        assert wait_for(lambda: pub.get_subscription_count() > 0, 20)
+        for part in range(3):
+            for k in range(5):
+                pub.publish(String(data=json.dumps({"part": part, "k": k})))
+                time.sleep(0.01)
+            time.sleep(0.5)  # past the reorder window: the part is written before the split
+            if part < 2:
+                fut = cli.call_async(Trigger.Request())
+                assert wait_for(fut.done, 10) and fut.result().success
+    finally:
+        runner.stop()
+    from wam_common.recording.bag import Bag, json_event
+
+    files = sorted((tmp_path / "bag").glob("*.mcap"))
+    assert len(files) == 3
+    for i, f in enumerate(files):
+        with Bag(f) as bag:
+            assert [json_event(m)["part"] for m in bag.messages()] == [i] * 5

@@ -161,6 +161,9 @@ class Recorder(Node):
         self._actual_qos: set[str] = set()
         self._eager()
         self.create_timer(cfg["discovery_period_s"], self._discover, callback_group=self._timer_group)
+        from std_srvs.srv import Trigger
+
+        self.create_service(Trigger, "~/split", self._on_split, callback_group=self._timer_group)
         self._discover()
         self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
 
@@ -275,6 +278,12 @@ class Recorder(Node):
         src = src or recv
         self._q.put(("msg", topic, src if self._log_publish else recv, src, raw))
 
+    def _on_split(self, _req, resp):
+        """``~/split`` (std_srvs/Trigger): start a new file now (a real robot without EPISODE events)."""
+        self._q.put(("split",))
+        resp.success, resp.message = True, f"split requested ({self.bag_path})"
+        return resp
+
     # -- the writer thread -----------------------------------------------------------------
     def _writer_loop(self) -> None:
         """Take items off the queue; hold messages ``reorder_window_s`` in a heap and write them
@@ -330,6 +339,9 @@ class Recorder(Node):
         if item[0] == "add":
             _, topic, msgtype, offered = item
             bag.add_topic(topic, msgtype, offered)
+            return
+        if item[0] == "split":
+            bag.split()
             return
         _, topic, log_ns, src, raw = item
         if topic == T.EPISODE:
