@@ -77,6 +77,28 @@ def _randomise(module, seed):
                 p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) * 0.1)
 
 
+def _diff(outs_a, outs_b):
+    """max / mean abs difference and relative L2 error of b w.r.t. a, over the input sets."""
+    a = torch.cat([x.flatten() for x in outs_a])
+    b = torch.cat([x.flatten() for x in outs_b])
+    return {"max_abs": (a - b).abs().max().item(), "mean_abs": (a - b).abs().mean().item(),
+            "rel_l2": ((a - b).norm() / a.norm()).item()}
+
+
+def _graph_time(fn, dev, iters=20):
+    """Capture fn in a CUDA graph and time its replays (events)."""
+    side = torch.cuda.Stream(dev)
+    side.wait_stream(torch.cuda.current_stream(dev))
+    with torch.cuda.stream(side):
+        fn()
+        fn()
+    torch.cuda.current_stream(dev).wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return _time_calls(g.replay, dev, iters)["p50"]
+
+
 def _mem(dev):
     if dev.type != "cuda":
         return {}
@@ -134,13 +156,12 @@ def _sdpa_backends(dev, dtype, q_len, k_len, head_dim=256):
     return out
 
 
-def run_policy(ptype, args, dev, workdir):
+def run_policy(ptype, args, dev, workdir, res):
     from lerobot.policies.factory import get_policy_class
 
     from wam_policy_node.engines import EagerEngine, PiFlowEngine
     from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims
 
-    res = {"policy": ptype}
     ctx = tiny_dims() if args.tiny else contextlib.nullcontext()
     size = 56 if args.tiny else 224
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
@@ -209,6 +230,7 @@ def run_policy(ptype, args, dev, workdir):
         res["speedup_p50"] = round(res["ref"]["latency_ms"]["p50"] / res["fast"]["latency_ms"]["p50"], 2)
         diffs = [(a - b).abs().max().item() for a, b in zip(ref_out, fast_out)]
         res["max_abs_diff_vs_ref"] = max(diffs)
+        res["diff_vs_ref"] = _diff(ref_out, fast_out)
         res["ref_abs_mean"] = statistics.fmean(a.abs().mean().item() for a in ref_out)
         print(f"[{ptype}] fast p50 {res['fast']['latency_ms']['p50']} ms, x{res['speedup_p50']}, "
               f"diff {res['max_abs_diff_vs_ref']:.3g}", flush=True)
@@ -233,20 +255,26 @@ def run_policy(ptype, args, dev, workdir):
         nog = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=False, compile=False)
         res["fast_no_graph_no_compile_latency_ms"] = _time_calls(
             lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev, 10)
-        nogc = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=False, compile=True)
-        for name, eng in (("no_graph_no_compile", nog), ("no_graph_compiled", nogc)):
-            s, _ = eng._state_for(1, cfg.tokenizer_max_length)
-            eng._stage(s, batches[0], noises[0])
-            res[f"fast_split_{name}_ms"] = {
-                "vision": _time_calls(lambda: eng._vision(s["images"]), dev, 10)["p50"],
-                "prefix_incl_vision": _time_calls(lambda: eng._prefix(s), dev, 10)["p50"],
-                "one_denoise_step": _time_calls(lambda: eng._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
+        s, _ = nog._state_for(1, cfg.tokenizer_max_length)
+        nog._stage(s, batches[0], noises[0])
+        res["fast_split_no_graph_no_compile_ms"] = {
+            "vision": _time_calls(lambda: nog._vision(s["images"]), dev, 10)["p50"],
+            "prefix_incl_vision": _time_calls(lambda: nog._prefix(s), dev, 10)["p50"],
+            "one_denoise_step": _time_calls(lambda: nog._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
+        }
+        if dev.type == "cuda":  # the shipped configuration (compiled), each part in its own CUDA graph
+            s, _ = fast._state_for(1, cfg.tokenizer_max_length)
+            res["fast_split_graph_ms"] = {
+                "vision": _graph_time(lambda: fast._vision(s["images"]), dev),
+                "prefix_incl_vision": _graph_time(lambda: fast._prefix(s), dev),
+                "one_denoise_step": _graph_time(lambda: fast._denoise_step(s, 0, s["noise"]), dev),
+                "staging_host_to_device": _time_calls(lambda: fast._stage(s, batches[0], noises[0]), dev, 20)["p50"],
             }
         if args.profile:
             res["fast"]["profile_graph"] = _profile(lambda: fast.predict_action_chunk(batches[0], noise=noises[0]), dev, n=3)
             res["fast"]["profile_no_graph_no_compile"] = _profile(
                 lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev)
-        del nog, nogc
+        del nog
 
         # LeRobot's own random init (std 0.02, adaRMS layers zero), as in the issue's measurement
         if not args.quick:
@@ -254,10 +282,9 @@ def run_policy(ptype, args, dev, workdir):
                 pol_li = get_policy_class(ptype)(cfg)
             ref_li = EagerEngine(pol_li)
             fast_li = PiFlowEngine.from_policy(pol_li, dtype=dtype)
-            res["lerobot_init"] = {"max_abs_diff_vs_ref": max(
-                (ref_li.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu()
-                 - fast_li.predict_action_chunk(batches[i], noise=noises[i]).float().cpu()).abs().max().item()
-                for i in range(3))}
+            res["lerobot_init"] = {"diff_vs_ref": _diff(
+                [ref_li.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)],
+                [fast_li.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)])}
             del pol_li, ref_li, fast_li
             gc.collect()
 
@@ -266,7 +293,7 @@ def run_policy(ptype, args, dev, workdir):
             v32 = PiFlowEngine.from_policy(pol, dtype=dtype, vision_dtype=torch.float32)
             v32_out = [v32.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
             res["fast_vision_fp32"] = {
-                "max_abs_diff_vs_ref": max((a - b).abs().max().item() for a, b in zip(ref_out, v32_out)),
+                "diff_vs_ref": _diff(ref_out, v32_out),
                 "latency_ms": _time_calls(lambda: v32.predict_action_chunk(batches[0], noise=noises[0]), dev, 20)}
             del v32
             gc.collect()
@@ -277,11 +304,16 @@ def run_policy(ptype, args, dev, workdir):
             pol32.load_state_dict(pol.state_dict())
             ref32 = EagerEngine(pol32)
             r32 = [ref32.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)]
+            f32 = PiFlowEngine.from_policy(pol32, dtype=torch.float32)
+            f32_out = [f32.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
             res["fp32_reference"] = {
-                "ref_bf16_vs_ref_fp32": max((a - b).abs().max().item() for a, b in zip(ref_out, r32)),
-                "fast_bf16_vs_ref_fp32": max((a - b).abs().max().item() for a, b in zip(fast_out, r32)),
+                "ref_bf16_vs_ref_fp32": _diff(r32, ref_out),
+                "fast_bf16_vs_ref_fp32": _diff(r32, fast_out),
+                "fast_fp32_vs_ref_fp32": _diff(r32, f32_out),
+                "fast_fp32_latency_ms": _time_calls(lambda: f32.predict_action_chunk(batches[0], noise=noises[0]),
+                                                    dev, 10),
             }
-            del ref32, pol32
+            del ref32, pol32, f32
     del fast, ref, pol
     gc.collect()
     if dev.type == "cuda":
@@ -291,7 +323,7 @@ def run_policy(ptype, args, dev, workdir):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--policies", default="pi0,pi05")
+    ap.add_argument("--policies", default="pi05,pi0")  # π0.5 first: its start-up is a cold compile
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--iters", type=int, default=100)
@@ -324,13 +356,18 @@ def main(argv=None):
         out["sdpa_backends"] = {"prefix_pi0_8x816_vs_816": _sdpa_backends(dev, dt, 8 * 816, 816),
                                 "suffix_pi0_8x51_vs_867": _sdpa_backends(dev, dt, 8 * 51, 867)}
     for ptype in args.policies.split(","):
+        res = {"policy": ptype.strip()}
+        out["results"].append(res)
         try:
-            out["results"].append(run_policy(ptype.strip(), args, dev, workdir))
+            run_policy(ptype.strip(), args, dev, workdir, res)
         except Exception as e:  # noqa: BLE001
             import traceback
 
             traceback.print_exc()
-            out["results"].append({"policy": ptype, "error": f"{type(e).__name__}: {e}"})
+            res["error"] = f"{type(e).__name__}: {e}"
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=1))
     summary = [{k: r.get(k) for k in ("policy", "speedup_p50", "max_abs_diff_vs_ref", "error")}

@@ -83,9 +83,14 @@ def _rope_inv_freq(cfg, head_dim: int) -> torch.Tensor:
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
 
 
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
 def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    # module-level functions (stable identities: compiled code is reused across engines)
     if name in ("gelu_pytorch_tanh", "gelu_fast", "gelu_new"):
-        return lambda x: F.gelu(x, approximate="tanh")
+        return _gelu_tanh
     if name == "gelu":
         return F.gelu
     raise EngineError(f"activation {name!r} not supported by the fast engine")
@@ -383,25 +388,35 @@ class PiFlowEngine:
         return cls(policy.config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
 
     def _build_fns(self):
-        from functools import partial
+        """The layer functions with their constant keyword arguments; compiled on CUDA.
 
+        Each function is compiled once per shape/dtype (the weights are arguments, so all the
+        layers of a stack share one compiled graph, and so do engines of the same shapes).
+        """
         w = self.w
         vc = w.vision_cfg
-        fns = {
-            "vision": partial(_vision_layer, heads=vc.num_attention_heads, eps=vc.layer_norm_eps, act=w.vision_act),
-            "text": partial(_text_layer, heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
-                            last=False),
-            "text_last": partial(_text_layer, heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
-                                 last=True),
-            "expert": partial(_expert_layer, heads=w.heads, head_dim=w.head_dim, eps=w.expert_eps,
-                              act=w.expert_act),
-            "suffix_in": partial(_suffix_in_pi05, dtype=self.dtype) if self.pi05
-            else partial(_suffix_in_pi0, dtype=self.dtype),
-            "suffix_out": partial(_suffix_out, eps=w.expert_eps, chunk=self.chunk, dt=self.dt),
+        specs = {
+            "vision": (_vision_layer, dict(heads=vc.num_attention_heads, eps=vc.layer_norm_eps, act=w.vision_act)),
+            "text": (_text_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
+                                       last=False)),
+            "text_last": (_text_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
+                                            last=True)),
+            "expert": (_expert_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.expert_eps, act=w.expert_act)),
+            "suffix_in": (_suffix_in_pi05, dict(dtype=self.dtype)) if self.pi05
+            else (_suffix_in_pi0, dict(dtype=self.dtype)),
+            "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk, dt=self.dt)),
         }
+        compiled = {}
         if self.compile:
-            fns = {k: torch.compile(f, fullgraph=True, dynamic=False) for k, f in fns.items()}
-        self.fn = fns
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            cfg.recompile_limit = max(cfg.recompile_limit, 64)
+            cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+            for fn, _ in specs.values():
+                if fn not in compiled:
+                    compiled[fn] = _compiled(fn)
+        self.fn = {name: _bind(compiled.get(fn, fn), kw) for name, (fn, kw) in specs.items()}
 
     # ---- time-only terms ------------------------------------------------------------------------
 
@@ -463,15 +478,17 @@ class PiFlowEngine:
         for i, lay in enumerate(w.text_layers):
             fn = self.fn["text_last"] if i == n_layers - 1 else self.fn["text"]
             x, k, v = fn(x, cos, sin, key_mask, lay.a1, lay.qkv, lay.o, lay.a2, lay.gate_up, lay.down)
-            s["k"][i].copy_(k)
-            s["v"][i].copy_(v)
+            s["k"][i, :, :L].copy_(k)
+            s["v"][i, :, :L].copy_(v)
         # suffix attention mask (fp32 additive, heads folded into the queries) and positions
         S = s["suffix_att"].shape[0]
         H = w.heads
         cum = torch.cumsum(s["suffix_att"], dim=0)
         suffix_2d = (cum[None, :] <= cum[:, None])  # (S, S), LeRobot's make_att_2d_masks
-        full = torch.cat([pad[:, None, :].expand(b, S, L), suffix_2d[None].expand(b, S, S)], dim=2)
-        full = full[:, None].expand(b, H, S, L + S).reshape(b, H * S, L + S)
+        lp = s["k"].shape[2]  # prefix slots, padded so that prefix + suffix is a multiple of 8
+        gap = torch.zeros(b, S, lp - L, dtype=torch.bool, device=pad.device)
+        full = torch.cat([pad[:, None, :].expand(b, S, L), gap, suffix_2d[None].expand(b, S, S)], dim=2)
+        full = full[:, None].expand(b, H, S, lp + S).reshape(b, H * S, lp + S)
         s["suffix_mask"].copy_(torch.zeros(full.shape, device=pad.device).masked_fill_(~full, -math.inf))
         spos = pad.sum(dim=1, keepdim=True) + torch.arange(S, device=pad.device)[None, :]
         c, sn = _cos_sin(spos, w.expert_inv_freq, self.dtype)
@@ -517,6 +534,7 @@ class PiFlowEngine:
         hgt, wid = cfg.image_resolution
         P = (w.vision_cfg.image_size // w.vision_cfg.patch_size) ** 2
         L = ncam * P + ntok
+        lp = L + (-(L + (self.chunk + (0 if self.pi05 else 1)))) % 8  # aligned GEMMs in the suffix attention
         S = self.chunk + (0 if self.pi05 else 1)
         n_layers = len(w.text_layers)
         s = {
@@ -527,9 +545,9 @@ class PiFlowEngine:
             "state": torch.zeros(b, cfg.max_state_dim, device=dev),
             "noise": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
             "out": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
-            "k": torch.zeros(n_layers, b, L, w.head_dim, dtype=self.dtype, device=dev),
-            "v": torch.zeros(n_layers, b, L, w.head_dim, dtype=self.dtype, device=dev),
-            "suffix_mask": torch.zeros(b, w.heads * S, L + S, device=dev),
+            "k": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
+            "v": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
+            "suffix_mask": torch.zeros(b, w.heads * S, lp + S, device=dev),
             "scos": torch.zeros(b, S, w.head_dim, dtype=self.dtype, device=dev),
             "ssin": torch.zeros(b, S, w.head_dim, dtype=self.dtype, device=dev),
             "suffix_att": torch.tensor(([1, 1] if not self.pi05 else [1]) + [0] * (self.chunk - 1),
@@ -666,6 +684,23 @@ class PiFlowEngine:
 
 # ----------------------------------------------------------------------------------------------
 # helpers
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """One torch.compile wrapper per layer function for the whole process."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _bind(fn, kw):
+    def call(*args):
+        return fn(*args, **kw)
+
+    return call
 
 
 def _legacy_key(name: str, policy_type: str) -> str:
