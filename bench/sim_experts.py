@@ -3,7 +3,8 @@
 Prints one JSON object: per task the success rate, the failing seeds, mean success step and
 the mean planning / rollout wall time. ``--physical light:3`` measures under a perturbation.
 
-    .venv/bin/python bench/sim_experts.py --seeds 50 [--tasks transfer_cube,insertion] [--physical ...]
+    .venv/bin/python bench/sim_experts.py --seeds 50 [--tasks transfer_cube,insertion] [--physical light:3]
+                                          [--backend sapien]
 """
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ from sim_bridge.experts import make_expert  # noqa: E402
 from sim_bridge.tasks import TASKS  # noqa: E402
 
 
-def run_task(task: str, seeds: range, physical: str | None) -> dict:
-    env = SimEnv(task, physical)
+def run_task(task: str, seeds: range, physical: str | None, backend: str = "mujoco") -> dict:
+    env = SimEnv(task, physical, backend=backend, render=False)
     expert = make_expert(task)
     fails, steps, plan_s, roll_s = [], [], [], []
     for seed in seeds:
@@ -56,10 +57,12 @@ def main(argv=None) -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     ap.add_argument("--tasks", default=",".join(TASKS))
     ap.add_argument("--physical", default="")
+    ap.add_argument("--backend", default="mujoco", choices=["mujoco", "sapien"])
     args = ap.parse_args(argv)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    out = {"bench": "sim_experts", "physical": args.physical or "none", "seeds": [seeds.start, seeds.stop - 1],
-           "tasks": {t: run_task(t, seeds, args.physical or None) for t in args.tasks.split(",")}}
+    out = {"bench": "sim_experts", "backend": args.backend, "physical": args.physical or "none",
+           "seeds": [seeds.start, seeds.stop - 1],
+           "tasks": {t: run_task(t, seeds, args.physical or None, args.backend) for t in args.tasks.split(",")}}
     print(json.dumps(out, indent=1))
     return 0
 

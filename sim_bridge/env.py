@@ -9,15 +9,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from wam_common.config import ConfigError
+
 from . import physical as phys
 from .mujoco_aloha import START_ARM_POSE, AlohaSim
 from .tasks import Task, get_task
 
 
+BACKENDS = ("mujoco", "sapien")
+
+
 class SimEnv:
-    def __init__(self, task: str, physical: str | dict | None = None, max_steps: int = 0):
+    """``backend``: ``mujoco`` (default; physics + EGL rendering) or ``sapien`` (SAPIEN 3 / PhysX on
+    the CPU, scene converted from the same MuJoCo model; rendering only with a Vulkan device, so
+    ``render=False`` for physics only). Physical perturbations that only change pixels (light,
+    camera, texture) are MuJoCo-only."""
+
+    def __init__(self, task: str, physical: str | dict | None = None, max_steps: int = 0,
+                 backend: str = "mujoco", render: bool = True):
+        if backend not in BACKENDS:
+            raise ConfigError(f"sim: unknown backend '{backend}' (known: {', '.join(BACKENDS)})")
+        self.backend = backend
+        self.render_enabled = bool(render)
         self.task: Task = get_task(task)
         self.physical = phys.parse(physical)
+        if backend == "sapien":
+            visual = sorted(set(self.physical) & {"light", "camera", "texture"})
+            if visual:
+                raise ConfigError(f"physical: '{visual[0]}' is a MuJoCo-rendering perturbation; the sapien backend "
+                                  f"supports {', '.join(sorted(set(phys.DIMENSIONS) - {'light', 'camera', 'texture'}))}")
         self.max_steps = int(max_steps) or self.task.max_steps
         self._sims: dict[str, AlohaSim] = {}
         self.sim: AlohaSim | None = None
@@ -38,12 +58,13 @@ class SimEnv:
         if sim is None:
             spec = self.task.build_spec(False)
             variant.edit_spec(spec)
-            sim = AlohaSim.from_spec(spec)
+            sim = self._make_sim(spec)
             if len(self._sims) >= 4:  # bounded cache of compiled scene variants (each has GL contexts)
                 old_key = next(iter(self._sims))
                 self._sims.pop(old_key).close()
             self._sims[key] = sim
-        variant.edit_model(sim)
+        if sim.backend == "mujoco":
+            variant.edit_model(sim)
         arm_q = variant.arm_qpos(START_ARM_POSE.copy())
         objects = {**variant.layout, **variant.distractor_poses}
         sim.reset(arm_q, objects, ctrl16=arm_q)
@@ -51,6 +72,17 @@ class SimEnv:
         self.initial_objects = {k: [float(x) for x in sim.free_pose(k)] for k in self.task.objects}
         self.best_reward = self.last_reward = 0
         return variant.describe()
+
+    def _make_sim(self, spec):
+        if self.backend == "mujoco":
+            return AlohaSim.from_spec(spec)
+        from .sapien_aloha import SapienAlohaSim, SapienRenderUnavailable, SapienUnavailable
+
+        try:
+            return SapienAlohaSim(spec.compile(), render=self.render_enabled)
+        except (SapienUnavailable, SapienRenderUnavailable) as exc:
+            raise ConfigError(f"backend 'sapien': {exc}"
+                              + ("; set render.enabled: false for physics only" if self.render_enabled else "")) from None
 
     def step(self, action14: np.ndarray) -> int:
         self.sim.step(action14)
@@ -73,7 +105,7 @@ class SimEnv:
         return {
             "episode": episode, "step": step, "stamp_ns": stamp_ns, "episode_start_ns": episode_start_ns,
             "task": self.task.name, "seed": self.seed, "max_steps": self.max_steps,
-            "qpos": [float(x) for x in self.sim.data.qpos],
+            "qpos": [float(x) for x in self.sim.full_qpos()],
             "objects": self.objects(), "initial_objects": self.initial_objects,
             "reward": self.last_reward,
         }

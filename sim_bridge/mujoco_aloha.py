@@ -60,6 +60,8 @@ def qpos16_to_state14(q16: np.ndarray) -> np.ndarray:
 class AlohaSim:
     """One compiled scene: step 14-dim commands, read state, render cameras, read contacts."""
 
+    backend = "mujoco"
+
     def __init__(self, model: mujoco.MjModel):
         self.model = model
         self.data = mujoco.MjData(model)
@@ -147,6 +149,9 @@ class AlohaSim:
 
     def qpos14(self) -> np.ndarray:
         return qpos16_to_state14(self.data.qpos[:16])
+
+    def full_qpos(self) -> np.ndarray:
+        return self.data.qpos.copy()
 
     def qvel14(self) -> np.ndarray:
         v = self.data.qvel

@@ -36,6 +36,7 @@ from wam_common.params import declare_tree
 
 DEFAULTS = {
     "task": "transfer_cube",        # a name in sim_bridge.tasks.TASKS
+    "backend": "mujoco",            # mujoco | sapien (PhysX on CPU; its cameras need a Vulkan device)
     "clock": "lockstep",            # lockstep | realtime
     "seed": 0,                      # episode i uses seed + i
     "episodes": 1,                  # 0 = run episodes forever
@@ -46,6 +47,7 @@ DEFAULTS = {
                                     # publisher and joint-state subscribers, ...
     "start_delay_s": 0.5,           # ... and for the matched endpoints to stay unchanged this long
     "render": {
+        "enabled": True,            # false: no cameras (physics only, e.g. sapien without Vulkan)
         "width": 320,
         "height": 240,
         "camera_every": 2,          # cameras at episode steps k with k % camera_every == 0
@@ -116,8 +118,9 @@ class SimBridge(Node):
 
         c = self.cfg
         self.lockstep = c["clock"] == "lockstep"
-        self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"])
-        self.cameras = list(c["render"]["cameras"])
+        self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"], backend=c["backend"],
+                          render=bool(c["render"]["enabled"]))
+        self.cameras = list(c["render"]["cameras"]) if c["render"]["enabled"] else []
         self.h, self.w = int(c["render"]["height"]), int(c["render"]["width"])
         self.every = int(c["render"]["camera_every"])
 
@@ -148,7 +151,7 @@ class SimBridge(Node):
         self._thread = threading.Thread(target=self._run, name="sim_bridge_loop", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"task={c['task']} clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
+            f"task={c['task']} backend={c['backend']} clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
             f"render={self.w}x{self.h} every {self.every} physical={dict(c['physical'])}")
 
     # ------------------------------------------------------------------ commands
@@ -272,7 +275,7 @@ class SimBridge(Node):
         self._publish_event({
             "event": "start", "episode": i, "task": task.name, "seed": seed, "stamp_ns": t_start,
             "instruction": task.prompt, "physical": physical, "camera_every": self.every,
-            "max_steps": env.max_steps, "clock": c["clock"], "width": self.w, "height": self.h,
+            "max_steps": env.max_steps, "clock": c["clock"], "backend": c["backend"], "width": self.w, "height": self.h,
             "cameras": self.cameras,
         })
         step_fn = self._lockstep_episode if self.lockstep else self._realtime_episode
