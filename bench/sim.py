@@ -2,7 +2,7 @@
 
 Prints one JSON object:
 
-- ``physics``: per task, control steps/s (one step = DT 0.02 s = 10 MuJoCo sub-steps) holding the
+- ``physics`` (MuJoCo) / ``physics_sapien`` (SAPIEN 3 PhysX CPU, if installed): per task, control steps/s (one step = DT 0.02 s = 10 MuJoCo sub-steps) holding the
   start pose and replaying the scripted expert, and the physics-only real-time factor.
 - ``render_ms``: per resolution and camera, median / p90 ms of one ``Renderer.update_scene`` +
   ``render`` (EGL; ``gl_renderer`` says which GL device drew it: Mesa llvmpipe on this CPU,
@@ -52,8 +52,8 @@ def gl_renderer(env: SimEnv) -> str:
         return f"unknown ({type(exc).__name__})"
 
 
-def bench_physics(task: str, steps: int) -> dict:
-    env = SimEnv(task)
+def bench_physics(task: str, steps: int, backend: str = "mujoco") -> dict:
+    env = SimEnv(task, backend=backend, render=False)
     env.reset(0)
     hold = env.qpos14()
     t0 = time.perf_counter()
@@ -173,6 +173,12 @@ def main(argv=None) -> int:
     out = {"bench": "sim", "host": os.uname().nodename, "cpus": os.cpu_count(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     out["physics"] = {t: bench_physics(t, steps) for t in TASKS}
+    try:
+        import sapien  # noqa: F401
+
+        out["physics_sapien"] = {t: bench_physics(t, steps, "sapien") for t in TASKS}
+    except ImportError:
+        out["physics_sapien"] = "SAPIEN not installed (requirements-sapien.txt)"
     out["render_ms"], out["gl_renderer"] = bench_render(n_render)
     out["core_rtf"] = bench_core(40 if args.quick else 100)
     if not args.no_bridge:
