@@ -12,6 +12,8 @@ Listens to the live graph for ``--duration`` seconds and checks:
 - **policy**: ``/wam_policy/status`` arrives and its ``infer_ms`` stays within
   ``--latency-budget-ms`` — or, with ``--load-backend``, the graph's backend is built here and
   answers observations made from the live frames within the budget;
+- **recorder**: the graph's recorder node runs and subscribes to the checked topics
+  (``--no-recorder`` skips);
 - **e-stop**: some node subscribes to ``/wam_policy/estop`` (who would stop the arms) and it is
   not engaged.
 
@@ -228,6 +230,19 @@ def check_backend(latencies_ms: list[float], budget_ms: float, error: str | None
     return Check(name, target, measured, PASS)
 
 
+def check_recorder(name: str, running: bool, missing_topics: list[str]) -> Check:
+    """The graph's recorder node is up and subscribed to the checked sensor topics."""
+    target = f"node '{name}' records the sensors"
+    if not running:
+        return Check("recorder", target, "not running", FAIL,
+                     f"not recording: no node '{name}' in the graph, so this run would leave no bag "
+                     "(start the recorder, or pass --no-recorder)")
+    if missing_topics:
+        return Check("recorder", target, f"{len(missing_topics)} topic(s) not subscribed", FAIL,
+                     f"not recording {', '.join(missing_topics)}: '{name}' has no subscription on it")
+    return Check("recorder", target, "recording", PASS)
+
+
 def check_estop(subscribers: list[str], engaged: bool | None, services: list[str] | None = None) -> Check:
     name = f"e-stop ({topics.ESTOP})"
     target = "a subscriber, not engaged"
@@ -278,6 +293,7 @@ class Plan:
     discovery_s: float
     check_policy: bool
     load_backend: bool
+    recorder: str = ""  # the graph's recorder node name ("" → not checked)
     backend_cfg: dict | None = None  # wam_policy_node's parameters (for --load-backend)
     prefix: str = ""  # "" raw topics, "/perturbed" for what the policy reads
 
@@ -286,6 +302,7 @@ def plan_from_args(args) -> Plan:
     from wam_common.graph import load_graph, parse_set
 
     cams, cam_hz, width, height, slop, policy_hz, pol_cfg = list(topics.CAMERAS), 30.0, 640, 480, 0.025, 50.0, None
+    recorder = ""
     check_policy = True
     if args.graph:
         g = load_graph(args.graph, parse_set(args.set))
@@ -296,6 +313,8 @@ def plan_from_args(args) -> Plan:
             width, height = int(p.get("width", width)), int(p.get("height", height))
             serials = p.get("serials", {}) or {}
             cams += [c for c in topics.OPTIONAL_CAMERAS if str(serials.get(c, "") or "").strip()]
+        rec = next((n for n in g.nodes if n.executable == "recorder"), None)
+        recorder = rec.name if rec is not None and not args.no_recorder else ""
         pol = next((n for n in g.nodes if n.executable == "wam_policy_node"), None)
         if pol is not None:
             pol_cfg = pol.parameters
@@ -321,7 +340,7 @@ def plan_from_args(args) -> Plan:
         slop_s=args.slop_ms / 1e3 if args.slop_ms else slop,
         stale_s=args.stale_s, min_fraction=args.min_rate_fraction,
         budget_ms=args.latency_budget_ms, duration_s=args.duration, discovery_s=args.discovery_s,
-        check_policy=check_policy and not args.no_policy, load_backend=args.load_backend,
+        check_policy=check_policy and not args.no_policy, load_backend=args.load_backend, recorder=recorder,
         backend_cfg=pol_cfg, prefix=topics.PERTURBED_PREFIX if args.perturbed else "",
     )
 
@@ -435,7 +454,16 @@ class Listener:
         ok = all(n.count_publishers(t) > 0 for t in self.samples)
         if self.plan.check_policy:
             ok = ok and n.count_publishers(topics.POLICY_STATUS) > 0
+        if self.plan.recorder:
+            ok = ok and self.recorder_state(self.plan.recorder) == (True, [])
         return ok and bool(self.estop_subscribers())
+
+    def recorder_state(self, name: str) -> tuple[bool, list[str]]:
+        """(is the node running, checked topics it does not subscribe to)."""
+        running = name in self.node.get_node_names()
+        missing = [t for t in self.samples
+                   if name not in {i.node_name for i in self.node.get_subscriptions_info_by_topic(t)}]
+        return running, missing
 
     def estop_services(self) -> list[str]:
         """``<node>/estop`` services (std_srvs/SetBool), e.g. ``/wam_policy_node/estop``."""
@@ -525,6 +553,7 @@ def run_checks(plan: Plan, domain_id: int | None = None, prompt: str = "") -> li
             status, status_recv = list(listener.status), list(listener.status_recv)
         subs = listener.estop_subscribers()
         services = listener.estop_services()
+        rec_state = listener.recorder_state(plan.recorder) if plan.recorder else (True, [])
         estop = listener.estop
         instruction = listener.instruction
     finally:
@@ -550,6 +579,8 @@ def run_checks(plan: Plan, domain_id: int | None = None, prompt: str = "") -> li
     if plan.load_backend:
         lat, err, label = backend_latencies(plan, frames, joints, prompt or instruction)
         checks.append(check_backend(lat, plan.budget_ms, err, label))
+    if plan.recorder:
+        checks.append(check_recorder(plan.recorder, *rec_state))
     checks.append(check_estop(subs, estop, services))
     return checks
 
@@ -575,6 +606,7 @@ def add_arguments(p) -> None:
     p.add_argument("--slop-ms", type=float, default=0.0, help="camera sync slop (default: the policy's sync.slop_s)")
     p.add_argument("--latency-budget-ms", type=float, default=500.0, help="policy inference budget (500)")
     p.add_argument("--no-policy", action="store_true", help="skip the policy status check")
+    p.add_argument("--no-recorder", action="store_true", help="do not require the graph's recorder to be running")
     p.add_argument("--load-backend", action="store_true",
                    help="also build the graph's policy backend here and time it on live observations")
     p.add_argument("--prompt", default="", help="instruction for --load-backend (default: the latched /instruction)")

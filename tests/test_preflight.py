@@ -106,7 +106,7 @@ def _joint_row(arm):
 def test_all_good_passes(probe, domain_id, tmp_path):
     FakeRobot(probe, {c: {} for c in topics.CAMERAS}, {a: {} for a in topics.ARMS}, {"infer_ms": 80.0})
     time.sleep(0.5)
-    rc, out = _preflight(domain_id, "--load-backend", "--json", str(tmp_path / "pf.json"))
+    rc, out = _preflight(domain_id, "--load-backend", "--no-recorder", "--json", str(tmp_path / "pf.json"))
     assert rc == 0, out
     rows = _rows(out)
     for cam in topics.CAMERAS:
@@ -147,6 +147,7 @@ def test_each_fault_has_its_message(probe, domain_id):
     assert rows["cameras synced"] == "FAIL" and "cannot sync: no frames from cam_high" in out
     assert "too slow: inference took up to 900 ms" in out
     assert rows[f"e-stop ({topics.ESTOP})"] == "FAIL" and "unreachable: no node subscribes" in out
+    assert rows["recorder"] == "FAIL" and "not recording: no node 'recorder' in the graph" in out
     assert "preflight: FAIL" in out
 
 
@@ -154,7 +155,7 @@ def test_frozen_camera_engaged_estop_slow_backend(probe, domain_id):
     FakeRobot(probe, {"cam_high": {"frozen": True}, "cam_left_wrist": {}, "cam_right_wrist": {}},
               {a: {} for a in topics.ARMS}, None, estop_sub=True, estop_value=True)
     time.sleep(0.5)
-    rc, out = _preflight(domain_id, "--no-policy", "--load-backend", "--latency-budget-ms", "300",
+    rc, out = _preflight(domain_id, "--no-policy", "--no-recorder", "--load-backend", "--latency-budget-ms", "300",
                          "--set", "wam_policy_node.backend.synthetic.latency_ms=700")
     assert rc == 1, out
     rows = _rows(out)
@@ -163,6 +164,7 @@ def test_frozen_camera_engaged_estop_slow_backend(probe, domain_id):
     assert rows[f"e-stop ({topics.ESTOP})"] == "FAIL" and "engaged:" in out
     assert rows["policy loads and answers (synthetic)"] == "FAIL" and "too slow" in out
     assert f"policy answers ({topics.POLICY_STATUS})" not in rows
+    assert "recorder" not in rows
 
 
 def test_bad_arguments_exit_2(domain_id):
@@ -213,3 +215,10 @@ def test_sync_measures_spread():
     assert ok.result == "PASS" and "median 5.0 ms" in ok.measured
     off = pf.check_sync({"a": list(base), "b": list(base + 15_000_000), "c": list(base - 15_000_000)}, 0.010)
     assert off.result == "FAIL" and "out of sync" in off.message
+
+
+def test_recorder_messages():
+    assert pf.check_recorder("recorder", True, []).result == "PASS"
+    c = pf.check_recorder("recorder", True, ["/cam_high/camera/color/image_rect_raw"])
+    assert c.result == "FAIL" and "not recording /cam_high/camera/color/image_rect_raw" in c.message
+    assert "not running" == pf.check_recorder("rec2", False, []).measured

@@ -86,6 +86,7 @@ def test_aloha_graph_dry_run_and_preflight(cams, probe, domain_id, tmp_path):
             assert res.returncode == 0, res.stdout + res.stderr + str(logs)
             assert "wam_policy_node" in res.stdout  # the e-stop subscriber it found
             assert "services /wam_policy_node/estop" in res.stdout
+            assert any(ln.startswith("recorder ") and ln.rstrip().endswith("PASS") for ln in res.stdout.splitlines())
             assert (topics.PERTURBED_PREFIX + topics.camera_topic("cam_high") in res.stdout) == bool(extra)
         n_cmd = probe.count(topics.COMMAND)
         assert runner.dead() == {}, runner.dead()
