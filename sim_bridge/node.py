@@ -51,6 +51,7 @@ DEFAULTS = {
         "width": 320,
         "height": 240,
         "camera_every": 2,          # cameras at episode steps k with k % camera_every == 0
+        "quality": "gym_aloha",     # gym_aloha (the XML's 4x MSAA, 4096 shadows) | fast (~10x cheaper on CPU)
         "cameras": list(topics.CAMERAS),
     },
     "lockstep": {
@@ -119,7 +120,7 @@ class SimBridge(Node):
         c = self.cfg
         self.lockstep = c["clock"] == "lockstep"
         self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"], backend=c["backend"],
-                          render=bool(c["render"]["enabled"]))
+                          render=bool(c["render"]["enabled"]), quality=c["render"]["quality"])
         self.cameras = list(c["render"]["cameras"]) if c["render"]["enabled"] else []
         self.h, self.w = int(c["render"]["height"]), int(c["render"]["width"])
         self.every = int(c["render"]["camera_every"])

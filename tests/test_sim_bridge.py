@@ -91,6 +91,7 @@ def test_bad_commands_hold_and_never_crash(probe, domain_id):
 
 @pytest.mark.parametrize("bad,key", [({"task": "nope"}, "task"), ({"clock": "fast"}, "clock"),
                                      ({"render": {"camera_every": 0}}, "render.camera_every"),
+                                     ({"render": {"quality": "ultra"}}, "quality"), ({"backend": "bullet"}, "backend"),
                                      ({"physical": {"wobble": 3}}, "wobble"), ({"physical": {"light": 7}}, "light"), ({"bogus": 1}, "bogus")])
 def test_bad_config_is_one_line_error(domain_id, bad, key):
     sim = start_sim(domain_id, **bad)

@@ -100,3 +100,13 @@ def test_contact_sheet_command(tmp_path):
     bad = subprocess.run(cmd[:4] + ["--dimensions", "wobble", "-o", str(tmp_path / "x.png")],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "wobble" in bad.stderr
+
+
+def test_fast_render_quality_is_close_to_gym_aloha(nominal):
+    env = SimEnv("transfer_cube", quality="fast")
+    img, _ = _frame(env, 0)
+    env.close()
+    d = np.abs(img.astype(int) - nominal.astype(int))
+    assert 0 < d.mean() < 3, d.mean()  # different (no MSAA, smaller shadow map), yet the same scene
+    with pytest.raises(ConfigError, match="quality"):
+        SimEnv("transfer_cube", quality="ultra")
