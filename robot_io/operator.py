@@ -12,6 +12,10 @@ Keys (single key presses in a terminal; one per line when stdin is not a termina
     e  e-stop (latched true on /wam_policy/estop)     r  release the e-stop
     q  finish: a "done" event, then exit              ?  help
 
+Between episodes the arms hold: the e-stop topic is true from start-up until ``s`` and again
+after each label, so the scene can be reset by hand (``--no-hold-between`` turns this off).
+``e`` engages the e-stop at any time; ``s`` refuses to start while it is engaged.
+
 The same words on ``/wam_policy/operator`` (std_msgs/String: ``start``, ``success``,
 ``failure``, ``discard``, ``estop``, ``release``, ``done``, or JSON ``{"cmd": "start",
 "instruction": "..."}``) drive it from a foot pedal or another UI. An episode running
@@ -166,7 +170,7 @@ class Operator:
     """The ROS side: publishes EPISODE / INSTRUCTION / ESTOP, listens to the operator topic and
     the policy status; :meth:`handle` is the one entry for keys and topic commands."""
 
-    def __init__(self, book: EpisodeBook, domain_id: int | None = None, say=print):
+    def __init__(self, book: EpisodeBook, domain_id: int | None = None, say=print, hold_between: bool = True):
         import rclpy
         from rclpy.context import Context
         from rclpy.executors import SingleThreadedExecutor
@@ -191,7 +195,13 @@ class Operator:
         self._listeners = (0, 0)
         self.lock = threading.Lock()
         self.events: list[dict] = []
-        self.estop = False
+        # the e-stop topic carries (manual e-stop) or (between episodes, with hold_between): the
+        # arms move only while an episode runs and nobody pressed e
+        self.hold_between = bool(hold_between)
+        self.manual = False
+        self.hold = self.hold_between
+        self._estop_sent: bool | None = None if self.hold_between else False  # (never release someone else's)
+        self._send_estop()
         self.exec = SingleThreadedExecutor(context=self.ctx)
         self.exec.add_node(self.node)
         self._stop = threading.Event()
@@ -207,6 +217,23 @@ class Operator:
 
     def now_ns(self) -> int:
         return self.node.get_clock().now().nanoseconds
+
+    @property
+    def estop(self) -> bool:
+        return self.manual or self.hold
+
+    def _send_estop(self) -> None:
+        if self.estop != self._estop_sent:
+            self._estop_sent = self.estop
+            self.pub_estop.publish(self._Bool(data=self.estop))
+
+    def _end(self, label: str) -> dict:
+        ev = self.book.end(self.now_ns(), label)
+        self._publish(ev)
+        if self.hold_between:
+            self.hold = True
+            self._send_estop()
+        return ev
 
     def _publish(self, ev: dict) -> None:
         self.events.append(ev)
@@ -226,24 +253,28 @@ class Operator:
         if cmd == "help":
             return HELP
         if cmd == "estop":
-            self.estop = True
-            self.pub_estop.publish(self._Bool(data=True))
+            self.manual = True
+            self._send_estop()
             return "E-STOP ENGAGED (r releases)"
         if cmd == "release":
-            self.estop = False
-            self.pub_estop.publish(self._Bool(data=False))
-            return "e-stop released"
+            self.manual = False
+            self._send_estop()
+            return "e-stop released" + (" (the arms hold until s starts an episode)" if self.hold else "")
         if cmd == "start":
+            if self.manual:
+                raise OperatorError("the e-stop is engaged: r releases it, then s starts the episode")
             ev = b.start(self.now_ns(), extras.get("instruction"))
             if b.instruction:
                 self.pub_instruction.publish(self._String(data=b.instruction))
             self._publish(ev)
+            self.hold = False
+            self._send_estop()
             return (f"episode {ev['episode']} started ({b.task}, up to {b.max_duration_s:g} s)"
                     + (f": \"{b.instruction}\"" if b.instruction else "") + " — y success, n failure, x discard")
         if cmd in ("success", "failure", "discard"):
-            ev = b.end(self.now_ns(), cmd)
-            self._publish(ev)
-            return f"episode {ev['episode']} ended: {cmd} after {ev['duration_s']:.1f} s ({b.successes}/{b.done_count} successes)"
+            ev = self._end(cmd)
+            return (f"episode {ev['episode']} ended: {cmd} after {ev['duration_s']:.1f} s "
+                    f"({b.successes}/{b.done_count} successes)" + ("; arms hold" if self.hold else ""))
         if cmd == "done":
             if b.running:
                 raise OperatorError(f"episode {b.episode} is running: label it first (y, n or x)")
@@ -274,8 +305,7 @@ class Operator:
     def _check_timeout(self) -> None:
         with self.lock:
             if self.book.timed_out(self.now_ns()):
-                ev = self.book.end(self.now_ns(), "timeout")
-                self._publish(ev)
+                ev = self._end("timeout")
                 self.say(f"episode {ev['episode']} ended: timeout after {ev['duration_s']:.1f} s")
 
     def wait_delivered(self, timeout: float = 2.0) -> None:
@@ -338,6 +368,8 @@ def add_arguments(p) -> None:
     p.add_argument("--max-duration-s", type=float, default=120.0, help="an episode longer than this ends as timeout")
     p.add_argument("--domain-id", type=int, default=None, help="ROS_DOMAIN_ID (default: $ROS_DOMAIN_ID)")
     p.add_argument("--no-keyboard", action="store_true", help=f"only the {OPERATOR_TOPIC} topic drives episodes")
+    p.add_argument("--no-hold-between", action="store_true",
+                   help="let the arms move between episodes (default: the e-stop topic holds them until s)")
 
 
 def run(args) -> int:
@@ -348,7 +380,7 @@ def run(args) -> int:
     book = EpisodeBook(task=args.task, instruction=args.instruction, seed=args.seed,
                        first_episode=args.first_episode, max_duration_s=args.max_duration_s)
     say = lambda s: print(s, flush=True)  # noqa: E731
-    op = Operator(book, args.domain_id, say)
+    op = Operator(book, args.domain_id, say, hold_between=not args.no_hold_between)
     say(f"operator ready ({args.task}); {HELP}; also commands on {OPERATOR_TOPIC}")
     try:
         if args.no_keyboard:
@@ -369,7 +401,7 @@ def run(args) -> int:
     except KeyboardInterrupt:
         with op.lock:
             if book.running:
-                op._publish(book.end(op.now_ns(), "discard"))
+                op._end("discard")
             if not book.finished:
                 op._publish(book.done())
         op.wait_delivered()

@@ -255,7 +255,8 @@ def check_estop(subscribers: list[str], engaged: bool | None, services: list[str
                      "(start wam_policy_node / interbotix_adapter)")
     if engaged:
         return Check(name, target, measured + ", ENGAGED", FAIL,
-                     f"engaged: {topics.ESTOP} is true; release it (publish false) before arming")
+                     f"engaged: {topics.ESTOP} is true; release it (publish false) before arming "
+                     "(wam-policy operator holds the arms this way between episodes: s releases them)")
     return Check(name, target, measured + (", released" if engaged is False else ""), PASS)
 
 

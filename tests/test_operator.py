@@ -131,7 +131,8 @@ def test_keyboard_session_recorded_in_the_bag(domain_id, tmp_path):
     assert all(END_KEYS <= set(e) for e in ends)
     assert [e["success"] for e in ends] == [True, False, False]
     assert events[-1] == {"event": "done", "episodes": 2, "successes": 1, "source": "operator"}
-    assert [d for t, d in msgs if t == topics.ESTOP] == [True, False]
+    # held from start-up, released by s, e / r by hand, held again by each label
+    assert [d for t, d in msgs if t == topics.ESTOP] == [True, False, True, False, True, False, True, False, True]
     assert "pick up the cube" in [d for t, d in msgs if t == topics.INSTRUCTION]
 
 
@@ -141,13 +142,19 @@ def test_topic_driven_with_timeout(probe, domain_id):
 
 
 
+    from std_msgs.msg import Bool
+
     probe.listen(topics.EPISODE, String, latched=True)
     probe.listen(topics.INSTRUCTION, String, latched=True)
+    probe.listen(topics.ESTOP, Bool, latched=True)
     cmd = probe.node.create_publisher(String, OPERATOR_TOPIC, 10)
     status = probe.publisher(topics.POLICY_STATUS, String)
     op = _operator(domain_id, "--no-keyboard", "--max-duration-s", "1.5", stdin=subprocess.DEVNULL)
     try:
         assert wait_for(lambda: cmd.get_subscription_count() > 0, 30)
+        assert wait_for(lambda: probe.count(topics.ESTOP) >= 1, 30)  # held from start-up
+        for word in ("estop", "start", "release"):  # a start while the e-stop is engaged is refused
+            cmd.publish(String(data=word))
         cmd.publish(String(data=json.dumps({"cmd": "start", "instruction": "open the drawer"})))
         assert wait_for(lambda: probe.count(topics.EPISODE) >= 1, 10)
         for age in (30.0, 50.0, 70.0):
@@ -161,6 +168,7 @@ def test_topic_driven_with_timeout(probe, domain_id):
             op.kill()
     assert op.returncode == 0, out
     assert "unknown command 'nonsense'" in out
+    assert "the e-stop is engaged: r releases it" in out and "e-stop released (the arms hold until s" in out
     events = [json.loads(m.data) for m in probe.decoded(topics.EPISODE, String)]
     assert [e["event"] for e in events] == ["start", "end", "done"]
     assert events[0]["instruction"] == "open the drawer"
@@ -168,6 +176,7 @@ def test_topic_driven_with_timeout(probe, domain_id):
     assert end["reason"] == "timeout" and end["success"] is False and end["duration_s"] >= 1.5
     assert end["latency_ms"]["n"] == 3 and end["latency_ms"]["p50"] == pytest.approx(50.0)
     assert [m.data for m in probe.decoded(topics.INSTRUCTION, String)] == ["open the drawer"]
+    assert [m.data for m in probe.decoded(topics.ESTOP, Bool)] == [True, False, True]  # arms held between
 
 
 
