@@ -1,6 +1,6 @@
 """RealSense camera node on recordings: delivered rate, stamp accuracy, latency, CPU (one JSON).
 
-Records ``--cams`` synthetic 640×480 rgb8 @ 30 fps cameras with ``rs.software_device`` (hardware
+Records three synthetic 640×480 rgb8 @ 30 fps cameras with ``rs.software_device`` (hardware
 timestamps known exactly), starts ``realsense_cameras`` on them (playback in real time,
 looping) as its own process, and subscribes here (raw, ``qos.SENSOR``, the shipped DDS profile).
 
@@ -11,7 +11,7 @@ looping) as its own process, and subscribes here (raw, ``qos.SENSOR``, the shipp
   mapping, CDR encode, DDS), p50 / p99;
 - ``cpu_percent``: the node's CPU over the window (100 = one core).
 
-    .venv/bin/python bench/realsense.py [--seconds 8] [--cams 3] [--width 640 --height 480]
+    .venv/bin/python bench/realsense.py [--seconds 8] [--width 640 --height 480]
 """
 from __future__ import annotations
 
@@ -43,7 +43,6 @@ def _cpu_seconds(pid: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=8.0)
-    ap.add_argument("--cams", type=int, default=3, choices=(1, 2, 3))
     ap.add_argument("--width", type=int, default=640)
     ap.add_argument("--height", type=int, default=480)
     ap.add_argument("--frames", type=int, default=90, help="frames per recording (looped)")
@@ -60,7 +59,7 @@ def main() -> int:
     from wam_common.imageio import decode_image
     from wam_common.launcher import GraphRunner
 
-    cams = CAMS[: args.cams]
+    cams = CAMS
     tmp = Path(tempfile.mkdtemp(prefix="bench_rs_"))
     serials = {c: f"33032227000{k}" for k, c in enumerate(cams)}
     t0 = time.monotonic()
@@ -73,13 +72,8 @@ def main() -> int:
         t.join()
     record_s = time.monotonic() - t0
 
-    params = {"serials": {**{c: "" for c in CAMS}, **serials}, "playback_dir": str(tmp), "playback_loop": True,
+    params = {"serials": serials, "playback_dir": str(tmp), "playback_loop": True,
               "width": args.width, "height": args.height}
-    if args.cams < 3:  # the node requires the three ALOHA cameras; fill the rest with a copy
-        for k, c in enumerate(CAMS[args.cams:]):
-            serials_extra = f"33032227009{k}"
-            write_recording(tmp / f"{c}.db3", serials_extra, 30, width=args.width, height=args.height, pace=True)
-            params["serials"][c] = serials_extra
     aloha = load_graph("aloha")
     graph = Graph("bench_rs", [NodeSpec("realsense_cameras", "realsense_cameras", params)],
                   dds_profile=aloha.dds_profile)
