@@ -39,6 +39,7 @@ def test_episode_metrics(bag):
         assert (ep.dimension, ep.level) == (dim, lvl)
         assert ep.commands == 14 and ep.command_period_ms["n"] == 13
         assert ep.latency_ms["n"] == 14 and ep.latency_ms["min"] >= 0  # one obs → one command per step
+        assert ep.policy_latency_ms["n"] == 14 and ep.policy_latency_ms["min"] >= 0
         assert ep.inferences == 3 and ep.infer_ms["mean"] == pytest.approx(12.0)  # chunks at steps 0, 5, 10
         assert ep.chunk_boundaries == 2 and ep.jerk_rms is not None and ep.jerk_rms > 0
         assert ep.sim_latency_ms["p50"] == 5.0

@@ -5,9 +5,11 @@ An episode is the span between an EPISODE ``start`` and its ``end`` event (log t
 - outcome: ``success``/``reason``/``steps`` of the end event (``incomplete`` without one);
 - command period: gaps between consecutive COMMAND receptions (wall ms), ``stalls`` = gaps over
   1.5 control periods (as the eval table counts them);
-- obs→command latency: from the reception of the newest complete joint-state pair (both arms,
-  same stamp; the ``/perturbed`` ones the policy reads when recorded) to the next COMMAND;
-  also the sim's own figure from the end event (``latency_ms``);
+- obs→command latency (log times, i.e. publish stamps by default): from the newest complete
+  joint-state pair (both arms, same stamp) as the sim/robot published it to the next COMMAND
+  (``latency_ms``, end to end, through the perturbation hop), and from the ``/perturbed`` pair
+  the policy reads (``policy_latency_ms``); also the sim's own figure from the end event
+  (``sim_latency_ms``);
 - inference: ``infer_ms`` of POLICY_STATUS entries with ``inferred``;
 - holds: POLICY_STATUS ``hold`` reasons (steps and onsets) and DIAGNOSTICS WARN/ERROR statuses;
 - smoothness: RMS jerk of the commanded arm joints (third difference / DT³), the mean step size
@@ -80,7 +82,8 @@ class Episode:
     commands: int = 0
     command_period_ms: dict = field(default_factory=dict)
     stalls: int = 0
-    latency_ms: dict = field(default_factory=dict)
+    latency_ms: dict = field(default_factory=dict)  # sim/robot joint states published → command published
+    policy_latency_ms: dict = field(default_factory=dict)  # /perturbed joint states → command (the policy node)
     sim_latency_ms: dict = field(default_factory=dict)
     infer_ms: dict = field(default_factory=dict)
     inferences: int = 0
@@ -95,6 +98,7 @@ class Episode:
     chunk_boundaries: int = 0
     # raw series for plots (not in the JSON summary)
     _latencies: list = field(default_factory=list, repr=False)
+    _policy_latencies: list = field(default_factory=list, repr=False)
     _periods: list = field(default_factory=list, repr=False)
     _cmd_t: list = field(default_factory=list, repr=False)
     _cmds: list = field(default_factory=list, repr=False)
@@ -125,16 +129,17 @@ class Episode:
 class _Builder:
     """Folds one bag's messages (log-time order) into episodes."""
 
-    def __init__(self, bag_name: str, labels: dict, state_topics: dict[str, str], policy: str | None):
+    def __init__(self, bag_name: str, labels: dict, state_topics: dict[str, tuple[str, str]], policy: str | None):
         self.bag_name, self.labels = bag_name, labels
-        self.state_topics = state_topics  # topic → arm
+        self.state_topics = state_topics  # topic → (source "raw" | "perturbed", arm)
+        sources = {src for src, _ in state_topics.values()}
+        self.e2e_source = "raw" if "raw" in sources else "perturbed"  # obs as the sim/robot published it
         self.policy = policy or str(labels.get("policy") or "policy")
         self.episodes: list[Episode] = []
         self.cur: Episode | None = None
         self.active: dict | None = None
-        self.pending_state: dict[int, dict[str, tuple[int, np.ndarray]]] = {}
-        self.last_obs_log: int | None = None
-        self.obs_used = True
+        self.pending_state: dict[tuple[str, int], dict[str, tuple[int, np.ndarray]]] = {}
+        self.last_obs: dict[str, int | None] = {}  # source → log time of the newest unanswered pair
         self.statuses: list[dict] = []
         self.last_hold = None
         self.physical: dict = {}
@@ -171,7 +176,7 @@ class _Builder:
                 self.cur = ep
                 self.statuses = []
                 self.last_hold = None
-                self.last_obs_log, self.obs_used = None, True
+                self.last_obs = {}
             elif ev.get("event") == "end" and self.cur is not None:
                 self._finish(ev, m.log_ns)
             return
@@ -193,14 +198,16 @@ class _Builder:
                 arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
             except (ValueError, IndexError):
                 arm7 = np.full(7, np.nan)
-            pend = self.pending_state.setdefault(stamp, {})
-            pend[self.state_topics[t]] = (m.log_ns, arm7)
-            if len(pend) == len(set(self.state_topics.values())):
-                self.last_obs_log, self.obs_used = m.log_ns, False
-                ep._state_t.append(m.log_ns)
-                ep._states.append(np.concatenate([pend[a][1][:7] for a in sorted(pend)]))
-                for s in [s for s in self.pending_state if s <= stamp]:
-                    del self.pending_state[s]
+            src, arm = self.state_topics[t]
+            pend = self.pending_state.setdefault((src, stamp), {})
+            pend[arm] = (m.log_ns, arm7)
+            if len(pend) == len(T.ARMS):
+                self.last_obs[src] = m.log_ns
+                if src == self.e2e_source:
+                    ep._state_t.append(m.log_ns)
+                    ep._states.append(np.concatenate([pend[a][1][:7] for a in T.ARMS]))
+                for key in [k for k in self.pending_state if k[0] == src and k[1] <= stamp]:
+                    del self.pending_state[key]
             return
         if t == T.COMMAND:
             try:
@@ -211,9 +218,10 @@ class _Builder:
                 ep._periods.append((m.log_ns - ep._cmd_t[-1]) / 1e6)
             ep._cmd_t.append(m.log_ns)
             ep._cmds.append(data)
-            if self.last_obs_log is not None and not self.obs_used:
-                ep._latencies.append((m.log_ns - self.last_obs_log) / 1e6)
-                self.obs_used = True
+            for src, t_obs in list(self.last_obs.items()):
+                if t_obs is not None:
+                    (ep._latencies if src == self.e2e_source else ep._policy_latencies).append((m.log_ns - t_obs) / 1e6)
+                    self.last_obs[src] = None
             return
         if t == T.POLICY_STATUS:
             st = json_event(m)
@@ -251,6 +259,7 @@ class _Builder:
         ep.commands = len(ep._cmds)
         ep.command_period_ms = _stats(ep._periods)
         ep.latency_ms = _stats(ep._latencies)
+        ep.policy_latency_ms = _stats(ep._policy_latencies)
         period_ms = T.DT * 1e3
         ep.stalls = int(sum(1 for p in ep._periods if p > 1.5 * period_ms))
         infer = [s.get("infer_ms") for s in self.statuses if s.get("inferred") and isinstance(s.get("infer_ms"), (int, float))]
@@ -309,9 +318,11 @@ def analyze_bag(path: str | Path, policy: str | None = None, labels: dict | None
         lab = labels_of(bag)
         lab.update(labels or {})
         have = bag.topics
-        perturbed = {T.perturbed(T.joint_state_topic(a)): a for a in T.ARMS}
-        raw = {T.joint_state_topic(a): a for a in T.ARMS}
-        states = perturbed if all(t in have for t in perturbed) else raw
+        states = {}
+        for src, fn in (("raw", lambda x: x), ("perturbed", T.perturbed)):
+            tops = {fn(T.joint_state_topic(a)): (src, a) for a in T.ARMS}
+            if all(t in have for t in tops):
+                states.update(tops)
         b = _Builder(path.name, lab, states, policy)
         wanted = [T.EPISODE, T.ACTIVE_PERTURBATION, T.COMMAND, T.POLICY_STATUS, T.DIAGNOSTICS, *states]
         for m in bag.messages([t for t in wanted if t in have]):

@@ -14,7 +14,8 @@ from .episodes import Episode
 
 EPISODE_COLUMNS = ["bag", "episode", "task", "seed", "policy", "dimension", "level", "outcome", "steps",
                    "duration_s", "commands", "stalls", "cmd_period_ms_p50", "cmd_period_ms_p99",
-                   "latency_ms_p50", "latency_ms_p99", "sim_latency_ms_p50", "infer_ms_mean", "inferences",
+                   "latency_ms_p50", "latency_ms_p99", "policy_latency_ms_p50", "sim_latency_ms_p50", "infer_ms_mean",
+                   "inferences",
                    "hold_onsets", "diag_warnings", "jerk_rms", "step_mean", "boundary_step_mean", "boundary_ratio"]
 
 
@@ -23,6 +24,7 @@ def _flat(ep: Episode) -> dict:
     return {**{k: s.get(k) for k in EPISODE_COLUMNS if k in s},
             "cmd_period_ms_p50": ep.command_period_ms.get("p50"), "cmd_period_ms_p99": ep.command_period_ms.get("p99"),
             "latency_ms_p50": ep.latency_ms.get("p50"), "latency_ms_p99": ep.latency_ms.get("p99"),
+            "policy_latency_ms_p50": ep.policy_latency_ms.get("p50"),
             "sim_latency_ms_p50": ep.sim_latency_ms.get("p50"), "infer_ms_mean": ep.infer_ms.get("mean")}
 
 
@@ -36,7 +38,8 @@ def _fmt(v) -> str:
 
 def episodes_markdown(eps: list[Episode]) -> str:
     cols = ["bag", "episode", "dimension", "level", "outcome", "steps", "duration_s", "cmd_period_ms_p50",
-            "latency_ms_p50", "latency_ms_p99", "infer_ms_mean", "hold_onsets", "jerk_rms", "boundary_ratio"]
+            "latency_ms_p50", "latency_ms_p99", "policy_latency_ms_p50", "infer_ms_mean", "hold_onsets", "jerk_rms",
+            "boundary_ratio"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for ep in eps:
         f = _flat(ep)
@@ -93,7 +96,6 @@ def plot_hist(values_by_label: dict[str, list[float]], path: Path, xlabel: str, 
 def plot_joint_traces(ep: Episode, path: Path) -> None:
     plt = _plt()
     fig, axes = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    t0 = ep.start_ns
     cmds = np.stack(ep._cmds) if ep._cmds and all(c.shape == (T.STATE_DIM,) for c in ep._cmds) else None
     states = np.stack(ep._states) if ep._states else None
     for side, ax in enumerate(axes):
@@ -101,16 +103,14 @@ def plot_joint_traces(ep: Episode, path: Path) -> None:
         for j in range(7):
             color = f"C{j}"
             if cmds is not None:
-                ax.plot((np.asarray(ep._cmd_t) - t0) / 1e9, cmds[:, sl][:, j], color=color, lw=1.2,
-                        label=T.JOINTS_PER_ARM[j])
+                ax.plot(np.arange(len(cmds)), cmds[:, sl][:, j], color=color, lw=1.2, label=T.JOINTS_PER_ARM[j])
             if states is not None and states.shape[1] == 14:
-                ax.plot((np.asarray(ep._state_t) - t0) / 1e9, states[:, sl][:, j], color=color, lw=0.8, ls="--")
+                ax.plot(np.arange(len(states)), states[:, sl][:, j], color=color, lw=0.8, ls="--")
         for k in ep._boundaries:
-            if k < len(ep._cmd_t):
-                ax.axvline((ep._cmd_t[k] - t0) / 1e9, color="0.8", lw=0.5, zorder=0)
+            ax.axvline(k, color="0.8", lw=0.5, zorder=0)
         ax.set_ylabel(f"{T.ARMS[side]} (rad, gripper 0..1)")
     axes[0].legend(fontsize=7, ncol=7, loc="upper center")
-    axes[1].set_xlabel("time since episode start (s, wall)")
+    axes[1].set_xlabel("step (command k answers the joint states of step k)")
     fig.suptitle(f"{ep.bag} episode {ep.episode}: {ep.outcome} — command (solid), state (dashed), chunk boundaries (grey)",
                  fontsize=9)
     fig.tight_layout()
