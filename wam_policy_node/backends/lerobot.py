@@ -37,6 +37,7 @@ DEFAULTS = {
     "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
     "rtc": False,  # pass RTC guidance inputs when the policy supports it
     "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
+    "torch_threads": 0,  # CPU intra-op threads for the inferring thread (0 = torch's default)
 }
 
 
@@ -106,12 +107,16 @@ class LeRobotBackend(Backend):
 
     def _forward(self, obs: Observation, keys: dict[str, str]):
         torch = self.torch
+        n = int(self.cfg["torch_threads"])
+        if n > 0 and torch.get_num_threads() != n:  # OpenMP settings are per calling thread
+            torch.set_num_threads(n)
         batch = {}
         for src, dst in keys.items():
             img = np.asarray(obs.images[src])
             if img.ndim != 3 or img.shape[2] != 3:
                 raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
-            batch[dst] = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
+            img = np.require(img, np.uint8, ["C", "W"])  # a read-only zero-copy frame is copied once
+            batch[dst] = torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0).unsqueeze(0)
         batch[self.state_key] = torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
         batch["task"] = obs.prompt or ""
         batch["robot_type"] = ""

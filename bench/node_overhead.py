@@ -1,0 +1,197 @@
+"""Node overhead bench: observation → command latency through the real node minus the bare backend.
+
+Saves a real LeRobot architecture with random weights (ACT at its default size: ResNet-18 +
+512-wide transformer, 3 cameras) to a temp dir, then
+
+1. bare: loads it with the ``lerobot`` backend in this process and times ``backend.infer(obs)``;
+2. node: starts ``wam_policy_node`` (lockstep, ``sync`` strategy, one inference per step) as a
+   real process on its own ROS_DOMAIN_ID; this process plays the sim (3 rgb8 cameras + both
+   joint states per step) and times joint-state publish → command receipt (wall clock).
+
+Overhead = node latency − bare inference (and, per step, node latency − the infer_ms the node
+itself reports, which removes run-to-run model jitter). Prints JSON.
+Target (issue 4): overhead ≤ 5 % of the bare forward on the GPU.
+    .venv/bin/python bench/node_overhead.py [--steps 20] [--size 240x320] [--device auto]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+CAMS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+
+
+def save_act(d: Path, h: int, w: int, chunk: int) -> None:
+    import torch
+    from lerobot.configs.types import FeatureType, PolicyFeature
+    from lerobot.policies.act.configuration_act import ACTConfig
+    from lerobot.policies.act.modeling_act import ACTPolicy
+    from lerobot.policies.factory import make_pre_post_processors
+
+    inp = {f"observation.images.{c}": PolicyFeature(FeatureType.VISUAL, (3, h, w)) for c in CAMS}
+    inp["observation.state"] = PolicyFeature(FeatureType.STATE, (14,))
+    cfg = ACTConfig(input_features=inp, output_features={"action": PolicyFeature(FeatureType.ACTION, (14,))},
+                    chunk_size=chunk, n_action_steps=chunk, pretrained_backbone_weights=None, device="cpu")
+    torch.manual_seed(0)
+    pol = ACTPolicy(cfg)
+    stats = {"observation.state": {"mean": torch.zeros(14), "std": torch.ones(14)},
+             "action": {"mean": torch.tensor(HOME, dtype=torch.float32), "std": torch.full((14,), 0.01)}}
+    for c in CAMS:
+        stats[f"observation.images.{c}"] = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)}
+    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
+    for x in (pol, pre, post):
+        x.save_pretrained(d)
+
+
+def pct(a, q):
+    return round(float(np.percentile(a, q)), 3) if len(a) else None
+
+
+def bare_step(b, frames: dict, k: int) -> float:
+    from wam_policy_node.backends import Observation
+
+    obs = Observation(k, dict(frames), HOME.copy(), "x", step=k)
+    t0 = time.perf_counter()
+    b.infer(obs)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def run(d: Path, device: str, h: int, w: int, steps: int, threads: int) -> dict:
+    """Bare and node steps alternate (same frames, same load on this shared machine)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from sensor_msgs.msg import Image, JointState
+    from std_msgs.msg import Float64MultiArray, String
+
+    from wam_common import aloha, qos, topics
+    from wam_common.graph import Graph, NodeSpec
+    from wam_common.imageio import Stamp, encode_image
+    from wam_common.launcher import GraphRunner
+
+    params = {"lockstep": True, "backend": {"type": "lerobot", "lerobot": {"path": str(d), "device": device,
+                                                                           "warmup": 2, "torch_threads": threads}},
+              "runtime": {"strategy": "sync", "execute_steps": 1}, "observation": {"cameras": list(CAMS),
+                                                                                  "image_keys": list(CAMS)},
+              "sync": {"lockstep_wait_s": 60.0}}
+    runner = GraphRunner(Graph("overhead", [NodeSpec("wam_policy_node", "wam_policy_node", params)]),
+                         log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")))
+    os.environ["ROS_DOMAIN_ID"] = str(runner.domain_id)
+    runner.start()
+    rclpy.init()
+    n = rclpy.create_node("overhead_driver")
+    ex = SingleThreadedExecutor()
+    ex.add_node(n)
+    # no spinning thread: it would compete for the GIL with the bare inference in this process
+    got, status = [], []
+    n.create_subscription(Float64MultiArray, topics.COMMAND, lambda m: got.append(time.perf_counter()), qos.COMMAND)
+    n.create_subscription(String, topics.POLICY_STATUS, lambda m: status.append(json.loads(m.data)), 50)
+    pub_cam = {c: n.create_publisher(Image, topics.perturbed(topics.camera_topic(c)), qos.sensor(True)) for c in CAMS}
+    pub_js = {a: n.create_publisher(JointState, topics.perturbed(topics.joint_state_topic(a)), qos.sensor(True))
+              for a in topics.ARMS}
+    from wam_policy_node.backends import make_backend
+
+    b = make_backend("lerobot", {"path": str(d), "device": device, "warmup": 2, "torch_threads": threads})
+    bare_ms = []
+    try:
+        end = time.monotonic() + 300
+        while time.monotonic() < end and not (n.count_publishers(topics.COMMAND)
+                                              and all(p.get_subscription_count() for p in pub_js.values())
+                                              and all(p.get_subscription_count() for p in pub_cam.values())):
+            if runner.dead():
+                raise RuntimeError("node died:\n" + runner.log("wam_policy_node")[-2000:])
+            ex.spin_once(timeout_sec=0.2)
+        rng = np.random.default_rng(0)
+        frames = [{c: rng.integers(0, 255, (h, w, 3), dtype=np.uint8) for c in CAMS} for _ in range(4)]
+        lat = []
+        t_ns = 1_000_000_000
+        for k in range(steps + 3):
+            st = Stamp.from_ns(t_ns)
+            for c in CAMS:
+                pub_cam[c].publish(encode_image(frames[k % 4][c], "rgb8", st, topics.camera_frame(c)))
+            n0 = len(got)
+            t0 = time.perf_counter()
+            for i, a in enumerate(topics.ARMS):
+                m = JointState()
+                m.header.stamp.sec, m.header.stamp.nanosec = st.sec, st.nanosec
+                m.name = list(aloha.JOINT_STATE_NAMES)
+                m.position = aloha.joint_state_positions(HOME[7 * i:7 * i + 7])
+                pub_js[a].publish(m)
+            deadline = time.monotonic() + 120
+            while len(got) <= n0:
+                ex.spin_once(timeout_sec=0.05)
+                if time.monotonic() > deadline:
+                    raise RuntimeError("no command within 120 s:\n" + runner.log("wam_policy_node")[-2000:])
+            if k >= 3:  # first steps: warm-up
+                lat.append((got[n0] - t0) * 1e3)
+            t_ns += 20_000_000
+            ms = bare_step(b, frames[k % 4], k)
+            if k >= 3:
+                bare_ms.append(ms)
+        end = time.monotonic() + 1.0
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.05)
+        st_ms = [s["infer_ms"] for s in status[3:] if s.get("inferred") and s.get("infer_ms")]
+        per = [a - b for a, b in zip(lat, st_ms)]
+        return {"bare": {"device": str(b.device), "infer_ms": {"p50": pct(bare_ms, 50), "mean": round(float(
+                    np.mean(bare_ms)), 3), "p99": pct(bare_ms, 99)}},
+                "obs_to_cmd_ms": {"p50": pct(lat, 50), "mean": round(float(np.mean(lat)), 3), "p99": pct(lat, 99)},
+                "node_reported_infer_ms": {"p50": pct(st_ms, 50), "mean": round(float(np.mean(st_ms)), 3)},
+                "holds": sum(1 for s in status if s.get("hold")), "statuses": len(status),
+                "overhead_vs_node_infer_ms": {"p50": pct(per, 50), "mean": round(float(np.mean(per)), 3),
+                                              "p99": pct(per, 99)}}
+    finally:
+        ex.shutdown(timeout_sec=1)
+        n.destroy_node()
+        rclpy.try_shutdown()
+        runner.stop()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--steps", type=int, default=0, help="measured steps (0: 20 on CPU, 200 on GPU)")
+    ap.add_argument("--size", default="", help="camera HxW (default: 480x640 on GPU, 240x320 on CPU)")
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--chunk", type=int, default=100)
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch CPU threads in both (same for bare and node; 2-thread OpenMP on a shared 2-core "
+                         "machine stalls at barriers)")
+    a = ap.parse_args(argv)
+    import torch
+
+    gpu = a.device.startswith("cuda") or (a.device == "auto" and torch.cuda.is_available())
+    size = a.size or ("480x640" if gpu else "240x320")
+    h, w = (int(v) for v in size.lower().split("x"))
+    steps = a.steps or (200 if gpu else 20)
+    with tempfile.TemporaryDirectory(prefix="wam_act_") as d:
+        save_act(Path(d), h, w, a.chunk)
+        nd = run(Path(d), a.device, h, w, steps, a.threads)
+        b = nd.pop("bare")
+    over = nd["obs_to_cmd_ms"]["p50"] - b["infer_ms"]["p50"]
+    out = {"bench": "node_overhead", "policy": "act (LeRobot, random weights, default size)", "cameras": len(CAMS),
+           "image": [h, w], "steps": steps, "torch_threads": a.threads, "host": platform.node(), "cpus": os.cpu_count(),
+           "load_avg_1min": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(0) if gpu else None,
+           "bare": b, "node": nd,
+           "overhead_ms_p50": round(over, 3),
+           "overhead_pct_of_bare_p50": round(100 * over / b["infer_ms"]["p50"], 2),
+           "overhead_pct_vs_node_infer_p50": round(100 * nd["overhead_vs_node_infer_ms"]["p50"]
+                                                   / nd["node_reported_infer_ms"]["p50"], 2)}
+    out["target_5pct_met"] = out["overhead_pct_vs_node_infer_p50"] <= 5.0
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
