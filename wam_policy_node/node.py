@@ -319,6 +319,7 @@ class WamPolicyNode(Node):
             self._camera_every = max(1, int(ev.get("camera_every") or self.cfg["sync"]["camera_every"]))
         self._frame_size.clear()
         self._sync.reset()
+        self._latest_obs = None  # never act on the previous episode's observation
         self.controller.reset_episode(ev)
         self.get_logger().info(f"episode start: {json.dumps(ev) if ev else None}")
 
