@@ -130,7 +130,7 @@ def test_bad_chunks_hold(sim, probe, domain_id, tmp_path, inject, reason):
         runner.stop()
 
 
-def test_estop_latches_and_dry_run_uses_shadow_topic(sim, probe, domain_id, tmp_path):
+def test_estop_latches_via_topic_and_service(sim, probe, domain_id, tmp_path):
     runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 50}}}, tmp_path)
     estop = probe.publisher(topics.ESTOP, Bool, latched=True)
     try:
@@ -149,6 +149,23 @@ def test_estop_latches_and_dry_run_uses_shadow_topic(sim, probe, domain_id, tmp_
         st = [s for s in statuses(probe) if s.get("published")]
         assert [s["hold"] for s in st[5:10]] == ["estop"] * 5 and st[10]["hold"] is None
         assert len(cmds) == 5
+        # the std_srvs/SetBool service engages and releases it too
+        from std_srvs.srv import SetBool
+
+        cli = probe.node.create_client(SetBool, "/wam_policy_node/estop")
+        assert cli.wait_for_service(timeout_sec=20)
+
+        def call(on):
+            fut = cli.call_async(SetBool.Request(data=on))
+            assert wait_for(fut.done, 20) and fut.result().success
+
+        call(True)
+        stopped = sim.run_episode(3, 3)
+        assert all(np.array_equal(stopped[0], c) for c in stopped)
+        call(False)
+        assert not np.allclose(*sim.run_episode(4, 5)[::4])
+        st = [s for s in statuses(probe) if s.get("published")]
+        assert [s["hold"] for s in st[15:18]] == ["estop"] * 3 and st[18]["hold"] is None
     finally:
         runner.stop()
 
