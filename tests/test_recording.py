@@ -300,3 +300,31 @@ def test_split_service(probe, domain_id, tmp_path):
     for i, f in enumerate(files):
         with Bag(f) as bag:
             assert [json_event(m)["part"] for m in bag.messages()] == [i] * 5
+
+
+@pytest.mark.parametrize("if_exists", ["error", "suffix", "overwrite"])
+def test_existing_bag(domain_id, tmp_path, if_exists):
+    """An existing bag: refused with a clear line (default), or a suffixed name, or replaced."""
+    old = tmp_path / "bag"
+    old.mkdir()
+    (old / "metadata.yaml").write_text("old")
+    pfile = tmp_path / "p.yaml"
+    pfile.write_text(yaml.safe_dump({"/recorder": {"ros__parameters": {
+        "output_dir": str(tmp_path), "bag_name": "bag", "if_exists": if_exists, "diagnostics_period_s": 0.0}}}))
+    env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
+    p = subprocess.Popen([sys.executable, "-m", "wam_common.recording.node", "--ros-args", "-r", "__node:=recorder",
+                          "--params-file", str(pfile)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True)
+    if if_exists == "error":
+        out, _ = p.communicate(timeout=60)
+        assert p.returncode == 2 and "exists" in out and "Traceback" not in out
+        return
+    assert wait_for(lambda: any(tmp_path.glob("bag*/*.mcap")), 30)
+    p.send_signal(signal.SIGTERM)  # SIGTERM closes cleanly too
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 0 and "closed" in out, out
+    from wam_common.recording.repair import needs_repair
+
+    new = tmp_path / ("bag_1" if if_exists == "suffix" else "bag")
+    assert not needs_repair(new)
+    assert ((old / "metadata.yaml").read_text() == "old") == (if_exists == "suffix")

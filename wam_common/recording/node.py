@@ -22,6 +22,7 @@ import heapq
 import json
 import os
 import queue
+import sys
 import threading
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ from .writer import BagError, BagWriter, COMPRESSION, QosSpec
 DEFAULTS = {
     "output_dir": "runs/bags",
     "bag_name": "",            # "" → rosbag2_YYYY_MM_DD-HH_MM_SS
+    "if_exists": "error",      # the bag exists already: error (as ros2 bag record) | suffix (_1, _2 …) | overwrite
     "topics": [],              # [] → the graph contract's topics (raw and /perturbed)
     "exclude_topics": [],
     "compression": "none",     # none | zstd | lz4 (MCAP chunk compression)
@@ -113,13 +115,21 @@ class Recorder(Node):
                 raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
         if cfg["split"]["max_bytes"] < 0 or cfg["split"]["max_duration_s"] < 0:
             raise ConfigError("node 'recorder': keys 'split.max_bytes' and 'split.max_duration_s' must be >= 0")
+        if cfg["if_exists"] not in ("error", "suffix", "overwrite"):
+            raise ConfigError(f"node 'recorder': key 'if_exists' must be error, suffix or overwrite, got {cfg['if_exists']!r}")
         name = cfg["bag_name"] or default_bag_name()
         out = Path(os.path.expanduser(cfg["output_dir"])) / name
-        if not cfg["bag_name"]:
+        if out.exists() and (not cfg["bag_name"] or cfg["if_exists"] == "suffix"):
             k = 1
             while out.exists():
                 out = out.with_name(f"{name}_{k}")
                 k += 1
+        elif out.exists() and cfg["if_exists"] == "overwrite":
+            if not (out / "metadata.yaml").exists() and not any(out.glob("*.mcap")):
+                raise ConfigError(f"node 'recorder': key 'if_exists': {out} exists and is not a bag; not overwriting it")
+            import shutil
+
+            shutil.rmtree(out)
         try:
             self.bag = BagWriter(out, compression=cfg["compression"], chunk_bytes=cfg["chunk_bytes"],
                                  max_file_bytes=cfg["split"]["max_bytes"],
@@ -159,12 +169,20 @@ class Recorder(Node):
             self._diag_pub = self.create_publisher(DiagnosticArray, T.DIAGNOSTICS, 10)
             self.create_timer(cfg["diagnostics_period_s"], self._publish_diagnostics, callback_group=self._timer_group)
         self._actual_qos: set[str] = set()
-        self._eager()
-        self.create_timer(cfg["discovery_period_s"], self._discover, callback_group=self._timer_group)
-        from std_srvs.srv import Trigger
+        try:
+            self._eager()
+            self.create_timer(cfg["discovery_period_s"], self._discover, callback_group=self._timer_group)
+            from std_srvs.srv import Trigger
 
-        self.create_service(Trigger, "~/split", self._on_split, callback_group=self._timer_group)
-        self._discover()
+            self.create_service(Trigger, "~/split", self._on_split, callback_group=self._timer_group)
+            self._discover()
+        except Exception:  # noqa: BLE001
+            if self.context.ok():
+                self.close()
+                raise
+            # SIGINT/SIGTERM during start-up: the node spins no more; close() finishes the bag
+            print("[recorder] interrupted during start-up", flush=True)
+            return
         self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
 
     # -- discovery and subscriptions ---------------------------------------------------------
@@ -402,7 +420,15 @@ class Recorder(Node):
 
 
 def main(args=None) -> int:
-    return run_node(Recorder, "recorder", args)
+    try:
+        return run_node(Recorder, "recorder", args)
+    except Exception as exc:  # noqa: BLE001
+        # a signal during start-up shuts the context down under run_node's executor; the bag was
+        # closed in run_node's finally (Recorder.close) — report it as the clean stop it is
+        if "context" in str(exc) and not rclpy.ok():
+            print("[recorder] stopped during start-up", file=sys.stderr, flush=True)
+            return 0
+        raise
 
 
 if __name__ == "__main__":
