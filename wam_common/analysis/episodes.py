@@ -148,8 +148,9 @@ class _Builder:
         dim = dimension_of(self.labels.get("dimension"))
         lvl = self.labels.get("level")
         if dim is None and self.active:
-            d = dimension_of(self.active.get("dimension"))
-            if d is not None and d != CLEAN:
+            raw = self.active.get("dimension")
+            d = dimension_of(raw) or (str(raw).strip().title() if isinstance(raw, str) and raw.strip() else None)
+            if d is not None and d != CLEAN:  # e.g. "light" → Light; "occlusion" stays its own column
                 dim, lvl = d, self.active.get("level")
         if dim is None and self.physical:
             name, plevel = next(iter(self.physical.items()))
