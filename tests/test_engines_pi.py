@@ -139,3 +139,58 @@ def test_bad_input_and_bad_checkpoint_name_the_key(engines, tmp_path):
         make_engine(tmp_path, impl="fast", device="cpu", dtype="float32")
     with pytest.raises(EngineError, match="config.json"):
         make_engine(tmp_path / "nowhere", impl="fast", device="cpu")
+
+
+@pytest.mark.parametrize("ptype", ["pi0", "pi05"])
+def test_through_lerobot_processors_with_a_local_tokenizer(ptype, tmp_path):
+    """Raw observation → LeRobot's saved pre-processor (normaliser, newline/state prompt, tokenizer
+    loaded from a local directory by ``AutoTokenizer``) → engine or reference → post-processor."""
+    from unittest import mock
+
+    from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+    from wam_policy_node.engines.testing import dataset_stats, make_local_tokenizer
+
+    tokdir = tmp_path / "tokenizer"
+    tok = make_local_tokenizer(tokdir)
+    ckpt = tmp_path / "ckpt"
+    with tiny_dims():
+        cfg = make_config(ptype, image_size=56, tokenizer_max_length=40)
+        pol = get_policy_class(ptype)(cfg)
+        _randomise(pol, seed=1)
+        pol.save_pretrained(ckpt)
+        # processors as LeRobot builds them for this config (the Hub tokenizer replaced by ours) ...
+        with mock.patch("lerobot.processor.tokenizer_processor.AutoTokenizer.from_pretrained", return_value=tok):
+            pre, post = make_pre_post_processors(cfg, dataset_stats=dataset_stats())
+        pre.save_pretrained(ckpt)
+        post.save_pretrained(ckpt)
+        # ... and loaded back from the checkpoint directory the normal way, tokenizer from a local dir
+        pre, post = make_pre_post_processors(
+            cfg, pretrained_path=str(ckpt),
+            preprocessor_overrides={"tokenizer_processor": {"tokenizer_name": str(tokdir)},
+                                    "device_processor": {"device": "cpu"}})
+        ref = make_engine(ckpt, impl="eager", device="cpu", dtype="float32")
+        fast = make_engine(ckpt, impl="fast", device="cpu", dtype="float32")
+    g = torch.Generator().manual_seed(11)
+    raw = {k: torch.rand(1, 3, 56, 56, generator=g) for k in cfg.image_features}
+    raw["observation.state"] = torch.randn(1, 14, generator=g)
+    raw["task"] = "transfer the cube to the right arm"
+    batch = pre(dict(raw))
+    assert int(batch["observation.language.attention_mask"].sum()) >= 7  # the prompt got through
+    noise = _noise(cfg, seed=12)
+    a = post(ref.predict_action_chunk(batch, noise=noise))
+    b = post(fast.predict_action_chunk(batch, noise=noise))
+    assert b.shape == (1, cfg.chunk_size, 14)
+    assert (a - b).abs().max().item() < 1e-3  # un-normalised: std up to 1.5
+    # the state reaches the actions (π0: state token; π0.5: discretised into the prompt)
+    raw2 = dict(raw, **{"observation.state": raw["observation.state"] + 1.0})
+    c = post(fast.predict_action_chunk(pre(raw2), noise=noise))
+    assert (c - b).abs().max().item() > 1e-3
+
+
+def test_warmup_with_a_dummy_batch_reports_progress(engines):
+    _, cfg, ref, fast, _ = engines
+    lines = []
+    assert fast.warmup(progress=lines.append) >= 0
+    assert len(lines) == 2 and "ready" in lines[1]
+    assert ref.warmup() >= 0

@@ -669,14 +669,41 @@ class PiFlowEngine:
         return s["out"][:, :, : self.action_dim].clone()
 
     @torch.no_grad()
-    def warmup(self, batch: dict) -> float:
-        """Allocate buffers, capture the graph and run once; returns seconds."""
+    def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
+        """Allocate the buffers, compile the layers, capture the CUDA graph and run once (start-up).
+
+        ``batch`` defaults to :meth:`dummy_batch` (same shapes as real inputs: the graph is keyed by
+        batch size and prompt length). ``progress`` (e.g. a node logger's ``info``) gets one line
+        before and one after. Returns seconds.
+        """
         t0 = time.perf_counter()
+        batch = batch if batch is not None else self.dummy_batch()
+        if progress is not None:
+            what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
+            progress(f"{self.config.type} engine: warm-up ({', '.join(w for w in what if w) or 'eager'}) "
+                     f"on {self.device}, weights loaded in {self.startup.get('load_s', 0.0):.1f} s")
         self.predict_action_chunk(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.startup["warmup_s"] = time.perf_counter() - t0
+        if progress is not None:
+            progress(f"{self.config.type} engine: ready, first action after "
+                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
         return self.startup["warmup_s"]
+
+    def dummy_batch(self, batch_size: int = 1) -> dict:
+        """A post-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""
+        cfg = self.config
+        h, w = cfg.image_resolution
+        batch = {k: torch.full((batch_size, 3, h, w), 0.5) for k in self.image_keys}
+        n = cfg.tokenizer_max_length
+        batch[TOKENS] = torch.zeros(batch_size, n, dtype=torch.long)
+        mask = torch.zeros(batch_size, n, dtype=torch.bool)
+        mask[:, 0] = True
+        batch[TOKEN_MASK] = mask
+        batch[STATE] = torch.zeros(batch_size, cfg.input_features[STATE].shape[0] if STATE in cfg.input_features
+                                   else cfg.max_state_dim)
+        return batch
 
     def reset(self) -> None:
         pass

@@ -21,6 +21,7 @@ class EagerEngine:
         self.config = policy.config
         self.device = next(policy.parameters()).device
         self.startup: dict[str, float] = {}
+        self.image_keys = list(self.config.image_features)
         policy.eval()
 
     @classmethod
@@ -60,8 +61,12 @@ class EagerEngine:
             actions = pol.model.sample_actions(images, img_masks, tokens, masks, state, noise=noise, **rtc)
         return actions[:, :, : self.config.output_features["action"].shape[0]]
 
-    def warmup(self, batch: dict) -> float:
+    def warmup(self, batch: dict | None = None, progress=None) -> float:
         t0 = time.perf_counter()
+        if batch is None:
+            from .pi_flow import PiFlowEngine
+
+            batch = PiFlowEngine.dummy_batch(self, 1)  # same fields (config, image keys)
         self.predict_action_chunk(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -118,3 +118,47 @@ def random_batch(config, *, batch_size: int = 1, n_valid_tokens: int = 7, seed: 
     batch["observation.language.tokens"] = tokens.to(device)
     batch["observation.language.attention_mask"] = mask.to(device)
     return batch
+
+
+def make_local_tokenizer(path, max_words: int = 400):
+    """A small word-level tokenizer saved as a transformers ``PreTrainedTokenizerFast`` directory.
+
+    LeRobot's π0/π0.5 processors load ``google/paligemma-3b-pt-224`` with ``AutoTokenizer``, which
+    cannot be downloaded here. A directory written by this function loads through the same
+    ``AutoTokenizer.from_pretrained(dir)`` call (override the processor step's ``tokenizer_name``):
+    whitespace/punctuation split, the numbers 0..255 (π0.5 writes the discretised state into its
+    prompt) and a few hundred words; anything else maps to ``<unk>``. Ids stay below ``max_words +
+    260`` so any embedding table of PaliGemma's vocabulary covers them.
+    """
+    from pathlib import Path
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = ("task state action pick up the cube transfer insert peg socket lift beam to left right arm gripper "
+             "and with a of on in put place move grasp open close red blue green").split()
+    vocab = {t: i for i, t in enumerate(["<pad>", "<eos>", "<bos>", "<unk>"])}
+    for tok in [str(i) for i in range(256)] + words + list(",.;:!?-_'\"()") + ["Task", "State", "Action"]:
+        if tok not in vocab and len(vocab) < max_words + 260:
+            vocab[tok] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+                                   unk_token="<unk>")
+    Path(path).mkdir(parents=True, exist_ok=True)
+    fast.save_pretrained(str(path))
+    return fast
+
+
+def dataset_stats(state_dim: int = 14, action_dim: int = 14, seed: int = 0):
+    """Normalisation statistics of every kind LeRobot's normaliser may ask for (mean/std, min/max, quantiles)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for key, dim in (("observation.state", state_dim), ("action", action_dim)):
+        mean = torch.randn(dim, generator=g) * 0.3
+        std = torch.rand(dim, generator=g) + 0.5
+        out[key] = {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std,
+                    "q01": mean - 2 * std, "q99": mean + 2 * std, "q10": mean - std, "q90": mean + std}
+    return out
