@@ -4,15 +4,11 @@ the CLI's files and plots, and a crashed (unfinished) bag."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from collections import Counter
-from pathlib import Path
 
 import pytest
-
-from wam_common import topics as T
 
 from recording_traffic import recorded_bag
 

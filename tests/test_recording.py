@@ -228,6 +228,8 @@ def test_kill9_loses_at_most_one_second(probe, domain_id, tmp_path):
     ({"flush_period_s": 0.0}, "flush_period_s"),
     ({"no_such_key": 1}, "no_such_key"),
     ({"topics": [3]}, "topics"),
+    ({"log_time": "sometimes"}, "log_time"),
+    ({"split": {"max_bytes": -1}}, "split.max_bytes"),
 ])
 def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
     pfile = tmp_path / "p.yaml"
@@ -239,6 +241,7 @@ def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
                         "--params-file", str(pfile)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert key in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()  # nothing created on a bad configuration
 
 
 def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path):

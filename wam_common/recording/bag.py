@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -204,8 +203,3 @@ def json_event(msg: BagMessage) -> dict | None:
     except (ValueError, UnicodeDecodeError):
         return None
     return obj if isinstance(obj, dict) else None
-
-
-def copy_bag(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
-    shutil.copytree(src, dst)
-    return Path(dst)

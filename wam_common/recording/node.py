@@ -115,6 +115,8 @@ class Recorder(Node):
                 raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
         if cfg["split"]["max_bytes"] < 0 or cfg["split"]["max_duration_s"] < 0:
             raise ConfigError("node 'recorder': keys 'split.max_bytes' and 'split.max_duration_s' must be >= 0")
+        if cfg["log_time"] not in ("publish", "receive"):
+            raise ConfigError(f"node 'recorder': key 'log_time' must be 'publish' or 'receive', got {cfg['log_time']!r}")
         if cfg["if_exists"] not in ("error", "suffix", "overwrite"):
             raise ConfigError(f"node 'recorder': key 'if_exists' must be error, suffix or overwrite, got {cfg['if_exists']!r}")
         name = cfg["bag_name"] or default_bag_name()
@@ -138,8 +140,6 @@ class Recorder(Node):
                                  fsync=cfg["fsync"])
         except (BagError, OSError) as exc:
             raise ConfigError(f"node 'recorder': key 'output_dir'/'bag_name': cannot create bag {out}: {exc}") from None
-        if cfg["log_time"] not in ("publish", "receive"):
-            raise ConfigError(f"node 'recorder': key 'log_time' must be 'publish' or 'receive', got {cfg['log_time']!r}")
         self._log_publish = cfg["log_time"] == "publish"
         self.bag.custom["wam_policy.log_time"] = ("DDS source (publish) timestamp, system clock ns" if self._log_publish
                                                   else "DDS receive timestamp, system clock ns")
