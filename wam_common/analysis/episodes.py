@@ -227,6 +227,7 @@ class _Builder:
         if t == T.POLICY_STATUS:
             st = json_event(m)
             if st is not None:
+                st["_log_ns"] = m.log_ns
                 self.statuses.append(st)
             return
         if t == T.DIAGNOSTICS:
@@ -289,10 +290,20 @@ class _Builder:
         if len(a) >= 4:
             jerk = np.diff(a[:, ARM_IDX], n=3, axis=0) / T.DT ** 3
             ep.jerk_rms = float(np.sqrt(np.mean(jerk ** 2)))
-        published = [s for s in self.statuses if s.get("published", True) and not s.get("dry_run", False)]
-        chunk_ids = [s.get("chunk_id") for s in published][:len(a)]
-        boundary = [k for k in range(1, len(chunk_ids)) if chunk_ids[k] is not None and chunk_ids[k - 1] is not None
-                    and chunk_ids[k] != chunk_ids[k - 1]]
+        # a status follows the command it describes (the node publishes the command, then the
+        # status): it belongs to the newest command logged at or before it (status_every may be > 1)
+        import bisect
+
+        cmd_t = [t for t, c in zip(ep._cmd_t, ep._cmds) if c.shape == (T.STATE_DIM,)]
+        chunk_of: dict[int, object] = {}
+        for s in self.statuses:
+            if not s.get("published", True) or s.get("dry_run", False) or s.get("chunk_id") is None:
+                continue
+            k = bisect.bisect_right(cmd_t, s["_log_ns"]) - 1
+            if k >= 0:
+                chunk_of[k] = s["chunk_id"]
+        known = sorted(chunk_of)
+        boundary = [k for prev, k in zip(known, known[1:]) if chunk_of[k] != chunk_of[prev]]
         ep._boundaries = boundary
         ep.chunk_boundaries = len(boundary)
         inside = [steps[k - 1] for k in range(1, len(a)) if k not in set(boundary)]
