@@ -46,6 +46,7 @@ DEFAULTS = {
     "start_wait_s": 30.0,           # before the first episode: wait (at most this long) for a COMMAND
                                     # publisher and joint-state subscribers, ...
     "start_delay_s": 0.5,           # ... and for the matched endpoints to stay unchanged this long
+    "start_wait_nodes": [""],       # ... and for these nodes to be up (e.g. [recorder, wam_policy_node])
     "render": {
         "enabled": True,            # false: no cameras (physics only, e.g. sapien without Vulkan)
         "width": 320,
@@ -234,17 +235,21 @@ class SimBridge(Node):
         deadline = time.monotonic() + float(self.cfg["start_wait_s"])
         pubs = list(self.pub_js.values()) + list(self.pub_cam.values()) + [self.pub_priv]
         last, since = None, time.monotonic()
+        wanted = [n.strip("/") for n in self.cfg["start_wait_nodes"] if n and n.strip("/")]
+        missing = wanted
         while not self._stop.is_set() and time.monotonic() < deadline:
             counts = (self.count_publishers(topics.COMMAND), *[p.get_subscription_count() for p in pubs])
+            names = set(self.get_node_names()) if wanted else set()
+            missing = [n for n in wanted if n not in names]
             if counts != last:
                 last, since = counts, time.monotonic()
-            ready = counts[0] > 0 and all(c > 0 for c in counts[1:1 + len(self.pub_js)])
+            ready = counts[0] > 0 and all(c > 0 for c in counts[1:1 + len(self.pub_js)]) and not missing
             if ready and time.monotonic() - since >= settle:
                 return
             self._stop.wait(0.05)
         if not self._stop.is_set():
             self.get_logger().warning(f"starting without a matched policy/readers after {self.cfg['start_wait_s']} s "
-                                      f"(COMMAND publishers, subscribers per topic: {last})")
+                                      f"(COMMAND publishers, subscribers per topic: {last}; missing nodes: {missing})")
 
     def _run(self) -> None:
         try:
