@@ -158,7 +158,8 @@ def export(bag_paths, out: str | Path, repo_id: str | None = None, stride: int =
 
 
 def add_arguments(p) -> None:
-    p.add_argument("paths", nargs="+", metavar="BAG… OUT", help="bags (rosbag2 dirs / .mcap), then the output folder")
+    p.add_argument("bags", nargs="+", metavar="BAG", help="bags (rosbag2 directories or .mcap files)")
+    p.add_argument("out", metavar="OUT", help="output folder (the dataset root; must not exist)")
     p.add_argument("--repo-id", default=None, help="dataset repo id (default local/<OUT name>)")
     p.add_argument("--stride", type=int, default=1, help="keep every n-th step (fps = 50/n)")
     p.add_argument("--success-only", action="store_true", help="export successful episodes only")
@@ -170,9 +171,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import json
 
-    if len(args.paths) < 2:
-        raise ConfigError("export-lerobot needs at least one BAG and an OUT folder")
-    *bags, out = args.paths
+    bags, out = args.bags, args.out
     for b in bags:
         if not Path(b).exists():
             raise ConfigError(f"bag '{b}' does not exist")
