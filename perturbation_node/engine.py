@@ -153,9 +153,6 @@ class Perturber:
 
     # ------------------------------------------------------------ images
 
-    def _seed_keys(self, stream: str, i: int) -> tuple:
-        return (self._run.seed, self.episode_key, stream, i)
-
     def image(self, cam: str, img: np.ndarray, stamp_ns: int, mask: np.ndarray | None = None) -> ImageResult:
         """Perturb one HxWx3 uint8 RGB frame of ``cam`` stamped ``stamp_ns``."""
         run, episode, t0 = self._snap
@@ -171,6 +168,8 @@ class Perturber:
         src = img
         lat = [e for e in entries if e.op == "latency"]
         if lat:
+            if st.history and int(stamp_ns) < st.history[-1][0]:
+                st.history.clear()  # the clock went back (a replayed bag): start over
             st.history.append((int(stamp_ns), img))
             src = self._delayed(st, int(stamp_ns), ops_mod.get_op("latency").param(lat[-1].level))
             res.applied.append("latency")
