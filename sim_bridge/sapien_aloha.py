@@ -150,6 +150,7 @@ class SapienAlohaSim:
         self._ctrl = np.zeros(m.nu)
         self.cameras: dict[str, object] = {}
         if render:
+            self._build_lights()
             self._build_cameras()
 
     # ------------------------------------------------------------------ building
@@ -166,7 +167,8 @@ class SapienAlohaSim:
                 if collides:
                     builder.add_convex_collision_from_file(path, pose=pose, material=self.material)
                 if visual:
-                    builder.add_visual_from_file(path, pose=pose)
+                    mat = self.sapien.render.RenderMaterial(base_color=list(m.geom_rgba[gid]))
+                    builder.add_visual_from_file(path, pose=pose, material=mat)
             elif gtype == mujoco.mjtGeom.mjGEOM_BOX:
                 if collides:
                     builder.add_box_collision(pose, m.geom_size[gid].copy(), material=self.material)
@@ -298,6 +300,14 @@ class SapienAlohaSim:
                 self._shape_names[shape] = name
             self.actors[m.body(b).name] = actor
 
+    def _build_lights(self):
+        """MuJoCo's headlight ambient and directional lights, as SAPIEN lights."""
+        m = self.model
+        self.scene.set_ambient_light(list(np.asarray(m.vis.headlight.ambient, float)))
+        for li in range(m.nlight):
+            self.scene.add_directional_light(list(m.light_dir[li]), list(m.light_diffuse[li]),
+                                             shadow=bool(m.light_castshadow[li]))
+
     def _build_cameras(self):
         sapien, m = self.sapien, self.model
         d = mujoco.MjData(m)
@@ -321,9 +331,11 @@ class SapienAlohaSim:
                 cam.entity.set_pose(world)
                 self.cameras[ros_cam] = (cam, None, None)
             else:
+                # mounted on an arm link (the MuJoCo body frame is the link frame): pose relative to
+                # the body, from MuJoCo at the same configuration
                 link_name = m.body(body).name
                 link = next(lk for art in self.arms for lk in art.get_links() if lk.name == link_name)
-                rel = link.entity.get_pose().inv() * world
+                rel = sapien.Pose(d.xpos[body], d.xquat[body]).inv() * world
                 self.cameras[ros_cam] = (None, link, (rel, fovy))
 
     # ------------------------------------------------------------------ state
