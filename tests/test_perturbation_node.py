@@ -356,3 +356,30 @@ def test_unknown_parameter_exits_2_naming_it(domain_id, tmp_path):
         assert "colour_jitter" in runner.log("perturbation_node")
     finally:
         runner.stop()
+
+
+def test_reload_rereads_the_yaml_and_refuses_a_broken_one(domain_id, probe, tmp_path):
+    from std_srvs.srv import Trigger
+
+    prof = tmp_path / "live.yaml"
+    prof.write_text("name: live\nseed: 1\ncameras: {all: [{op: gamma, level: 1}]}\n")
+    runner = _start(domain_id, tmp_path, profile=str(prof), lockstep=True)
+    try:
+        rig = Rig(probe, True)
+        assert rig.wait_up(runner)["cameras"]["cam_high"][0]["level"] == 1
+        cli = probe.node.create_client(Trigger, "/perturbation_node/reload")
+        prof.write_text("name: live\nseed: 1\ncameras: {all: [{op: gamma, level: 4}]}\n")
+        assert _call(probe, cli, Trigger.Request()).success
+        assert wait_for(lambda: rig.active()[-1]["cameras"]["cam_high"][0]["level"] == 4, 10)
+        prof.write_text("name: live\nseed: 1\ncameras: {all: [{op: gama, level: 4}]}\n")
+        res = _call(probe, cli, Trigger.Request())
+        assert not res.success and "'gama'" in res.message
+        img, raw, stamp = _image("cam_high", 3)  # the level-4 profile keeps running
+        from perturbation_node.engine import Perturber
+        from perturbation_node.profiles import parse_profile
+
+        ref = Perturber(parse_profile({"seed": 1, "cameras": {"all": [{"op": "gamma", "level": 4}]}}), lockstep=True)
+        got = decode_image(rig.send_until("cam_high", raw, stamp))
+        np.testing.assert_array_equal(got.array, ref.image("cam_high", img, stamp.ns).array)
+    finally:
+        runner.stop()
