@@ -371,3 +371,16 @@ def test_torch_path_matches_numpy():
     assert check_device("auto") == ("cuda" if torch.cuda.is_available() else "")
     with pytest.raises(ConfigError, match="'nosuchdevice'"):
         Perturber(prof, device="nosuchdevice")
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"suite": ["clean", "nope"]}, "suite\\[1\\].*'nope'"),
+    ({"suite": ["clean", "paper"]}, "suite\\[1\\].*another suite"),
+    ({"suite": []}, "non-empty"),
+    ({"suite": ["clean"], "episodes_per_entry": 0}, "episodes_per_entry"),
+    ({"suite": ["clean"], "level": 8}, "level 8"),
+    ({"suite": ["clean"], "cameras": {}}, "cameras"),
+])
+def test_suite_errors_name_the_entry(data, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_profile(data, default_name="s")
