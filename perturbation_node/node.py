@@ -296,7 +296,8 @@ class PerturbationNode(Node):
         c = dict(self.counts)
         c.update({f"engine_{k}": v for k, v in self.perturber.counts.items()})
         level = DiagnosticStatus.ERROR if self.error else (
-            DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] else DiagnosticStatus.OK)
+            DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] or c["engine_mask_missing"]
+            else DiagnosticStatus.OK)
         st = DiagnosticStatus(level=level, name=f"{NAME}: perturbation", hardware_id=self.get_name(),
                               message=self.error or f"profile {self.perturber.profile.ref}",
                               values=[KeyValue(key=k, value=str(v)) for k, v in c.items()])
