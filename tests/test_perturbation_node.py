@@ -287,6 +287,13 @@ def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path)
         rel = _call(probe, probe.node.create_client(Trigger, "/perturbation_node/reload"), Trigger.Request())
         assert rel.success and "clean" in rel.message
         assert wait_for(lambda: probe.count(topics.DIAGNOSTICS) > 0, 10)
+        from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+
+        st = probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)[-1].status[0]
+        vals = {kv.key: kv.value for kv in st.values}
+        assert int(vals["engine_frames"]) > 0 and int(vals["published"]) > 0
+        if int(vals["engine_mask_missing"]) > 0:  # frames of cam_left_wrist before its mask arrived
+            assert st.level == DiagnosticStatus.WARN
         assert not runner.dead()
     finally:
         runner.stop()
