@@ -136,6 +136,7 @@ class PerturbationNode(Node):
         new = self._build(ref)
         old = self.perturber
         new.start_episode(old.episode, old.episode_key, old.episode_start_ns)
+        new.counts = old.counts  # diagnostics count over the node's life, not per profile
         with self._lock:
             self.perturber = new
         self.get_logger().info(f"switched to profile '{ref}'")
