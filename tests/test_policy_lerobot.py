@@ -79,20 +79,11 @@ def _reference(d, obs: Observation, seed: int) -> np.ndarray:
     raw["observation.state"] = np.asarray(obs.state, np.float32)
     batch = pre(prepare_observation_for_inference(raw, torch.device("cpu"), obs.prompt))
     torch.manual_seed(seed)
-    if cfg.type == "diffusion":
-        for _ in range(2):  # the backend's queue holds the same obs twice after the first call
-            act = pol.select_action(dict(batch))
-        pol.reset()
-        torch.manual_seed(seed)
-        from lerobot.policies.utils import populate_queues
-
-        qb = dict(batch)
-        qb["observation.images"] = torch.stack([qb[k] for k in cfg.image_features], dim=-4)
-        pol._queues = populate_queues(pol._queues, qb)
-        torch.manual_seed(seed)
-        chunk = pol.predict_action_chunk(batch)
-    else:
-        with torch.inference_mode():
+    with torch.inference_mode():
+        if cfg.type == "diffusion":  # the online path: select_action fills the queues and plans a chunk
+            first = pol.select_action(dict(batch))
+            chunk = torch.stack([first] + list(pol._queues["action"]), dim=1)
+        else:
             chunk = pol.predict_action_chunk(batch)
     return torch.stack([post(chunk[:, i]) for i in range(chunk.shape[1])], 1)[0].double().numpy()
 

@@ -128,15 +128,16 @@ class LeRobotBackend(Backend):
             if 0 <= i < len(raw):
                 kwargs = {"prev_chunk_left_over": raw[i:].unsqueeze(0).to(self.device),
                           "inference_delay": int(obs.inference_delay)}
+        batch.pop("action", None)  # the processors' transition carries an empty action
         if self.policy_type == "diffusion":
-            # Diffusion conditions on the last n_obs_steps observations: feed its queues the way its
-            # select_action does, then predict from them (the online path of predict_action_chunk)
+            # Diffusion conditions on the last n_obs_steps observations: feed its queues exactly as
+            # its select_action does, then predict from them (predict_action_chunk's online path)
             from lerobot.policies.utils import populate_queues
 
-            qb = dict(batch)
+            batch = dict(batch)
             if self.image_features:
-                qb["observation.images"] = torch.stack([qb[k] for k in self.image_features], dim=-4)
-            self.policy._queues = populate_queues(self.policy._queues, qb)
+                batch["observation.images"] = torch.stack([batch[k] for k in self.image_features], dim=-4)
+            self.policy._queues = populate_queues(self.policy._queues, batch)
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
