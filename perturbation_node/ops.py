@@ -19,6 +19,7 @@ and scale with the width.
 """
 from __future__ import annotations
 
+import functools
 import math
 import zlib
 from dataclasses import dataclass
@@ -150,6 +151,15 @@ def _scale(shape: tuple) -> float:
     return (shape[1] if len(shape) > 1 else 640) / 640.0
 
 
+@functools.lru_cache(maxsize=8)
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (y, x) as float32 HxW arrays, cached per size (read-only)."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y.setflags(write=False)
+    x.setflags(write=False)
+    return y, x
+
+
 def _sign(rng: np.random.Generator) -> float:
     return 1.0 if rng.random() < 0.5 else -1.0
 
@@ -220,7 +230,7 @@ def _tint(t, rng, shape):
 
 def _ramp(shape, angle: float) -> np.ndarray:
     h, w = shape[:2]
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = _grid(h, w)
     proj = (x - w / 2) * math.cos(angle) + (y - h / 2) * math.sin(angle)
     m = np.abs(proj).max() or 1.0
     return proj / m  # [-1, 1]
@@ -240,7 +250,7 @@ def _shadow(d, rng, shape):
     width = rng.uniform(0.25, 0.45) * math.hypot(h, w)
     off = rng.uniform(-0.25, 0.25) * math.hypot(h, w)
     skew = rng.uniform(-0.3, 0.3)
-    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    y, x = _grid(h, w)
     u = (x - w / 2) * math.cos(ang) + (y - h / 2) * math.sin(ang)
     v = -(x - w / 2) * math.sin(ang) + (y - h / 2) * math.cos(ang)
     centre = off + skew * v
@@ -426,7 +436,7 @@ def _glass_blur(p, rng, shape):
     sigma, delta, iters = p
     h, w = shape[:2]
     s = _scale(shape)
-    gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
+    gy, gx = _grid(h, w)
     maps = []
     for it in range(3):  # always draw 3 fields so the levels share them (nested, monotone)
         u = rng.uniform(-1.0, 1.0, (2, h, w)).astype(np.float32)
