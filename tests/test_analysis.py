@@ -70,9 +70,12 @@ def test_cli_writes_tables_and_plots(bag, tmp_path):
     assert r.returncode == 0, r.stderr
     assert "| Policy | Clean | Camera | Light | Noise | Total |" in r.stdout
     for f in ["report.md", "episodes.csv", "episodes.json", "results.md", "results.csv", "results.json",
-              "summary.json", "latency_hist.png", "command_period_hist.png", "dimensions.png", "joints_bag_ep0.png"]:
+              "summary.json", "latency_hist.png", "command_period_hist.png", "dimensions.png", "levels.png",
+              "joints_bag_ep0.png"]:
         assert (out / f).is_file() and (out / f).stat().st_size > 0, f
     assert (out / "latency_hist.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    md = (out / "results.md").read_text()
+    assert "| Light | — | — | — | 1/2 (50%) | 0/1 (0%) |" in md, md  # levels 0, 1, 2, 3, 5
     res = json.loads((out / "results.json").read_text())
     assert set(res) == {"act"} and res["act"]["Clean"]["episodes"] == 1
     summary = json.loads((out / "summary.json").read_text())

@@ -63,6 +63,50 @@ def success_table(eps: list[Episode]) -> dict:
     return table.build([ep.table_row() for ep in eps if ep.success is not None])
 
 
+def levels_markdown(table: dict) -> str:
+    """Per policy, dimension × level: successes/episodes (rate %)."""
+    lines = []
+    for policy, t in table.items():
+        levels = t.get("levels") or {}
+        lv = sorted({int(k) for d in levels.values() for k in d})
+        if not lv:
+            continue
+        lines += [f"#### {policy}: success by dimension × level", "",
+                  "| dimension | " + " | ".join(f"level {v}" for v in lv) + " |", "|---|" + "---|" * len(lv)]
+        for dim in sorted(levels, key=lambda d: (d != "Clean", d)):
+            cells = []
+            for v in lv:
+                c = levels[dim].get(v) or levels[dim].get(str(v))
+                cells.append("—" if not c else f"{c['successes']}/{c['episodes']} ({100 * (c['rate'] or 0):.0f}%)")
+            lines.append(f"| {dim} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def plot_levels(table: dict, path: Path) -> bool:
+    """Success rate against level, one line per dimension (first policy); False when nothing to plot."""
+    for policy, t in table.items():
+        levels = {d: v for d, v in (t.get("levels") or {}).items() if d != "Clean"}
+        if not levels:
+            continue
+        plt = _plt()
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for dim, by in sorted(levels.items()):
+            xs = sorted(int(k) for k in by)
+            ys = [100 * ((by.get(x) or by.get(str(x)))["rate"] or 0) for x in xs]
+            ax.plot(xs, ys, "o-", label=dim)
+        ax.set_xlabel("level")
+        ax.set_ylabel("success %")
+        ax.set_ylim(-5, 105)
+        ax.set_title(f"{policy}: success by level")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        return True
+    return False
+
+
 def _plt():
     import matplotlib
 
@@ -129,12 +173,14 @@ def write_report(eps: list[Episode], out: Path, title: str = "wam-policy analysi
     table = success_table(eps)
     (out / "results.json").write_text(json.dumps(table, indent=1, sort_keys=True))
     (out / "results.csv").write_text(tbl.csv_text(table))
-    table_md = tbl.markdown(table, "Success by perturbation")
+    table_md = tbl.markdown(table, "Success by perturbation") + "\n" + levels_markdown(table)
     (out / "results.md").write_text(table_md)
     plots = []
     if table:
         tbl.bar_chart(table, out / "dimensions.png", "success by perturbation dimension")
         plots.append("dimensions.png")
+        if plot_levels(table, out / "levels.png"):
+            plots.append("levels.png")
     by_dim: dict[str, list[float]] = {}
     periods: dict[str, list[float]] = {}
     for ep in eps:
