@@ -8,16 +8,26 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 from ..config import ConfigError
 
-#: name → (module, one-line help)
+#: name → (module, one-line help); each module is imported only when its command runs
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("wam_common.cli.demo", "run one sim transfer-cube episode through the full graph and record it"),
     "up": ("wam_common.cli.up", "start a graph description (what `ros2 launch` does) until Ctrl-C"),
     "graph": ("wam_common.cli.up", "print the nodes, parameters and remappings of a graph description"),
+    "eval": ("wam_common.evaluation.cli", "robustness evaluation over a perturbation suite"),
+    "analyze": ("wam_common.analysis.cli_analyze", "per-episode and per-perturbation tables and plots from bags"),
+    "parity": ("wam_common.analysis.cli_parity", "sim-vs-real parity report from two bags"),
+    "export-lerobot": ("wam_common.recording.export_lerobot", "bags → LeRobotDataset (v3)"),
+    "collect": ("wam_common.training.collect", "scripted-expert demos → LeRobotDataset"),
+    "train": ("wam_common.training.train", "train ACT / Diffusion Policy with LeRobot"),
+    "perturb-sheet": ("perturbation_node.sheet", "contact sheet PNG of perturbation ops × levels"),
+    "contact-sheet": ("sim_bridge.contact_sheet", "contact sheet PNG of sim tasks × physical perturbations"),
+    "preflight": ("robot_io.preflight", "pre-flight checks before arming a real robot"),
+    "operator": ("robot_io.operator", "real-robot evaluation: start/stop/label episodes from the keyboard or a topic"),
+    "cameras": ("robot_io.cameras_cli", "list connected RealSense cameras (serials for config/aloha.yaml)"),
 }
 
 
@@ -25,28 +35,7 @@ def register(name: str, module: str, help_: str) -> None:
     COMMANDS[name] = (module, help_)
 
 
-def _load_optional() -> None:
-    # Sub-commands owned by other parts of the package register here (kept in one table).
-    extra = {
-        "analyze": ("wam_common.analysis.cli_analyze", "per-episode and per-perturbation tables and plots from bags"),
-        "parity": ("wam_common.analysis.cli_parity", "sim-vs-real parity report from two bags"),
-        "export-lerobot": ("wam_common.recording.export_lerobot", "bags → LeRobotDataset (v3)"),
-        "perturb-sheet": ("perturbation_node.sheet", "contact sheet PNG of perturbation ops × levels"),
-        "contact-sheet": ("sim_bridge.contact_sheet", "contact sheet PNG of sim tasks × physical perturbations"),
-        "eval": ("wam_common.evaluation.cli", "robustness evaluation over a perturbation suite"),
-        "collect": ("wam_common.training.collect", "scripted-expert demos → LeRobotDataset"),
-        "train": ("wam_common.training.train", "train ACT / Diffusion Policy with LeRobot"),
-        "preflight": ("robot_io.preflight", "pre-flight checks before arming a real robot"),
-        "operator": ("robot_io.operator", "real-robot evaluation: start/stop/label episodes from the keyboard or a topic"),
-        "cameras": ("robot_io.cameras_cli", "list connected RealSense cameras (serials for config/aloha.yaml)"),
-    }
-    for name, (mod, help_) in extra.items():
-        if importlib.util.find_spec(mod.rsplit(".", 1)[0]) is not None:
-            COMMANDS.setdefault(name, (mod, help_))
-
-
 def main(argv: list[str] | None = None) -> int:
-    _load_optional()
     parser = argparse.ArgumentParser(prog="wam-policy", description="Deploy and stress-test VLA / WAM policies on ALOHA over ROS 2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
