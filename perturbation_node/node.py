@@ -85,6 +85,12 @@ class PerturbationNode(Node):
         sensor = qos.sensor(self.lockstep)
         self._pub_active = self.create_publisher(String, topics.ACTIVE_PERTURBATION, qos.LATCHED)
         misc = MutuallyExclusiveCallbackGroup()
+        # Episode events and the instruction first: when several messages are ready at once the
+        # executor serves subscriptions in creation order, so a new episode's seed and rewritten
+        # instruction go out before that episode's first joint states are forwarded.
+        self._pub_instr = self.create_publisher(String, topics.perturbed(topics.INSTRUCTION), qos.LATCHED)
+        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS, callback_group=misc)
+        self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED, callback_group=misc)
         for cam in self.cameras:
             group = MutuallyExclusiveCallbackGroup()
             src = topics.camera_topic(cam)
@@ -99,9 +105,6 @@ class PerturbationNode(Node):
             pub = self.create_publisher(JointState, topics.perturbed(src), sensor)
             self.create_subscription(JointState, src, lambda raw, a=arm, p=pub: self._on_joints(a, raw, p), sensor,
                                      raw=True, callback_group=group)
-        self._pub_instr = self.create_publisher(String, topics.perturbed(topics.INSTRUCTION), qos.LATCHED)
-        self.create_subscription(String, topics.INSTRUCTION, self._on_instruction, qos.LATCHED, callback_group=misc)
-        self.create_subscription(String, topics.EPISODE, self._on_episode, qos.EVENTS, callback_group=misc)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         from std_srvs.srv import Trigger
 
