@@ -43,7 +43,8 @@ def sleep_until(t_ns: int) -> None:
         time.sleep(left - 0.0015 if left > 0.002 else 0)  # coarse sleep, then spin the last ~1.5 ms
 
 
-def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: int, chunk_noise: float) -> dict:
+def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: int, chunk_noise: float,
+        rt: bool = False) -> dict:
     backend = make_backend("synthetic", {"latency_ms": latency_ms, "horizon": horizon, "chunk_noise": chunk_noise,
                                          "needs_images": False, "amplitude": 0.2, "period_s": 3.0})
     rt = ChunkRuntime(strategy, DT, replan_steps=replan)
@@ -53,6 +54,8 @@ def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: 
     n = int(seconds / DT)
     pub_ns, cmds, chunk_ids, holds, infer, tick_ms = [], [], [], [], [], []
     state = HOME.copy()
+    if rt:  # the loop thread only: the controller's inference thread already runs at normal priority
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     next_t = time.monotonic_ns() + dt_ns
     for _ in range(n):
         sleep_until(next_t)
@@ -70,6 +73,8 @@ def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: 
             infer.append(st["infer_ms"])
         # a timer keeps its phase: the next tick is due one period later, or now if we are late
         next_t = max(next_t + dt_ns, time.monotonic_ns()) if strategy == "sync" else next_t + dt_ns
+    if rt:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     ctl.close()
     periods = np.diff(np.array(pub_ns)) / 1e6
     err = np.abs(periods - DT * 1e3)
@@ -104,12 +109,23 @@ def main(argv=None) -> int:
     ap.add_argument("--horizon", type=int, default=50)
     ap.add_argument("--replan", type=int, default=10, help="rtc replan_steps")
     ap.add_argument("--chunk-noise", type=float, default=0.01, help="per-chunk offset (rad) to make boundaries visible")
+    ap.add_argument("--rt", action="store_true",
+                    help="run the 50 Hz loop thread under SCHED_FIFO (as a robot's control loop would; needs "
+                         "CAP_SYS_NICE); the inference thread keeps normal priority")
     a = ap.parse_args(argv)
+    rt = None
+    if a.rt:
+        try:  # probe once; run() raises the loop thread only, after the inference thread exists
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            rt = "SCHED_FIFO 10"
+        except (PermissionError, AttributeError, OSError) as exc:
+            rt = f"unavailable ({exc})"
     load = os.getloadavg()[0]
-    results = [run(float(lat), s, a.seconds, a.horizon, a.replan, a.chunk_noise)
+    results = [run(float(lat), s, a.seconds, a.horizon, a.replan, a.chunk_noise, rt == "SCHED_FIFO 10")
                for lat in a.latencies.split(",") for s in a.strategies.split(",")]
     out = {"bench": "control_loop", "dt_ms": DT * 1e3, "seconds_each": a.seconds, "horizon": a.horizon,
-           "host": platform.node(), "cpus": os.cpu_count(), "load_avg_1min_before": load, "load_avg_1min_after": os.getloadavg()[0],
+           "host": platform.node(), "cpus": os.cpu_count(), "loop_priority": rt or "normal", "load_avg_1min_before": load, "load_avg_1min_after": os.getloadavg()[0],
            "results": results}
     at400 = [r for r in results if r["latency_ms"] == 400 and r["strategy"] in ("rtc", "temporal_ensemble")]
     out["target_400ms_met"] = bool(at400) and all(r["stalls"] == 0 and r["period_err_ms"]["p99"] < 1.0 for r in at400)
