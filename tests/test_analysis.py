@@ -109,3 +109,39 @@ def test_unfinished_bag_is_analyzed(bag, tmp_path):
     eps = analyze_bag(crashed)
     assert [e.success for e in eps[:-1]] == [p[2] for p in PLAN[:-1]]
     assert eps[-1].success is None and eps[-1].outcome == "incomplete"
+
+
+def test_bag_without_episode_events(tmp_path):
+    """A robot run recorded without EPISODE events is one episode of unknown outcome, timing intact."""
+    import numpy as np
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, String
+
+    from wam_common import aloha, topics as T
+    from wam_common.analysis.episodes import analyze_bag
+    from wam_common.recording.writer import BagWriter
+
+    w = BagWriter(tmp_path / "robot")
+    for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),
+                  (T.joint_state_topic("right"), "sensor_msgs/msg/JointState"),
+                  (T.COMMAND, "std_msgs/msg/Float64MultiArray"), (T.POLICY_STATUS, "std_msgs/msg/String")):
+        w.add_topic(t, ty)
+    t0 = 1_000_000_000
+    for k in range(30):
+        t = t0 + k * 20_000_000
+        for arm in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
+            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+        w.write(T.COMMAND, t + 3_000_000, serialize_message(Float64MultiArray(data=[0.01 * k] * 14)))
+        w.write(T.POLICY_STATUS, t + 3_100_000, serialize_message(String(data=json.dumps(
+            {"chunk_id": k // 10, "inferred": k % 10 == 0, "infer_ms": 40.0, "hold": None}))))
+    w.close()
+    eps = analyze_bag(tmp_path / "robot")
+    assert len(eps) == 1 and eps[0].success is None and eps[0].outcome.startswith("unknown")
+    e = eps[0]
+    assert e.commands == 30 and e.latency_ms["n"] == 30 and e.latency_ms["p50"] == pytest.approx(3.0)
+    assert e.command_period_ms["p50"] == pytest.approx(20.0) and e.stalls == 0
+    assert e.inferences == 3 and e.chunk_boundaries == 2

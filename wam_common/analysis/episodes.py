@@ -110,7 +110,7 @@ class Episode:
     @property
     def outcome(self) -> str:
         if self.success is None:
-            return "incomplete"
+            return "unknown (no episode events)" if self.reason == "no_episode_events" else "incomplete"
         return "success" if self.success else f"failure ({self.reason})"
 
     def summary(self) -> dict:
@@ -335,11 +335,21 @@ def analyze_bag(path: str | Path, policy: str | None = None, labels: dict | None
             tops = {fn(T.joint_state_topic(a)): (src, a) for a in T.ARMS}
             if all(t in have for t in tops):
                 states.update(tops)
+        wanted = [t for t in (T.EPISODE, T.ACTIVE_PERTURBATION, T.COMMAND, T.POLICY_STATUS, T.DIAGNOSTICS, *states)
+                  if t in have]
         b = _Builder(path.name, lab, states, policy)
-        wanted = [T.EPISODE, T.ACTIVE_PERTURBATION, T.COMMAND, T.POLICY_STATUS, T.DIAGNOSTICS, *states]
-        for m in bag.messages([t for t in wanted if t in have]):
+        for m in bag.messages(wanted):
             b.feed(m)
         b._finish(None)
+        if not b.episodes and T.COMMAND in have:
+            # no EPISODE events (a robot run without an operator tool): the whole bag is one
+            # episode of unknown outcome — timing, latency, holds and smoothness still apply
+            b = _Builder(path.name, lab, states, policy)
+            b.cur = Episode(path.name, 0, policy=b.policy, start_ns=bag.start_ns, reason="no_episode_events")
+            for m in bag.messages(wanted):
+                b.feed(m)
+            b._finish(None)
+            b.episodes[-1].reason = "no_episode_events"
     return b.episodes
 
 
