@@ -77,3 +77,33 @@ def test_bad_input(tmp_path, bags):
     r = subprocess.run([sys.executable, "-m", "wam_common.cli", "parity", str(sim), str(sim), "--backend", "nonesuch",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nonesuch" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_open_loop_on_a_bag_without_episode_events(tmp_path):
+    """A robot bag recorded without EPISODE events replays as one episode."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray
+
+    from wam_common import topics as T
+    from wam_common.analysis.parity import open_loop
+    from wam_common.recording.writer import BagWriter
+
+    w = BagWriter(tmp_path / "robot")
+    for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),
+                  (T.joint_state_topic("right"), "sensor_msgs/msg/JointState"),
+                  (T.COMMAND, "std_msgs/msg/Float64MultiArray")):
+        w.add_topic(t, ty)
+    for k in range(20):
+        t = 1_000_000_000 + k * 20_000_000
+        for arm in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
+            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+        w.write(T.COMMAND, t + 1_000_000, serialize_message(Float64MultiArray(data=[0.5] * 14)))
+    w.close()
+    eps = open_loop(tmp_path / "robot", "synthetic", {"horizon": 10, "amplitude": 0.0, "needs_images": False})
+    assert [e.steps for e in eps] == [20] and eps[0].inferences == 2
+    s = eps[0].summary()  # synthetic holds the first state (zeros; gripper at its normalised value)
+    assert s["joint_mae_rad"] == pytest.approx(0.5, abs=1e-6)

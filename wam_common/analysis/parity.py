@@ -162,10 +162,12 @@ def open_loop(real_bag: str | Path, backend_type: str, backend_cfg: dict | None 
             step = 0
             chunk, chunk_start = None, 0
             waiting = None
+            started = False
             for m in bag.messages([t for t in wanted if t in have]):
                 if m.topic == T.EPISODE:
                     ev = json_event(m) or {}
                     if ev.get("event") == "start":
+                        started = True
                         cur = OpenLoopEpisode(int(ev.get("episode", len(out))))
                         out.append(cur)
                         prompt = str(ev.get("instruction") or prompt)
@@ -184,7 +186,12 @@ def open_loop(real_bag: str | Path, backend_type: str, backend_cfg: dict | None 
                         continue
                     frames[cam_topics[m.topic]] = np.array(to_rgb(img))
                     stamps[cam_topics[m.topic]] = img.stamp.ns
-                elif m.topic in js_topics and cur is not None:
+                elif m.topic in js_topics and (cur is not None or not started):
+                    if cur is None:  # a robot bag without EPISODE events: all of it is one episode
+                        started = True
+                        cur = OpenLoopEpisode(0)
+                        out.append(cur)
+                        backend.reset(None)
                     try:
                         js = decode(m, bag.reader)
                         arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
