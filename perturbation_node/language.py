@@ -52,6 +52,11 @@ SYNONYMS: dict[str, list[str]] = {
     "arms": ["manipulators", "robot arms"],
     "gripper": ["hand", "end effector"],
     "other": ["second", "opposite"],
+    "hold": ["keep"],
+    "release": ["let go of", "drop"],
+    "push": ["shove", "press"],
+    "open": ["pull open"],
+    "close": ["shut"],
 }
 
 TEMPLATES: dict[int, list[str]] = {
