@@ -45,16 +45,22 @@ def sleep_until(t_ns: int) -> None:
 
 def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: int, chunk_noise: float,
         rt: bool = False) -> dict:
+    if horizon <= 0:  # auto: a chunk must outlast the inference that replaces it
+        horizon = max(50, 2 * int(np.ceil(latency_ms / 1e3 / DT)) + 10)
     backend = make_backend("synthetic", {"latency_ms": latency_ms, "horizon": horizon, "chunk_noise": chunk_noise,
                                          "needs_images": False, "amplitude": 0.2, "period_s": 3.0})
-    rt = ChunkRuntime(strategy, DT, replan_steps=replan)
-    ctl = PolicyController(backend, rt, SafetyFilter({"stale_obs_s": 2.0, "inference_timeout_s": 5.0}),
-                           clock_ns=time.monotonic_ns, realtime=True)
+    runtime = ChunkRuntime(strategy, DT, replan_steps=replan)
+
+    def worker_init():  # --rt: the inference thread (sleep-bound here, as a GPU/remote backend) at FIFO 5
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(5))
+
+    ctl = PolicyController(backend, runtime, SafetyFilter({"stale_obs_s": 2.0, "inference_timeout_s": 5.0}),
+                           clock_ns=time.monotonic_ns, realtime=True, worker_init=worker_init if rt else None)
     dt_ns = int(DT * 1e9)
     n = int(seconds / DT)
     pub_ns, cmds, chunk_ids, holds, infer, tick_ms = [], [], [], [], [], []
     state = HOME.copy()
-    if rt:  # the loop thread only: the controller's inference thread already runs at normal priority
+    if rt:  # the loop thread (the inference thread set itself in worker_init)
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
     next_t = time.monotonic_ns() + dt_ns
     for _ in range(n):
@@ -82,10 +88,11 @@ def run(latency_ms: float, strategy: str, seconds: float, horizon: int, replan: 
     jumps = np.abs(np.diff(cmds, axis=0)).max(axis=1)
     ids = np.array([-1 if c is None else c for c in chunk_ids])
     boundary = (ids[1:] != ids[:-1]) & (ids[1:] >= 0) & (ids[:-1] >= 0)
-    first = int(np.argmax(ids >= 0)) if np.any(ids >= 0) else n
+    d = int(np.ceil(latency_ms / 1e3 / DT))
+    first = int(np.argmax(ids >= 0)) if np.any(ids >= 0) else d + 1  # ticks before the first chunk: start-up
     steady = np.arange(len(jumps)) >= first + 10  # after the first chunk arrived and was caught up with
     return {
-        "latency_ms": latency_ms, "strategy": strategy, "ticks": n,
+        "latency_ms": latency_ms, "strategy": strategy, "ticks": n, "horizon": horizon,
         "period_err_ms": {"p50": round(float(np.percentile(err, 50)), 4), "p99": round(float(np.percentile(err, 99)), 4),
                           "max": round(float(err.max()), 3)},
         "stalls": int(np.sum(periods > 1.5 * DT * 1e3)),
@@ -106,12 +113,13 @@ def main(argv=None) -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--latencies", default="50,200,400,1000")
     ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--horizon", type=int, default=50)
+    ap.add_argument("--horizon", type=int, default=0, help="chunk length (0: max(50, 2 x latency steps + 10))")
     ap.add_argument("--replan", type=int, default=10, help="rtc replan_steps")
     ap.add_argument("--chunk-noise", type=float, default=0.01, help="per-chunk offset (rad) to make boundaries visible")
     ap.add_argument("--rt", action="store_true",
                     help="run the 50 Hz loop thread under SCHED_FIFO (as a robot's control loop would; needs "
-                         "CAP_SYS_NICE); the inference thread keeps normal priority")
+                         "CAP_SYS_NICE) and the inference thread under FIFO 5 (it only sleeps here, like a GPU or "
+                         "remote backend; without it a preempted GIL holder delays the loop)")
     a = ap.parse_args(argv)
     rt = None
     if a.rt:
@@ -124,7 +132,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()[0]
     results = [run(float(lat), s, a.seconds, a.horizon, a.replan, a.chunk_noise, rt == "SCHED_FIFO 10")
                for lat in a.latencies.split(",") for s in a.strategies.split(",")]
-    out = {"bench": "control_loop", "dt_ms": DT * 1e3, "seconds_each": a.seconds, "horizon": a.horizon,
+    out = {"bench": "control_loop", "dt_ms": DT * 1e3, "seconds_each": a.seconds,
            "host": platform.node(), "cpus": os.cpu_count(), "loop_priority": rt or "normal", "load_avg_1min_before": load, "load_avg_1min_after": os.getloadavg()[0],
            "results": results}
     at400 = [r for r in results if r["latency_ms"] == 400 and r["strategy"] in ("rtc", "temporal_ensemble")]

@@ -28,8 +28,9 @@ from .safety import SafetyFilter
 class _Worker:
     """One inference at a time in a daemon thread; results are picked up by the caller."""
 
-    def __init__(self, fn: Callable[[Observation], tuple], clock_ns: Callable[[], int]):
-        self._fn, self._clock = fn, clock_ns
+    def __init__(self, fn: Callable[[Observation], tuple], clock_ns: Callable[[], int],
+                 init: Callable[[], None] | None = None):
+        self._fn, self._clock, self._init = fn, clock_ns, init
         self._cv = threading.Condition()
         self._job = None  # (gen, obs)
         self._result = None  # (gen, arrival_ns, result)
@@ -57,6 +58,8 @@ class _Worker:
             return r
 
     def _loop(self):
+        if self._init is not None:
+            self._init()  # e.g. a scheduling priority for this thread
         while True:
             with self._cv:
                 while self._job is None and not self._stop:
@@ -81,7 +84,7 @@ class PolicyController:
     def __init__(self, backend: Backend, runtime: ChunkRuntime, safety: SafetyFilter,
                  clock_ns: Callable[[], int] | None = None, realtime: bool = False,
                  stale_obs_s: float | None = None, inference_timeout_s: float | None = None,
-                 horizon_hint: int = 50):
+                 horizon_hint: int = 50, worker_init: Callable[[], None] | None = None):
         self.backend, self.runtime, self.safety = backend, runtime, safety
         self.clock_ns = clock_ns or time.monotonic_ns
         self.stale_obs_ns = int(float(stale_obs_s if stale_obs_s is not None else safety.cfg["stale_obs_s"]) * 1e9)
@@ -96,7 +99,8 @@ class PolicyController:
         self.last_chunk_stamp: int | None = None
         self.episode: dict | None = None
         self._gen = 0
-        self._worker = _Worker(self._infer, self.clock_ns) if realtime and runtime.strategy != "sync" else None
+        self._worker = (_Worker(self._infer, self.clock_ns, worker_init)
+                        if realtime and runtime.strategy != "sync" else None)
         self.realtime = realtime
         if realtime:
             # a tick waiting for the GIL behind the inference thread's Python code would be late by
