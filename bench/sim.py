@@ -119,7 +119,6 @@ def bench_bridge(steps: int, h: int, w: int, every: int) -> dict:
     """The node as a process; a responder here answers each step with the expert's command."""
     import rclpy
     from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
 
     sys.path.insert(0, str(ROOT / "tests"))
     from rosutil import Probe
