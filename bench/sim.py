@@ -4,7 +4,8 @@ Prints one JSON object:
 
 - ``physics`` (MuJoCo) / ``physics_sapien`` (SAPIEN 3 PhysX CPU, if installed): per task, control steps/s (one step = DT 0.02 s = 10 MuJoCo sub-steps) holding the
   start pose and replaying the scripted expert, and the physics-only real-time factor.
-- ``render_ms``: per resolution and camera, median / p90 ms of one ``Renderer.update_scene`` +
+- ``render_ms`` (``render.quality: gym_aloha``) / ``render_ms_fast`` (``fast``): per resolution and
+  camera, median / p90 ms of one ``Renderer.update_scene`` +
   ``render`` (EGL; ``gl_renderer`` says which GL device drew it: Mesa llvmpipe on this CPU,
   the NVIDIA driver on the GPU device).
 - ``core_rtf``: the bridge's per-step work without ROS (step + 3 cameras rendered + CDR-encoded)
@@ -75,8 +76,8 @@ def bench_physics(task: str, steps: int, backend: str = "mujoco") -> dict:
             "physics_rtf": round(steps * topics.DT / t_exp, 2), "expert_plan_ms": round(t_plan * 1e3, 1)}
 
 
-def bench_render(n: int) -> tuple[dict, str]:
-    env = SimEnv("transfer_cube")
+def bench_render(n: int, quality: str = "gym_aloha") -> tuple[dict, str]:
+    env = SimEnv("transfer_cube", quality=quality)
     env.reset(0)
     out = {}
     for h, w in RESOLUTIONS:
@@ -95,11 +96,11 @@ def bench_render(n: int) -> tuple[dict, str]:
     return out, gl
 
 
-def bench_core(steps: int) -> dict:
-    env = SimEnv("transfer_cube")
+def bench_core(steps: int, quality: str = "gym_aloha", resolutions=RESOLUTIONS) -> dict:
+    env = SimEnv("transfer_cube", quality=quality)
     ex = make_expert("transfer_cube")
     out = {}
-    for h, w in RESOLUTIONS:
+    for h, w in resolutions:
         for every in (1, 2, 5):
             env.reset(0)
             ex.reset(env.privileged(0, 0, 0, 0))
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--no-bridge", action="store_true", help="skip the node-process measurement")
     args = ap.parse_args(argv)
     steps = 100 if args.quick else 400
-    n_render = 5 if args.quick else 20
+    n_render = 5 if args.quick else 10
     out = {"bench": "sim", "host": os.uname().nodename, "cpus": os.cpu_count(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
     out["physics"] = {t: bench_physics(t, steps) for t in TASKS}
@@ -179,7 +180,9 @@ def main(argv=None) -> int:
     except ImportError:
         out["physics_sapien"] = "SAPIEN not installed (requirements-sapien.txt)"
     out["render_ms"], out["gl_renderer"] = bench_render(n_render)
+    out["render_ms_fast"], _ = bench_render(n_render, "fast")
     out["core_rtf"] = bench_core(40 if args.quick else 100)
+    out["core_rtf_fast"] = bench_core(40 if args.quick else 100, "fast", RESOLUTIONS[1:2])
     if not args.no_bridge:
         out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, 240, 320, 1),
                              bench_bridge(100 if args.quick else 200, 240, 320, 2)]
