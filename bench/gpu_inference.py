@@ -314,7 +314,27 @@ def run_policy(ptype, args, dev, workdir, res):
                                                     dev, 10),
             }
             del ref32, pol32, f32
-    del fast, ref, pol
+        if ptype in args.ref_startup.split(","):
+            # LeRobot's own start-up from the same checkpoint: from_pretrained (builds the model on the
+            # host, loads the state dict, moves it to the GPU) + its first call
+            del ref, pol
+            gc.collect()
+            if dev.type == "cuda":
+                torch.cuda.empty_cache()
+            t0 = time.perf_counter()
+            ref_l = EagerEngine.from_pretrained(ckpt, device=dev, dtype=args.dtype)
+            load_s = time.perf_counter() - t0
+            warm_s = ref_l.warmup(on_dev[0])
+            loaded_out = [ref_l.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)]
+            res["ref_startup_from_pretrained"] = {
+                "load_s": round(load_s, 2), "first_call_s": round(warm_s, 2), "to_first_action_s": round(load_s + warm_s, 2),
+                "loaded_vs_in_memory_reference": _diff(ref_out, loaded_out),
+                "fast_vs_loaded_reference": _diff(loaded_out, fast_out)}
+            print(f"[{ptype}] LeRobot from_pretrained start-up {load_s + warm_s:.1f} s", flush=True)
+            del ref_l
+        else:
+            del ref, pol
+    del fast
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -332,6 +352,8 @@ def main(argv=None):
     ap.add_argument("--quick", action="store_true", help="skip the fp32 comparisons")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--sdpa", action="store_true", help="also time each SDPA backend on the engine's shapes")
+    ap.add_argument("--ref-startup", default="", help="policies (comma list) whose LeRobot from_pretrained "
+                    "start-up is timed too (slow: the model is built on the host)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
