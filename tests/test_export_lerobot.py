@@ -72,3 +72,46 @@ def test_success_only_and_errors(bag, tmp_path):
     r = subprocess.run([sys.executable, "-m", "wam_common.cli", "export-lerobot", str(tmp_path / "missing"),
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_bag_without_episode_events(tmp_path):
+    """A robot bag without EPISODE events exports as one episode (not with --success-only)."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, String
+
+    from wam_common import topics as T
+    from wam_common.config import ConfigError
+    from wam_common.imageio import Stamp, encode_image
+    from wam_common.recording.export_lerobot import export
+    from wam_common.recording.writer import BagWriter
+
+    w = BagWriter(tmp_path / "robot")
+    w.add_topic(T.INSTRUCTION, "std_msgs/msg/String")
+    for c in ("cam_high", "cam_left_wrist", "cam_right_wrist"):
+        w.add_topic(T.camera_topic(c), "sensor_msgs/msg/Image")
+    for a in T.ARMS:
+        w.add_topic(T.joint_state_topic(a), "sensor_msgs/msg/JointState")
+    w.add_topic(T.COMMAND, "std_msgs/msg/Float64MultiArray")
+    w.write(T.INSTRUCTION, 1, serialize_message(String(data="fold the towel")))
+    for k in range(6):
+        t = 1_000_000_000 + k * 20_000_000
+        st = Stamp.from_ns(t)
+        for c in ("cam_high", "cam_left_wrist", "cam_right_wrist"):
+            w.write(T.camera_topic(c), t, encode_image(np.full((48, 64, 3), 100, np.uint8), "rgb8", st))
+        for a in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = st.sec, st.nanosec
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.full(7, 0.1 * k))
+            w.write(T.joint_state_topic(a), t + 1, serialize_message(js))
+        w.write(T.COMMAND, t + 2, serialize_message(Float64MultiArray(data=[0.2] * 14)))
+    w.close()
+    info = export([tmp_path / "robot"], tmp_path / "ds")
+    assert info["episodes"] == 1 and info["frames"] == 6
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+    ds = LeRobotDataset("local/ds", root=tmp_path / "ds", video_backend="pyav")
+    assert len(ds) == 6 and ds[0]["task"] == "fold the towel"
+    np.testing.assert_allclose(ds[5]["observation.state"].numpy()[:6], 0.5, atol=1e-6)
+    with pytest.raises(ConfigError, match="no exportable"):
+        export([tmp_path / "robot"], tmp_path / "ds2", success_only=True)

@@ -10,7 +10,8 @@ One frame per control step: a step is a joint-state pair (both arms, same stamp;
 topics by default, ``--perturbed`` for what the policy saw), its action is the next COMMAND,
 its images the newest frame of each camera stamped at or before the step (cameras publish
 every ``camera_every`` steps). The task string is the episode's instruction (start event or
-``/instruction``), else its task name. fps = 50 / ``--stride``.
+``/instruction``), else its task name. fps = 50 / ``--stride``. A bag without EPISODE events (a
+robot run) is one episode of unknown outcome (left out by ``--success-only``).
 """
 from __future__ import annotations
 
@@ -56,19 +57,23 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
     for path in bag_paths:
         with Bag(path) as bag:
             have = bag.topics
-            missing = [t for t in list(cam_topics) + list(js_topics) + [T.COMMAND, T.EPISODE] if t not in have]
+            missing = [t for t in list(cam_topics) + list(js_topics) + [T.COMMAND] if t not in have]
             if missing:
                 raise ConfigError(f"bag '{path}' lacks topic(s) {', '.join(missing)} needed for export")
             latest: dict[str, tuple[int, np.ndarray]] = {}
             pending: dict[int, dict] = {}
             cur: _Episode | None = None
+            implicit = False  # no EPISODE events at all (a robot run): the whole bag is one episode
             waiting: _Step | None = None
             instruction = ""
-            topics = list(cam_topics) + list(js_topics) + [T.COMMAND, T.EPISODE] + ([instr_topic] if instr_topic in have else [])
+            topics = list(cam_topics) + list(js_topics) + [T.COMMAND] + \
+                [t for t in (T.EPISODE, instr_topic) if t in have]
+            started = False
             for m in bag.messages(topics):
                 if m.topic == T.EPISODE:
                     ev = json_event(m) or {}
                     if ev.get("event") == "start":
+                        started = True
                         cur = _Episode(int(ev.get("episode", len(out))),
                                        str(ev.get("instruction") or instruction or ev.get("task") or "task"))
                         waiting, pending = None, {}
@@ -84,7 +89,10 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                         latest[cam_topics[m.topic]] = (img.stamp.ns, np.array(to_rgb(img)))
                     except Exception:  # noqa: BLE001 - a bad frame is skipped
                         continue
-                elif m.topic in js_topics and cur is not None:
+                elif m.topic in js_topics and (cur is not None or not started):
+                    if cur is None:
+                        started = implicit = True
+                        cur = _Episode(len(out), instruction or "task")
                     try:
                         js = decode(m)
                         arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
@@ -109,6 +117,10 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                     waiting.action = act
                     cur.steps.append(waiting)
                     waiting = None
+            if implicit and cur is not None:
+                if instruction and cur.task == "task":
+                    cur.task = instruction
+                out.append(cur)
     return out
 
 
@@ -138,6 +150,8 @@ def export(bag_paths, out: str | Path, repo_id: str | None = None, stride: int =
                           f"({len(eps)} complete episode(s), success_only={success_only})")
     fps = int(round(1.0 / (T.DT * stride)))
     shape = kept[0].steps[0].images[cameras[0]].shape
+    if shape[1] < 32:  # SVT-AV1 (LeRobot's default video codec) dies with SIGFPE below ~26 px wide
+        raise ConfigError(f"camera images are {shape[1]} px wide; LeRobot's video encoder needs at least 32")
     ds = LeRobotDataset.create(repo_id=repo_id or f"local/{out.name}", fps=fps, features=features(shape, cameras),
                                root=out, robot_type="aloha", use_videos=True)
     frames = 0
