@@ -194,3 +194,19 @@ def test_warmup_with_a_dummy_batch_reports_progress(engines):
     assert fast.warmup(progress=lines.append) >= 0
     assert len(lines) == 2 and "ready" in lines[1]
     assert ref.warmup() >= 0
+
+
+def test_mismatched_shapes_and_nan_images_are_errors(engines):
+    _, cfg, _, fast, _ = engines
+    batch = random_batch(cfg, seed=9)
+    bad = dict(batch, **{"observation.images.cam_high": torch.rand(2, 3, 56, 56)})  # batch 2 vs tokens of 1
+    with pytest.raises(EngineError, match="observation.images.cam_high"):
+        fast.predict_action_chunk(bad)
+    bad = dict(batch, **{"observation.language.attention_mask": batch["observation.language.attention_mask"][:, :5]})
+    with pytest.raises(EngineError, match="attention_mask"):
+        fast.predict_action_chunk(bad)
+    img = batch["observation.images.cam_high"].clone()
+    img[0, 0, 0, 0] = float("nan")
+    with pytest.raises(EngineError, match="non-finite"):
+        fast.predict_action_chunk(dict(batch, **{"observation.images.cam_high": img}))
+    assert torch.isfinite(fast.predict_action_chunk(batch)).all()  # still serves after the errors

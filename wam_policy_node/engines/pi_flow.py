@@ -571,8 +571,11 @@ class PiFlowEngine:
         if s.get("h2d_done") is not None:
             s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
 
-        def put(name, value, sl=slice(None)):
+        def put(name, value, sl=slice(None), key=None):
             dst = s[name][sl]
+            if tuple(value.shape) != tuple(dst.shape):
+                raise EngineError(f"{key or name}: shape {tuple(value.shape)}, expected {tuple(dst.shape)} "
+                                  f"(batch size and prompt length must match the batch's tokens)")
             if value.device.type == "cpu" and pinned is not None:
                 pin = pinned[name][sl]
                 pin.copy_(value)
@@ -584,7 +587,7 @@ class PiFlowEngine:
         for ci, key in enumerate(self.image_keys):
             sl = slice(ci, None, ncam)  # images are laid out (B, ncam) → row b*ncam + ci
             if key in batch:
-                put("images", self._image(batch[key], key), sl)
+                put("images", self._image(batch[key], key), sl, key=key)
             else:
                 s["images"][sl].fill_(0.0)  # 0 → -1 after the [-1,1] map, as LeRobot pads
                 img_mask[:, ci] = False
@@ -592,8 +595,8 @@ class PiFlowEngine:
         tokens, tmask = batch.get(TOKENS), batch.get(TOKEN_MASK)
         if tokens is None or tmask is None:
             raise EngineError(f"batch needs {TOKENS!r} and {TOKEN_MASK!r} (LeRobot's tokenizer step)")
-        put("tokens", tokens.to(torch.long))
-        put("token_mask", tmask.to(torch.bool))
+        put("tokens", tokens.to(torch.long), key=TOKENS)
+        put("token_mask", tmask.to(torch.bool), key=TOKEN_MASK)
         if not self.pi05:
             if STATE not in batch:
                 raise EngineError(f"batch needs {STATE!r}")
@@ -603,7 +606,7 @@ class PiFlowEngine:
             st = F.pad(st, (0, cfg.max_state_dim - st.shape[-1]))
             if not torch.isfinite(st).all():
                 raise EngineError(f"{STATE}: non-finite values")
-            put("state", st)
+            put("state", st, key=STATE)
         if noise is None:
             s["noise"].normal_()
         else:
@@ -666,7 +669,10 @@ class PiFlowEngine:
             graph.replay()
         else:
             self._forward(s)
-        return s["out"][:, :, : self.action_dim].clone()
+        out = s["out"][:, :, : self.action_dim].clone()
+        if not bool(torch.isfinite(out).all()):
+            raise EngineError("non-finite actions (NaN/inf in the images or the weights?)")
+        return out
 
     @torch.no_grad()
     def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
