@@ -32,7 +32,8 @@ def graph_bag(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("graph")
     g = load_graph("aloha_sim", {
-        "sim_bridge": {"episodes": EPISODES, "start_delay_s": 2.0,
+        # short episodes (they end by timeout, a failure: outcomes still come from /sim/episode)
+        "sim_bridge": {"episodes": EPISODES, "start_delay_s": 2.0, "max_steps": 80,
                        "render": {"width": 64, "height": 48, "camera_every": 10}},
         "perturbation_node": {"profile": "light@4"},  # a study dimension, labelled by the node itself
         "recorder": {"output_dir": str(out), "bag_name": "bag", "diagnostics_period_s": 0.0},
@@ -57,7 +58,7 @@ def graph_bag(tmp_path_factory):
         def done():
             return any(json.loads(m.data).get("event") == "done" for m in probe.decoded(T.EPISODE, String))
 
-        ok = wait_for(lambda: done() or bool(runner.dead()), 400, interval=0.5)
+        ok = wait_for(lambda: done() or bool(runner.dead()), 600, interval=0.5)
         assert ok and not runner.dead(), {n: runner.log(n)[-2000:] for n in runner.procs}
         time.sleep(1.0)
         events = [json.loads(m.data) for m in probe.decoded(T.EPISODE, String)]
