@@ -23,7 +23,7 @@ H, W, STEPS = 48, 64, 30
 def dataset(tmp_path_factory):
     out = tmp_path_factory.mktemp("ds") / "tc"
     info = C.collect("sim", ["transfer_cube"], 2, out, seed=7, cameras=["cam_high"], height=H, width=W,
-                     camera_every=5, workers=1, keep_failed=True, max_steps=STEPS, quiet=True)
+                     camera_every=5, workers=2, keep_failed=True, max_steps=STEPS, quiet=True)  # 2 shards, aggregated
     return out, info
 
 
@@ -33,7 +33,7 @@ def test_collect_sim_dataset_loads_in_lerobot(dataset):
     from sim_bridge.experts import make_expert
 
     out, info = dataset
-    assert info["episodes"] == 2 and info["frames"] == 2 * STEPS
+    assert info["episodes"] == 2 and info["frames"] == 2 * STEPS and info["shards"] == 2
     ds = LeRobotDataset(info["repo_id"], root=out)
     assert ds.num_episodes == 2 and ds.num_frames == 2 * STEPS and ds.fps == 50
     f0 = ds[0]

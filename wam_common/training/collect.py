@@ -14,8 +14,10 @@ Two sources, one dataset layout (that of ``export-lerobot``: ``observation.image
   the bags are exported with ``export-lerobot`` (raw topics, so the same frames as ``--via sim``).
 
 Written with LeRobot's own ``LeRobotDataset.create`` / ``add_frame`` / ``save_episode`` /
-``finalize``. Images are stored as PNG frames by default (fast random access for training);
-``--video`` stores videos instead. Failed expert episodes are skipped unless ``--keep-failed``.
+``finalize``. Cameras are stored as videos by default (LeRobot's usual layout; training decodes one
+frame per sample); ``--images`` stores PNG frames in the parquet files instead — but LeRobot 0.6.1
+then decodes the images of every row an ACT sample's 100-step action query touches, which makes
+training data-bound. Failed expert episodes are skipped unless ``--keep-failed``.
 
     wam-policy collect --task transfer_cube --episodes 50 --out runs/datasets/transfer_cube --workers 8
     wam-policy collect --via graph --episodes 4 --out runs/datasets/tc_graph --workers 2
@@ -90,7 +92,7 @@ def _sim_job(args: tuple) -> Demo:
 
 
 def collect_sim(tasks: list[str], episodes: int, seed: int, cameras, height: int, width: int, camera_every: int,
-                workers: int, max_steps: int = 0, progress=None):
+                workers: int = 1, max_steps: int = 0):
     """Yield Demos (per task, in seed order), computed by ``workers`` processes."""
     jobs = [(t, seed + i, tuple(cameras), height, width, camera_every, max_steps) for t in tasks for i in range(episodes)]
     if workers <= 1:
@@ -101,6 +103,59 @@ def collect_sim(tasks: list[str], episodes: int, seed: int, cameras, height: int
 
     with mp.get_context("spawn").Pool(workers) as pool:
         yield from pool.imap(_sim_job, jobs, chunksize=1)
+
+
+def _shard_job(a: tuple) -> dict | None:
+    """One worker: its episodes → its own LeRobotDataset shard (PNG encoding is the slow part)."""
+    jobs, root, fps, cameras, height, width, video, keep_failed, quiet = a
+
+    def report(d: Demo, kept: bool):
+        if not quiet:
+            print(f"[collect] {d.task} seed {d.seed}: {'ok' if d.success else 'expert failed'}"
+                  f"{'' if kept else ' (skipped)'}", flush=True)
+
+    try:
+        return write_dataset((_sim_job(j) for j in jobs), Path(root), fps, cameras, height, width, video,
+                             repo_id=f"local/{Path(root).name}", keep_failed=keep_failed, on_episode=report)
+    except RuntimeError as exc:  # every episode of this shard failed
+        return {"episodes": 0, "skipped_failed": len(jobs), "error": str(exc)}
+
+
+def collect_sim_sharded(tasks, episodes, seed, cameras, height, width, camera_every, workers, out: Path,
+                        video=False, keep_failed=False, max_steps=0, repo_id=None, quiet=False) -> dict:
+    """``workers`` processes each write a shard (contiguous seeds); LeRobot's ``aggregate_datasets``
+    joins them, in seed order, into ``out``."""
+    import multiprocessing as mp
+
+    from lerobot.datasets.aggregate import aggregate_datasets
+
+    jobs = [(t, seed + i, tuple(cameras), height, width, camera_every, max_steps) for t in tasks for i in range(episodes)]
+    n = max(1, min(workers, len(jobs)))
+    bounds = np.linspace(0, len(jobs), n + 1).round().astype(int)
+    shard_dir = Path(tempfile.mkdtemp(prefix=f".{out.name}_shards_", dir=str(out.parent)))
+    try:
+        args = [(jobs[bounds[i]:bounds[i + 1]], str(shard_dir / f"shard_{i:03d}"), int(round(1 / T.DT)), tuple(cameras),
+                 height, width, video, keep_failed, quiet) for i in range(n)]
+        with mp.get_context("spawn").Pool(n) as pool:
+            infos = pool.map(_shard_job, args, chunksize=1)
+        shards = [a[1] for a, inf in zip(args, infos) if inf and inf.get("episodes")]
+        if not shards:
+            raise RuntimeError(f"no successful expert episode to write ({len(jobs)} failed)")
+        rid = repo_id or f"local/{out.name}"
+        # one file per shard (no repacking: concatenating parquet files of embedded images is slow)
+        aggregate_datasets([f"local/{Path(r).name}" for r in shards], rid, roots=[Path(r) for r in shards],
+                           aggr_root=out, concatenate_data=False, concatenate_videos=False)
+    finally:
+        shutil.rmtree(shard_dir, ignore_errors=True)
+    per_task: dict[str, int] = {}
+    for inf in infos:
+        for k, v in (inf.get("per_task") or {}).items():
+            per_task[k] = per_task.get(k, 0) + v
+    return {"out": str(out), "repo_id": rid, "episodes": sum(i.get("episodes", 0) for i in infos),
+            "skipped_failed": sum(i.get("skipped_failed", 0) for i in infos),
+            "frames": sum(i.get("frames", 0) for i in infos), "fps": int(round(1 / T.DT)), "per_task": per_task,
+            "cameras": list(cameras), "image_shape": [height, width, 3], "storage": "video" if video else "image",
+            "shards": len(shards)}
 
 
 # ---------------------------------------------------------------------------- graph source
@@ -176,7 +231,7 @@ def write_dataset(demos, out: Path, fps: int, cameras, height: int, width: int, 
 
 
 def collect(via: str, tasks: list[str], episodes: int, out: str | Path, seed: int = 0, cameras=DEFAULT_CAMERAS,
-            height: int = 240, width: int = 320, camera_every: int = 5, workers: int = 1, video: bool = False,
+            height: int = 240, width: int = 320, camera_every: int = 5, workers: int = 1, video: bool = True,
             repo_id: str | None = None, keep_failed: bool = False, overwrite: bool = False, max_steps: int = 0,
             quiet: bool = False) -> dict:
     from sim_bridge.tasks import TASKS
@@ -211,8 +266,12 @@ def collect(via: str, tasks: list[str], episodes: int, out: str | Path, seed: in
                   f"({time.monotonic() - t0:.0f} s)", flush=True)
     report.n = 0
 
-    if via == "sim":
-        demos = collect_sim(tasks, episodes, seed, cams, height, width, camera_every, workers, max_steps)
+    if via == "sim" and workers > 1:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        info = collect_sim_sharded(tasks, episodes, seed, cams, height, width, camera_every, workers, out, video,
+                                   keep_failed, max_steps, repo_id, quiet)
+    elif via == "sim":
+        demos = collect_sim(tasks, episodes, seed, cams, height, width, camera_every, 1, max_steps)
         info = write_dataset(demos, out, int(round(1 / T.DT)), cams, height, width, video, repo_id, keep_failed,
                              on_episode=report)
     else:
@@ -222,9 +281,7 @@ def collect(via: str, tasks: list[str], episodes: int, out: str | Path, seed: in
         try:
             bags = collect_graph_bags(tasks, episodes, seed, cams, height, width, camera_every, workers, work)
             info = export(bags, out, repo_id=repo_id, success_only=not keep_failed, cameras=cams)
-            if not video:
-                pass  # export-lerobot writes videos (its own layout); --via graph keeps that
-            info["storage"] = "video"
+            info["storage"] = "video"  # export-lerobot's layout (videos) whatever --video says
         finally:
             shutil.rmtree(work, ignore_errors=True)
     info.update({"via": via, "tasks": list(tasks), "seed": seed, "camera_every": camera_every,
@@ -248,7 +305,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=0, help="steps per episode (0 = the task's)")
     p.add_argument("--workers", type=int, default=max(1, min(8, (os.cpu_count() or 2) - 1)),
                    help="parallel worker processes (sim) / graphs (graph)")
-    p.add_argument("--video", action="store_true", help="store videos instead of PNG frames (--via sim)")
+    p.add_argument("--images", action="store_true", help="store PNG frames instead of videos (--via sim)")
     p.add_argument("--keep-failed", action="store_true", help="also write episodes where the expert failed")
     p.add_argument("--overwrite", action="store_true")
 
@@ -258,7 +315,7 @@ def run(args) -> int:
     cams = [c.strip() for c in args.cameras.split(",") if c.strip()]
     try:
         info = collect(args.via, tasks, args.episodes, args.out, args.seed, cams, args.height, args.width,
-                       args.camera_every, args.workers, args.video, args.repo_id, args.keep_failed, args.overwrite,
+                       args.camera_every, args.workers, not args.images, args.repo_id, args.keep_failed, args.overwrite,
                        args.max_steps)
     except RuntimeError as exc:
         print(f"wam-policy collect: {exc}", file=sys.stderr)

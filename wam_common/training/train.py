@@ -84,6 +84,8 @@ def train(args) -> dict:
             raise ConfigError(f"--out '{out}' exists (use --overwrite)")
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.amp and device.startswith("cuda"):
+        torch.set_autocast_dtype("cuda", torch.bfloat16)  # LeRobot's use_amp follows the autocast default: bf16
     pcfg = policy_config(args.policy, args, device)
     cfg = TrainPipelineConfig(
         dataset=DatasetConfig(repo_id=f"local/{root.name}", root=str(root), video_backend="pyav"),
