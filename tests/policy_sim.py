@@ -83,10 +83,12 @@ class LockstepSim:
                 self.pub_cam[c].publish(self.image(k, c))
 
     def run_episode(self, episode: int, steps: int, camera_every: int = 1, cameras_last: bool = False,
-                    resend_s: float = 1.0, give_up_s: float = 20.0, before_each_step=None) -> list[np.ndarray]:
+                    resend_s: float = 1.0, give_up_s: float = 20.0, before_each_step=None,
+                    event_extra: dict | None = None) -> list[np.ndarray]:
         t0 = self.t_ns
         ev = {"event": "start", "episode": episode, "task": "test", "seed": episode, "stamp_ns": t0,
-              "instruction": "do the test", "physical": {}, "camera_every": camera_every, "max_steps": steps}
+              "instruction": "do the test", "physical": {}, "camera_every": camera_every, "max_steps": steps,
+              **(event_extra or {})}
         self.pub_ep.publish(String(data=json.dumps(ev)))
         out = []
         for k in range(steps):

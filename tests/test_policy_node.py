@@ -96,6 +96,9 @@ def test_bad_images_are_rejected_and_never_crash(sim, probe, domain_id, tmp_path
         assert sim.wait_matched(), runner.log("wam_policy_node")
         cmds = sim.run_episode(0, 20, camera_every=1, before_each_step=garbage)
         assert len(cmds) == 20 and all(np.all(np.isfinite(c)) for c in cmds)
+        # the sim's start event names its render size: that size is the expected one from the first frame
+        cmds = sim.run_episode(1, 6, camera_every=1, before_each_step=garbage, event_extra={"width": 64, "height": 48})
+        assert len(cmds) == 6
         assert runner.dead() == {}
         assert wait_for(lambda: "rejected image on camera 'cam_high'" in runner.log("wam_policy_node"), 10)
         log = runner.log("wam_policy_node")

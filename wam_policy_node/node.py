@@ -144,7 +144,9 @@ class WamPolicyNode(Node):
         # state (guarded by the data callback group; the realtime tick reads snapshots)
         self._js: dict[str, OrderedDict] = {a: OrderedDict() for a in topics.ARMS}  # stamp → arm7
         self._frames: dict[str, deque] = {c: deque(maxlen=8) for c in self.cams}  # (stamp, rgb)
-        self._frame_size: dict[str, tuple[int, int]] = {}
+        self._frame_size: dict[str, tuple[int, int]] = {}  # learnt per camera (first frame)
+        self._episode_size: tuple[int, int] | None = None  # from the EPISODE start (width, height)
+        self._odd_size: dict[str, tuple] = {}
         self._priv: OrderedDict[int, dict] = OrderedDict()
         self._episodes: dict = {}  # episode index → start event
         self._latest_start: dict | None = None
@@ -237,11 +239,24 @@ class WamPolicyNode(Node):
                 raise ImageDecodeError(f"encoding '{img.encoding}' is not a colour image (want rgb8)")
             rgb = to_rgb(img)
             h, w = rgb.shape[:2]
-            want = self.expected_size or self._frame_size.get(cam)
+            want = self.expected_size or self._episode_size or self._frame_size.get(cam)
             if min(h, w) < 8:
                 raise ImageDecodeError(f"size {w}x{h} is too small")
             if want is not None and (h, w) != tuple(want):
-                raise ImageDecodeError(f"size {w}x{h} differs from the expected {want[1]}x{want[0]}")
+                if not (self.expected_size or self._episode_size):
+                    # learnt from a first frame that may itself have been the odd one: 3 frames in a
+                    # row of another size win
+                    n = self._odd_size.get(cam, (None, 0))
+                    n = (n[0], n[1] + 1) if n[0] == (h, w) else ((h, w), 1)
+                    self._odd_size[cam] = n
+                    if n[1] >= 3:
+                        self._frame_size[cam] = (h, w)
+                        self._odd_size.pop(cam, None)
+                        self._warn(f"resize_{cam}", f"camera '{cam}' now sends {w}x{h}: adopted")
+                        want = (h, w)
+                if (h, w) != tuple(want):
+                    raise ImageDecodeError(f"size {w}x{h} differs from the expected {want[1]}x{want[0]}")
+            self._odd_size.pop(cam, None)
         except ImageDecodeError as exc:
             self.rejected_images += 1
             self._warn(f"img_{cam}_{str(exc)[:12]}", f"rejected image on camera '{cam}': {exc}")
@@ -269,6 +284,10 @@ class WamPolicyNode(Node):
             self._warn("episode", f"rejected EPISODE message: {exc}")
             return
         if ev["event"] == "start":
+            try:  # the sim says its render size: frames of another size are rejected
+                self._episode_size = (int(ev["height"]), int(ev["width"])) if ev.get("height") else None
+            except (TypeError, ValueError):
+                self._episode_size = None
             self._episodes[ev.get("episode")] = ev
             self._latest_start = ev
             if not self.lockstep:
@@ -318,6 +337,7 @@ class WamPolicyNode(Node):
         if ev:
             self._camera_every = max(1, int(ev.get("camera_every") or self.cfg["sync"]["camera_every"]))
         self._frame_size.clear()
+        self._odd_size.clear()
         self._sync.reset()
         self._latest_obs = None  # never act on the previous episode's observation
         self.controller.reset_episode(ev)
