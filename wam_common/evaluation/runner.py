@@ -36,7 +36,7 @@ class Job:
     bags: str = "keep"  # keep | none
     out_dir: str = "runs/eval"
     graph: str = "aloha_sim"
-    timeout_per_episode_s: float = 240.0
+    timeout_per_episode_s: float = 900.0
 
     @property
     def job_id(self) -> str:
@@ -63,11 +63,18 @@ def contiguous_runs(seeds: list[int], max_len: int) -> list[list[int]]:
 
 def graph_overrides(job: Job) -> dict:
     lockstep = job.clock == "lockstep"
+    sim = {"task": job.task, "seed": job.seeds[0], "episodes": len(job.seeds), "clock": job.clock}
+    if lockstep:
+        # lockstep is about determinism: a slow (loaded) machine must not become a "policy_timeout"
+        # failure, so the sim waits long for each command; a dead policy still ends the job (dead node)
+        sim["lockstep"] = {"give_up_s": 600.0}
     ov = {
-        "sim_bridge": {"task": job.task, "seed": job.seeds[0], "episodes": len(job.seeds), "clock": job.clock},
+        "sim_bridge": sim,
         "perturbation_node": {"lockstep": lockstep},
         "wam_policy_node": deep_merge({"lockstep": lockstep}, job.policy_overrides),
     }
+    if lockstep:  # likewise the policy waits for a step's frames instead of holding
+        ov["wam_policy_node"] = deep_merge({"sync": {"lockstep_wait_s": 300.0}}, ov["wam_policy_node"])
     ov = deep_merge(ov, job.sim_overrides)
     if job.bags == "none":
         ov["recorder"] = {"enabled": False}
