@@ -26,7 +26,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool, Float64MultiArray, String
 from std_srvs.srv import SetBool
@@ -76,8 +75,7 @@ DEFAULTS = {
     "status_every": 1,  # publish POLICY_STATUS every n commands
 }
 
-STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
+STATUS_QOS = qos.STATUS  # the contract's POLICY_STATUS QoS: reliable, depth 50, volatile
 COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "8UC3")
 
 

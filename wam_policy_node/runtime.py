@@ -35,7 +35,7 @@ DEFAULTS = {
     "replan_steps": 10,  # rtc: start a new inference this many steps after the newest chunk's obs
     "ensemble_k": 0.01,  # temporal_ensemble: w_i = exp(-k i), i = 0 oldest
     "ensemble_every": 1,  # temporal_ensemble: steps between inferences (in lockstep)
-    "blend_steps": 0,  # rtc: length of the blended overlap (0 = the whole overlap)
+    "blend_steps": 10,  # rtc: steps over which the new chunk takes over (0 = the whole overlap; longer = smoother, laggier)
 }
 
 
@@ -72,7 +72,7 @@ class ChunkRuntime:
     """Pure scheduler (no threads, no ROS). ``add`` chunks, ask ``action(t)`` and ``should_infer(t)``."""
 
     def __init__(self, strategy: str = "rtc", dt: float = DT, execute_steps: int = 0, replan_steps: int = 10,
-                 ensemble_k: float = 0.01, ensemble_every: int = 1, blend_steps: int = 0):
+                 ensemble_k: float = 0.01, ensemble_every: int = 1, blend_steps: int = 10):
         if strategy not in STRATEGIES:
             raise ValueError(f"runtime.strategy '{strategy}' is not one of {', '.join(STRATEGIES)}")
         self.strategy = strategy
