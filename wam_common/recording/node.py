@@ -159,6 +159,7 @@ class Recorder(Node):
         self._seen: dict[str, tuple[dict, collections.deque]] = {}
         self._closing = False
         self._groups: dict[str, MutuallyExclusiveCallbackGroup] = {}
+        self._retiring: list[tuple] = []  # (old subscription, its replacement, publishers, deadline)
         self._timer_group = MutuallyExclusiveCallbackGroup()
         self._thread = threading.Thread(target=self._writer_loop, name="bag-writer", daemon=True)
         self._thread.start()
@@ -198,9 +199,26 @@ class Recorder(Node):
                            durability="transient_local" if latched else "volatile", depth=depth)
             self._subscribe(topic, (self._types[topic], reliable, latched), None, [spec])
 
+    def _retire(self) -> None:
+        keep = []
+        for old, new, n_pubs, deadline in self._retiring:
+            try:
+                matched = new.get_publisher_count() >= max(1, n_pubs)
+            except Exception:  # noqa: BLE001
+                matched = True
+            if matched or time.monotonic() > deadline:
+                try:
+                    self.destroy_subscription(old)
+                except Exception:  # noqa: BLE001
+                    pass
+            else:
+                keep.append((old, new, n_pubs, deadline))
+        self._retiring = keep
+
     def _discover(self) -> None:
         if self._closing:
             return
+        self._retire()
         for topic in self.wanted:
             if topic in self._bad_topics:
                 continue
@@ -251,8 +269,6 @@ class Recorder(Node):
         if expected and expected != msgtype:
             self.get_logger().warn(f"topic {topic} carries {msgtype}, the graph contract says {expected}")
         old = self._subs.pop(topic, None)
-        if old is not None:
-            self.destroy_subscription(old[1])
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(self.cfg["qos_depth"]),
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
@@ -269,6 +285,10 @@ class Recorder(Node):
         group = self._groups.setdefault(topic, MutuallyExclusiveCallbackGroup())
         sub = self.create_subscription(cls, topic, cb, qos, raw=True, callback_group=group)
         self._subs[topic] = (key, sub)
+        if old is not None:
+            # the old subscription lives on until the new one has matched the publishers (or 3 s):
+            # no gap; what both deliver meanwhile is de-duplicated
+            self._retiring.append((old[1], sub, len(infos or ()), time.monotonic() + 3.0))
         self.get_logger().info(f"recording {topic} [{msgtype}] ({'reliable' if reliable else 'best effort'}"
                                f"{', transient local' if latched else ''})")
 
@@ -402,12 +422,13 @@ class Recorder(Node):
             return
         with self._qlock:
             self._closing = True
-        for _, sub in list(self._subs.values()):
+        for sub in [s for _, s in self._subs.values()] + [r[0] for r in self._retiring]:
             try:
                 self.destroy_subscription(sub)
             except Exception:  # noqa: BLE001
                 pass
         self._subs.clear()
+        self._retiring = []
         self._q.put(_STOP)
         self._thread.join()
         try:

@@ -31,10 +31,11 @@ LATCHED_TOPICS = (T.INSTRUCTION, T.perturbed(T.INSTRUCTION), T.ACTIVE_PERTURBATI
 
 
 def contract_qos(topic: str) -> tuple[bool, bool, int] | None:
-    """(reliable, transient_local, depth) the contract's publisher offers on ``topic``; sensors are
-    guessed lockstep (reliable, matches the sim's lockstep publishers at once; realtime
-    best-effort publishers make the recorder switch when it discovers them). None: not a
-    contract topic."""
+    """(reliable, transient_local, depth) the recorder requests on ``topic`` before it has seen
+    a publisher: what the contract's publisher offers; sensors are guessed lockstep (reliable:
+    the sim's lockstep publishers match at once and no first step is lost; realtime best-effort
+    publishers log one incompatible-QoS warning until the recorder switches to best effort on
+    discovering them). None: not a contract topic."""
     types = contract_types()
     if topic not in types:
         return None
