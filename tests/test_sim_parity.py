@@ -22,7 +22,7 @@ def test_sim_publishes_the_robot_topic_table(probe, domain_id):
     drv = ExpertDriver(probe, "transfer_cube", wait_images_every=2)
     sim = start_sim(domain_id, max_steps=12, render={"width": 640, "height": 480, "camera_every": 2})
     try:
-        assert drv.wait_event("end", timeout=120), sim.log("sim_bridge")[-2000:]
+        assert drv.wait_event("end", timeout=300), sim.log("sim_bridge")[-2000:]
         node = probe.node
         assert wait_for(lambda: any(i.node_name == "sim_bridge" for i in
                                     node.get_subscriptions_info_by_topic(topics.COMMAND)), 10)

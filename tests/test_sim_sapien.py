@@ -89,7 +89,7 @@ def test_sapien_node_in_lockstep(probe, domain_id):
     drv = ExpertDriver(probe, "transfer_cube")
     sim = start_sim(domain_id, backend="sapien", render={"enabled": False}, seed=6)
     try:
-        ends = drv.wait_event("end", timeout=180)
+        ends = drv.wait_event("end", timeout=600)
         assert ends, sim.log("sim_bridge")[-2000:]
     finally:
         sim.stop()
