@@ -210,3 +210,19 @@ def test_mismatched_shapes_and_nan_images_are_errors(engines):
     with pytest.raises(EngineError, match="non-finite"):
         fast.predict_action_chunk(dict(batch, **{"observation.images.cam_high": img}))
     assert torch.isfinite(fast.predict_action_chunk(batch)).all()  # still serves after the errors
+
+
+def test_load_fast_over_a_loaded_lerobot_policy(engines):
+    """``engines.load_fast(policy)``: the engine over weights already in a LeRobot policy."""
+    from wam_policy_node.engines import load_fast, supports
+
+    ptype, cfg, ref, _, _ = engines
+    assert supports(ptype) and not supports("act")
+    eng = load_fast(ref.policy, dtype="float32")
+    batch = random_batch(cfg, n_valid_tokens=4, seed=13)
+    noise = _noise(cfg, seed=14)
+    a = ref.predict_action_chunk(batch, noise=noise)
+    b = eng.predict_action_chunk(batch, noise=noise)
+    assert (a - b).abs().max().item() < TOL
+    with pytest.raises(EngineError, match="impl"):
+        make_engine("/nonexistent", impl="turbo")
