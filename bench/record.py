@@ -205,13 +205,16 @@ def file_only(seconds_of_data: float, path: Path) -> dict:
 
 # ---------------------------------------------------------------------------------------- main
 def main() -> int:
+    global CAM_HZ
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--compression", default="none")
+    ap.add_argument("--cam-hz", type=float, default=30.0, help="camera rate (raise it to find where recording saturates)")
     ap.add_argument("--role", default="main", help=argparse.SUPPRESS)
     ap.add_argument("--out", default="", help=argparse.SUPPRESS)
     ap.add_argument("--wait-subs", type=int, default=2, help=argparse.SUPPRESS)
     a = ap.parse_args()
+    CAM_HZ = a.cam_hz
     if a.role == "publisher":
         role_publisher(a.seconds, a.wait_subs, Path(a.out))
         return 0
@@ -242,7 +245,7 @@ def main() -> int:
                                              stdout=logs["recorder"], stderr=subprocess.STDOUT, start_new_session=True)
         procs["direct"] = subprocess.Popen(me + ["--role", "direct", "--out", str(tmp / "direct.mcap")], env=env,
                                            stdout=logs["direct"], stderr=subprocess.STDOUT, start_new_session=True)
-        procs["publisher"] = subprocess.Popen(me + ["--role", "publisher", "--seconds", str(a.seconds), "--out",
+        procs["publisher"] = subprocess.Popen(me + ["--role", "publisher", "--cam-hz", str(a.cam_hz), "--seconds", str(a.seconds), "--out",
                                                     str(tmp / "pub.json"), "--wait-subs", "2"], env=env,
                                               stdout=logs["publisher"], stderr=subprocess.STDOUT, start_new_session=True)
         cpu0 = {n: _cpu_seconds(p.pid) for n, p in procs.items()}
