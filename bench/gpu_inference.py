@@ -23,7 +23,6 @@ import contextlib
 import gc
 import json
 import math
-import os
 import platform
 import statistics
 import sys
