@@ -197,3 +197,21 @@ def test_bad_config_exits_with_one_line(domain_id, tmp_path):
         assert "backend.type" in runner.log("wam_policy_node") and "no_such_backend" in runner.log("wam_policy_node")
     finally:
         runner.stop()
+
+
+def test_lockstep_missing_camera_holds(probe, domain_id, tmp_path):
+    probe.listen(topics.POLICY_STATUS, String)
+    sim = LockstepSim(probe, cameras=["cam_high", "cam_left_wrist"])  # cam_right_wrist never comes
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 5}},
+                                      "sync": {"lockstep_wait_s": 0.3}}, tmp_path)
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = sim.run_episode(0, 3, resend_s=5.0)
+        for c in cmds:
+            np.testing.assert_allclose(c, HOME, atol=1e-9)  # a hold: the measured state
+        assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= 3, 10)
+        assert [s["hold"] for s in statuses(probe)] == ["missing_camera"] * 3
+        assert "no frame at step" in runner.log("wam_policy_node")
+        assert runner.dead() == {}
+    finally:
+        runner.stop()

@@ -222,7 +222,9 @@ class PolicyController:
                 if gen == self._gen:
                     reason = self._accept(result, arrival)
                     status["rejected"] = reason
-                    status["chunk_arrived"] = True
+                    status["inferred"] = True  # an inference finished: its own infer_ms below
+                    if result[0] is not None:
+                        status["infer_ms"] = result[0].infer_ms
         state = obs.state if obs is not None else None
         hold = None
         if self.estop:
@@ -248,7 +250,7 @@ class PolicyController:
                     t_ns = max(t_ns, self.clock_ns())  # the robot waited: command for now
                 else:
                     if self._worker.submit(self._gen, self._prepare(obs, t_ns)):
-                        status["inferred"] = True
+                        status["submitted"] = True
             if (hold is None and self._worker is not None and self._worker.busy
                     and time.monotonic() - self._worker.busy_since > self.inference_timeout_s
                     and not self.runtime.covers(t_ns)):
