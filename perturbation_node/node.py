@@ -126,6 +126,11 @@ class PerturbationNode(Node):
         try:
             p = Perturber(load_profile(ref), self.lockstep, self.device)
             self.error = None
+            idle = sorted({c for q in (p.profile.suite or [p.profile]) for c in q.cameras}
+                          - {"all"} - set(self.cameras))
+            if idle:
+                self.get_logger().warning(f"profile '{ref}' targets {', '.join(idle)}, which this node does not "
+                                          f"pass through (cameras: {', '.join(self.cameras)}; cam_low needs cam_low: true)")
             return p
         except ConfigError as exc:
             if not startup:
