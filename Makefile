@@ -15,7 +15,7 @@ test: $(STAMP)
 
 install: $(STAMP)
 
-$(STAMP): requirements.txt constraints.txt setup.py scripts/install.sh
+$(STAMP): requirements.txt requirements-sapien.txt constraints.txt setup.py scripts/install.sh
 	bash scripts/install.sh
 
 bench: $(STAMP)

@@ -36,6 +36,8 @@ echo "[install] torch (CUDA build from PyPI; runs on CPU too)"
 $PIP install -q -c constraints.txt torch==2.11.0
 echo "[install] requirements"
 $PIP install -q -r requirements.txt -c constraints.txt
+echo "[install] SAPIEN backend (no deps: its metadata would replace opencv-python-headless)"
+$PIP install -q --no-deps -r requirements-sapien.txt
 $PIP install -q --no-deps --no-build-isolation -e .
 touch .venv/.installed
 echo "[install] done: $(.venv/bin/python --version), $(.venv/bin/python -c 'import torch, rclpy, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"
