@@ -81,7 +81,8 @@ class Episode:
     end_ns: int | None = None
     commands: int = 0
     command_period_ms: dict = field(default_factory=dict)
-    stalls: int = 0
+    stalls: int | None = 0  # None in lockstep: the sim waits for commands, wall-clock gaps mean nothing
+    clock: str = ""
     latency_ms: dict = field(default_factory=dict)  # sim/robot joint states published → command published
     policy_latency_ms: dict = field(default_factory=dict)  # /perturbed joint states → command (the policy node)
     sim_latency_ms: dict = field(default_factory=dict)
@@ -173,6 +174,7 @@ class _Builder:
                 self._finish(None)
                 ep = Episode(self.bag_name, int(ev.get("episode", len(self.episodes))), task=str(ev.get("task", "")),
                              seed=ev.get("seed"), policy=self.policy, start_ns=m.log_ns)
+                ep.clock = str(ev.get("clock", ""))
                 self.physical = ev.get("physical") or {}
                 self.cur = ep
                 self.statuses = []
@@ -263,7 +265,8 @@ class _Builder:
         ep.latency_ms = _stats(ep._latencies)
         ep.policy_latency_ms = _stats(ep._policy_latencies)
         period_ms = T.DT * 1e3
-        ep.stalls = int(sum(1 for p in ep._periods if p > 1.5 * period_ms))
+        ep.stalls = (None if ep.clock == "lockstep"
+                     else int(sum(1 for p in ep._periods if p > 1.5 * period_ms)))
         infer = [s.get("infer_ms") for s in self.statuses if s.get("inferred") and isinstance(s.get("infer_ms"), (int, float))]
         ep._infer = infer
         ep.inferences = len(infer)

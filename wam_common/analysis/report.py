@@ -199,7 +199,7 @@ def write_report(eps: list[Episode], out: Path, title: str = "wam-policy analysi
         "episodes": len(eps), "complete": len(complete), "successes": sum(1 for e in complete if e.success),
         "success_rate": (sum(1 for e in complete if e.success) / len(complete)) if complete else None,
         "latency_ms": _pct(all_lat), "infer_ms": _pct([v for ep in eps for v in ep._infer]),
-        "stalls": sum(ep.stalls for ep in eps), "hold_onsets": sum(ep.hold_onsets for ep in eps),
+        "stalls": sum(ep.stalls or 0 for ep in eps), "hold_onsets": sum(ep.hold_onsets for ep in eps),
         "plots": plots,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -37,7 +37,9 @@ def _cell(rows: list[dict]) -> dict:
     infer = [r["infer_ms_mean"] for r in rows if r.get("infer_ms_mean") is not None]
     return {"successes": k, "episodes": n, "rate": (k / n) if n else None, "ci_lo": lo, "ci_hi": hi,
             "infer_ms_mean": (sum(infer) / len(infer)) if infer else None,
-            "stalls": sum(int(r.get("stalls") or 0) for r in rows)}
+            # None when no episode measured stalls (lockstep: the sim waits for every command)
+            "stalls": (sum(int(r["stalls"]) for r in rows if r.get("stalls") is not None)
+                       if any(r.get("stalls") is not None for r in rows) else None)}
 
 
 def build(rows: list[dict]) -> dict:
@@ -81,10 +83,10 @@ def markdown(table: dict, title: str = "") -> str:
                          f"{_pct(cell['rate'])} [{_pct(cell['ci_lo'])}, {_pct(cell['ci_hi'])}] (n={cell['episodes']})")
         allc = [t[c] for c in cols if c in t and c != "Total"]
         infer = [c["infer_ms_mean"] for c in allc if c["infer_ms_mean"] is not None]
-        stalls = sum(c["stalls"] for c in allc)
-        lines.append(f"| {policy} | " + " | ".join(cells) +
-                     f" | {sum(infer) / len(infer):.1f} | {stalls} |" if infer else
-                     f"| {policy} | " + " | ".join(cells) + f" | — | {stalls} |")
+        measured = [c["stalls"] for c in allc if c["stalls"] is not None]
+        stalls = str(sum(measured)) if measured else "—"
+        infer_s = f"{sum(infer) / len(infer):.1f}" if infer else "—"
+        lines.append(f"| {policy} | " + " | ".join(cells) + f" | {infer_s} | {stalls} |")
     lines.append("")
     lines.append("Success rate in % with Wilson 95 % interval; Total = all perturbed episodes.")
     return "\n".join(lines) + "\n"
