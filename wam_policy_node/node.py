@@ -527,10 +527,16 @@ def _leave_realtime_policy() -> None:
     real-time policy its main thread never yields to them, so the node spins at 100 % of a core
     and starves the rest of the graph (seen when a test runner ran under SCHED_FIFO 99)."""
     try:
-        if os.sched_getscheduler(0) in (os.SCHED_FIFO, os.SCHED_RR):
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            print("[wam_policy_node] started under a real-time scheduling policy: running at SCHED_OTHER "
-                  "(the executor would busy-wait)", file=sys.stderr, flush=True)
+        if os.sched_getscheduler(0) not in (os.SCHED_FIFO, os.SCHED_RR):
+            return
+        tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
+        for tid in tids:  # import-time thread pools (OpenBLAS, OpenCV) inherited the policy too
+            try:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:
+                pass
+        print("[wam_policy_node] started under a real-time scheduling policy: running at SCHED_OTHER "
+              "(the executor would busy-wait)", file=sys.stderr, flush=True)
     except (AttributeError, OSError):
         pass
 
