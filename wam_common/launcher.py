@@ -22,6 +22,19 @@ from .graph import Graph, NodeSpec
 _LOCK_DIR = Path(tempfile.gettempdir()) / "wam_policy_domains"
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """rcl refuses params files with YAML anchors/aliases ("Will not support aliasing"), which
+    ``safe_dump`` writes when one list object appears under two parameters."""
+
+    def ignore_aliases(self, data):  # noqa: ARG002
+        return True
+
+
+def params_yaml(node_name: str, params: dict) -> str:
+    """A ``--params-file`` for one node (what ``ros2 launch`` writes for ``parameters=[{...}]``)."""
+    return yaml.dump({f"/{node_name}": {"ros__parameters": params}}, Dumper=_NoAliasDumper, sort_keys=True)
+
+
 class DomainLease:
     """An exclusive ROS_DOMAIN_ID on this machine (file lock held while the lease lives)."""
 
@@ -83,7 +96,7 @@ class GraphRunner:
         env = self.env()
         for spec in self.graph.nodes:
             pfile = self.log_dir / f"{spec.name}.params.yaml"
-            pfile.write_text(yaml.safe_dump({f"/{spec.name}": {"ros__parameters": spec.ros_parameters(self.graph.use_sim_time)}}))
+            pfile.write_text(params_yaml(spec.name, spec.ros_parameters(self.graph.use_sim_time)))
             out = open(self.log_dir / f"{spec.name}.log", "wb") if self.quiet else None
             self.procs[spec.name] = subprocess.Popen(
                 node_command(spec, pfile), env=env, stdout=out, stderr=subprocess.STDOUT if out else None,

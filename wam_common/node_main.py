@@ -8,6 +8,7 @@ runs, so the recorder closes its bag).
 """
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -17,8 +18,28 @@ from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, Si
 from .config import ConfigError
 
 
+def normal_scheduling() -> None:
+    """Run under the normal time-sharing policy even if started from a real-time parent.
+
+    A node inherits its parent's scheduling policy; under SCHED_FIFO rclpy's executors
+    busy-wait and can starve the whole machine (seen: two nodes at 95 % of a core for 30 min
+    after a shell at FIFO 99 started them). A node that needs real-time priority for one thread
+    raises it for that thread itself (``bench/control_loop.py --rt``)."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]  # threads made at import (BLAS, DDS) too
+    except OSError:
+        tids = [0]
+    for tid in tids:
+        try:
+            if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+        except (AttributeError, OSError):  # not Linux, not permitted, or the thread ended
+            pass
+
+
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str] | None = None,
              threads: int = 4) -> int:
+    normal_scheduling()
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:
