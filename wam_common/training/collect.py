@@ -233,7 +233,7 @@ def write_dataset(demos, out: Path, fps: int, cameras, height: int, width: int, 
 def collect(via: str, tasks: list[str], episodes: int, out: str | Path, seed: int = 0, cameras=DEFAULT_CAMERAS,
             height: int = 240, width: int = 320, camera_every: int = 5, workers: int = 1, video: bool = True,
             repo_id: str | None = None, keep_failed: bool = False, overwrite: bool = False, max_steps: int = 0,
-            quiet: bool = False) -> dict:
+            quiet: bool = False, bags_dir: str | Path | None = None) -> dict:
     from sim_bridge.tasks import TASKS
     from sim_bridge.experts import PLANS
 
@@ -277,13 +277,15 @@ def collect(via: str, tasks: list[str], episodes: int, out: str | Path, seed: in
     else:
         from ..recording.export_lerobot import export
 
-        work = Path(tempfile.mkdtemp(prefix="wam_collect_", dir=str(out.parent) if out.parent.exists() else None))
+        work = Path(bags_dir) if bags_dir else Path(tempfile.mkdtemp(
+            prefix="wam_collect_", dir=str(out.parent) if out.parent.exists() else None))
         try:
             bags = collect_graph_bags(tasks, episodes, seed, cams, height, width, camera_every, workers, work)
             info = export(bags, out, repo_id=repo_id, success_only=not keep_failed, cameras=cams)
             info["storage"] = "video"  # export-lerobot's layout (videos) whatever --video says
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if not bags_dir:
+                shutil.rmtree(work, ignore_errors=True)
     info.update({"via": via, "tasks": list(tasks), "seed": seed, "camera_every": camera_every,
                  "seconds": round(time.monotonic() - t0, 1)})
     (out / "meta" / "wam_collect.json").write_text(json.dumps(info, indent=1))
@@ -307,6 +309,7 @@ def add_arguments(p) -> None:
                    help="parallel worker processes (sim) / graphs (graph)")
     p.add_argument("--images", action="store_true", help="store PNG frames instead of videos (--via sim)")
     p.add_argument("--keep-failed", action="store_true", help="also write episodes where the expert failed")
+    p.add_argument("--bags-dir", default=None, help="--via graph: keep the recorded bags (and logs) here")
     p.add_argument("--overwrite", action="store_true")
 
 
@@ -316,7 +319,7 @@ def run(args) -> int:
     try:
         info = collect(args.via, tasks, args.episodes, args.out, args.seed, cams, args.height, args.width,
                        args.camera_every, args.workers, not args.images, args.repo_id, args.keep_failed, args.overwrite,
-                       args.max_steps)
+                       args.max_steps, bags_dir=args.bags_dir)
     except RuntimeError as exc:
         print(f"wam-policy collect: {exc}", file=sys.stderr)
         return 1
