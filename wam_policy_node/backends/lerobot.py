@@ -36,6 +36,9 @@ DEFAULTS = {
     "dtype": "auto",  # auto (bf16 autocast on cuda) | float32 | bfloat16
     "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
     "rtc": False,  # pass RTC guidance inputs when the policy supports it
+    # π0/π0.5: "auto" runs wam_policy_node.engines' fast engine (static KV cache, one CUDA graph
+    # per chunk, bf16) on CUDA unless rtc is asked for; "fast" forces it (CPU too); "eager" = LeRobot
+    "engine": "auto",
     "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
     "torch_threads": 0,  # CPU intra-op threads for the inferring thread (0 = torch's default)
 }
@@ -64,15 +67,28 @@ class LeRobotBackend(Backend):
         pcfg = PreTrainedConfig.from_pretrained(str(path))
         pcfg.device = dev
         self.policy_type = pcfg.type
-        self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
-        self.policy.to(self.device).eval()
+        self.engine = self._engine_choice(pcfg)
+        if self.engine == "fast":
+            from .. import engines
+
+            try:
+                self.policy = engines.make_engine(
+                    str(path), impl="fast", device=dev, config=pcfg, cuda_graph=self.device.type == "cuda",
+                    dtype="bfloat16" if self.device.type == "cuda" and str(c["dtype"]) != "float32" else "float32")
+            except engines.EngineError as exc:
+                raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
+        else:
+            self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
+            self.policy.to(self.device).eval()
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
             preprocessor_overrides={"device_processor": {"device": dev}},
             postprocessor_overrides={"device_processor": {"device": "cpu"}})
         want = str(c["dtype"])
         self.autocast_dtype = None
-        if self.device.type == "cuda" and want in ("auto", "bfloat16"):
+        if self.engine == "fast":
+            pass  # the engine runs in its own dtype
+        elif self.device.type == "cuda" and want in ("auto", "bfloat16"):
             self.autocast_dtype = torch.bfloat16
         elif want == "bfloat16":
             self.autocast_dtype = torch.bfloat16  # CPU bf16 autocast on request
@@ -87,6 +103,24 @@ class LeRobotBackend(Backend):
         self.needs_images = bool(self.image_features)
         for _ in range(int(c["warmup"])):
             self._warmup()
+
+    def _engine_choice(self, pcfg) -> str:
+        from .. import engines
+
+        want = str(self.cfg["engine"])
+        if want not in ("auto", "fast", "eager"):
+            raise ConfigError(f"key 'backend.lerobot.engine' must be auto, fast or eager, got '{want}'")
+        if want == "fast":
+            if not engines.supports(pcfg.type):
+                raise ConfigError(f"key 'backend.lerobot.engine': no fast engine for policy type '{pcfg.type}' "
+                                  f"(have {', '.join(engines.FAST_TYPES)})")
+            if self.cfg["rtc"]:
+                raise ConfigError("key 'backend.lerobot.engine': the fast engine has no RTC guidance; "
+                                  "use engine: eager with rtc: true")
+            return "fast"
+        if want == "auto" and self.device.type == "cuda" and engines.supports(pcfg.type) and not self.cfg["rtc"]:
+            return "fast"
+        return "eager"
 
     def _warmup(self):
         imgs = {}
@@ -166,4 +200,4 @@ class LeRobotBackend(Backend):
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
         return ActionChunk(a, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
-                           {"policy": self.policy_type, "device": str(self.device)})
+                           {"policy": self.policy_type, "device": str(self.device), "engine": self.engine})
