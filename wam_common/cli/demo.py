@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..background_node import BackgroundNode
 from ..config import deep_merge
 from ..graph import load_graph, parse_set
 from ..launcher import GraphRunner
@@ -39,37 +40,21 @@ class DemoResult:
     log_dir: Path | None = None
 
 
-class _Watcher:
-    """A small rclpy node on the graph's domain: episode events and command count."""
+class _Watcher(BackgroundNode):
+    """Episode events and the command count, on the graph's domain."""
 
     def __init__(self, domain_id: int):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray, String
 
         from .. import qos, topics
 
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("wam_policy_demo_watcher", context=self.ctx)
+        super().__init__("wam_policy_demo_watcher", domain_id)
         self.events: list[dict] = []
         self.commands = 0
         self.cond = threading.Condition()
         self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
         self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        from rclpy.executors import ExternalShutdownException
-
-        try:
-            self.executor.spin()
-        except (ExternalShutdownException, Exception):  # noqa: BLE001 - context shut down at close()
-            pass
+        self.start()
 
     def _on_event(self, msg):
         try:
@@ -83,12 +68,6 @@ class _Watcher:
     def _on_command(self, _msg):
         with self.cond:
             self.commands += 1
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=1)
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
-        self._thread.join(timeout=2)
 
 
 def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: float = 600.0,

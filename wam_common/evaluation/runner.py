@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..background_node import BackgroundNode
 from ..config import deep_merge
 from ..graph import load_graph
 from ..launcher import GraphRunner
@@ -88,22 +89,17 @@ def graph_overrides(job: Job) -> dict:
     return ov
 
 
-class _Observer:
+class _Observer(BackgroundNode):
     """Episode events, policy status and command timing on one job's domain."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
-        import rclpy
-        from rclpy.context import Context
-        from rclpy.executors import SingleThreadedExecutor
         from std_msgs.msg import Float64MultiArray, String
 
         from .. import qos, topics
 
+        super().__init__("wam_policy_eval_observer", domain_id)
         self.dt = dt
         self.count_stalls = count_stalls  # wall-clock command gaps mean something only in realtime
-        self.ctx = Context()
-        rclpy.init(context=self.ctx, domain_id=domain_id)
-        self.node = rclpy.create_node("wam_policy_eval_observer", context=self.ctx)
         self.lock = threading.Condition()
         self.events: list[dict] = []
         self.cur_infer: list[float] = []
@@ -112,16 +108,7 @@ class _Observer:
         self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
         self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.STATUS)
         self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
-        self.executor = SingleThreadedExecutor(context=self.ctx)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self):
-        try:
-            self.executor.spin()
-        except Exception:  # noqa: BLE001 - context shut down in close()
-            pass
+        self.start()
 
     def _on_event(self, msg):
         try:
@@ -153,12 +140,6 @@ class _Observer:
     def _on_command(self, _msg):
         with self.lock:
             self.cur_cmd_t.append(time.monotonic())
-
-    def close(self):
-        self.executor.shutdown(timeout_sec=1)
-        self.node.destroy_node()
-        self.ctx.try_shutdown()
-        self.thread.join(timeout=2)
 
 
 def run_job(job: Job, store_dir: str | None = None) -> JobResult:
