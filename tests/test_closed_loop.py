@@ -26,8 +26,9 @@ def demo_run(tmp_path_factory):
     from wam_common.cli.demo import run_demo
 
     out = tmp_path_factory.mktemp("bags")
-    res = run_demo(output_dir=str(out), bag_name="loop", show_progress=False, timeout=420,
-                   log_dir=out / "logs")
+    # the README's demo: the ACT trained here (checkpoints/act_transfer_cube) drives the sim
+    res = run_demo(output_dir=str(out), bag_name="loop", show_progress=False, timeout=600,
+                   log_dir=out / "logs", policy="act_sim")
     return res
 
 
@@ -38,6 +39,7 @@ def _mcap_files(bag: Path) -> list[Path]:
 def test_episode_succeeds_through_the_graph(demo_run):
     res = demo_run
     assert res.error is None, res.error
+    assert "backend=lerobot" in (res.log_dir / "wam_policy_node.log").read_text()  # the learned policy drove it
     assert res.success is True, res.events
     assert res.steps > 0
     assert res.latency_ms.get("n", 0) >= res.steps - 1

@@ -71,12 +71,18 @@ class _Watcher(BackgroundNode):
 
 
 def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: float = 600.0,
+             policy: str | None = None,
              bag_name: str | None = None, output_dir: str | None = None, show_progress: bool = True,
              domain_id: int | None = None, log_dir: str | Path | None = None) -> DemoResult:
     """Run one episode through the graph; returns what happened (used by the CLI and the tests)."""
     stamp = time.strftime("%Y%m%d_%H%M%S")
     bag_name = bag_name or f"demo_{stamp}"
-    overrides = deep_merge(DEMO_OVERRIDES, parse_set(list(sets or [])))
+    overrides = dict(DEMO_OVERRIDES)
+    if policy:  # a policy config (config/policies/<name>.yaml): its wam_policy_node overrides
+        from ..evaluation.suites import load_policy
+
+        overrides["wam_policy_node"] = load_policy(policy)[1]
+    overrides = deep_merge(overrides, parse_set(list(sets or [])))
     rec = overrides.setdefault("recorder", {})
     rec.setdefault("bag_name", bag_name)
     if output_dir is not None:
@@ -135,6 +141,9 @@ def run_demo(sets: list[str] | None = None, graph: str = "aloha_sim", timeout: f
 
 def add_arguments(p) -> None:
     p.add_argument("--graph", default="aloha_sim", help="graph description (default: aloha_sim)")
+    p.add_argument("--policy", default="act_sim",
+                   help="policy config (config/policies/<name>.yaml; default act_sim: the ACT trained here on scripted "
+                        "demos, checkpoints/act_transfer_cube); 'graph' keeps the graph's own backend (the scripted expert)")
     p.add_argument("--set", action="append", default=[], metavar="NODE.KEY=VALUE",
                    help="override a node parameter, e.g. sim_bridge.seed=3 or wam_policy_node.backend.type=lerobot")
     p.add_argument("--output-dir", default=None, help="where the bag goes (default: the recorder's, runs/bags)")
@@ -144,7 +153,9 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     print(f"[demo] starting graph '{args.graph}' (sim_bridge → perturbation_node → wam_policy_node → sim_bridge, "
           "+ recorder)", flush=True)
-    res = run_demo(args.set, graph=args.graph, timeout=args.timeout, output_dir=args.output_dir)
+    policy = None if args.policy == "graph" else args.policy
+    print(f"[demo] policy: {args.policy}", flush=True)
+    res = run_demo(args.set, graph=args.graph, timeout=args.timeout, output_dir=args.output_dir, policy=policy)
     if res.error:
         print(f"[demo] FAILED: {res.error}", file=sys.stderr)
         print(f"[demo] node logs: {res.log_dir}", file=sys.stderr)
