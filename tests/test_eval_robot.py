@@ -46,8 +46,8 @@ def test_robot_eval_with_operator_labels(tmp_path, domain_id, probe):
         table = json.loads((out / "results.json").read_text())["my_policy"]
         assert table["Total"]["successes"] == 2 and table["Total"]["episodes"] == 4
         # the graph saw every start/end (the discarded one too), labels included
-        assert wait_for(lambda: sum('"end"' in json.loads(json.dumps(m.data)) for m in
-                                    probe.decoded(topics.EPISODE, String)) >= 6, 10)
+        assert wait_for(lambda: sum('"end"' in m.data for m in probe.decoded(topics.EPISODE, String)) >= 6, 30), \
+            [m.data for m in probe.decoded(topics.EPISODE, String)]
         ends = [json.loads(m.data) for m in probe.decoded(topics.EPISODE, String) if '"end"' in m.data]
         assert [e["label"] for e in ends] == ["success", "discard", "failure", "success", "failure", "success"]
         # the stream-level profiles were switched on the live node

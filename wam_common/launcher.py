@@ -40,7 +40,7 @@ class DomainLease:
 
     def __init__(self, first: int = 20, last: int = 100):
         _LOCK_DIR.mkdir(parents=True, exist_ok=True)
-        start = first + (os.getpid() % (last - first + 1))
+        start = self._next_start(first, last)
         for k in range(last - first + 1):
             did = first + (start - first + k) % (last - first + 1)
             fh = open(_LOCK_DIR / f"{did}.lock", "w")
@@ -52,6 +52,26 @@ class DomainLease:
             self.domain_id, self._fh = did, fh
             return
         raise RuntimeError(f"no free ROS_DOMAIN_ID in {first}..{last}")
+
+    @staticmethod
+    def _next_start(first: int, last: int) -> int:
+        """Round-robin over the range (a machine-wide counter): a domain just released is not handed
+        out again at once, so processes of a graph that are still shutting down never meet the next
+        graph (seen as stray latched messages between consecutive tests)."""
+        n = last - first + 1
+        with open(_LOCK_DIR / "next", "a+") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            fh.seek(0)
+            try:
+                cur = int(fh.read().strip() or os.getpid()) % n
+            except ValueError:
+                cur = os.getpid() % n
+            fh.seek(0)
+            fh.truncate()
+            fh.write(str((cur + 1) % n))
+            fh.flush()
+            fcntl.flock(fh, fcntl.LOCK_UN)
+        return first + cur
 
     def release(self) -> None:
         if self._fh is not None:
