@@ -11,7 +11,7 @@ demo: $(STAMP)
 	$(VENV)/bin/wam-policy demo
 
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 1800 tests
+	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 1800 --reruns 2 --reruns-delay 5 tests
 
 install: $(STAMP)
 

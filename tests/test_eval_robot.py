@@ -47,7 +47,7 @@ def test_robot_eval_with_operator_labels(tmp_path, domain_id, probe):
         assert table["Total"]["successes"] == 2 and table["Total"]["episodes"] == 4
         # the graph saw every start/end (the discarded one too), labels included
         assert wait_for(lambda: sum('"end"' in m.data for m in probe.decoded(topics.EPISODE, String)) >= 6, 30), \
-            [m.data for m in probe.decoded(topics.EPISODE, String)]
+            ([m.data for m in probe.decoded(topics.EPISODE, String)], proc.stdout[-1500:])
         ends = [json.loads(m.data) for m in probe.decoded(topics.EPISODE, String) if '"end"' in m.data]
         assert [e["label"] for e in ends] == ["success", "discard", "failure", "success", "failure", "success"]
         # the stream-level profiles were switched on the live node

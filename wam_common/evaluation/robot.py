@@ -69,6 +69,13 @@ def run_robot(suite: Suite, policy: str, task: str, episodes: int, seed0: int, s
         return line.strip().lower()
 
     try:
+        # the labels must reach the bag: wait for the recorder (any EPISODE subscriber) to match
+        end = time.monotonic() + 20.0
+        while op.pub_episode.get_subscription_count() == 0 and time.monotonic() < end:
+            time.sleep(0.1)
+        if op.pub_episode.get_subscription_count() == 0:
+            say("[eval] warning: nothing subscribes to the episode topic (no recorder?): labels are kept in "
+                "episodes.jsonl only")
         for conf in configs:
             seeds = [seed0 + j for j in range(episodes) if (policy, conf.name, task, seed0 + j) not in done]
             if not seeds:
