@@ -27,17 +27,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _proc import cpu_seconds  # noqa: E402  (bench/ is on sys.path: it holds this script)
+
 import numpy as np  # noqa: E402
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def main() -> int:
@@ -107,9 +101,9 @@ def main() -> int:
         with lock:
             for c in cams:
                 recv[c].clear()
-        cpu0, w0 = _cpu_seconds(pid), time.monotonic()
+        cpu0, w0 = cpu_seconds(pid), time.monotonic()
         time.sleep(args.seconds)
-        cpu1, w1 = _cpu_seconds(pid), time.monotonic()
+        cpu1, w1 = cpu_seconds(pid), time.monotonic()
         with lock:
             data = {c: list(v) for c, v in recv.items()}
     finally:

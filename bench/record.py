@@ -31,6 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _proc import cpu_seconds  # noqa: E402  (bench/ is on sys.path: it holds this script)
+
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 H, W = 480, 640
 CAM_HZ, JOINT_HZ = 30.0, 50.0
@@ -40,14 +42,6 @@ def _topics():
     from wam_common import topics as T
 
     return [T.camera_topic(c) for c in CAMS], [T.joint_state_topic(a) for a in T.ARMS]
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def _frames(n: int = 8):
@@ -248,9 +242,9 @@ def main() -> int:
         procs["publisher"] = subprocess.Popen(me + ["--role", "publisher", "--cam-hz", str(a.cam_hz), "--seconds", str(a.seconds), "--out",
                                                     str(tmp / "pub.json"), "--wait-subs", "2"], env=env,
                                               stdout=logs["publisher"], stderr=subprocess.STDOUT, start_new_session=True)
-        cpu0 = {n: _cpu_seconds(p.pid) for n, p in procs.items()}
+        cpu0 = {n: cpu_seconds(p.pid) for n, p in procs.items()}
         procs["publisher"].wait(timeout=a.seconds + 90)
-        cpu1 = {n: _cpu_seconds(p.pid) for n, p in procs.items() if n != "publisher"}
+        cpu1 = {n: cpu_seconds(p.pid) for n, p in procs.items() if n != "publisher"}
         time.sleep(1.0)
         for n in ("recorder", "direct"):
             os.killpg(procs[n].pid, signal.SIGINT)

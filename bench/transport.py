@@ -31,20 +31,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from _proc import cpu_seconds  # noqa: E402  (bench/ is on sys.path: it holds this script)
+
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 H, W = 480, 640
 
 
 def _topic(cam: str, hop: int) -> str:
     return f"/bench/h{hop}/{cam}/image"
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 # ---------------------------------------------------------------------------------------- roles
@@ -197,12 +191,12 @@ def run_case(mode: str, rate: float, hops: int, seconds: float) -> dict:
     procs.append(subprocess.Popen(me + ["source", "--mode", mode, "--rate", str(rate), "--seconds", str(seconds),
                                         "--out", str(tmp / "source.json")], env=env))
     t0 = time.monotonic()
-    cpu0 = {p.pid: _cpu_seconds(p.pid) for p in procs}
+    cpu0 = {p.pid: cpu_seconds(p.pid) for p in procs}
     cpu_last = dict(cpu0)
     while any(p.poll() is None for p in procs):
         for p in procs:
             if p.poll() is None:
-                cpu_last[p.pid] = _cpu_seconds(p.pid)
+                cpu_last[p.pid] = cpu_seconds(p.pid)
         time.sleep(0.2)
         if time.monotonic() - t0 > listen + 30:
             for p in procs:
