@@ -71,3 +71,19 @@ def joint_state_positions(arm7: np.ndarray) -> list[float]:
 def split14(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     v = np.asarray(v)
     return v[..., :7], v[..., 7:14]
+
+
+def pair_arm_states(pending: dict, arm: str, joint_state) -> tuple[int, np.ndarray] | None:
+    """Collect one arm's ``JointState``; once both arms of the same header stamp are in, return
+    ``(stamp_ns, 14-dim state)`` and forget that stamp. ``pending`` is the caller's dict (stamp →
+    arm → 7-dim). Raises ValueError (as :func:`arm_state_from_joint_state`) for a malformed message."""
+    from .topics import ARMS
+
+    arm7 = arm_state_from_joint_state(list(joint_state.name), list(joint_state.position))
+    stamp = joint_state.header.stamp.sec * 1_000_000_000 + joint_state.header.stamp.nanosec
+    got = pending.setdefault(stamp, {})
+    got[arm] = arm7
+    if len(got) < len(ARMS):
+        return None
+    del pending[stamp]
+    return stamp, np.concatenate([got[a] for a in ARMS])

@@ -193,16 +193,11 @@ def open_loop(real_bag: str | Path, backend_type: str, backend_cfg: dict | None 
                         out.append(cur)
                         backend.reset(None)
                     try:
-                        js = decode(m, bag.reader)
-                        arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
+                        pair = aloha.pair_arm_states(pending, js_topics[m.topic], decode(m, bag.reader))
                     except Exception:  # noqa: BLE001
                         continue
-                    stamp = js.header.stamp.sec * 1_000_000_000 + js.header.stamp.nanosec
-                    pend = pending.setdefault(stamp, {})
-                    pend[js_topics[m.topic]] = arm7
-                    if len(pend) == len(T.ARMS):
-                        del pending[stamp]
-                        waiting = (stamp, np.concatenate([pend[a] for a in T.ARMS]))
+                    if pair is not None:
+                        waiting = pair
                 elif m.topic == T.COMMAND and cur is not None and waiting is not None:
                     if max_steps and step >= max_steps:
                         continue

@@ -94,18 +94,13 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                         started = implicit = True
                         cur = _Episode(len(out), instruction or "task")
                     try:
-                        js = decode(m)
-                        arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
+                        pair = aloha.pair_arm_states(pending, js_topics[m.topic], decode(m))
                     except Exception:  # noqa: BLE001
                         continue
-                    stamp = js.header.stamp.sec * 1_000_000_000 + js.header.stamp.nanosec
-                    pend = pending.setdefault(stamp, {})
-                    pend[js_topics[m.topic]] = arm7
-                    if len(pend) == len(T.ARMS):
-                        del pending[stamp]
+                    if pair is not None:
+                        stamp, state = pair
                         if not all(c in latest and latest[c][0] <= stamp for c in cameras):
                             continue  # no frame of some camera yet
-                        state = np.concatenate([pend[a] for a in T.ARMS])
                         waiting = _Step(stamp, state, {c: latest[c][1] for c in cameras})
                 elif m.topic == T.COMMAND and cur is not None and waiting is not None:
                     try:
