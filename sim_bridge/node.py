@@ -141,6 +141,8 @@ class SimBridge(Node):
         self._cmd_seq = 0                        # commands received (valid or not)
         self._cmd_ns = 0                         # wall monotonic ns of the newest command
         self._bad_cmds = 0
+        self._expect_ns: int | None = None      # lockstep: the stamp of the step awaiting its command
+        self._stale_cmds = 0                     # lockstep: answers to an earlier step, dropped
         self._last_warn = 0.0
         self._pub_ns: int | None = None          # realtime latency bookkeeping
         self._rt_lat: list[float] = []
@@ -159,6 +161,14 @@ class SimBridge(Node):
     # ------------------------------------------------------------------ commands
     def _on_command(self, msg: Float64MultiArray) -> None:
         now = time.monotonic_ns()
+        answers = aloha.command_answers(msg.layout)
+        with self._cond:
+            if self.lockstep and answers is not None and self._expect_ns is not None and answers != self._expect_ns:
+                # a late answer to a step we already moved past (e.g. the policy re-answered a
+                # resend that crossed its first answer): applying it to this step would break
+                # lockstep's one-command-per-step determinism
+                self._stale_cmds += 1
+                return
         try:
             a = parse_command(msg.data)
         except ValueError as exc:
@@ -308,10 +318,19 @@ class SimBridge(Node):
         give_up_ns = int(self.cfg["lockstep"]["give_up_s"] * 1e9)
         hold = None
         resends = 0
+        with self._cond:
+            stale0 = self._stale_cmds
+
+        def extra() -> dict:
+            with self._cond:
+                self._expect_ns = None
+                return {"resends": resends, "stale_commands": self._stale_cmds - stale0}
+
         for k in range(self.env.max_steps):
             cams = k % self.every == 0
             with self._cond:
                 seq0 = self._cmd_seq
+                self._expect_ns = self.t_ns
             msgs = self._build_step(i, k, t_start, cams)
             self._publish_all(msgs)
             sent = first_sent = time.monotonic_ns()  # latency counts from the joint states (sent last)
@@ -329,9 +348,9 @@ class SimBridge(Node):
                         got_ns = self._cmd_ns
                         break
                 if self._stop.is_set():
-                    return "aborted", k, lat, {"resends": resends}
+                    return "aborted", k, lat, extra()
                 if time.monotonic_ns() - first_sent >= give_up_ns:
-                    return "policy_timeout", k, lat, {"resends": resends}
+                    return "policy_timeout", k, lat, extra()
                 resends += 1
                 self._publish_all(msgs)  # republish step k: the same messages, same stamp
                 sent = time.monotonic_ns()
@@ -343,8 +362,8 @@ class SimBridge(Node):
             self.t_ns += DT_NS
             end = self._finish_step(k)
             if end:
-                return end, k + 1, lat, {"resends": resends}
-        return "timeout", self.env.max_steps, lat, {"resends": resends}
+                return end, k + 1, lat, extra()
+        return "timeout", self.env.max_steps, lat, extra()
 
     def _realtime_episode(self, i: int, t_start: int):
         speed = float(self.cfg["realtime"]["speed"])

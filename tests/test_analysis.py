@@ -145,3 +145,43 @@ def test_bag_without_episode_events(tmp_path):
     assert e.commands == 30 and e.latency_ms["n"] == 30 and e.latency_ms["p50"] == pytest.approx(3.0)
     assert e.command_period_ms["p50"] == pytest.approx(20.0) and e.stalls == 0
     assert e.inferences == 3 and e.chunk_boundaries == 2
+
+
+def test_lockstep_reanswers_are_not_counted_as_steps(tmp_path):
+    """A COMMAND answering the same stamp as the previous one (a lockstep re-answer) is counted
+    apart: commands, periods and latencies stay one per answered step."""
+    import numpy as np
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+    from wam_common import aloha, topics as T
+    from wam_common.analysis.episodes import analyze_bag
+    from wam_common.recording.writer import BagWriter
+
+    w = BagWriter(tmp_path / "robot")
+    for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),
+                  (T.joint_state_topic("right"), "sensor_msgs/msg/JointState"),
+                  (T.COMMAND, "std_msgs/msg/Float64MultiArray")):
+        w.add_topic(t, ty)
+
+    def cmd(k, t):
+        m = Float64MultiArray(data=[0.01 * k] * 14)
+        m.layout.dim = [MultiArrayDimension(label=aloha.command_label(t), size=14, stride=14)]
+        return serialize_message(m)
+
+    t0 = 1_000_000_000
+    for k in range(20):
+        t = t0 + k * 20_000_000
+        for arm in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
+            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+        w.write(T.COMMAND, t + 3_000_000, cmd(k, t))
+        if k % 5 == 4:  # the same answer again, before the next step
+            w.write(T.COMMAND, t + 9_000_000, cmd(k, t))
+    w.close()
+    (e,) = analyze_bag(tmp_path / "robot")
+    assert e.commands == 20 and e.resent_commands == 4
+    assert e.latency_ms["n"] == 20 and e.command_period_ms["p50"] == pytest.approx(20.0)

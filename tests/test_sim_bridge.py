@@ -1,7 +1,10 @@
 """sim_bridge as a real process on its own ROS_DOMAIN_ID, driven in lockstep by the pure scripted expert."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
 import pytest
 
 from rosutil import wait_for
@@ -88,6 +91,38 @@ def test_bad_commands_hold_and_never_crash(probe, domain_id):
         sim.stop()
     assert ends[0]["steps"] == 5 and ends[0]["reason"] == "timeout"
     assert "rejected command" in sim.log("sim_bridge")
+
+
+def test_lockstep_drops_an_answer_to_an_earlier_step(probe, domain_id):
+    """A command labelled as answering another step's stamp (a late re-answer) is never applied."""
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension
+
+    from rosutil import wait_for
+    from wam_common import aloha
+
+    def cmd(answers):
+        m = Float64MultiArray(data=[0.0] * 14)
+        m.layout.dim = [MultiArrayDimension(label=aloha.command_label(answers), size=14, stride=14)]
+        return m
+
+    drv = ExpertDriver(probe, "transfer_cube", answer=False)
+    sim = start_sim(domain_id, max_steps=3, lockstep={"resend_s": 5.0})
+    try:
+        assert wait_for(lambda: len(drv.js["right"]) == 1, 120)
+        t0 = next(iter(drv.js["right"]))
+        drv.pub.publish(cmd(t0 - 20_000_000))  # answers a step before this one: stale
+        time.sleep(1.5)
+        assert list(drv.js["right"]) == [t0], "a stale answer advanced the sim"
+        drv.pub.publish(cmd(t0))  # the right answer
+        assert wait_for(lambda: len(drv.js["right"]) == 2, 60)
+        drv.pub.publish(cmd(None))  # unlabelled (e.g. a teleop tool): accepted as before
+        assert wait_for(lambda: len(drv.js["right"]) == 3, 60)
+        t2 = max(drv.js["right"])
+        drv.pub.publish(cmd(t2))
+        ends = drv.wait_event("end", timeout=60)
+    finally:
+        sim.stop()
+    assert ends[0]["steps"] == 3 and ends[0]["stale_commands"] == 1 and ends[0]["resends"] == 0
 
 
 @pytest.mark.parametrize("bad,key", [({"task": "nope"}, "task"), ({"clock": "fast"}, "clock"),

@@ -87,3 +87,30 @@ def pair_arm_states(pending: dict, arm: str, joint_state) -> tuple[int, np.ndarr
         return None
     del pending[stamp]
     return stamp, np.concatenate([got[a] for a in ARMS])
+
+
+# ---------------------------------------------------------------- COMMAND layout
+#: ``layout.dim[0].label`` of a COMMAND (std_msgs/Float64MultiArray, one dimension of 14 joints).
+#: In lockstep the policy node appends ``@<stamp ns>`` — the joint-state stamp the command answers —
+#: so the sim can drop a stale answer (a re-answer to a step it resent, arriving after it moved on)
+#: instead of applying it to the next step. Consumers that ignore the layout see a plain 14-vector.
+COMMAND_LABEL = "aloha_joints"
+
+
+def command_label(answers_ns: int | None = None) -> str:
+    return COMMAND_LABEL if answers_ns is None else f"{COMMAND_LABEL}@{int(answers_ns)}"
+
+
+def command_answers(layout) -> int | None:
+    """The observation stamp a COMMAND answers (from its ``layout``), or None when unlabelled."""
+    try:
+        label = layout.dim[0].label
+    except (AttributeError, IndexError, TypeError):
+        return None
+    head, sep, tail = str(label).partition("@")
+    if not sep or head != COMMAND_LABEL:
+        return None
+    try:
+        return int(tail)
+    except ValueError:
+        return None

@@ -29,7 +29,7 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.clock import Clock, ClockType
 from rclpy.node import Node
 from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import Bool, Float64MultiArray, String
+from std_msgs.msg import Bool, Float64MultiArray, MultiArrayDimension, String
 from std_srvs.srv import SetBool
 
 from wam_common import aloha, qos, topics
@@ -355,7 +355,7 @@ class WamPolicyNode(Node):
             cmd, when = self._answered[t]
             if after > 0 and t == next(reversed(self._answered)) and time.monotonic() - when > after:
                 self._warn("reanswer", f"lockstep: step at t={t} resent by the sim: sending its command again")
-                self._publish_cmd(cmd)
+                self._publish_cmd(cmd, answers_ns=t)
                 self._answered[t] = (cmd, time.monotonic())
             return
         if self._pending is not None and self._pending != t:
@@ -427,7 +427,7 @@ class WamPolicyNode(Node):
         cmd, status = self.controller.step_lockstep(t, obs, missing)
         if status.get("inferred") and stamps:
             status["image_stamps_ns"] = stamps
-        self._emit(cmd, status)
+        self._emit(cmd, status, answers_ns=t)
         if cmd is not None:
             self._answered[t] = (cmd, time.monotonic())
             while len(self._answered) > 8:
@@ -470,15 +470,17 @@ class WamPolicyNode(Node):
         self._emit(cmd, status)
 
     # -- outputs ---------------------------------------------------------------------------
-    def _publish_cmd(self, cmd: np.ndarray) -> None:
+    def _publish_cmd(self, cmd: np.ndarray, answers_ns: int | None = None) -> None:
         msg = Float64MultiArray()
+        msg.layout.dim = [MultiArrayDimension(label=aloha.command_label(answers_ns), size=topics.STATE_DIM,
+                                              stride=topics.STATE_DIM)]
         msg.data = [float(v) for v in cmd]
         self.pub_cmd.publish(msg)
 
-    def _emit(self, cmd, status: dict) -> None:
+    def _emit(self, cmd, status: dict, answers_ns: int | None = None) -> None:
         hold = status.get("hold")
         if cmd is not None:
-            self._publish_cmd(cmd)
+            self._publish_cmd(cmd, answers_ns)
             self._n_cmd += 1
         status["published"] = cmd is not None
         status["dry_run"] = self.dry_run

@@ -79,7 +79,8 @@ class Episode:
     duration_s: float | None = None
     start_ns: int = 0
     end_ns: int | None = None
-    commands: int = 0
+    commands: int = 0  # distinct commands: a lockstep re-answer of an already answered step is not one
+    resent_commands: int = 0  # lockstep re-answers (same answered stamp as the previous command)
     command_period_ms: dict = field(default_factory=dict)
     stalls: int | None = 0  # None in lockstep: the sim waits for commands, wall-clock gaps mean nothing
     clock: str = ""
@@ -143,6 +144,7 @@ class _Builder:
         self.last_obs: dict[str, int | None] = {}  # source → log time of the newest unanswered pair
         self.statuses: list[dict] = []
         self.last_hold = None
+        self.last_answer: int | None = None  # the stamp the previous COMMAND answered (lockstep)
         self.physical: dict = {}
 
     def _label(self, ep: Episode) -> None:
@@ -179,6 +181,7 @@ class _Builder:
                 self.cur = ep
                 self.statuses = []
                 self.last_hold = None
+                self.last_answer = None
                 self.last_obs = {}
             elif ev.get("event") == "end" and self.cur is not None:
                 self._finish(ev, m.log_ns)
@@ -214,9 +217,15 @@ class _Builder:
             return
         if t == T.COMMAND:
             try:
-                data = np.asarray(decode(m).data, dtype=float)
+                msg = decode(m)
+                data = np.asarray(msg.data, dtype=float)
             except Exception:  # noqa: BLE001
                 return
+            answers = aloha.command_answers(msg.layout)
+            if answers is not None and answers == self.last_answer:
+                ep.resent_commands += 1
+                return
+            self.last_answer = answers
             if ep._cmd_t:
                 ep._periods.append((m.log_ns - ep._cmd_t[-1]) / 1e6)
             ep._cmd_t.append(m.log_ns)
