@@ -1,0 +1,60 @@
+"""π0 and π0.5 (LeRobot), random weights, with a local tokenizer.
+
+``full``: PaliGemma-3B (SigLIP-So400m + Gemma-2B) + Gemma-300M action expert, 224×224 images,
+chunk 50, 10 flow steps — the published sizes. ``tiny``: the same classes at the widths of
+:func:`wam_policy_node.engines.testing.tiny_dims`; a tiny checkpoint only loads inside that context
+(LeRobot hard-codes the Gemma sizes), so tests wrap loading in ``with tiny_dims():``.
+
+The processors LeRobot builds name ``google/paligemma-3b-pt-224``'s tokenizer; the checkpoint gets a
+word-level tokenizer of its own in ``<dir>/tokenizer`` (ids below PaliGemma's vocabulary) and its
+pre-processor is pointed at it — the ``lerobot`` backend also picks up ``<dir>/tokenizer`` itself.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from unittest import mock
+
+from . import ZooSpec, randomise, register, save
+
+
+def _build(kind: str, out: Path, spec: ZooSpec) -> None:
+    import torch
+    from lerobot.policies.factory import get_policy_class
+
+    from ..engines.testing import make_config, make_local_tokenizer, tiny_dims
+
+    full = spec.size == "full"
+    h, w = spec.image_size or ((224, 224) if full else (56, 56))
+    if h != w:
+        raise ValueError(f"zoo {kind}: square images only (got {h}x{w}); the processor resizes with padding")
+    tok_dir = out / "tokenizer"
+    tok = make_local_tokenizer(tok_dir)
+    ctx = contextlib.nullcontext() if full else tiny_dims()
+    with ctx:
+        cfg = make_config(kind, n_cams=len(spec.cameras), image_size=h, chunk_size=spec.chunk or 50,
+                          device=spec.device, dtype=str(spec.extra.get("dtype", "float32")),
+                          tokenizer_max_length=spec.extra.get("tokenizer_max_length"))
+        # make_config names the cameras cam_high, cam_left_wrist, ...: rename to the spec's
+        names = list(cfg.input_features)
+        feats = {}
+        cams = iter(spec.cameras)
+        for k in names:
+            feats[f"observation.images.{next(cams)}" if k.startswith("observation.images.") else k] = cfg.input_features[k]
+        cfg.input_features = feats
+        torch.manual_seed(spec.seed)
+        with torch.device(spec.device):
+            pol = get_policy_class(kind)(cfg)
+        randomise(pol, spec.seed)
+        patch = mock.patch("lerobot.processor.tokenizer_processor.AutoTokenizer.from_pretrained", return_value=tok)
+        save(pol, cfg, out, cameras=spec.cameras, processor_patches=(patch,), tokenizer=tok_dir)
+
+
+@register("pi0")
+def build_pi0(out: Path, spec: ZooSpec) -> None:
+    _build("pi0", out, spec)
+
+
+@register("pi05")
+def build_pi05(out: Path, spec: ZooSpec) -> None:
+    _build("pi05", out, spec)
