@@ -44,6 +44,24 @@ DEFAULTS = {
 }
 
 
+def _local_tokenizer(path: Path) -> dict:
+    """A checkpoint may carry its tokenizer in ``<dir>/tokenizer`` (robots are often offline; the
+    saved pre-processor names a Hub tokenizer such as PaliGemma's): point the tokenizer step at it."""
+    import json
+
+    tok = path / "tokenizer"
+    if not (tok / "tokenizer_config.json").is_file():
+        return {}
+    for f in sorted(path.glob("policy_preprocessor*.json")):
+        try:
+            steps = json.loads(f.read_text()).get("steps", [])
+        except (OSError, ValueError):
+            continue
+        if any(s.get("registry_name") == "tokenizer_processor" for s in steps):
+            return {"tokenizer_processor": {"tokenizer_name": str(tok)}}
+    return {}
+
+
 @register_backend("lerobot")
 class LeRobotBackend(Backend):
     def __init__(self, cfg):
@@ -82,7 +100,7 @@ class LeRobotBackend(Backend):
             self.policy.to(self.device).eval()
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": dev}},
+            preprocessor_overrides={"device_processor": {"device": dev}, **_local_tokenizer(path)},
             postprocessor_overrides={"device_processor": {"device": "cpu"}})
         want = str(c["dtype"])
         self.autocast_dtype = None

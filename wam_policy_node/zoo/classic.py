@@ -53,6 +53,6 @@ def build_diffusion(out: Path, spec: ZooSpec) -> None:
     cfg = DiffusionConfig(**kw)
     torch.manual_seed(spec.seed)
     with torch.device(spec.device):
-        pol = DiffusionPolicy(cfg)
-    randomise(pol, spec.seed)
+        pol = DiffusionPolicy(cfg)  # LeRobot's own (random) init: fully randomised weights drive
+    # every DDPM step into the sample clipping, and the actions stop depending on the images
     save(pol, cfg, out, cameras=spec.cameras)
