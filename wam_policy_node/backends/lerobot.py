@@ -62,6 +62,18 @@ def _local_tokenizer(path: Path) -> dict:
     return {}
 
 
+def _local_vlm(path: Path, pcfg) -> dict:
+    """A SmolVLA checkpoint may carry its VLM config + processor in ``<dir>/vlm`` (the zoo's do): if the
+    config's ``vlm_model_name`` is not a directory here (the checkpoint was moved), use ``<dir>/vlm`` for
+    the model and for the tokenizer step."""
+    vlm = path / "vlm"
+    name = getattr(pcfg, "vlm_model_name", None)
+    if name is None or not (vlm / "config.json").is_file() or Path(name).is_dir():
+        return {}
+    pcfg.vlm_model_name = str(vlm.resolve())
+    return {"tokenizer_processor": {"tokenizer_name": pcfg.vlm_model_name}}
+
+
 @register_backend("lerobot")
 class LeRobotBackend(Backend):
     def __init__(self, cfg):
@@ -84,6 +96,7 @@ class LeRobotBackend(Backend):
         self.device = torch.device(dev)
         pcfg = PreTrainedConfig.from_pretrained(str(path))
         pcfg.device = dev
+        vlm_override = _local_vlm(path, pcfg)
         self.policy_type = pcfg.type
         self.engine = self._engine_choice(pcfg)
         if self.engine == "fast":
@@ -100,7 +113,7 @@ class LeRobotBackend(Backend):
             self.policy.to(self.device).eval()
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": dev}, **_local_tokenizer(path)},
+            preprocessor_overrides={"device_processor": {"device": dev}, **_local_tokenizer(path), **vlm_override},
             postprocessor_overrides={"device_processor": {"device": "cpu"}})
         want = str(c["dtype"])
         self.autocast_dtype = None
