@@ -39,6 +39,9 @@ DEFAULTS = {
     # π0/π0.5: "auto" runs wam_policy_node.engines' fast engine (static KV cache, one CUDA graph
     # per chunk, bf16) on CUDA unless rtc is asked for; "fast" forces it (CPU too); "eager" = LeRobot
     "engine": "auto",
+    # eager path: torch.compile the policy's predict_action_chunk ("" = no; default |
+    # reduce-overhead (CUDA graphs) | max-autotune); the warm-up pays the compile at load
+    "compile": "",
     "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
     "torch_threads": 0,  # CPU intra-op threads for the inferring thread (0 = torch's default)
 }
@@ -129,6 +132,14 @@ class LeRobotBackend(Backend):
         self.action_dim = int(act.shape[0]) if act is not None else STATE_DIM
         if self.action_dim != STATE_DIM:
             raise ConfigError(f"key 'backend.lerobot.path': policy action dim {self.action_dim} != {STATE_DIM}")
+        self._predict_fn = self.policy.predict_action_chunk
+        mode = str(c["compile"] or "")
+        if mode:
+            if mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
+                raise ConfigError(f"key 'backend.lerobot.compile': unknown torch.compile mode '{mode}'")
+            if self.engine == "fast":
+                raise ConfigError("key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager")
+            self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=mode)
         self.use_rtc = bool(c["rtc"]) and bool(getattr(self.policy, "_rtc_enabled", lambda: False)())
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
         self.needs_images = bool(self.image_features)
@@ -171,7 +182,17 @@ class LeRobotBackend(Backend):
         return k if k.startswith("observation.") else f"observation.images.{k}"
 
     def _forward(self, obs: Observation, keys: dict[str, str]):
+        batch = self.batch(obs, keys)
+        chunk = self.predict(batch, self._rtc_kwargs(obs))
+        raw = chunk[0].float()
+        actions = self.post(chunk.float())
+        return raw, actions
+
+    def batch(self, obs: Observation, keys: dict[str, str] | None = None) -> dict:
+        """Observation → the pre-processed batch the model takes (on the policy's device)."""
         torch = self.torch
+        if keys is None:
+            keys = {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
         n = int(self.cfg["torch_threads"])
         if n > 0 and torch.get_num_threads() != n:  # OpenMP settings are per calling thread
             torch.set_num_threads(n)
@@ -186,14 +207,21 @@ class LeRobotBackend(Backend):
         batch["task"] = obs.prompt or ""
         batch["robot_type"] = ""
         batch = self.pre(batch)
-        kwargs = {}
+        batch.pop("action", None)  # the processors' transition carries an empty action
+        return batch
+
+    def _rtc_kwargs(self, obs: Observation) -> dict:
         if self.use_rtc and self._last_raw is not None:
             stamp, raw = self._last_raw
             i = int(round((obs.stamp_ns - stamp) / (DT * 1e9)))
             if 0 <= i < len(raw):
-                kwargs = {"prev_chunk_left_over": raw[i:].unsqueeze(0).to(self.device),
-                          "inference_delay": int(obs.inference_delay)}
-        batch.pop("action", None)  # the processors' transition carries an empty action
+                return {"prev_chunk_left_over": raw[i:].unsqueeze(0).to(self.device),
+                        "inference_delay": int(obs.inference_delay)}
+        return {}
+
+    def predict(self, batch: dict, kwargs: dict | None = None):
+        """The bare model call: a pre-processed batch → the (1, H, D) model-space chunk."""
+        torch = self.torch
         if self.policy_type == "diffusion":
             # Diffusion conditions on the last n_obs_steps observations: feed its queues exactly as
             # its select_action does, then predict from them (predict_action_chunk's online path)
@@ -206,12 +234,8 @@ class LeRobotBackend(Backend):
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with torch.inference_mode(), ctx:
-            chunk = self.policy.predict_action_chunk(batch, **kwargs)
-        if chunk.ndim == 2:
-            chunk = chunk.unsqueeze(0)
-        raw = chunk[0].float()
-        actions = self.post(chunk.float())
-        return raw, actions
+            chunk = self._predict_fn(batch, **(kwargs or {}))
+        return chunk.unsqueeze(0) if chunk.ndim == 2 else chunk
 
     def infer(self, obs: Observation) -> ActionChunk:
         t0 = time.perf_counter()
