@@ -77,6 +77,33 @@ def _local_vlm(path: Path, pcfg) -> dict:
     return {"tokenizer_processor": {"tokenizer_name": pcfg.vlm_model_name}}
 
 
+@contextlib.contextmanager
+def _local_wan(path: Path, pcfg):
+    """FastWAM builds its frozen Wan2.2 VAE, UMT5 text encoder and tokenizer from the Hub when the policy
+    is constructed. A checkpoint may carry them (diffusers layout, the zoo's do) in ``<dir>/vae``,
+    ``<dir>/text_encoder``, ``<dir>/tokenizer``: where the config's names are not directories here (a
+    moved checkpoint), use those. The VAE's repo is named in code (``fastwam/wan/components.py``,
+    ``load_pretrained_wan_vae``), so that name points at ``<dir>`` while the policy is built."""
+    if pcfg.type != "fastwam":
+        yield
+        return
+    root = path.resolve()
+    here = lambda name: Path(str(name)).expanduser().is_dir()  # noqa: E731
+    if (root / "text_encoder").is_dir() and not here(pcfg.text_encoder_model_id):
+        pcfg.text_encoder_model_id = str(root)
+    if (root / "tokenizer").is_dir() and not here(pcfg.tokenizer_model_id):
+        pcfg.tokenizer_model_id = str(root / "tokenizer")
+    from lerobot.policies.fastwam.wan import components
+
+    hub = components.WAN22_DIFFUSERS_MODEL_ID
+    if (root / "vae").is_dir():
+        components.WAN22_DIFFUSERS_MODEL_ID = str(root)
+    try:
+        yield
+    finally:
+        components.WAN22_DIFFUSERS_MODEL_ID = hub
+
+
 @register_backend("lerobot")
 class LeRobotBackend(Backend):
     def __init__(self, cfg):
@@ -112,7 +139,8 @@ class LeRobotBackend(Backend):
             except engines.EngineError as exc:
                 raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
         else:
-            self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
+            with _local_wan(path, pcfg):
+                self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
             self.policy.to(self.device).eval()
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),

@@ -1,0 +1,50 @@
+"""The zoo's FastWAM checkpoint (random weights, its own Wan2.2 VAE / UMT5 encoder / tokenizer) loads
+through the `lerobot` backend with no network — also after the directory moved — and answers
+observations with live networks: a (chunk, 14) action chunk that depends on the images."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+
+from wam_policy_node.backends import Observation
+
+CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+
+
+def _obs(seed):
+    rng = np.random.default_rng(seed)
+    imgs = {c: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for c in CAMS}
+    return Observation(1_000_000_000, imgs, np.zeros(14), "pick up the cube")
+
+
+def test_fastwam_loads_offline_and_answers(tmp_path, monkeypatch):
+    from wam_policy_node.backends.lerobot import LeRobotBackend
+    from wam_policy_node.zoo import save_random_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # a Hub fetch fails at once instead of hanging
+    made = save_random_policy("fastwam", tmp_path / "made", size="tiny", cameras=CAMS, chunk=16)
+    for sub in ("vae", "text_encoder", "tokenizer"):
+        assert (made / sub).is_dir(), f"the checkpoint lacks its {sub}"
+    moved = tmp_path / "elsewhere" / "ckpt"
+    shutil.move(str(made), moved)  # the config's encoder/tokenizer paths no longer exist
+    b = LeRobotBackend({"path": str(moved), "device": "cpu", "engine": "eager", "warmup": 0})
+    assert b.policy_type == "fastwam" and b.policy.config.text_encoder_model_id == str(moved.resolve())
+    outs = []
+    for seed in (0, 1):
+        b.reset()
+        a = b.infer(_obs(seed)).actions  # FastWAM seeds its own flow noise (inference_seed)
+        assert a.shape == (16, 14) and np.isfinite(a).all()
+        outs.append(a)
+    assert np.abs(outs[0] - outs[1]).max() > 1e-6, "the images do not reach the actions"
+
+
+def test_fastwam_sizes_on_meta_device():
+    """``full`` is LeRobot's published FastWAM (Wan2.2-TI2V-5B video DiT, UMT5-XXL); ``reduced`` only
+    has fewer DiT layers."""
+    from wam_policy_node.zoo.wam import param_counts
+
+    full, reduced = param_counts("full"), param_counts("reduced", layers=4)
+    assert 4.9e9 < full["video_dit"] < 5.1e9 and 5.6e9 < full["text_encoder"] < 5.8e9
+    assert reduced["text_encoder"] == full["text_encoder"] and reduced["vae"] == full["vae"]
+    assert reduced["video_dit"] < full["video_dit"] / 5 and reduced["action_dit"] < full["action_dit"] / 5
