@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
+SELF_RESIZING = ("pi0", "pi05", "smolvla")
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 # (kind, mode) in priority order: a run out of budget drops the tail
 DEFAULT_JOBS = ("pi05:fast", "act:eager", "smolvla:eager", "fastwam:eager", "pi0:fast", "act:compile",
@@ -120,7 +121,11 @@ def run_job(kind, mode, path, args, dev) -> dict:
     (c, h, w), = {s for s in feats.values()}  # one resolution for all cameras
     rng = np.random.default_rng(0)
     frames = [{cam: rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for cam in cams} for _ in range(3)]
-    obs_map = ObservationMap.from_config({"cameras": cams, "image_keys": cams, "resize": [h, w]})
+    # the node's default `observation.resize: [0, 0]` (frames as published) where the model resizes
+    # with pad itself, on its device (π0/π0.5, SmolVLA); the model's input size otherwise
+    resize = [0, 0] if kind in SELF_RESIZING else [h, w]
+    res["node_resize"] = resize
+    obs_map = ObservationMap.from_config({"cameras": cams, "image_keys": cams, "resize": resize})
     prompt = "transfer the cube to the other arm"
 
     # bare: the model call on a pre-processed batch (3 input sets, round robin)
@@ -156,6 +161,25 @@ def run_job(kind, mode, path, args, dev) -> dict:
                 holds[st["hold"]] = holds.get(st["hold"], 0) + 1
         if st.get("hold") == "inference_error":
             raise RuntimeError(f"{kind}/{mode}: {ctl.last_error_detail}")
+    # where the added time goes: each host-side part alone (medians of many calls)
+    def part(fn, n=max(20, args.iters)):
+        fn()
+        ms = []
+        for i in range(n):
+            _sync(dev)
+            t0 = time.perf_counter()
+            fn(i)
+            _sync(dev)
+            ms.append((time.perf_counter() - t0) * 1e3)
+        return _pcts(ms)
+
+    chunk = b.predict(batches[0])
+    obs_i = [Observation(1_000_000_000, obs_map.images(f), HOME.copy(), prompt) for f in frames]
+    res["parts_ms"] = {
+        "resize": part(lambda i=0: obs_map.images(frames[i % 3])),
+        "pre_processor": part(lambda i=0: b.batch(obs_i[i % 3])),
+        "post_processor": part(lambda i=0: b.post(chunk.float()).to("cpu").numpy()),
+    }
     res["bare_ms"] = _pcts(bare)
     res["obs_to_action_ms"] = _pcts(e2e)
     res["ratio_p50"] = round(res["obs_to_action_ms"]["p50"] / res["bare_ms"]["p50"], 4)

@@ -49,3 +49,30 @@ def test_unknown_kind_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="unknown policy kind"):
         save_random_policy("gpt", tmp_path / "x")
+
+
+def test_prompt_reaches_the_actions_through_the_memoized_tokenizer(tmp_path):
+    """The backend tokenizes each prompt once (a cache): a changed prompt must still change the
+    actions, and a repeated one give the same tokens as LeRobot's own tokenizer step."""
+    import torch
+
+    from wam_policy_node.backends.lerobot import LeRobotBackend
+    from wam_policy_node.engines.testing import tiny_dims
+    from wam_policy_node.zoo import save_random_policy
+
+    ckpt = save_random_policy("pi0", tmp_path / "pi0", size="tiny")
+    with tiny_dims():
+        b = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "eager", "warmup": 0})
+    obs = _obs(0)
+    toks = [b.batch(obs)["observation.language.tokens"] for _ in range(2)]
+    assert torch.equal(toks[0], toks[1])
+    step = next(s for s in b.pre.steps if hasattr(s, "input_tokenizer"))
+    direct = step.input_tokenizer([obs.prompt + "\n"], max_length=step.max_length, truncation=step.truncation,
+                                  padding=step.padding, padding_side=step.padding_side, return_tensors="pt")
+    assert torch.equal(toks[0].cpu(), direct["input_ids"])
+    outs = []
+    for prompt in ("pick up the cube", "insert the peg", "pick up the cube"):
+        obs.prompt = prompt
+        torch.manual_seed(0)
+        outs.append(b.infer(obs).actions)
+    assert np.abs(outs[0] - outs[1]).max() > 1e-6 and np.array_equal(outs[0], outs[2])
