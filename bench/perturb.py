@@ -119,7 +119,7 @@ def bench_torch(level: int, reps: int, device: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------- node
-def role_source(rate: float, seconds: float, out: Path) -> None:
+def role_source(rate: float, seconds: float, out: Path, stagger: bool = False) -> None:
     import rclpy
     from sensor_msgs.msg import Image
 
@@ -137,7 +137,9 @@ def role_source(rate: float, seconds: float, out: Path) -> None:
     end = t_next + seconds
     k = 0
     while time.monotonic() < end:
-        for c, pub in pubs.items():
+        for i, (c, pub) in enumerate(pubs.items()):
+            if stagger and i:  # free-running cameras: evenly spread over the period, not one burst
+                time.sleep(max(0.0, t_next + i * period / len(pubs) - time.monotonic()))
             ns = time.time_ns()
             pub.publish(encode_image(frames[k % 4], "rgb8", Stamp.from_ns(ns), topics.camera_frame(c)))
             sent[c].append(ns)
@@ -213,7 +215,8 @@ def _profile_ref(ref: str, tmp: Path) -> str:
     return str(p)
 
 
-def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int, device: str = "") -> dict:
+def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int, device: str = "",
+               stagger: bool = False) -> dict:
     from wam_common.config import config_dir
     from wam_common.graph import Graph, NodeSpec
     from wam_common.launcher import GraphRunner
@@ -234,7 +237,8 @@ def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int,
             time.sleep(2.0)
             sent_file = tmp / f"sent_{len(results)}.json"
             src = subprocess.Popen([sys.executable, __file__, "--role", "source", "--rate", str(rate),
-                                    "--seconds", str(seconds), "--out", str(sent_file)], env=env)
+                                    "--seconds", str(seconds), "--out", str(sent_file)]
+                                   + (["--stagger"] if stagger else []), env=env)
             cpu0 = _cpu(runner)
             src.wait(timeout=seconds + 60)
             time.sleep(0.5)
@@ -252,6 +256,9 @@ def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int,
                 "dropped": sum(1 for k in keys if k not in pert),
                 "raw_missed": sum(1 for k in keys if k not in raw),
                 "added_ms": _stats(added),
+                # per camera (published in this order each period): does the order within a burst matter
+                "added_ms_by_camera": {c: _stats([(pert[k] - raw[k]) / 1e6 for k in keys
+                                                  if k[0] == c and k in pert and k in raw]) for c in sent},
                 "end_to_end_ms": _stats(e2e),
                 "node_cpu_per_frame_ms": round((cpu1 - cpu0) * 1e3 / max(1, n_sent), 3),
                 "node_alive": not runner.dead(),
@@ -291,9 +298,12 @@ def main() -> int:
     ap.add_argument("--skip-ops", action="store_true")
     ap.add_argument("--device", default="", help="also time the torch path on this device (cuda, cpu)")
     ap.add_argument("--node-device", default="", help="run the node's ops on this torch device (its 'device')")
+    ap.add_argument("--stagger", action="store_true",
+                    help="publish the cameras evenly spread over each period (free-running, unsynchronised "
+                         "cameras) instead of one burst of three")
     a = ap.parse_args()
     if a.role == "source":
-        role_source(a.rate, a.seconds, Path(a.out))
+        role_source(a.rate, a.seconds, Path(a.out), a.stagger)
         return 0
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     res: dict = {"frame": [H, W, 3], "level": a.level, "cpu_count": os.cpu_count(),
@@ -308,9 +318,10 @@ def main() -> int:
         lease = DomainLease()
         os.environ["ROS_DOMAIN_ID"] = str(lease.domain_id)
         try:
-            res["node"] = {"rate_hz": a.rate, "cameras": 3, "seconds": a.seconds,
+            res["node"] = {"rate_hz": a.rate, "cameras": 3, "seconds": a.seconds, "staggered": a.stagger,
                            "device": a.node_device or "cpu (numpy/OpenCV)",
-                           "profiles": bench_node(a.profiles, a.rate, a.seconds, lease.domain_id, a.node_device)}
+                           "profiles": bench_node(a.profiles, a.rate, a.seconds, lease.domain_id, a.node_device,
+                                                  a.stagger)}
         finally:
             lease.release()
     res["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -47,7 +47,11 @@ def _qos(mode: str):
 
     from wam_common import qos
 
-    return qos.SENSOR if mode == "ours" else QoSProfile(depth=10)
+    if mode.startswith("ours"):
+        depth = int(mode.split("@d")[1]) if "@d" in mode else qos.SENSOR.depth
+        return QoSProfile(history=qos.SENSOR.history, depth=depth, reliability=qos.SENSOR.reliability,
+                          durability=qos.SENSOR.durability)
+    return QoSProfile(depth=10)
 
 
 def _spin(node, stop_after: float) -> None:
@@ -81,15 +85,20 @@ def role_source(mode: str, rate: float, seconds: float, out: Path) -> None:
     pubs = {c: node.create_publisher(Image, _topic(c, 0), _qos(mode)) for c in CAMS}
     rng = np.random.default_rng(0)
     frames = {c: rng.integers(0, 255, (H, W, 3), dtype=np.uint8) for c in CAMS}
-    time.sleep(2.0)  # discovery
+    t_wait = time.monotonic() + 10.0  # discovery: every camera's first hop (or the sink) matched
+    while time.monotonic() < t_wait and any(p.get_subscription_count() == 0 for p in pubs.values()):
+        time.sleep(0.05)
+    time.sleep(1.0)  # the rest of the chain (hop → hop → sink) matches meanwhile
     sent = 0
+    stamps = []
     period = 1.0 / rate
     t_next = time.monotonic()
     end = t_next + seconds
     while time.monotonic() < end:
         now_ns = time.time_ns()
+        stamps.append(now_ns)
         for c in CAMS:
-            if mode == "ours":
+            if mode.startswith("ours"):
                 pubs[c].publish(encode_image(frames[c], "rgb8", Stamp.from_ns(now_ns), c))
             else:
                 m = Image()
@@ -101,7 +110,7 @@ def role_source(mode: str, rate: float, seconds: float, out: Path) -> None:
         sent += 1
         t_next += period
         time.sleep(max(0.0, t_next - time.monotonic()))
-    out.write_text(json.dumps({"sent_per_camera": sent}))
+    out.write_text(json.dumps({"sent_per_camera": sent, "stamps": stamps}))
     time.sleep(1.0)
     node.destroy_node()
     rclpy.try_shutdown()
@@ -118,7 +127,7 @@ def role_hop(mode: str, hop: int, seconds: float) -> None:
     node = rclpy.create_node(f"bench_hop{hop}")
     for c in CAMS:
         pub = node.create_publisher(Image, _topic(c, hop), _qos(mode))
-        if mode == "ours":
+        if mode.startswith("ours"):
             def cb(raw, pub=pub):
                 img = decode_image(raw)
                 arr = img.array
@@ -149,7 +158,7 @@ def role_sink(mode: str, hops: int, seconds: float, out: Path) -> None:
     lat: dict[str, list[float]] = {c: [] for c in CAMS}
     seen: dict[str, set[int]] = {c: set() for c in CAMS}
     for c in CAMS:
-        if mode == "ours":
+        if mode.startswith("ours"):
             def cb(raw, c=c):
                 now = time.time_ns()
                 img = decode_image(raw)
@@ -162,9 +171,10 @@ def role_sink(mode: str, hops: int, seconds: float, out: Path) -> None:
                 _ = msg.data[0]
                 seen[c].add(ns)
                 lat[c].append((now - ns) / 1e6)
-        node.create_subscription(Image, _topic(c, hops), cb, _qos(mode), raw=(mode == "ours"))
+        node.create_subscription(Image, _topic(c, hops), cb, _qos(mode), raw=mode.startswith("ours"))
     _spin(node, seconds)
-    out.write_text(json.dumps({"latency_ms": lat, "received": {c: len(s) for c, s in seen.items()}}))
+    out.write_text(json.dumps({"latency_ms": lat, "received": {c: len(s) for c, s in seen.items()},
+                               "seen": {c: sorted(s) for c, s in seen.items()}}))
 
 
 # ------------------------------------------------------------------------------------- driver
@@ -178,11 +188,11 @@ def run_case(mode: str, rate: float, hops: int, seconds: float) -> dict:
     env = dict(os.environ, ROS_DOMAIN_ID=str(lease.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                PYTHONUNBUFFERED="1")
     env.pop("FASTRTPS_DEFAULT_PROFILES_FILE", None)
-    if mode == "ours":
+    if mode.startswith("ours"):
         env["FASTRTPS_DEFAULT_PROFILES_FILE"] = str(ROOT / "config/dds/fastdds.xml")
         env["RMW_FASTRTPS_USE_QOS_FROM_XML"] = "0"
     me = [sys.executable, __file__, "--role"]
-    listen = seconds + 4.0
+    listen = seconds + 12.0  # the source starts 1 s later, waits for discovery (≤ 10 s, ~1-2 s) and then sends
     procs = [subprocess.Popen(me + ["sink", "--mode", mode, "--hops", str(hops), "--seconds", str(listen),
                                     "--out", str(tmp / "sink.json")], env=env)]
     procs += [subprocess.Popen(me + ["hop", "--mode", mode, "--hop", str(h), "--seconds", str(listen)], env=env)
@@ -209,10 +219,17 @@ def run_case(mode: str, rate: float, hops: int, seconds: float) -> dict:
     sent = src["sent_per_camera"] * len(CAMS)
     all_lat = np.concatenate([np.asarray(v, float) for v in sink["latency_ms"].values()] or [np.zeros(0)])
     received = sum(sink["received"].values())
+    # where the losses are: in the first second (the hop chain still matching) or in steady state
+    t_first = src["stamps"][0] if src["stamps"] else 0
+    lost = [t for c in CAMS for t in sorted(set(src["stamps"]) - set(sink["seen"][c]))]
+    lost_start = sum(1 for t in lost if t < t_first + 1_000_000_000)
+    steady_sent = sum(1 for t in src["stamps"] if t >= t_first + 1_000_000_000) * len(CAMS)
     cpu = sum(cpu_last[p] - cpu0[p] for p in cpu_last)
     return {
         "mode": mode, "rate_hz": rate, "hops": hops, "cameras": len(CAMS), "frame": f"{H}x{W} rgb8",
         "sent": sent, "received": received, "delivered": round(received / sent, 4) if sent else 0.0,
+        "lost_first_second": lost_start,
+        "delivered_after_first_second": round(1 - (len(lost) - lost_start) / steady_sent, 4) if steady_sent else 0.0,
         "latency_ms_mean": round(float(all_lat.mean()), 2) if all_lat.size else None,
         "latency_ms_p50": round(float(np.percentile(all_lat, 50)), 2) if all_lat.size else None,
         "latency_ms_p99": round(float(np.percentile(all_lat, 99)), 2) if all_lat.size else None,
@@ -230,6 +247,8 @@ def main() -> None:
     ap.add_argument("--rates", type=float, nargs="*", default=[30.0, 60.0])
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--sensor-depths", type=int, nargs="*", default=[],
+                    help="also run our path with best-effort keep-last N (the QoS depth decision)")
     a = ap.parse_args()
     if a.role == "source":
         return role_source(a.mode, a.rate, a.seconds, a.out)
@@ -240,7 +259,8 @@ def main() -> None:
     cases = []
     for rate in a.rates:
         for hops in a.hops:
-            pair = {m: run_case(m, rate, hops, a.seconds) for m in ("plain", "ours")}
+            modes = ["plain", "ours"] + [f"ours@d{d}" for d in a.sensor_depths]
+            pair = {m: run_case(m, rate, hops, a.seconds) for m in modes}
             p_plain, p_ours = pair["plain"]["latency_ms_p99"], pair["ours"]["latency_ms_p99"]
             cases.append({**{m: pair[m] for m in pair}, "rate_hz": rate, "hops": hops,
                           "p99_ratio_plain_over_ours": round(p_plain / p_ours, 2) if p_plain and p_ours else None})
