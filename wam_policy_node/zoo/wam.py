@@ -25,6 +25,26 @@ Sizes (parameters counted on the meta device, :func:`param_counts`):
 
 ``extra``: ``layers`` (reduced/tiny DiT depth), ``dtype`` (weights dtype), ``steps`` (flow steps).
 The VAE's latent mean/std are 0/1 (the released ones describe the released weights, not these).
+
+LingBot-VA (``lerobot/policies/lingbot_va``) is an autoregressive video-action model: one dual-stream
+Wan2.2 DiT (video and action tokens, KV cache across chunks) over the latents of the same frozen Wan2.2
+VAE, prompt from the same UMT5-XXL encoder. LeRobot loads the frozen parts lazily at the first inference
+from ``config.wan_pretrained_path`` (``vae/``, ``text_encoder/``, ``tokenizer/`` sub-folders): the zoo
+writes all three into the checkpoint and names it there (a T5 tokenizer, word-level vocabulary);
+``LeRobotBackend`` re-points the path at ``<dir>`` for a moved checkpoint. Its chunks after the first
+are conditioned on the frames observed while the previous chunk ran (the backend's ``observe``).
+
+- ``full``: LeRobot's defaults (the released checkpoints' transformer): 3072 wide (24 heads × 128),
+  30 layers, 5.09 B; the same UMT5-XXL and Wan2.2 VAE; each camera at 128×128, the latents side by side,
+  4 latent frames × 4 actions per chunk (16 actions, 12 on the first), 20 video + 50 action flow steps,
+  CFG 5 (bf16).
+- ``reduced``: the same with ``extra={"layers": N}`` transformer layers (default 10: 1.82 B).
+- ``tiny``: the same classes a few dozen channels wide, 2 layers, 32×32 per camera, 2 flow steps per
+  stream, float32.
+
+``extra``: ``layers``, ``dtype``, ``steps`` (flow steps of each stream), ``layout`` (LeRobot's
+``camera_layout``: ``width_concat`` or ``robotwin_tshape``). The 14 actions are channels 0..13 of the
+model's 30-dim action space.
 """
 from __future__ import annotations
 
@@ -47,18 +67,25 @@ def _parts(size: str, layers: int | None):
     from lerobot.policies.fastwam.configuration_fastwam import default_action_dit_config, default_video_dit_config
 
     video, action = default_video_dit_config(14), default_action_dit_config(14)
-    text, vae = dict(UMT5_XXL), dict(WAN22_VAE)
+    text, vae = _frozen_parts(size)
     if size == "reduced":
         video["num_layers"] = action["num_layers"] = layers or REDUCED_LAYERS
     elif size == "tiny":
         n = layers or 2
         video.update(hidden_dim=64, ffn_dim=128, freq_dim=32, text_dim=32, num_heads=2, attn_head_dim=32, num_layers=n)
         action.update(hidden_dim=32, ffn_dim=64, freq_dim=32, text_dim=32, num_heads=2, attn_head_dim=32, num_layers=n)
+    return video, action, text, vae
+
+
+def _frozen_parts(size: str):
+    """(UMT5 config kwargs, Wan2.2 VAE kwargs) for a size: the published ones, or a few channels wide."""
+    text, vae = dict(UMT5_XXL), dict(WAN22_VAE)
+    if size == "tiny":
         text.update(vocab_size=1024, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2,
                     relative_attention_num_buckets=8, relative_attention_max_distance=16)
         vae.update(base_dim=8, decoder_base_dim=8, num_res_blocks=1)
     vae.update(latents_mean=[0.0] * vae["z_dim"], latents_std=[1.0] * vae["z_dim"])
-    return video, action, text, vae
+    return text, vae
 
 
 def param_counts(size: str = "full", layers: int | None = None) -> dict[str, int]:
@@ -129,5 +156,88 @@ def build_fastwam(out: Path, spec: ZooSpec) -> None:
                     lambda **kw: WanVideoVAE38(dtype=dtype, device=spec.device, pretrained=vae)), \
          torch.device(spec.device):
         pol = FastWAMPolicy(cfg)
+    randomise(pol, spec.seed)
+    save(pol, cfg, out, cameras=spec.cameras)
+
+
+def _lingbot_transformer(size: str, layers: int | None) -> dict:
+    """LingBotVAConfig's transformer fields for a size (LeRobot's defaults at ``full``)."""
+    from lerobot.policies.lingbot_va.configuration_lingbot_va import LingBotVAConfig
+
+    names = ("num_attention_heads", "attention_head_dim", "text_dim", "freq_dim", "ffn_dim", "num_layers")
+    d = {k: LingBotVAConfig.__dataclass_fields__[k].default for k in names}
+    if size == "reduced":
+        d["num_layers"] = layers or REDUCED_LAYERS
+    elif size == "tiny":
+        d.update(num_attention_heads=2, attention_head_dim=24, text_dim=32, freq_dim=32, ffn_dim=64,
+                 num_layers=layers or 2)
+    return d
+
+
+def lingbot_param_counts(size: str = "full", layers: int | None = None) -> dict[str, int]:
+    """Parameters of each LingBot-VA part at ``size``, built on the meta device (no memory)."""
+    import torch
+    from diffusers import AutoencoderKLWan
+    from lerobot.policies.lingbot_va.utils import WanTransformer3DModel
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    text, vae = _frozen_parts(size)
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    with torch.device("meta"):
+        return {"transformer": n(WanTransformer3DModel(**_lingbot_transformer(size, layers))),
+                "text_encoder": n(UMT5EncoderModel(UMT5Config(**text))), "vae": n(AutoencoderKLWan(**vae))}
+
+
+def _t5_tokenizer(path: Path) -> None:
+    """A T5 tokenizer (LingBot-VA loads ``T5TokenizerFast``) over a few hundred words, ids far inside
+    UMT5's vocabulary; other words map to ``<unk>``."""
+    from transformers import T5TokenizerFast
+
+    words = ("task pick up the cube transfer insert peg socket lift beam to left right arm gripper and with a of "
+             "on in put place move grasp open close red blue green").split()
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    vocab += [("\u2581" + w, -5.0) for w in dict.fromkeys(words + [str(i) for i in range(256)])]
+    T5TokenizerFast(vocab=vocab, extra_ids=0).save_pretrained(str(path))
+
+
+@register("lingbot_va")
+def build_lingbot_va(out: Path, spec: ZooSpec) -> None:
+    import torch
+    from diffusers import AutoencoderKLWan
+    from lerobot.policies.lingbot_va.configuration_lingbot_va import LingBotVAConfig
+    from lerobot.policies.lingbot_va.modeling_lingbot_va import LingBotVAPolicy
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    tiny = spec.size == "tiny"
+    text, vae_kw = _frozen_parts(spec.size)
+    h, w = spec.image_size or ((32, 32) if tiny else (128, 128))  # per camera; the policy resizes to it
+    if h % 16 or w % 16:
+        raise ValueError(f"zoo lingbot_va: camera image {(h, w)} must be a multiple of 16 (Wan VAE + patch)")
+    per_frame = 4  # actions per latent frame (LeRobot's default)
+    chunk = spec.chunk or 16
+    if chunk % per_frame or chunk < 2 * per_frame:
+        raise ValueError(f"zoo lingbot_va: chunk {chunk} must be a multiple of {per_frame}, at least {2 * per_frame}")
+    inp, outp = features(spec, (h, w))
+    dtype_name = str(spec.extra.get("dtype", "float32" if tiny else "bfloat16"))
+    dtype = getattr(torch, dtype_name)
+
+    _t5_tokenizer(out / "tokenizer")
+    torch.manual_seed(spec.seed)
+    with torch.device(spec.device):
+        UMT5EncoderModel(UMT5Config(**text)).to(dtype).save_pretrained(out / "text_encoder")
+        AutoencoderKLWan(**vae_kw).to(dtype).save_pretrained(out / "vae")  # as their libraries initialise them
+
+    steps = spec.extra.get("steps")
+    cfg = LingBotVAConfig(
+        input_features=inp, output_features=outp, **_lingbot_transformer(spec.size, spec.extra.get("layers")),
+        wan_pretrained_path=str(out), dtype=dtype_name, device=spec.device,
+        obs_cam_keys=[k for k in inp if k.startswith("observation.images.")],
+        camera_layout=str(spec.extra.get("layout", "width_concat")), height=h, width=w,
+        action_per_frame=per_frame, frame_chunk_size=chunk // per_frame,
+        num_inference_steps=int(steps or (2 if tiny else 20)),
+        action_num_inference_steps=int(steps or (2 if tiny else 50)),
+        max_sequence_length=16 if tiny else 512, used_action_channel_ids=list(range(outp["action"].shape[0])))
+    with torch.device(spec.device):
+        pol = LingBotVAPolicy(cfg)
     randomise(pol, spec.seed)
     save(pol, cfg, out, cameras=spec.cameras)
