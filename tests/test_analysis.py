@@ -111,6 +111,28 @@ def test_unfinished_bag_is_analyzed(bag, tmp_path):
     assert eps[-1].success is None and eps[-1].outcome == "incomplete"
 
 
+def _robot_steps(w, n: int):
+    """Declare both arms' joint states and COMMAND on the writer; for k < n write step k's joint
+    states (50 Hz from t = 1 s) and yield (k, t) so the caller writes that step's command."""
+    import numpy as np
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+
+    from wam_common import aloha, topics as T
+
+    for arm in T.ARMS:
+        w.add_topic(T.joint_state_topic(arm), "sensor_msgs/msg/JointState")
+    w.add_topic(T.COMMAND, "std_msgs/msg/Float64MultiArray")
+    for k in range(n):
+        t = 1_000_000_000 + k * 20_000_000
+        for arm in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
+            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+        yield k, t
+
+
 def test_bag_without_episode_events(tmp_path):
     """A robot run recorded without EPISODE events is one episode of unknown outcome, timing intact."""
     import numpy as np
@@ -123,18 +145,8 @@ def test_bag_without_episode_events(tmp_path):
     from wam_common.recording.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
-    for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),
-                  (T.joint_state_topic("right"), "sensor_msgs/msg/JointState"),
-                  (T.COMMAND, "std_msgs/msg/Float64MultiArray"), (T.POLICY_STATUS, "std_msgs/msg/String")):
-        w.add_topic(t, ty)
-    t0 = 1_000_000_000
-    for k in range(30):
-        t = t0 + k * 20_000_000
-        for arm in T.ARMS:
-            js = JointState()
-            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
-            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
-            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+    w.add_topic(T.POLICY_STATUS, "std_msgs/msg/String")
+    for k, t in _robot_steps(w, 30):
         w.write(T.COMMAND, t + 3_000_000, serialize_message(Float64MultiArray(data=[0.01 * k] * 14)))
         w.write(T.POLICY_STATUS, t + 3_100_000, serialize_message(String(data=json.dumps(
             {"chunk_id": k // 10, "inferred": k % 10 == 0, "infer_ms": 40.0, "hold": None}))))
@@ -160,24 +172,13 @@ def test_lockstep_reanswers_are_not_counted_as_steps(tmp_path):
     from wam_common.recording.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
-    for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),
-                  (T.joint_state_topic("right"), "sensor_msgs/msg/JointState"),
-                  (T.COMMAND, "std_msgs/msg/Float64MultiArray")):
-        w.add_topic(t, ty)
 
     def cmd(k, t):
         m = Float64MultiArray(data=[0.01 * k] * 14)
         m.layout.dim = [MultiArrayDimension(label=aloha.command_label(t), size=14, stride=14)]
         return serialize_message(m)
 
-    t0 = 1_000_000_000
-    for k in range(20):
-        t = t0 + k * 20_000_000
-        for arm in T.ARMS:
-            js = JointState()
-            js.header.stamp.sec, js.header.stamp.nanosec = divmod(t, 1_000_000_000)
-            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.zeros(7))
-            w.write(T.joint_state_topic(arm), t, serialize_message(js))
+    for k, t in _robot_steps(w, 20):
         w.write(T.COMMAND, t + 3_000_000, cmd(k, t))
         if k % 5 == 4:  # the same answer again, before the next step
             w.write(T.COMMAND, t + 9_000_000, cmd(k, t))

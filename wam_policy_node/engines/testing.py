@@ -152,13 +152,6 @@ def make_local_tokenizer(path, max_words: int = 400):
 
 def dataset_stats(state_dim: int = 14, action_dim: int = 14, seed: int = 0):
     """Normalisation statistics of every kind LeRobot's normaliser may ask for (mean/std, min/max, quantiles)."""
-    import torch
+    from ..zoo import stats
 
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for key, dim in (("observation.state", state_dim), ("action", action_dim)):
-        mean = torch.randn(dim, generator=g) * 0.3
-        std = torch.rand(dim, generator=g) + 0.5
-        out[key] = {"mean": mean, "std": std, "min": mean - 2 * std, "max": mean + 2 * std,
-                    "q01": mean - 2 * std, "q99": mean + 2 * std, "q10": mean - std, "q90": mean + std}
-    return out
+    return stats((), state_dim, action_dim, seed)
