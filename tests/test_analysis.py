@@ -135,12 +135,10 @@ def _robot_steps(w, n: int):
 
 def test_bag_without_episode_events(tmp_path):
     """A robot run recorded without EPISODE events is one episode of unknown outcome, timing intact."""
-    import numpy as np
     from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, String
 
-    from wam_common import aloha, topics as T
+    from wam_common import topics as T
     from wam_common.analysis.episodes import analyze_bag
     from wam_common.recording.writer import BagWriter
 
@@ -162,9 +160,7 @@ def test_bag_without_episode_events(tmp_path):
 def test_lockstep_reanswers_are_not_counted_as_steps(tmp_path):
     """A COMMAND answering the same stamp as the previous one (a lockstep re-answer) is counted
     apart: commands, periods and latencies stay one per answered step."""
-    import numpy as np
     from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import JointState
     from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
     from wam_common import aloha, topics as T
