@@ -92,6 +92,13 @@ class EpisodeBook:
     def __post_init__(self):
         self._next = self.first_episode
 
+    def next_episode(self, index: int) -> None:
+        """The index (and so the seed, ``seed + index``) the next started episode gets: an evaluator
+        that resumes or reruns a seed says which one comes next."""
+        if self.running:
+            raise ValueError("an episode is running: end it before choosing the next one")
+        self._next = int(index)
+
     @property
     def running(self) -> bool:
         return self.episode is not None

@@ -69,9 +69,16 @@ def run_robot(suite: Suite, policy: str, task: str, episodes: int, seed0: int, s
         return line.strip().lower()
 
     try:
-        # the labels must reach the bag: wait for the recorder (any EPISODE subscriber) to match
+        # the labels must reach the bag: wait for the recorder (any EPISODE subscriber) to match, and
+        # for discovery to settle (the count unchanged for a second: the graph has several listeners)
         end = time.monotonic() + 20.0
-        while op.pub_episode.get_subscription_count() == 0 and time.monotonic() < end:
+        count, since = -1, time.monotonic()
+        while time.monotonic() < end:
+            n = op.pub_episode.get_subscription_count()
+            if n != count:
+                count, since = n, time.monotonic()
+            elif n > 0 and time.monotonic() - since >= 1.0:
+                break
             time.sleep(0.1)
         if op.pub_episode.get_subscription_count() == 0:
             say("[eval] warning: nothing subscribes to the episode topic (no recorder?): labels are kept in "
@@ -87,7 +94,7 @@ def run_robot(suite: Suite, policy: str, task: str, episodes: int, seed0: int, s
             for seed in seeds:
                 while True:
                     ask(f"[eval] {conf.name} seed {seed}: reset the scene, then Enter to start")
-                    book._next = seed - seed0  # the event's seed is seed0 + episode index
+                    book.next_episode(seed - seed0)  # the event's seed is seed0 + episode index
                     say(op.handle("start"))
                     label = ""
                     while label not in ("y", "n", "x"):
