@@ -7,6 +7,9 @@
   observation; inference runs in a worker thread and the tick never waits for it (except for the
   ``sync`` baseline strategy, which blocks exactly like openpi's synchronous broker).
 
+Both hand every new observation (once per stamp) to ``backend.observe`` before deciding whether to
+infer: streaming world action models condition their next chunk on what happened during the last one.
+
 Every call returns the command to publish (or None when there is nothing safe to send yet) and a
 status dict (the POLICY_STATUS payload).
 """
@@ -19,6 +22,8 @@ import traceback
 from typing import Callable
 
 import numpy as np
+
+from wam_common.config import ConfigError
 
 from .backends import ActionChunk, Backend, Observation
 from .runtime import ChunkRuntime
@@ -85,6 +90,11 @@ class PolicyController:
                  clock_ns: Callable[[], int] | None = None, realtime: bool = False,
                  stale_obs_s: float | None = None, inference_timeout_s: float | None = None,
                  horizon_hint: int = 50, worker_init: Callable[[], None] | None = None):
+        if getattr(backend, "requires_sync_runtime", False) and (runtime.strategy != "sync" or runtime.execute_steps):
+            raise ConfigError(
+                f"key 'runtime.strategy': backend '{backend.name}' runs a streaming model that assumes each chunk is "
+                f"executed to its end as predicted: use runtime.strategy: sync and runtime.execute_steps: 0 "
+                f"(have {runtime.strategy}, execute_steps {runtime.execute_steps})")
         self.backend, self.runtime, self.safety = backend, runtime, safety
         self.clock_ns = clock_ns or time.monotonic_ns
         self.stale_obs_ns = int(float(stale_obs_s if stale_obs_s is not None else safety.cfg["stale_obs_s"]) * 1e9)
@@ -99,6 +109,7 @@ class PolicyController:
         self.last_chunk_stamp: int | None = None
         self.episode: dict | None = None
         self._gen = 0
+        self._observed_ns: int | None = None  # stamp of the newest observation handed to backend.observe
         self._worker = (_Worker(self._infer, self.clock_ns, worker_init)
                         if realtime and runtime.strategy != "sync" else None)
         self.realtime = realtime
@@ -112,6 +123,7 @@ class PolicyController:
         self._gen += 1  # a result still in flight belongs to the old episode: dropped
         self.runtime.reset()
         self.backend.reset(episode)
+        self._observed_ns = None
         self.last_cmd = None
         self.last_error = None
         self.episode = dict(episode) if episode else None
@@ -120,6 +132,18 @@ class PolicyController:
         self.estop = bool(on)
 
     # -- inference -----------------------------------------------------------------------
+    def _observe(self, obs: Observation | None, missing: str | None, status: dict) -> None:
+        """``backend.observe`` once per new observation stamp (not for one lacking inputs). A failure is
+        reported in the status (and as the hold reason should no chunk cover the step), never raised."""
+        if obs is None or missing or obs.stamp_ns == self._observed_ns:
+            return
+        self._observed_ns = obs.stamp_ns
+        try:
+            self.backend.observe(obs)
+        except Exception as exc:  # noqa: BLE001 - any backend failure is a hold, never a crash
+            self.last_error, self.last_error_detail = "observe_error", f"{type(exc).__name__}: {exc}"
+            status["observe_error"] = self.last_error_detail
+
     def _infer(self, obs: Observation) -> tuple[ActionChunk | None, str | None, str]:
         t0 = time.perf_counter()
         try:
@@ -190,6 +214,7 @@ class PolicyController:
         """One lockstep step at sim time ``t_ns``. ``missing`` names a hold the caller found
         (e.g. ``missing_camera``) that only matters when a new chunk is needed."""
         status = self._status(t_ns, obs)
+        self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
         hold = None
         if self.estop:
@@ -225,6 +250,7 @@ class PolicyController:
                     status["inferred"] = True  # an inference finished: its own infer_ms below
                     if result[0] is not None:
                         status["infer_ms"] = result[0].infer_ms
+        self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
         hold = None
         if self.estop:

@@ -403,7 +403,8 @@ class WamPolicyNode(Node):
         missing = None
         frames: dict = {}
         stamps: dict = {}
-        if self.needs_images and self.runtime.should_infer(t):
+        # the frames of this step: for a new chunk, or for a backend that observes every step
+        if self.needs_images and (self.backend.streams_observations or self.runtime.should_infer(t)):
             exact = step is not None and step % self._camera_every == 0
             for cam in self.cams:
                 q = self._frames[cam]

@@ -1,7 +1,9 @@
 """The backend interface and its registry (keyed by name, LeRobot style).
 
 ``Backend.infer(obs) -> ActionChunk``: one observation in, a chunk of ``H`` 14-dim joint commands
-out (``actions[i]`` is the command for ``obs.stamp_ns + i * DT``). Backends are found by name:
+out (``actions[i]`` is the command for ``obs.stamp_ns + i * DT``). ``Backend.observe(obs)`` is called
+with every new observation, also between inferences (a streaming world action model conditions its next
+chunk on the frames seen while the last one ran); most backends ignore it. Backends are found by name:
 ``@register_backend("synthetic")`` on the class; ``make_backend("synthetic", cfg)`` builds one.
 Backend modules are imported lazily (``wam_policy_node.backends.<name>``) so that choosing the
 ``expert`` backend never imports torch.
@@ -58,12 +60,21 @@ class Backend:
     needs_images = True  # the node waits for/syncs cameras only when True
     needs_privileged = False  # the node waits for the sim's privileged state of the step
     supports_rtc = False  # accepts Observation.prev_actions / inference_delay
+    # observe() uses every observation (images included): the node gathers the cameras at every step
+    streams_observations = False
+    # the model assumes each chunk ran to its end as predicted before the next inference: the node
+    # refuses any runtime but ``strategy: sync`` with ``execute_steps: 0``
+    requires_sync_runtime = False
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = dict(cfg)
 
     def reset(self, episode: Mapping[str, Any] | None = None) -> None:
         """A new episode starts (EPISODE start event or the first privileged state of one)."""
+
+    def observe(self, obs: Observation) -> None:
+        """A new observation (called once per stamp, before the controller decides whether to infer;
+        ``infer`` then gets the same observation). Default: nothing."""
 
     def infer(self, obs: Observation) -> ActionChunk:  # pragma: no cover - interface
         raise NotImplementedError
