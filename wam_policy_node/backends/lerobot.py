@@ -13,9 +13,10 @@ the 14-dim state under ``observation.state``, the prompt as ``task``. One
 ``predict_action_chunk`` gives the chunk; the post-processor un-normalises it.
 
 GPU when present (``device: auto``); ``dtype: auto`` runs bf16 autocast on CUDA (float32 on
-CPU). With ``rtc: true`` and a policy whose config has RTC enabled (SmolVLA, π0, π0.5), the
-un-executed remainder of the previous chunk (model space, indexed by observation time) and the
-expected inference delay are passed to LeRobot's RTC guidance.
+CPU). With ``rtc: true`` (eager engine) and a policy with RTC (SmolVLA, π0, π0.5; its checkpoint's
+``rtc_config``, else LeRobot's defaults) the un-executed remainder of the previous chunk (model space,
+indexed by observation time) and the expected inference delay are passed to LeRobot's RTC guidance;
+``rtc: true`` on a policy without RTC is a config error.
 """
 from __future__ import annotations
 
@@ -190,6 +191,8 @@ class LeRobotBackend(Backend):
             raise ConfigError(f"key 'backend.lerobot.path': policy action dim {self.action_dim} != {STATE_DIM}")
         self._pinned: dict[str, object] = {}  # image key → pinned uint8 staging buffer (CUDA)
         _memoize_tokenizer(self.pre)
+        self.use_rtc = bool(c["rtc"]) and self._enable_rtc()
+        self.supports_rtc = self.use_rtc  # the controller then fills Observation.inference_delay
         self._predict_fn = self.policy.predict_action_chunk
         mode = str(c["compile"] or "")
         if mode:
@@ -198,7 +201,6 @@ class LeRobotBackend(Backend):
             if self.engine == "fast":
                 raise ConfigError("key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager")
             self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=mode)
-        self.use_rtc = bool(c["rtc"]) and bool(getattr(self.policy, "_rtc_enabled", lambda: False)())
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
         self.needs_images = bool(self.image_features)
         for _ in range(int(c["warmup"])):
@@ -221,6 +223,23 @@ class LeRobotBackend(Backend):
         if want == "auto" and self.device.type == "cuda" and engines.supports(pcfg.type) and not self.cfg["rtc"]:
             return "fast"
         return "eager"
+
+    def _enable_rtc(self) -> bool:
+        """``rtc: true`` turns on LeRobot's RTC guidance as LeRobot's own RTC rollout does: a policy that
+        implements it (SmolVLA, π0, π0.5) keeps its checkpoint's ``rtc_config`` (enabled) or gets
+        ``RTCConfig()``'s defaults; a policy without it (ACT, Diffusion, ...) is a config error."""
+        pol = self.policy
+        if not pol.supports_rtc():
+            raise ConfigError(f"key 'backend.lerobot.rtc': policy type '{self.policy_type}' has no RTC guidance "
+                              "(SmolVLA, π0, π0.5 have); set rtc: false")
+        if not pol._rtc_enabled():
+            import dataclasses
+
+            from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+            pol.config.rtc_config = dataclasses.replace(pol.config.rtc_config or RTCConfig(), enabled=True)
+            pol.init_rtc_processor()
+        return True
 
     def _warmup(self):
         imgs = {}
@@ -300,7 +319,8 @@ class LeRobotBackend(Backend):
             self.policy._queues = populate_queues(self.policy._queues, batch)
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
-        with torch.inference_mode(), ctx:
+        # RTC's guidance takes an autograd step inside the policy's no_grad: not under inference_mode
+        with (torch.no_grad() if self.use_rtc else torch.inference_mode()), ctx:
             chunk = self._predict_fn(batch, **(kwargs or {}))
         return chunk.unsqueeze(0) if chunk.ndim == 2 else chunk
 

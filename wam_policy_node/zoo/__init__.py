@@ -37,7 +37,7 @@ class ZooSpec:
     chunk: int | None = None                    # action chunk length; None = the architecture's default
     seed: int = 0
     device: str = "cpu"                         # where the weights are built (cuda for full-size models)
-    extra: dict = field(default_factory=dict)   # builder-specific options
+    extra: dict = field(default_factory=dict)   # builder-specific options (JSON-serialisable)
 
 
 Builder = Callable[[Path, ZooSpec], None]
@@ -97,6 +97,17 @@ def randomise(module, seed: int = 0) -> None:
         for p in module.parameters():
             r = torch.randn(p.shape, generator=g, device=dev, dtype=torch.float32)
             p.copy_(r / math.sqrt(p[0].numel()) if p.ndim >= 2 else r * 0.1)
+
+
+def rtc_config(spec: ZooSpec):
+    """``extra={"rtc": True}`` or ``{"rtc": {<RTCConfig fields>}}`` → an enabled LeRobot ``RTCConfig``
+    (real-time-chunking guidance in ``predict_action_chunk``, for the flow-matching VLAs); else None."""
+    opt = spec.extra.get("rtc")
+    if not opt:
+        return None
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    return RTCConfig(**({} if opt is True else dict(opt)))
 
 
 def features(spec: ZooSpec, image_size: tuple[int, int], state_dim: int = STATE_DIM, action_dim: int = STATE_DIM):
@@ -165,5 +176,5 @@ def point_tokenizer(ckpt: Path, tokenizer_dir: str | Path) -> None:
             f.write_text(json.dumps(data, indent=2))
 
 
-__all__ = ["SIZES", "ZooSpec", "kinds", "register", "save_random_policy", "randomise", "features", "stats",
-           "save", "point_tokenizer"]
+__all__ = ["SIZES", "ZooSpec", "kinds", "register", "save_random_policy", "randomise", "rtc_config", "features",
+           "stats", "save", "point_tokenizer"]

@@ -8,6 +8,7 @@ chunk 50, 10 flow steps — the published sizes. ``tiny``: the same classes at t
 The processors LeRobot builds name ``google/paligemma-3b-pt-224``'s tokenizer; the checkpoint gets a
 word-level tokenizer of its own in ``<dir>/tokenizer`` (ids below PaliGemma's vocabulary) and its
 pre-processor is pointed at it — the ``lerobot`` backend also picks up ``<dir>/tokenizer`` itself.
+``extra={"rtc": True | {...}}`` saves it with LeRobot's RTC guidance enabled (``RTCConfig`` fields).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import contextlib
 from pathlib import Path
 from unittest import mock
 
-from . import ZooSpec, randomise, register, save
+from . import ZooSpec, randomise, register, rtc_config, save
 
 
 def _build(kind: str, out: Path, spec: ZooSpec) -> None:
@@ -42,6 +43,7 @@ def _build(kind: str, out: Path, spec: ZooSpec) -> None:
         for k in names:
             feats[f"observation.images.{next(cams)}" if k.startswith("observation.images.") else k] = cfg.input_features[k]
         cfg.input_features = feats
+        cfg.rtc_config = rtc_config(spec)
         torch.manual_seed(spec.seed)
         with torch.device(spec.device):
             pol = get_policy_class(kind)(cfg)

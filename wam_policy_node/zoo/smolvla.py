@@ -16,7 +16,8 @@ vocabulary 49280, RoPE θ 1e5, RMSNorm ε 1e-5, untied embeddings) + the action 
 could be checked offline (the vision depth and MLP are SmolVLMVisionConfig's defaults, which that file
 leaves unset); LeRobot's SmolVLA defaults are used as they are. Built on a meta device the policy
 has 450.0 M parameters (VLM 350.2 M with 16 text layers, expert 98.2 M): SmolVLA-base's published 450 M.
-``reduced`` = ``full``. ``extra={"config": {...}}`` overrides SmolVLAConfig fields (e.g. ``num_steps``).
+``reduced`` = ``full``. ``extra={"config": {...}}`` overrides SmolVLAConfig fields (e.g. ``num_steps``);
+``extra={"rtc": True | {...}}`` saves it with LeRobot's RTC guidance enabled (``RTCConfig`` fields).
 ``tiny`` = the same structure at widths 64 (text) / 32 (vision), 4 text layers of which 2 kept,
 64 px images with 8 px patches (4 tokens per image after the ×4 shuffle).
 
@@ -34,7 +35,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import ZooSpec, features, randomise, register, save
+from . import ZooSpec, features, randomise, register, rtc_config, save
 
 # SmolVLM2-500M-Video-Instruct (config.json; vision depth/MLP from SmolVLMVisionConfig defaults)
 FULL = {
@@ -123,7 +124,7 @@ def build_smolvla(out: Path, spec: ZooSpec) -> None:
     cfg = make_policy_config("smolvla", input_features=inputs, output_features=outputs, device=spec.device,
                              vlm_model_name=str(vlm), load_vlm_weights=False, num_vlm_layers=dims["num_vlm_layers"],
                              resize_imgs_with_padding=(w, h), chunk_size=chunk, n_action_steps=chunk,
-                             **spec.extra.get("config", {}))
+                             rtc_config=rtc_config(spec), **spec.extra.get("config", {}))
     torch.manual_seed(spec.seed)
     with torch.device(spec.device):
         pol = get_policy_class("smolvla")(cfg)
