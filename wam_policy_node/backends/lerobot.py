@@ -17,6 +17,11 @@ CPU). With ``rtc: true`` (eager engine) and a policy with RTC (SmolVLA, π0, π0
 ``rtc_config``, else LeRobot's defaults) the un-executed remainder of the previous chunk (model space,
 indexed by observation time) and the expected inference delay are passed to LeRobot's RTC guidance;
 ``rtc: true`` on a policy without RTC is a config error.
+
+Streaming policies (``STREAMING``: LingBot-VA) condition each chunk after the first on what was observed
+while the previous one ran: ``observe`` (every new observation, from the controller) feeds them as their
+``select_action`` would, ``infer`` predicts the next chunk from that. They need the ``sync`` runtime
+(``requires_sync_runtime``).
 """
 from __future__ import annotations
 
@@ -85,7 +90,13 @@ def _local_wan(path: Path, pcfg):
     is constructed. A checkpoint may carry them (diffusers layout, the zoo's do) in ``<dir>/vae``,
     ``<dir>/text_encoder``, ``<dir>/tokenizer``: where the config's names are not directories here (a
     moved checkpoint), use those. The VAE's repo is named in code (``fastwam/wan/components.py``,
-    ``load_pretrained_wan_vae``), so that name points at ``<dir>`` while the policy is built."""
+    ``load_pretrained_wan_vae``), so that name points at ``<dir>`` while the policy is built.
+    LingBot-VA loads the same three lazily from ``config.wan_pretrained_path``: ``<dir>`` when that is
+    not a directory here."""
+    if pcfg.type == "lingbot_va":
+        root = path.resolve()
+        if (root / "vae").is_dir() and not Path(str(pcfg.wan_pretrained_path)).expanduser().is_dir():
+            pcfg.wan_pretrained_path = str(root)
     if pcfg.type != "fastwam":
         yield
         return
@@ -131,6 +142,51 @@ def _memoize_tokenizer(pipeline, size: int = 64) -> None:
             return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in hit.items()}
 
         step._tokenize_text = memo
+
+
+class _LingBotVA:
+    """LingBot-VA's ``select_action`` loop split between ``observe`` and ``infer``, on the policy's own
+    streaming state. The first chunk is conditioned on the observation it is asked for; every later
+    observation is the result of one executed action and is buffered as a keyframe on the policy's
+    stride (``_obs_buffer``); the next chunk feeds the buffered frames and the executed chunk into the
+    KV cache (``predict_action_chunk(None)``). In lockstep this is exactly ``select_action``'s sequence;
+    in real time a camera slower than the control rate can leave fewer new observations than executed
+    steps: the buffer is then padded with its newest frame to the count the VAE expects."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.reset()
+
+    def reset(self) -> None:
+        self.first = None  # batch of the newest observation before the first chunk
+        self.since = 0  # observations since the newest chunk was predicted
+        self.n_last = 0  # actions in the newest chunk
+
+    def observe(self, batch: dict) -> None:
+        p = self.policy
+        if p._first_chunk:
+            self.first = batch
+            return
+        j = self.since % p.config.action_per_frame  # sub-step of the action this observation followed
+        self.since += 1
+        if (j + 1) % p._keyframe_stride == 0:
+            p._obs_buffer.append(p._extract_raw_obs(batch))
+
+    def predict(self, call):
+        """``call(batch or None)`` runs the policy's ``predict_action_chunk``."""
+        p = self.policy
+        if p._first_chunk:
+            chunk = call(self.first)
+        else:
+            want, buf = self.n_last // p._keyframe_stride, p._obs_buffer
+            if buf and len(buf) != want:
+                p._obs_buffer = (buf + buf[-1:] * want)[:want] if len(buf) < want else buf[-want:]
+            chunk = call(None)
+        self.since, self.n_last = 0, chunk.shape[-2]
+        return chunk
+
+
+STREAMING = {"lingbot_va": _LingBotVA}  # policy type → its observe/infer adapter
 
 
 @register_backend("lerobot")
@@ -203,6 +259,10 @@ class LeRobotBackend(Backend):
             self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=mode)
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
         self.needs_images = bool(self.image_features)
+        stream = STREAMING.get(self.policy_type) if self.engine == "eager" else None
+        self._stream = stream(self.policy) if stream is not None else None
+        self.streams_observations = self.requires_sync_runtime = self._stream is not None
+        self._observed: int | None = None  # stamp of the newest observation fed to the stream
         for _ in range(int(c["warmup"])):
             self._warmup()
 
@@ -252,15 +312,28 @@ class LeRobotBackend(Backend):
 
     def reset(self, episode=None) -> None:
         self._last_raw = None
+        self._observed = None
+        if self._stream is not None:
+            self._stream.reset()
         with contextlib.suppress(Exception):
             self.policy.reset()
+
+    def observe(self, obs: Observation) -> None:
+        """A streaming policy's per-step input (see ``STREAMING``); nothing for the others."""
+        if self._stream is None or obs.stamp_ns == self._observed:
+            return
+        self._observed = obs.stamp_ns
+        self._stream.observe(self.batch(obs, self._keys(obs)))
 
     def _key(self, k: str) -> str:
         return k if k.startswith("observation.") else f"observation.images.{k}"
 
     def _forward(self, obs: Observation, keys: dict[str, str]):
-        batch = self.batch(obs, keys)
-        chunk = self.predict(batch, self._rtc_kwargs(obs))
+        if self._stream is not None:
+            self.observe(obs)  # a no-op when the controller already did
+            chunk = self._stream.predict(self.predict)
+        else:
+            chunk = self.predict(self.batch(obs, keys), self._rtc_kwargs(obs))
         raw = chunk[0].float()
         actions = self.post(chunk.float())
         return raw, actions
@@ -324,14 +397,17 @@ class LeRobotBackend(Backend):
             chunk = self._predict_fn(batch, **(kwargs or {}))
         return chunk.unsqueeze(0) if chunk.ndim == 2 else chunk
 
-    def infer(self, obs: Observation) -> ActionChunk:
-        t0 = time.perf_counter()
+    def _keys(self, obs: Observation) -> dict[str, str]:
+        """The observation's image keys → the policy's image features (all of them, or BackendError)."""
         missing = [k for k in self.image_features if not any(self._key(s) == k for s in obs.images)]
         if missing:
             raise BackendError(f"lerobot: observation lacks image features {missing} "
                                f"(have {[self._key(s) for s in obs.images]}); set observation.image_keys")
-        keys = {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
-        raw, actions = self._forward(obs, keys)
+        return {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
+
+    def infer(self, obs: Observation) -> ActionChunk:
+        t0 = time.perf_counter()
+        raw, actions = self._forward(obs, self._keys(obs))
         a = actions.detach().to("cpu", self.torch.float64).numpy()
         a = a.reshape(-1, a.shape[-1])
         n = int(self.cfg["n_actions"])
