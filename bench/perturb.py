@@ -36,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 H, W = 480, 640
+CV_THREADS = 1  # the node's cv_threads (--cv-threads)
 WARMUP = 10  # frames per camera left out of the node figures (the first frame draws per-episode fields)
 DEFAULT_PROFILES = ["clean", "brightness@3", "color_temperature@3", "shadow@3", "gaussian_noise@3", "shot_noise@3",
                     "salt_pepper@3", "gaussian_blur@3", "motion_blur@3", "jpeg@3", "fog@3", "viewpoint@3",
@@ -225,7 +226,8 @@ def bench_node(profiles: list[str], rate: float, seconds: float, domain_id: int,
     results = {}
     for ref in profiles:
         graph = Graph(name="bench_perturb", nodes=[NodeSpec("perturbation_node", "perturbation_node", {
-            "profile": _profile_ref(ref, tmp), "lockstep": False, "diagnostics_period_s": 0.0, "device": device})],
+            "profile": _profile_ref(ref, tmp), "lockstep": False, "diagnostics_period_s": 0.0, "device": device,
+            "cv_threads": CV_THREADS})],
             dds_profile=config_dir() / "dds" / "fastdds.xml")
         runner = GraphRunner(graph, domain_id=domain_id, log_dir=tmp / "logs", extra_env={"PYTHONPATH": str(ROOT)})
         env = runner.env()
@@ -301,7 +303,10 @@ def main() -> int:
     ap.add_argument("--stagger", action="store_true",
                     help="publish the cameras evenly spread over each period (free-running, unsynchronised "
                          "cameras) instead of one burst of three")
+    ap.add_argument("--cv-threads", type=int, default=1, help="the node's cv_threads parameter (0 = OpenCV default)")
     a = ap.parse_args()
+    global CV_THREADS
+    CV_THREADS = a.cv_threads
     if a.role == "source":
         role_source(a.rate, a.seconds, Path(a.out), a.stagger)
         return 0
@@ -319,6 +324,7 @@ def main() -> int:
         os.environ["ROS_DOMAIN_ID"] = str(lease.domain_id)
         try:
             res["node"] = {"rate_hz": a.rate, "cameras": 3, "seconds": a.seconds, "staggered": a.stagger,
+                           "cv_threads": a.cv_threads,
                            "device": a.node_device or "cpu (numpy/OpenCV)",
                            "profiles": bench_node(a.profiles, a.rate, a.seconds, lease.domain_id, a.node_device,
                                                   a.stagger)}
