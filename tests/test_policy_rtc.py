@@ -146,3 +146,21 @@ def test_rtc_on_a_policy_without_rtc_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="'act' has no RTC guidance"):
         _load(path, rtc=True)
     assert not _load(path).supports_rtc
+
+
+def test_a_refused_chunk_is_not_the_left_over(rtc_backend):
+    """The safety filter refuses a chunk (it never reaches the arm): the next inference is guided by
+    the last chunk that was accepted, not by the refused one."""
+    from wam_policy_node.controller import PolicyController
+    from wam_policy_node.runtime import ChunkRuntime
+    from wam_policy_node.safety import SafetyFilter
+
+    b = rtc_backend
+    b.reset()
+    accept = PolicyController(b, ChunkRuntime("rtc"), SafetyFilter({"enabled": False}))
+    refuse = PolicyController(b, ChunkRuntime("rtc"), SafetyFilter({"reject_tolerance": -10.0}))
+    chunk, reason, _ = accept._infer(_obs(5))
+    assert reason is None and b._last_raw[0] == _obs(5).stamp_ns
+    chunk, reason, _ = refuse._infer(_obs(7, 3))
+    assert chunk is None and reason == "out_of_limits_chunk"
+    assert b._last_raw[0] == _obs(5).stamp_ns  # still the accepted one

@@ -159,6 +159,10 @@ class PolicyController:
             chunk.infer_ms = (time.perf_counter() - t0) * 1e3
         reason = self.safety.check_chunk(chunk.actions)
         if reason:
+            try:
+                self.backend.rejected(chunk, reason)
+            except Exception:  # noqa: BLE001 - bookkeeping only: the hold below is what matters
+                pass
             return None, reason, f"chunk rejected ({reason}), shape {chunk.actions.shape}"
         return chunk, None, ""
 

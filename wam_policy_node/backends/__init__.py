@@ -79,6 +79,10 @@ class Backend:
     def infer(self, obs: Observation) -> ActionChunk:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def rejected(self, chunk: ActionChunk, reason: str) -> None:
+        """The safety filter refused the chunk ``infer`` just returned (it never reaches the arm):
+        a backend that keeps state from its own outputs (RTC's left-over chunk) forgets it."""
+
     def close(self) -> None:
         pass
 

@@ -258,6 +258,7 @@ class LeRobotBackend(Backend):
                 raise ConfigError("key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager")
             self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=mode)
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
+        self._prev_raw = None  # the one before (restored when the safety filter refuses the last)
         self.needs_images = bool(self.image_features)
         stream = STREAMING.get(self.policy_type) if self.engine == "eager" else None
         self._stream = stream(self.policy) if stream is not None else None
@@ -311,7 +312,7 @@ class LeRobotBackend(Backend):
         self.reset()
 
     def reset(self, episode=None) -> None:
-        self._last_raw = None
+        self._last_raw = self._prev_raw = None
         self._observed = None
         if self._stream is not None:
             self._stream.reset()
@@ -405,6 +406,11 @@ class LeRobotBackend(Backend):
                                f"(have {[self._key(s) for s in obs.images]}); set observation.image_keys")
         return {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
 
+    def rejected(self, chunk: ActionChunk, reason: str) -> None:
+        # RTC: the refused chunk is never executed, so it is not the plan to continue from
+        if self.use_rtc and self._last_raw is not None and self._last_raw[0] == chunk.stamp_ns:
+            self._last_raw, self._prev_raw = self._prev_raw, None
+
     def infer(self, obs: Observation) -> ActionChunk:
         t0 = time.perf_counter()
         raw, actions = self._forward(obs, self._keys(obs))
@@ -414,7 +420,7 @@ class LeRobotBackend(Backend):
         if n > 0:
             a = a[:n]
         if self.use_rtc:
-            self._last_raw = (obs.stamp_ns, raw.detach().cpu())
+            self._prev_raw, self._last_raw = self._last_raw, (obs.stamp_ns, raw.detach().cpu())
         if self.device.type == "cuda":
             self.torch.cuda.synchronize()
         return ActionChunk(a, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
