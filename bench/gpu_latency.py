@@ -16,7 +16,9 @@ timed two ways in the same process, on the same inputs:
 ratio = p50(obs→action) / p50(bare); target ≤ 1.05 for the π0-class model. Modes per kind:
 ``fast`` (π: static KV cache + CUDA graph + torch.compile), ``eager`` (LeRobot, bf16 autocast),
 ``compile`` (LeRobot under ``torch.compile(mode="reduce-overhead")``: Inductor + CUDA graphs).
-Results are written after every job, so a run cut short keeps what it measured.
+Results are written after every job, so a run cut short keeps what it measured. Streaming WAMs
+(LingBot-VA, fed every observation) are timed on an episode's first chunk: every timed call starts
+from ``reset``.
 
 Device::  python bench/gpu_latency.py --out $OUT/gpu_latency.json --budget-s 420
 CPU smoke (tiny sizes)::  python bench/gpu_latency.py --tiny --device cpu --iters 3 --kinds act,pi05
@@ -45,6 +47,7 @@ import torch  # noqa: E402
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 SELF_RESIZING = ("pi0", "pi05", "smolvla")
+WAMS = ("fastwam", "lingbot_va")  # sized by --wam-size / --wam-layers
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 # (kind, mode) in priority order: a run out of budget drops the tail
 DEFAULT_JOBS = ("pi05:fast", "act:eager", "smolvla:eager", "fastwam:eager", "pi0:fast", "act:compile",
@@ -80,7 +83,7 @@ def build(kind, args, dev, workdir, size) -> tuple[Path, dict]:
 
     t0 = time.perf_counter()
     extra = {}
-    if kind == "fastwam" and args.wam_layers:
+    if kind in WAMS and args.wam_layers:
         extra["layers"] = args.wam_layers
     if kind in ("pi0", "pi05") and dev.type == "cuda":
         extra["dtype"] = "bfloat16"  # LeRobot's bf16 (vision tower kept fp32): an 8.7 GB checkpoint, not 14
@@ -201,7 +204,7 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (CPU smoke)")
     ap.add_argument("--wam-size", default="reduced", choices=("reduced", "full", "tiny"))
-    ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = builder default)")
+    ap.add_argument("--wam-layers", type=int, default=0, help="WAM 'reduced' size: transformer layers (0 = the builder default)")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=0, help="start no new job after this many seconds (0 = no limit)")
@@ -237,7 +240,7 @@ def main(argv=None) -> int:
             continue
         try:
             if kind not in built:
-                size = "tiny" if args.tiny else (args.wam_size if kind == "fastwam" else "full")
+                size = "tiny" if args.tiny else (args.wam_size if kind in WAMS else "full")
                 built[kind], out["builds"][kind] = build(kind, args, dev, workdir, size)
             r = run_job(kind, mode, built[kind], args, dev)
             out["results"].append(r)
