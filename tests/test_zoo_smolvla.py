@@ -10,15 +10,7 @@ import shutil
 import numpy as np
 import pytest
 
-from wam_policy_node.backends import Observation
-
-CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-
-
-def _obs(seed):
-    rng = np.random.default_rng(seed)
-    imgs = {c: rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for c in CAMS}
-    return Observation(1_000_000_000, imgs, np.zeros(14), "pick up the cube")
+from zoo_obs import random_obs as _obs
 
 
 def _infer(backend, seed):
