@@ -29,12 +29,17 @@ def normal_scheduling() -> None:
         tids = [int(t) for t in os.listdir("/proc/self/task")]  # threads made at import (BLAS, DDS) too
     except OSError:
         tids = [0]
+    changed = False
     for tid in tids:
         try:
             if os.sched_getscheduler(tid) != os.SCHED_OTHER:
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+                changed = True
         except (AttributeError, OSError):  # not Linux, not permitted, or the thread ended
             pass
+    if changed:
+        print(f"[{os.path.basename(sys.argv[0])}] started under a real-time scheduling policy: running at "
+              "SCHED_OTHER (the executor would busy-wait)", file=sys.stderr, flush=True)
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str] | None = None,

@@ -18,8 +18,6 @@ engaged it stays engaged until released by ``false`` on either.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from collections import OrderedDict, deque
 
@@ -523,29 +521,7 @@ class WamPolicyNode(Node):
         self.controller.close()
 
 
-def _leave_realtime_policy() -> None:
-    """Run the executor at normal priority even when started from a SCHED_FIFO/RR process.
-
-    rclpy's MultiThreadedExecutor hands callbacks to worker threads and polls again; under a
-    real-time policy its main thread never yields to them, so the node spins at 100 % of a core
-    and starves the rest of the graph (seen when a test runner ran under SCHED_FIFO 99)."""
-    try:
-        if os.sched_getscheduler(0) not in (os.SCHED_FIFO, os.SCHED_RR):
-            return
-        tids = [int(t) for t in os.listdir("/proc/self/task")] if os.path.isdir("/proc/self/task") else [0]
-        for tid in tids:  # import-time thread pools (OpenBLAS, OpenCV) inherited the policy too
-            try:
-                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
-            except OSError:
-                pass
-        print("[wam_policy_node] started under a real-time scheduling policy: running at SCHED_OTHER "
-              "(the executor would busy-wait)", file=sys.stderr, flush=True)
-    except (AttributeError, OSError):
-        pass
-
-
 def main(args=None) -> int:
-    _leave_realtime_policy()  # before rclpy.init: every thread created later inherits it
     return run_node(WamPolicyNode, "wam_policy_node", args)
 
 
