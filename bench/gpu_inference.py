@@ -66,16 +66,6 @@ def _time_calls(fn, dev, iters, warmup=2):
     return _pcts(out)
 
 
-def _randomise(module, seed):
-    g = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            if p.ndim >= 2:
-                p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) / math.sqrt(p[0].numel()))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g, device=p.device, dtype=torch.float32) * 0.1)
-
-
 def _diff(outs_a, outs_b):
     """max / mean abs difference and relative L2 error of b w.r.t. a, over the input sets."""
     a = torch.cat([x.flatten() for x in outs_a])
@@ -160,6 +150,7 @@ def run_policy(ptype, args, dev, workdir, res):
 
     from wam_policy_node.engines import EagerEngine, PiFlowEngine
     from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims
+    from wam_policy_node.zoo import randomise
 
     ctx = tiny_dims() if args.tiny else contextlib.nullcontext()
     size = 56 if args.tiny else 224
@@ -171,7 +162,7 @@ def run_policy(ptype, args, dev, workdir, res):
         t0 = time.perf_counter()
         with torch.device(dev):
             pol = get_policy_class(ptype)(cfg)
-        _randomise(pol, seed=0)
+        randomise(pol, seed=0)
         _sync(dev)
         res["ref_build_random_s"] = round(time.perf_counter() - t0, 2)
         res["ref_weights_mem"] = _mem(dev)

@@ -8,8 +8,6 @@ LeRobot model instance), fed the same batch and the same noise.
 """
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -17,19 +15,9 @@ pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
 from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims  # noqa: E402
+from wam_policy_node.zoo import randomise  # noqa: E402
 
 TOL = 1e-4  # fp32 on CPU; the issue's bf16 bound is 1e-2
-
-
-def _randomise(policy, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in policy.named_parameters():
-            if p.ndim >= 2:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=g) / math.sqrt(fan_in))
-            else:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.1)
 
 
 @pytest.fixture(scope="module", params=["pi0", "pi05"])
@@ -41,7 +29,7 @@ def engines(request, tmp_path_factory):
     with tiny_dims():
         cfg = make_config(ptype, image_size=56, tokenizer_max_length=12)
         pol = get_policy_class(ptype)(cfg)
-        _randomise(pol)
+        randomise(pol)
         pol.save_pretrained(d)
         ref = make_engine(d, impl="eager", device="cpu", dtype="float32")
         fast = make_engine(d, impl="fast", device="cpu", dtype="float32")
@@ -157,7 +145,7 @@ def test_through_lerobot_processors_with_a_local_tokenizer(ptype, tmp_path):
     with tiny_dims():
         cfg = make_config(ptype, image_size=56, tokenizer_max_length=40)
         pol = get_policy_class(ptype)(cfg)
-        _randomise(pol, seed=1)
+        randomise(pol, seed=1)
         pol.save_pretrained(ckpt)
         # processors as LeRobot builds them for this config (the Hub tokenizer replaced by ours) ...
         with mock.patch("lerobot.processor.tokenizer_processor.AutoTokenizer.from_pretrained", return_value=tok):
@@ -240,7 +228,7 @@ def test_bf16_engine_is_as_close_to_the_fp32_function_as_lerobot_bf16(ptype, tmp
     with tiny_dims():
         cfg = make_config(ptype, image_size=56, tokenizer_max_length=12)
         pol = get_policy_class(ptype)(cfg)
-        _randomise(pol, seed=2)
+        randomise(pol, seed=2)
         pol.save_pretrained(d)
         ref32 = make_engine(d, impl="eager", device="cpu", dtype="float32")
         ref16 = make_engine(d, impl="eager", device="cpu", dtype="bfloat16")

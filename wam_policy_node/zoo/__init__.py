@@ -61,11 +61,7 @@ def _load_all() -> None:
     import importlib
 
     for mod in ("classic", "pi", "smolvla", "wam"):
-        try:
-            importlib.import_module(f"{__name__}.{mod}")
-        except ModuleNotFoundError as exc:  # a builder module not written (yet): its kinds are absent
-            if exc.name != f"{__name__}.{mod}":
-                raise
+        importlib.import_module(f"{__name__}.{mod}")
 
 
 def save_random_policy(kind: str, out_dir: str | Path, *, size: str = "tiny", **kw) -> Path:

@@ -16,7 +16,7 @@ import contextlib
 from pathlib import Path
 from unittest import mock
 
-from . import ZooSpec, randomise, register, rtc_config, save
+from . import ZooSpec, features, randomise, register, rtc_config, save
 
 
 def _build(kind: str, out: Path, spec: ZooSpec) -> None:
@@ -36,13 +36,7 @@ def _build(kind: str, out: Path, spec: ZooSpec) -> None:
         cfg = make_config(kind, n_cams=len(spec.cameras), image_size=h, chunk_size=spec.chunk or 50,
                           device=spec.device, dtype=str(spec.extra.get("dtype", "float32")),
                           tokenizer_max_length=spec.extra.get("tokenizer_max_length"))
-        # make_config names the cameras cam_high, cam_left_wrist, ...: rename to the spec's
-        names = list(cfg.input_features)
-        feats = {}
-        cams = iter(spec.cameras)
-        for k in names:
-            feats[f"observation.images.{next(cams)}" if k.startswith("observation.images.") else k] = cfg.input_features[k]
-        cfg.input_features = feats
+        cfg.input_features, _ = features(spec, (h, w))  # the spec's camera names (make_config has its own)
         cfg.rtc_config = rtc_config(spec)
         torch.manual_seed(spec.seed)
         with torch.device(spec.device):

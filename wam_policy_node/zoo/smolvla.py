@@ -27,9 +27,8 @@ Assumed / not the real asset:
   ``<end_of_utterance>``, ``<|im_start|>``/``<|im_end|>``/``<|endoftext|>`` as bos/pad/unk) with
   compact ids, not SmolLM2's BPE; ``image_token_id`` in the VLM config is its ``<image>`` id.
 - the processor is transformers' ``Idefics3Processor`` (SmolVLM's predecessor, same tokenizer wiring)
-  rather than ``SmolVLMProcessor``: the latter refuses to load without the ``num2words`` package
-  (LeRobot's ``smolvla`` extra), which this stack does not install. SmolVLA reads only the processor's
-  tokenizer.
+  rather than ``SmolVLMProcessor`` (which also needs the ``num2words`` package, now in requirements.txt
+  for real SmolVLA checkpoints). SmolVLA reads only the processor's tokenizer.
 """
 from __future__ import annotations
 
