@@ -93,15 +93,13 @@ def _local_wan(path: Path, pcfg):
     ``load_pretrained_wan_vae``), so that name points at ``<dir>`` while the policy is built.
     LingBot-VA loads the same three lazily from ``config.wan_pretrained_path``: ``<dir>`` when that is
     not a directory here."""
-    if pcfg.type == "lingbot_va":
-        root = path.resolve()
-        if (root / "vae").is_dir() and not Path(str(pcfg.wan_pretrained_path)).expanduser().is_dir():
-            pcfg.wan_pretrained_path = str(root)
+    root = path.resolve()
+    here = lambda name: Path(str(name)).expanduser().is_dir()  # noqa: E731
+    if pcfg.type == "lingbot_va" and (root / "vae").is_dir() and not here(pcfg.wan_pretrained_path):
+        pcfg.wan_pretrained_path = str(root)
     if pcfg.type != "fastwam":
         yield
         return
-    root = path.resolve()
-    here = lambda name: Path(str(name)).expanduser().is_dir()  # noqa: E731
     if (root / "text_encoder").is_dir() and not here(pcfg.text_encoder_model_id):
         pcfg.text_encoder_model_id = str(root)
     if (root / "tokenizer").is_dir() and not here(pcfg.tokenizer_model_id):
@@ -343,7 +341,7 @@ class LeRobotBackend(Backend):
         """Observation → the pre-processed batch the model takes (on the policy's device)."""
         torch = self.torch
         if keys is None:
-            keys = {s: self._key(s) for s in obs.images if self._key(s) in self.image_features}
+            keys = self._keys(obs)
         n = int(self.cfg["torch_threads"])
         if n > 0 and torch.get_num_threads() != n:  # OpenMP settings are per calling thread
             torch.set_num_threads(n)
