@@ -70,6 +70,8 @@ class PerturbationNode(Node):
         super().__init__(NAME, **kwargs)
         self.cfg = declare_tree(self, DEFAULTS)
         self.lockstep = bool(self.cfg["lockstep"])
+        if int(self.cfg["cv_threads"]) < 0:
+            raise ConfigError(f"node 'perturbation_node': key 'cv_threads' must be >= 0, got {self.cfg['cv_threads']}")
         if int(self.cfg["cv_threads"]) > 0:
             import cv2
 

@@ -355,12 +355,13 @@ def test_realtime_frame_drops_follow_the_seed(domain_id, probe, tmp_path):
         runner.stop()
 
 
-def test_unknown_parameter_exits_2_naming_it(domain_id, tmp_path):
-    runner = _start(domain_id, tmp_path, profile="clean", colour_jitter=1)
+@pytest.mark.parametrize("bad,key", [({"colour_jitter": 1}, "colour_jitter"), ({"cv_threads": -1}, "cv_threads")])
+def test_bad_parameter_exits_2_naming_it(domain_id, tmp_path, bad, key):
+    runner = _start(domain_id, tmp_path, profile="clean", **bad)
     try:
         assert wait_for(lambda: runner.dead(), 30)
         assert runner.dead()["perturbation_node"] == 2
-        assert "colour_jitter" in runner.log("perturbation_node")
+        assert key in runner.log("perturbation_node")
     finally:
         runner.stop()
 
