@@ -351,8 +351,8 @@ class LeRobotBackend(Backend):
             if img.ndim != 3 or img.shape[2] != 3:
                 raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
             if self.device.type == "cuda":
-                # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32), the
-                # float conversion there: a 480x640 frame costs ~0.1 ms instead of ~1 ms on the host
+                # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32) and the
+                # float conversion there, not on the host (bench/gpu_latency.py: parts_ms)
                 pin = self._pinned.get(dst)
                 if pin is None or tuple(pin.shape) != img.shape:
                     pin = self._pinned[dst] = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
