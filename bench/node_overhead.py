@@ -1,7 +1,8 @@
 """Node overhead bench: observation → command latency through the real node minus the bare backend.
 
-Saves a real LeRobot architecture with random weights (ACT at its default size: ResNet-18 +
-512-wide transformer, 3 cameras) to a temp dir, then
+Saves a real LeRobot architecture with random weights from ``wam_policy_node.zoo`` (``--policy
+KIND:MODE``; default ACT at its default size: ResNet-18 + 512-wide transformer, 3 cameras; on a GPU
+every kind at its published size, e.g. ``pi05:fast``) to a temp dir, then
 
 1. bare: loads it with the ``lerobot`` backend in this process and times ``backend.infer(obs)``;
 2. node: starts ``wam_policy_node`` (lockstep, ``sync`` strategy, one inference per step) as a
@@ -11,7 +12,7 @@ Saves a real LeRobot architecture with random weights (ACT at its default size: 
 Overhead = node latency − bare inference (and, per step, node latency − the infer_ms the node
 itself reports, which removes run-to-run model jitter). Prints JSON.
 Target (issue 4): overhead ≤ 5 % of the bare forward on the GPU.
-    .venv/bin/python bench/node_overhead.py [--steps 20] [--size 240x320] [--device auto]
+    .venv/bin/python bench/node_overhead.py [--policy act:eager] [--steps 20] [--size 240x320] [--device auto]
 """
 from __future__ import annotations
 
@@ -35,26 +36,20 @@ CAMS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 
 
-def save_act(d: Path, h: int, w: int, chunk: int) -> None:
-    import torch
-    from lerobot.configs.types import FeatureType, PolicyFeature
-    from lerobot.policies.act.configuration_act import ACTConfig
-    from lerobot.policies.act.modeling_act import ACTPolicy
-    from lerobot.policies.factory import make_pre_post_processors
+SELF_RESIZING = ("pi0", "pi05", "smolvla")  # resize with pad on their device: the node sends frames as published
 
-    inp = {f"observation.images.{c}": PolicyFeature(FeatureType.VISUAL, (3, h, w)) for c in CAMS}
-    inp["observation.state"] = PolicyFeature(FeatureType.STATE, (14,))
-    cfg = ACTConfig(input_features=inp, output_features={"action": PolicyFeature(FeatureType.ACTION, (14,))},
-                    chunk_size=chunk, n_action_steps=chunk, pretrained_backbone_weights=None, device="cpu")
-    torch.manual_seed(0)
-    pol = ACTPolicy(cfg)
-    stats = {"observation.state": {"mean": torch.zeros(14), "std": torch.ones(14)},
-             "action": {"mean": torch.tensor(HOME, dtype=torch.float32), "std": torch.full((14,), 0.01)}}
-    for c in CAMS:
-        stats[f"observation.images.{c}"] = {"mean": torch.full((3, 1, 1), 0.5), "std": torch.full((3, 1, 1), 0.25)}
-    pre, post = make_pre_post_processors(cfg, dataset_stats=stats)
-    for x in (pol, pre, post):
-        x.save_pretrained(d)
+
+def save_policy(kind: str, d: Path, device: str, gpu: bool, h: int, w: int, chunk: int) -> Path:
+    """A real LeRobot architecture with random weights from the zoo: the published size on a GPU;
+    on this CPU ACT at LeRobot's default size, the others tiny."""
+    from wam_policy_node.zoo import save_random_policy
+
+    extra = {"dtype": "bfloat16"} if gpu and kind in ("pi0", "pi05") else {}
+    kw = {"image_size": (h, w)} if kind not in SELF_RESIZING else {}
+    if kind == "act":
+        kw["chunk"] = chunk
+    size = "full" if gpu or kind == "act" else "tiny"
+    return save_random_policy(kind, d / kind, size=size, device=device if gpu else "cpu", extra=extra, **kw)
 
 
 def pct(a, q):
@@ -70,7 +65,8 @@ def bare_step(b, frames: dict, k: int) -> float:
     return (time.perf_counter() - t0) * 1e3
 
 
-def run(d: Path, device: str, h: int, w: int, steps: int, threads: int) -> dict:
+def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: str = "eager",
+        resize=None) -> dict:
     """Bare and node steps alternate (same frames, same load on this shared machine)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
@@ -82,11 +78,14 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int) -> dict:
     from wam_common.imageio import Stamp, encode_image
     from wam_common.launcher import GraphRunner
 
-    params = {"lockstep": True, "backend": {"type": "lerobot", "lerobot": {"path": str(d), "device": device,
-                                                                           "warmup": 2, "torch_threads": threads}},
-              "runtime": {"strategy": "sync", "execute_steps": 1}, "observation": {"cameras": list(CAMS),
-                                                                                  "image_keys": list(CAMS)},
-              "sync": {"lockstep_wait_s": 60.0}}
+    bcfg = {"path": str(d), "device": device, "warmup": 2, "torch_threads": threads,
+            "engine": "fast" if mode == "fast" else "eager", "compile": "reduce-overhead" if mode == "compile" else ""}
+    obs = {"cameras": list(CAMS), "image_keys": list(CAMS)}
+    if resize is not None:
+        obs["resize"] = list(resize)
+    params = {"lockstep": True, "backend": {"type": "lerobot", "lerobot": bcfg},
+              "runtime": {"strategy": "sync", "execute_steps": 1}, "observation": obs,
+              "sync": {"lockstep_wait_s": 600.0}}
     runner = GraphRunner(Graph("overhead", [NodeSpec("wam_policy_node", "wam_policy_node", params)]),
                          log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")))
     os.environ["ROS_DOMAIN_ID"] = str(runner.domain_id)
@@ -105,10 +104,10 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int) -> dict:
     from wam_policy_node.backends import make_backend
 
     with contextlib.redirect_stdout(sys.stderr):  # LeRobot prints while loading; stdout is the JSON
-        b = make_backend("lerobot", {"path": str(d), "device": device, "warmup": 2, "torch_threads": threads})
+        b = make_backend("lerobot", dict(bcfg))
     bare_ms = []
     try:
-        end = time.monotonic() + 300
+        end = time.monotonic() + 900  # the node loads (and compiles) the same model
         while time.monotonic() < end and not (n.count_publishers(topics.COMMAND)
                                               and all(p.get_subscription_count() for p in pub_js.values())
                                               and all(p.get_subscription_count() for p in pub_cam.values())):
@@ -166,6 +165,9 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=0, help="measured steps (0: 20 on CPU, 200 on GPU)")
     ap.add_argument("--size", default="", help="camera HxW (default: 480x640 on GPU, 240x320 on CPU)")
     ap.add_argument("--device", default="auto")
+    ap.add_argument("--policy", default="act:eager",
+                    help="KIND[:MODE] from the zoo (act, diffusion, pi0, pi05, smolvla, ...); MODE eager | fast "
+                         "(the π engine) | compile (torch.compile reduce-overhead)")
     ap.add_argument("--chunk", type=int, default=100)
     ap.add_argument("--threads", type=int, default=1,
                     help="torch CPU threads in both (same for bare and node; 2-thread OpenMP on a shared 2-core "
@@ -177,12 +179,19 @@ def main(argv=None) -> int:
     size = a.size or ("480x640" if gpu else "240x320")
     h, w = (int(v) for v in size.lower().split("x"))
     steps = a.steps or (200 if gpu else 20)
-    with tempfile.TemporaryDirectory(prefix="wam_act_") as d:
-        save_act(Path(d), h, w, a.chunk)
-        nd = run(Path(d), a.device, h, w, steps, a.threads)
+    kind, _, mode = a.policy.partition(":")
+    mode = mode or "eager"
+    device = ("cuda" if gpu else "cpu") if a.device == "auto" else a.device
+    with tempfile.TemporaryDirectory(prefix="wam_overhead_") as d:
+        with contextlib.redirect_stdout(sys.stderr):
+            path = save_policy(kind, Path(d), device, gpu, h, w, a.chunk)
+        if gpu:
+            torch.cuda.empty_cache()
+        nd = run(path, device, h, w, steps, a.threads, mode, [0, 0] if kind in SELF_RESIZING else None)
         b = nd.pop("bare")
     over = nd["obs_to_cmd_ms"]["p50"] - b["infer_ms"]["p50"]
-    out = {"bench": "node_overhead", "policy": "act (LeRobot, random weights, default size)", "cameras": len(CAMS),
+    out = {"bench": "node_overhead", "policy": f"{kind} ({mode}; LeRobot architecture from the zoo, random weights, "
+                     f"{'published' if gpu or kind == 'act' else 'tiny'} size)", "cameras": len(CAMS),
            "image": [h, w], "steps": steps, "torch_threads": a.threads, "host": platform.node(), "cpus": os.cpu_count(),
            "load_avg_1min": os.getloadavg()[0], "gpu": torch.cuda.get_device_name(0) if gpu else None,
            "bare": b, "node": nd,
