@@ -167,11 +167,20 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="fewer steps / renders")
     ap.add_argument("--no-bridge", action="store_true", help="skip the node-process measurement")
+    ap.add_argument("--bridge-only", action="store_true", help="only the node-process measurement")
+    ap.add_argument("--bridge-sizes", default="240x320",
+                    help="camera resolutions (HxW, comma-separated) of the node-process measurement")
     args = ap.parse_args(argv)
+    sizes = [tuple(int(v) for v in r.lower().split("x")) for r in args.bridge_sizes.split(",") if r]
     steps = 100 if args.quick else 400
     n_render = 5 if args.quick else 10
     out = {"bench": "sim", "host": os.uname().nodename, "cpus": os.cpu_count(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
+    if args.bridge_only:
+        out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, h, w, every) for h, w in sizes for every in (1, 2)]
+        out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+        print(json.dumps(out, indent=1))
+        return 0
     out["physics"] = {t: bench_physics(t, steps) for t in TASKS}
     try:
         import sapien  # noqa: F401
@@ -184,8 +193,7 @@ def main(argv=None) -> int:
     out["core_rtf"] = bench_core(40 if args.quick else 100)
     out["core_rtf_fast"] = bench_core(40 if args.quick else 100, "fast", RESOLUTIONS[1:2])
     if not args.no_bridge:
-        out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, 240, 320, 1),
-                             bench_bridge(100 if args.quick else 200, 240, 320, 2)]
+        out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, h, w, every) for h, w in sizes for every in (1, 2)]
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
     return 0
