@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-SELF_RESIZING = ("pi0", "pi05", "smolvla")
+SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam")
 WAMS = ("fastwam", "lingbot_va")  # sized by --wam-size / --wam-layers
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 # (kind, mode) in priority order: a run out of budget drops the tail
@@ -121,12 +121,15 @@ def run_job(kind, mode, path, args, dev) -> dict:
     feats = {k: tuple(v.shape) for k, v in b.policy.config.image_features.items()}
     res["image_inputs"] = {k.removeprefix("observation.images."): list(s) for k, s in feats.items()}
     cams = [k.removeprefix("observation.images.") for k in feats]
-    (c, h, w), = {s for s in feats.values()}  # one resolution for all cameras
     rng = np.random.default_rng(0)
     frames = [{cam: rng.integers(0, 255, (480, 640, 3), dtype=np.uint8) for cam in cams} for _ in range(3)]
     # the node's default `observation.resize: [0, 0]` (frames as published) where the model resizes
-    # with pad itself, on its device (π0/π0.5, SmolVLA); the model's input size otherwise
-    resize = [0, 0] if kind in SELF_RESIZING else [h, w]
+    # itself, on its device (π0/π0.5, SmolVLA with pad; FastWAM per camera); the model's input size otherwise
+    if kind in SELF_RESIZING:
+        resize = [0, 0]
+    else:
+        (_, h, w), = {s for s in feats.values()}  # one resolution for all cameras
+        resize = [h, w]
     res["node_resize"] = resize
     obs_map = ObservationMap.from_config({"cameras": cams, "image_keys": cams, "resize": resize})
     prompt = "transfer the cube to the other arm"

@@ -36,7 +36,7 @@ CAMS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 
 
-SELF_RESIZING = ("pi0", "pi05", "smolvla")  # resize with pad on their device: the node sends frames as published
+SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam")  # resize on their device: the node sends frames as published
 
 
 def save_policy(kind: str, d: Path, device: str, gpu: bool, h: int, w: int, chunk: int) -> Path:
@@ -86,8 +86,11 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
     params = {"lockstep": True, "backend": {"type": "lerobot", "lerobot": bcfg},
               "runtime": {"strategy": "sync", "execute_steps": 1}, "observation": obs,
               "sync": {"lockstep_wait_s": 600.0}}
-    runner = GraphRunner(Graph("overhead", [NodeSpec("wam_policy_node", "wam_policy_node", params)]),
-                         log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")))
+    # the product's DDS profile (shared memory sized for 480x640 frames), in the node and in this driver
+    graph = Graph("overhead", [NodeSpec("wam_policy_node", "wam_policy_node", params)],
+                  dds_profile=ROOT / "config" / "dds" / "fastdds.xml")
+    runner = GraphRunner(graph, log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")))
+    os.environ.update(graph.env())
     os.environ["ROS_DOMAIN_ID"] = str(runner.domain_id)
     runner.start()
     rclpy.init()

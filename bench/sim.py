@@ -123,16 +123,19 @@ def bench_bridge(steps: int, h: int, w: int, every: int) -> dict:
 
     sys.path.insert(0, str(ROOT / "tests"))
     from rosutil import Probe
-    from sim_driver import ExpertDriver, start_sim
-    from wam_common.launcher import DomainLease
+    from sim_driver import ExpertDriver, sim_graph
+    from wam_common.launcher import DomainLease, GraphRunner
 
     lease = DomainLease()
+    # the product's DDS profile (shared memory sized for 480x640 frames), in the bridge and here
+    graph = sim_graph(max_steps=steps, end_on_success=False, render={"width": w, "height": h, "camera_every": every})
+    graph.dds_profile = ROOT / "config" / "dds" / "fastdds.xml"
+    os.environ.update(graph.env())
     ctx = Context()
     rclpy.init(context=ctx, domain_id=lease.domain_id)
     probe = Probe(ctx, "bench_sim_responder")
     drv = ExpertDriver(probe, "transfer_cube")
-    sim = start_sim(lease.domain_id, max_steps=steps, end_on_success=False,
-                    render={"width": w, "height": h, "camera_every": every})
+    sim = GraphRunner(graph, domain_id=lease.domain_id).start()
     recv = {}
     try:
         t_start = None
