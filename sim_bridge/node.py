@@ -415,7 +415,9 @@ class SimBridge(Node):
 
 
 def main(args=None) -> int:
-    return run_node(SimBridge, "sim_bridge", args)
+    # one subscription (commands) and a short callback: physics and rendering run in the bridge's own
+    # loop thread, which a multi-threaded executor's spinning main thread would only compete with
+    return run_node(SimBridge, "sim_bridge", args, threads=1)
 
 
 if __name__ == "__main__":

@@ -54,7 +54,9 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str
             print(f"[{name}] config error: {exc}", file=sys.stderr, flush=True)
             return 2
         # threads <= 1: a SingleThreadedExecutor (about half the per-callback CPU of the
-        # multi-threaded one in rclpy; for nodes whose callbacks never block)
+        # multi-threaded one in rclpy; for nodes whose callbacks never block). A node may say
+        # what it needs once its parameters are read (``executor_threads``).
+        threads = int(getattr(node, "executor_threads", threads))
         executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         try:
