@@ -154,6 +154,7 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
                 "obs_to_cmd_ms": {"p50": pct(lat, 50), "mean": round(float(np.mean(lat)), 3), "p99": pct(lat, 99)},
                 "node_reported_infer_ms": {"p50": pct(st_ms, 50), "mean": round(float(np.mean(st_ms)), 3)},
                 "holds": sum(1 for s in status if s.get("hold")), "statuses": len(status),
+                "per_step_ms": [round(x, 1) for x in lat], "per_step_infer_ms": [round(x, 1) for x in st_ms],
                 "overhead_vs_node_infer_ms": {"p50": pct(per, 50), "mean": round(float(np.mean(per)), 3),
                                               "p99": pct(per, 99)}}
     finally:
