@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "up": ("wam_common.cli.up", "start a graph description (what `ros2 launch` does) until Ctrl-C"),
     "graph": ("wam_common.cli.up", "print the nodes, parameters and remappings of a graph description"),
     "eval": ("wam_common.evaluation.cli", "robustness evaluation over a perturbation suite"),
+    "serve": ("wam_policy_node.server", "serve a policy config's backend to many clients (openpi's websocket protocol)"),
     "analyze": ("wam_common.analysis.cli_analyze", "per-episode and per-perturbation tables and plots from bags"),
     "parity": ("wam_common.analysis.cli_parity", "sim-vs-real parity report from two bags"),
     "export-lerobot": ("wam_common.recording.export_lerobot", "bags → LeRobotDataset (v3)"),

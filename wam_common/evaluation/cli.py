@@ -3,6 +3,7 @@
     wam-policy eval --policy expert --suite smoke --task transfer_cube --episodes 2
     wam-policy eval --policy expert --policy act_sim --suite paper --workers 2
     wam-policy eval ... --ray local          # or --ray auto / --ray HOST:PORT for a Ray cluster
+    wam-policy eval --policy act_sim --workers 4 --serve   # ONE model (in this process) for all workers
 
 Results go to ``--out`` (default ``runs/eval/<suite>_<task>``): ``episodes.jsonl`` (one row per
 episode, written as it ends: rerunning the same command resumes, finished episodes are not
@@ -10,6 +11,8 @@ rerun), ``results.{md,csv,json,png}``, and the bags under ``bags/`` (``--bags no
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import shutil
 import sys
@@ -37,6 +40,12 @@ def add_arguments(p) -> None:
     p.add_argument("--workers", type=int, default=1, help="parallel graphs on this machine (each its own ROS_DOMAIN_ID)")
     p.add_argument("--ray", nargs="?", const="local", default=None, metavar="ADDRESS",
                    help="run jobs as Ray tasks: 'local' (a local cluster), 'auto', or HOST:PORT")
+    p.add_argument("--serve", action="store_true",
+                   help="load each policy once, in a policy server in this process (wam-policy serve), and point "
+                        "every worker's wam_policy_node at it (openpi backend) instead of loading it per graph")
+    p.add_argument("--serve-host", default="127.0.0.1", metavar="ADDRESS",
+                   help="--serve: address the server listens on and workers connect to (with --ray on other "
+                        "machines: this machine's address as they reach it)")
     p.add_argument("--episodes-per-graph", type=int, default=5,
                    help="seeds run by one graph start (start-up is amortised; default 5)")
     p.add_argument("--bags", choices=["keep", "none"], default="keep", help="keep every episode's bag, or none")
@@ -103,10 +112,36 @@ def run_on_robot(args) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def served(jobs: list[Job], host: str):
+    """``--serve``: one policy server per policy with jobs to run (the model loaded once, here); yields the
+    jobs with their wam_policy_node pointed at it. Lockstep stays deterministic: requests from all
+    workers run one at a time, each connection with its own episode state (wam_policy_node/server.py)."""
+    from wam_policy_node.server import for_node, served_overrides
+
+    servers = {}
+    try:
+        for j in jobs:
+            if j.policy not in servers:
+                print(f"[eval] --serve: loading {j.policy} into a policy server", flush=True)
+                servers[j.policy] = for_node(j.policy, j.policy_overrides, host=host, port=0).start()
+                print(f"[eval] --serve: {j.policy} on ws://{host}:{servers[j.policy].port}", flush=True)
+        yield [dataclasses.replace(j, policy_overrides=served_overrides(
+            j.policy_overrides, servers[j.policy], lockstep=j.clock == "lockstep")) for j in jobs]
+    finally:
+        for srv in servers.values():
+            srv.close()
+
+
 def run(args) -> int:
     if args.robot:
         return run_on_robot(args)
     jobs, wanted, out, suite_name = plan(args)
+    with served(jobs, args.serve_host) if args.serve else contextlib.nullcontext(jobs) as jobs:
+        return _run(args, jobs, wanted, out, suite_name)
+
+
+def _run(args, jobs: list[Job], wanted: list[tuple], out: Path, suite_name: str) -> int:
     store = ResultStore(out)
     wanted_set = set(wanted)
     base = len(store.done() & wanted_set)

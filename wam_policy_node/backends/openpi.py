@@ -10,6 +10,12 @@ Robustness: ``Authorization: Api-Key <key>`` header when ``api_key`` is set; a c
 and a per-request timeout; any failure closes the connection (a late reply must never be read as
 the answer to the next request) and raises :class:`BackendError` (the node holds); the next
 request reconnects, at most once per ``reconnect_s``.
+
+Against our own server (``wam-policy serve``: its metadata has a ``wam_policy`` key) the request also
+carries ``stamp_ns``, ``step``, ``inference_delay`` and, with ``privileged: true``, the sim's privileged
+state (a served ``expert``); ``reset`` starts the connection's next episode there
+(``__ctrl__: episode_start``); an error reply leaves the connection open. ``images: false`` tells the
+node not to gather cameras (a served backend that reads none).
 """
 from __future__ import annotations
 
@@ -34,6 +40,8 @@ DEFAULTS = {
     "reconnect_s": 1.0,  # least time between connection attempts
     "n_actions": 0,  # keep the first n actions (0 = all)
     "actions_key": "actions",
+    "images": True,  # the node gathers the cameras for each request (false: a served expert)
+    "privileged": False,  # the node waits for the sim's privileged state and sends it (our server only)
 }
 
 
@@ -57,6 +65,11 @@ class OpenPIBackend(Backend):
         self._last_attempt = -1e9
         self._packer = msgpack_numpy.Packer()
         self.connects = 0
+        self.needs_images = bool(c["images"])
+        self.needs_privileged = bool(c["privileged"])
+        self.ours = False  # the server is wam-policy serve (speaks the extensions above)
+        self._episode: dict | None = None
+        self._reset_pending = False
 
     # -- connection --------------------------------------------------------------------------
     def _connect(self):
@@ -77,6 +90,12 @@ class OpenPIBackend(Backend):
             raise BackendError(f"openpi: cannot connect to {self.uri}: {type(exc).__name__}: {exc}") from None
         self._ws = ws
         self.connects += 1
+        self.ours = isinstance(self.metadata, dict) and isinstance(self.metadata.get("wam_policy"), dict)
+        self._reset_pending = False  # a new connection is a new episode on the server
+
+    def reset(self, episode=None) -> None:
+        self._episode = dict(episode) if episode else None
+        self._reset_pending = True
 
     def _drop(self):
         if self._ws is not None:
@@ -95,15 +114,30 @@ class OpenPIBackend(Backend):
         for key, img in obs.images.items():
             a = resize_with_pad(np.asarray(img), *self.size) if self.size else np.asarray(img)
             images[key] = np.ascontiguousarray(a.transpose(2, 0, 1)) if self.cfg["channels_first"] else a
-        return {"state": np.asarray(obs.state, np.float32), "images": images, "prompt": obs.prompt or ""}
+        req = {"state": np.asarray(obs.state, np.float32), "images": images, "prompt": obs.prompt or ""}
+        if self.ours:
+            req.update(stamp_ns=int(obs.stamp_ns), step=obs.step, inference_delay=int(obs.inference_delay))
+            if self.needs_privileged and obs.privileged is not None:
+                req["privileged"] = obs.privileged
+        return req
+
+    def _roundtrip(self, msg: dict):
+        self._ws.send(self._packer.pack(msg))
+        return self._ws.recv(timeout=float(self.cfg["timeout_s"]))
 
     def infer(self, obs: Observation) -> ActionChunk:
         t0 = time.perf_counter()
         if self._ws is None:
             self._connect()
         try:
-            self._ws.send(self._packer.pack(self.request(obs)))
-            reply = self._ws.recv(timeout=float(self.cfg["timeout_s"]))
+            if self._reset_pending and self.ours:
+                ack = self._roundtrip({"__ctrl__": "episode_start", "__episode__": self._episode or {}})
+                if isinstance(ack, str):
+                    raise BackendError(f"openpi: server refused the episode start: {ack.strip()}")
+            self._reset_pending = False
+            reply = self._roundtrip(self.request(obs))
+        except BackendError:
+            raise
         except TimeoutError:
             self._drop()
             raise BackendError(f"openpi: no reply from {self.uri} within {self.cfg['timeout_s']} s") from None
@@ -111,7 +145,8 @@ class OpenPIBackend(Backend):
             self._drop()
             raise BackendError(f"openpi: connection to {self.uri} failed: {type(exc).__name__}: {exc}") from None
         if isinstance(reply, str):
-            self._drop()  # openpi closes after an error
+            if not self.ours:
+                self._drop()  # openpi closes after an error
             raise BackendError(f"openpi: server error: {reply.strip().splitlines()[-1] if reply.strip() else reply}")
         try:
             out = msgpack_numpy.unpackb(reply)

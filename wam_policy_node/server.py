@@ -1,0 +1,356 @@
+"""One policy server for many clients: any backend behind openpi's websocket protocol.
+
+    wam-policy serve --policy config/policies/act_sim.yaml [--host 127.0.0.1] [--port 8000]
+
+The wire format is openpi's ``WebsocketPolicyServer`` (``scripts/serve_policy.py``), so openpi's own
+``WebsocketClientPolicy`` and our ``openpi`` backend both talk to it: on connect the server sends a
+msgpack-numpy metadata map; then each binary frame ``msgpack({"state": (14,), "images": {key: CHW or
+HWC uint8}, "prompt": str})`` is answered with ``msgpack({"actions": (H, 14), "server_timing":
+{"infer_ms", "queue_ms", "prev_total_ms"}})``; a request the server cannot answer gets a text frame
+(the error; openpi's clients raise it). ``GET /healthz`` answers 200 (no key needed); with an API key,
+a handshake without ``Authorization: Api-Key <key>`` is refused (401).
+
+What the server adds to openpi's (advertised under the metadata's ``wam_policy`` key, used by our
+client only when present): requests may carry ``privileged`` (the sim's privileged state: a served
+``expert``), ``step``, ``stamp_ns`` and ``inference_delay``; ``{"__ctrl__": "episode_start",
+"__episode__": {...}}`` resets the connection's episode (answered ``{"__ack__": "episode_start"}``, the
+shape an openpi fork's client uses); after an error the connection stays open (openpi closes it), so
+the connection's episode state survives a held step.
+
+Many clients, one model: requests run one at a time on a single inference thread, in arrival order.
+Episode state is per connection: a backend that loads a model (``lerobot``) is built once and the
+per-episode attributes its ``reset`` re-creates (``EPISODE_STATE``: RTC's last chunk, Diffusion's
+observation queues) are swapped in for the connection whose request runs; a model-free backend
+(``expert``, ``replay``, ``synthetic``, ...) is built per connection. A streaming backend (LingBot-VA:
+``observe`` at every step) is refused: openpi's request/reply protocol has no per-step observations.
+"""
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from wam_common.config import ConfigError
+from wam_common.topics import STATE_DIM
+
+from .backends import Backend, BackendError, Observation, make_backend, msgpack_numpy
+
+log = logging.getLogger("wam_policy.server")
+
+#: backend type → attributes (dotted paths) holding its per-episode state; a backend listed here is
+#: built ONCE and shared by every connection, the others are built per connection
+EPISODE_STATE: dict[str, tuple[str, ...]] = {"lerobot": ("_last_raw", "_prev_raw", "policy._queues")}
+PROTOCOL = 1
+_MISSING = object()
+
+
+class RequestError(ValueError):
+    """A request the server cannot read: answered with a text frame, the connection stays open."""
+
+
+def to_observation(msg: Any) -> Observation:
+    """An openpi request map → :class:`Observation` (images CHW or HWC uint8 → HWC)."""
+    if not isinstance(msg, Mapping):
+        raise RequestError(f"a request must be a map, got {type(msg).__name__}")
+    if "state" not in msg:
+        raise RequestError(f"the request has no 'state' (keys: {sorted(map(str, msg))})")
+    try:
+        state = np.asarray(msg["state"], dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"'state' is not numeric: {exc}") from None
+    if state.shape != (STATE_DIM,) or not np.all(np.isfinite(state)):
+        raise RequestError(f"'state' must be {STATE_DIM} finite numbers, got shape {state.shape}")
+    images = msg.get("images") or {}
+    if not isinstance(images, Mapping):
+        raise RequestError(f"'images' must map key → image, got {type(images).__name__}")
+    out = {}
+    for key, img in images.items():
+        a = np.asarray(img)
+        if a.dtype != np.uint8 or a.ndim != 3 or 3 not in (a.shape[0], a.shape[2]):
+            raise RequestError(f"image '{key}' must be CHW or HWC uint8 with 3 channels, got {a.dtype} {a.shape}")
+        out[str(key)] = np.ascontiguousarray(a if a.shape[2] == 3 else a.transpose(1, 2, 0))
+    prompt = msg.get("prompt", "") or ""
+    priv = msg.get("privileged")
+    if not isinstance(prompt, str) or not (priv is None or isinstance(priv, Mapping)):
+        raise RequestError("'prompt' must be a string and 'privileged' a map")
+    try:
+        step = None if msg.get("step") is None else int(msg["step"])
+        return Observation(int(msg.get("stamp_ns", 0)), out, state, prompt, dict(priv) if priv else None, step,
+                           inference_delay=int(msg.get("inference_delay", 0)))
+    except (TypeError, ValueError) as exc:
+        raise RequestError(f"'stamp_ns', 'step' and 'inference_delay' must be integers: {exc}") from None
+
+
+def _get(obj, path: str):
+    for part in path.split("."):
+        obj = getattr(obj, part, _MISSING)
+        if obj is _MISSING:
+            break
+    return obj
+
+
+def _set(obj, path: str, value) -> None:
+    head, _, last = path.rpartition(".")
+    owner = _get(obj, head) if head else obj
+    if owner is not _MISSING and value is not _MISSING:
+        setattr(owner, last, value)
+
+
+@dataclass(eq=False)
+class _Session:
+    """One connection: its backend (shared or its own) and, while another connection's request holds
+    a shared backend, the episode state it left there (None: a fresh episode, reset on its next turn)."""
+
+    backend: Backend
+    peer: str
+    state: dict | None = None
+    episode: dict | None = None
+
+
+class PolicyServer:
+    """Serve one backend (``make_backend(btype, cfg)``) to many websocket clients.
+
+    ``start()`` runs it in a thread (``port`` 0 picks a free port; ``self.port`` says which);
+    ``serve_forever()`` runs it in the calling thread. The backend is built here, before either."""
+
+    def __init__(self, btype: str, cfg: Mapping | None = None, host: str = "127.0.0.1", port: int = 8000,
+                 api_key: str = "", name: str = ""):
+        self.btype, self.cfg = btype, dict(cfg or {})
+        self.host, self.port, self.api_key = host, int(port), api_key
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="policy-server")  # the one inference thread
+        template = make_backend(btype, self.cfg)
+        if template.streams_observations:
+            template.close()
+            raise ConfigError(f"backend '{btype}' streams observations (observe() at every step): it cannot be "
+                              "served over openpi's request/reply protocol; run it in wam_policy_node")
+        self.flags = {k: bool(getattr(template, k)) for k in ("needs_images", "needs_privileged", "supports_rtc")}
+        self.shared = template if btype in EPISODE_STATE else None
+        if self.shared is None:
+            template.close()
+        self.metadata = {"policy": name or btype, "backend": btype,
+                         "wam_policy": {"protocol": PROTOCOL, "episode_start": True, **self.flags}}
+        self._owner: _Session | None = None  # whose episode state the shared backend holds
+        self.requests = self.errors = 0
+        self.connections = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Future | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- what a client needs ---------------------------------------------------------------
+    def client_config(self, lockstep: bool = False) -> dict:
+        """``backend.openpi`` settings for a wam_policy_node served by this server: images as the node
+        maps them (no resize), privileged state / cameras as the served backend needs them; in lockstep a
+        request waits as long as the sim does (a timeout would be a hold: the run would not replay)."""
+        cfg = {"host": self.host, "port": self.port, "api_key": self.api_key, "image_size": [0, 0],
+               "privileged": self.flags["needs_privileged"], "images": self.flags["needs_images"]}
+        if lockstep:
+            cfg.update(timeout_s=600.0, connect_timeout_s=30.0)
+        return cfg
+
+    # -- the model thread (everything that touches a backend runs here, one call at a time) ----------
+    def _turn(self, s: _Session) -> None:
+        """Give the shared backend to session ``s``: park its holder's episode state, restore s's."""
+        if self.shared is None or self._owner is s:
+            return
+        attrs = EPISODE_STATE[self.btype]
+        if self._owner is not None:
+            self._owner.state = {a: _get(self.shared, a) for a in attrs}
+        if s.state is None:
+            self.shared.reset(s.episode)  # re-creates every attribute in EPISODE_STATE
+        else:
+            for a, v in s.state.items():
+                _set(self.shared, a, v)
+            s.state = None
+        self._owner = s
+
+    def _open(self, peer: str) -> _Session:
+        return _Session(self.shared or make_backend(self.btype, self.cfg), peer)
+
+    def _reset(self, s: _Session, episode: dict | None) -> None:
+        s.episode, s.state = episode, None
+        if self.shared is None:
+            s.backend.reset(episode)
+        elif self._owner is s:
+            self._owner = None  # its next turn starts from reset()
+
+    def _infer(self, s: _Session, obs: Observation, queued: float):
+        t0 = time.monotonic()
+        self._turn(s)
+        chunk = s.backend.infer(obs)
+        return chunk, (t0 - queued) * 1e3, (time.monotonic() - t0) * 1e3
+
+    def _close(self, s: _Session) -> None:
+        if self._owner is s:
+            self._owner = None
+        if s.backend is not self.shared:
+            s.backend.close()
+
+    # -- the websocket side ----------------------------------------------------------------
+    async def _call(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _answer(self, s: _Session, raw) -> dict:
+        queued = time.monotonic()
+        if not isinstance(raw, bytes):
+            raise RequestError("expected a binary msgpack frame, got text")
+        try:
+            msg = msgpack_numpy.unpackb(raw)
+        except Exception as exc:  # noqa: BLE001 - any undecodable payload is the client's error
+            raise RequestError(f"not msgpack-numpy: {type(exc).__name__}: {exc}") from None
+        if isinstance(msg, Mapping) and "__ctrl__" in msg:
+            ctrl = msg["__ctrl__"]
+            if ctrl == "episode_start":
+                ep = msg.get("__episode__")
+                await self._call(self._reset, s, dict(ep) if isinstance(ep, Mapping) else None)
+            return {"__ack__": ctrl if ctrl in ("episode_start", "episode_end") else "ignored"}
+        obs = to_observation(msg)
+        chunk, queue_ms, infer_ms = await self._call(self._infer, s, obs, queued)
+        self.requests += 1
+        return {"actions": chunk.actions, "server_timing": {"infer_ms": infer_ms, "queue_ms": queue_ms}}
+
+    async def _handler(self, ws) -> None:
+        import websockets
+
+        peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
+        self.connections += 1
+        log.info("connection from %s opened", peer)
+        packer = msgpack_numpy.Packer()
+        s = await self._call(self._open, peer)
+        try:
+            await ws.send(packer.pack(self.metadata))
+            prev_total = None
+            while True:
+                raw = await ws.recv()
+                t0 = time.monotonic()
+                try:
+                    reply = await self._answer(s, raw)
+                except Exception as exc:  # noqa: BLE001 - answered, never fatal to the server
+                    self.errors += 1
+                    known = isinstance(exc, (RequestError, BackendError, ConfigError))
+                    text = f"{type(exc).__name__}: {exc}" if known else traceback.format_exc()
+                    log.warning("%s: %s", peer, text.strip().splitlines()[-1])
+                    await ws.send(text)
+                    continue
+                if prev_total is not None and "server_timing" in reply:
+                    reply["server_timing"]["prev_total_ms"] = prev_total
+                await ws.send(packer.pack(reply))
+                prev_total = (time.monotonic() - t0) * 1e3
+        except websockets.ConnectionClosed:
+            log.info("connection from %s closed", peer)
+        finally:
+            await self._call(self._close, s)
+
+    def _process_request(self, conn, request):
+        if request.path == "/healthz":
+            return conn.respond(http.HTTPStatus.OK, "OK\n")
+        if self.api_key and request.headers.get("Authorization") != f"Api-Key {self.api_key}":
+            return conn.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
+        return None
+
+    async def _main(self, started: threading.Event | None = None) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = self._loop.create_future()
+        async with serve(self._handler, self.host, self.port, compression=None, max_size=None,
+                         process_request=self._process_request) as srv:
+            self.port = srv.sockets[0].getsockname()[1]
+            log.info("serving %s (backend %s) on ws://%s:%d", self.metadata["policy"], self.btype, self.host, self.port)
+            if started is not None:
+                started.set()
+            await self._stop
+
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._main())
+        finally:
+            self._shutdown_backends()
+
+    def start(self) -> "PolicyServer":
+        started, failed = threading.Event(), []
+
+        def run():
+            try:
+                asyncio.run(self._main(started))
+            except BaseException as exc:  # noqa: BLE001 - reported to start()
+                failed.append(exc)
+                started.set()
+
+        self._thread = threading.Thread(target=run, name="policy-server-loop", daemon=True)
+        self._thread.start()
+        started.wait()
+        if failed:
+            raise ConfigError(f"policy server: cannot listen on {self.host}:{self.port}: {failed[0]}")
+        return self
+
+    def close(self) -> None:
+        if self._loop is not None and self._stop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(lambda: self._stop.done() or self._stop.set_result(None))
+        if self._thread is not None:
+            self._thread.join(10)
+        self._shutdown_backends()
+
+    def _shutdown_backends(self) -> None:
+        self._pool.shutdown(wait=True)
+        if self.shared is not None:
+            self.shared.close()
+
+    def __enter__(self) -> "PolicyServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def for_node(name: str, node_overrides: Mapping, **kw) -> PolicyServer:
+    """A server for the backend a policy's ``wam_policy_node`` overrides configure (default: expert)."""
+    backend = node_overrides.get("backend") or {}
+    btype = str(backend.get("type", "expert"))
+    bcfg = backend.get(btype) if isinstance(backend.get(btype), Mapping) else {}
+    return PolicyServer(btype, bcfg, name=name, **kw)
+
+
+def served_overrides(node_overrides: Mapping, server: PolicyServer, lockstep: bool = False) -> dict:
+    """The policy's ``wam_policy_node`` overrides with the backend replaced by an ``openpi`` client of
+    ``server`` (observation mapping, runtime and safety stay the policy's own)."""
+    from wam_common.config import deep_merge
+
+    return deep_merge(node_overrides, {"backend": {"type": "openpi", "openpi": server.client_config(lockstep=lockstep)}})
+
+
+def from_policy(policy: str, **kw) -> PolicyServer:
+    """A server for a policy config (``config/policies/<name>.yaml`` or a path): its ``backend``."""
+    from wam_common.evaluation.suites import load_policy
+
+    return for_node(*load_policy(policy), **kw)
+
+
+# -- wam-policy serve -------------------------------------------------------------------------
+def add_arguments(p) -> None:
+    import os
+
+    p.add_argument("--policy", required=True, metavar="CONFIG",
+                   help="policy config (config/policies/<name>.yaml or a path): its backend is served")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="port (openpi's default 8000; 0 picks a free one)")
+    p.add_argument("--api-key", default=os.environ.get("WAM_POLICY_API_KEY", ""),
+                   help="require 'Authorization: Api-Key <key>' (default: $WAM_POLICY_API_KEY; empty: none)")
+
+
+def run(args) -> int:
+    logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
+    logging.getLogger("websockets").setLevel(logging.WARNING)
+    server = from_policy(args.policy, host=args.host, port=args.port, api_key=args.api_key)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        log.info("stopped (%d requests, %d errors)", server.requests, server.errors)
+    return 0
