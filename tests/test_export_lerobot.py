@@ -115,3 +115,84 @@ def test_bag_without_episode_events(tmp_path):
     np.testing.assert_allclose(ds[5]["observation.state"].numpy()[:6], 0.5, atol=1e-6)
     with pytest.raises(ConfigError, match="no exportable"):
         export([tmp_path / "robot"], tmp_path / "ds2", success_only=True)
+
+
+def test_resent_steps_and_episode_boundaries(tmp_path):
+    """One frame per step, each with its own command, in the episode that holds its stamp:
+    lockstep resends (the sim republishes a step it got no answer to; the policy answers again,
+    sometimes after the sim moved on) stay one frame, and a step written out of order across an
+    episode boundary is left out instead of joining the wrong episode."""
+    from rclpy.serialization import serialize_message
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Float64MultiArray, MultiArrayDimension, String
+
+    from wam_common import topics as T
+    from wam_common.imageio import Stamp, encode_image
+    from wam_common.recording.export_lerobot import read_episodes
+    from wam_common.recording.writer import BagWriter
+
+    w = BagWriter(tmp_path / "bag")
+    w.add_topic(T.EPISODE, "std_msgs/msg/String")
+    for c in T.CAMERAS:
+        w.add_topic(T.camera_topic(c), "sensor_msgs/msg/Image")
+    for a in T.ARMS:
+        w.add_topic(T.joint_state_topic(a), "sensor_msgs/msg/JointState")
+    w.add_topic(T.COMMAND, "std_msgs/msg/Float64MultiArray")
+    clock = iter(range(1, 10_000))  # log times: the bag's order is the order of the writes below
+
+    def t(k):
+        return 1_000_000_000 + k * 20_000_000
+
+    def event(ev, episode, k):
+        w.write(T.EPISODE, next(clock), serialize_message(String(data=json.dumps(
+            {"event": ev, "episode": episode, "task": "transfer_cube", "stamp_ns": t(k), "success": True}))))
+
+    def states(k):
+        st = Stamp.from_ns(t(k))
+        if k == 0:
+            for c in T.CAMERAS:
+                w.write(T.camera_topic(c), next(clock), encode_image(np.full((48, 64, 3), 100, np.uint8), "rgb8", st))
+        for a in T.ARMS:
+            js = JointState()
+            js.header.stamp.sec, js.header.stamp.nanosec = st.sec, st.nanosec
+            js.name, js.position = list(aloha.JOINT_STATE_NAMES), aloha.joint_state_positions(np.full(7, 0.1 * k))
+            w.write(T.joint_state_topic(a), next(clock), serialize_message(js))
+
+    def command(k):  # lockstep: labelled with the stamp it answers; the action says which step
+        m = Float64MultiArray(data=[0.1 * k] * 14)
+        m.layout.dim = [MultiArrayDimension(label=aloha.command_label(t(k)), size=14, stride=14)]
+        w.write(T.COMMAND, next(clock), serialize_message(m))
+
+    # episode 0: steps 0-5, episode 1: steps 6-9, episode 2: steps 10-12 (end stamp = next start)
+    event("start", 0, 0)
+    for k in range(5):
+        states(k)
+        if k == 4:
+            states(4)  # resent before the answer came
+        if k == 3:
+            command(2)  # a late re-answer to step 2, after step 3's states
+        command(k)
+        if k == 2:
+            states(2)  # the resend crossed the answer: the policy answers again
+            command(2)
+    event("end", 0, 6)
+    event("start", 1, 6)
+    states(5)  # episode 0's last step, written after the boundary: left out
+    command(5)
+    for k in range(6, 11):  # step 10 (episode 2's) is written before episode 1's end: left out
+        states(k)
+        command(k)
+    event("end", 1, 10)
+    event("start", 2, 10)
+    for k in (11, 12):
+        states(k)
+        command(k)
+    event("end", 2, 13)
+    w.close()
+    eps = read_episodes([tmp_path / "bag"])
+    assert [[(s.stamp - t(0)) // 20_000_000 for s in ep.steps] for ep in eps] == [[0, 1, 2, 3, 4], [6, 7, 8, 9], [11, 12]]
+    for ep in eps:
+        for s in ep.steps:
+            k = (s.stamp - t(0)) // 20_000_000
+            np.testing.assert_allclose(s.action, 0.1 * k)
+            np.testing.assert_allclose(s.state[:6], 0.1 * k, atol=1e-9)

@@ -9,7 +9,12 @@ gripper]``, grippers normalised 0..1), the task string per frame.
 One frame per control step: a step is a joint-state pair (both arms, same stamp; the raw
 topics by default, ``--perturbed`` for what the policy saw), its action is the next COMMAND,
 its images the newest frame of each camera stamped at or before the step (cameras publish
-every ``camera_every`` steps). The task string is the episode's instruction (start event or
+every ``camera_every`` steps). A lockstep step the sim resent (the same joint-state stamp again)
+and the policy's re-answer to it stay one frame; a COMMAND labelled as answering another stamp
+(``aloha.command_answers``: a late re-answer) is no step's action, as the sim drops it too.
+An episode keeps only steps stamped within its start and end events' ``stamp_ns``: a step
+written out of order across a boundary is left out rather than given to the wrong episode.
+The task string is the episode's instruction (start event or
 ``/instruction``), else its task name. fps = 50 / ``--stride``. A bag without EPISODE events (a
 robot run) is one episode of unknown outcome (left out by ``--success-only``).
 """
@@ -43,6 +48,7 @@ class _Episode:
     task: str
     success: bool | None = None
     steps: list = field(default_factory=list)
+    start_ns: int = 0  # the start event's stamp: earlier steps are the previous episode's
 
 
 def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list[_Episode]:
@@ -75,10 +81,13 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                     if ev.get("event") == "start":
                         started = True
                         cur = _Episode(int(ev.get("episode", len(out))),
-                                       str(ev.get("instruction") or instruction or ev.get("task") or "task"))
+                                       str(ev.get("instruction") or instruction or ev.get("task") or "task"),
+                                       start_ns=_stamp(ev))
                         waiting, pending = None, {}
                     elif ev.get("event") == "end" and cur is not None:
                         cur.success = bool(ev.get("success"))
+                        if _stamp(ev):  # steps of the next episode written before this event
+                            cur.steps = [s for s in cur.steps if s.stamp < _stamp(ev)]
                         out.append(cur)
                         cur = None
                 elif m.topic == instr_topic:
@@ -99,14 +108,20 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                         continue
                     if pair is not None:
                         stamp, state = pair
+                        if stamp < cur.start_ns or (cur.steps and stamp <= cur.steps[-1].stamp):
+                            continue  # the previous episode's (written late), or a resent step
                         if not all(c in latest and latest[c][0] <= stamp for c in cameras):
                             continue  # no frame of some camera yet
                         waiting = _Step(stamp, state, {c: latest[c][1] for c in cameras})
                 elif m.topic == T.COMMAND and cur is not None and waiting is not None:
                     try:
-                        act = np.asarray(decode(m).data, dtype=float)
+                        cmd = decode(m)
+                        act = np.asarray(cmd.data, dtype=float)
                     except Exception:  # noqa: BLE001
                         continue
+                    answers = aloha.command_answers(cmd.layout)
+                    if answers is not None and answers != waiting.stamp:
+                        continue  # answers an earlier step (a re-answer that crossed the sim's resend)
                     if act.shape != (T.STATE_DIM,) or not np.all(np.isfinite(act)):
                         continue
                     waiting.action = act
@@ -117,6 +132,12 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                     cur.task = instruction
                 out.append(cur)
     return out
+
+
+def _stamp(ev: dict) -> int:
+    """An EPISODE event's ``stamp_ns`` (the clock of the joint-state stamps), 0 when absent."""
+    t = ev.get("stamp_ns")
+    return t if isinstance(t, int) and not isinstance(t, bool) else 0
 
 
 def features(shape: tuple[int, int, int], cameras=T.CAMERAS) -> dict:
