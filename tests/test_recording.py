@@ -256,6 +256,9 @@ def test_kill9_loses_at_most_one_second(probe, domain_id, tmp_path):
     ({"topics": [3]}, "topics"),
     ({"log_time": "sometimes"}, "log_time"),
     ({"split": {"max_bytes": -1}}, "split.max_bytes"),
+    ({"topic_types": {"/operator/note": "nope_msgs/msg/Note"}}, "topic_types./operator/note"),
+    ({"topic_types": {"/operator/note": "std_msgs/msg/Nope"}}, "topic_types./operator/note"),
+    ({"topic_types": {"/operator/note": "String"}}, "topic_types./operator/note"),
 ])
 def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
     pfile = tmp_path / "p.yaml"
@@ -267,7 +270,48 @@ def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
                         "--params-file", str(pfile)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert key in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert not (tmp_path / "x").exists()  # nothing created on a bad configuration
+
+
+def test_topic_types_records_topics_beyond_the_contract(probe, domain_id, tmp_path):
+    """``topic_types`` names a topic the contract does not know, with its type: recorded from a
+    reliable publisher byte for byte; a publisher of another type on such a topic is named in
+    the log, not recorded; a contract topic on the wire with another type than the contract's
+    is recorded with the wire's type."""
+    from rclpy.qos import QoSProfile
+    from rclpy.serialization import serialize_message
+    from std_msgs.msg import Int32, String
+
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS],
+                       topic_types={"/operator/note": "std_msgs/msg/String", "operator/count": "std_msgs/msg/Int32"})
+    note = probe.node.create_publisher(String, "/operator/note", QoSProfile(depth=100))
+    count = probe.node.create_publisher(String, "/operator/count", 10)  # not the Int32 configured
+    status = probe.node.create_publisher(Int32, T.POLICY_STATUS, QoSProfile(depth=100))  # the contract says String
+    sent = []
+    try:
+        assert wait_for(lambda: note.get_subscription_count() > 0, 20), runner.log("recorder")
+        assert wait_for(lambda: "not recording /operator/count" in runner.log("recorder"), 20), runner.log("recorder")
+        assert wait_for(lambda: "recording /wam_policy/status [std_msgs/msg/Int32]" in runner.log("recorder"), 20), \
+            runner.log("recorder")
+        time.sleep(0.3)  # the new subscription matches the publisher
+        for k in range(20):
+            sent.append(serialize_message(String(data=f"note {k}")))
+            note.publish(String(data=f"note {k}"))
+            count.publish(String(data=str(k)))
+            status.publish(Int32(data=k))
+            time.sleep(0.01)
+        time.sleep(0.5)
+    finally:
+        codes = runner.stop()
+    assert codes["recorder"] == 0, runner.log("recorder")
+    got = _read(tmp_path / "bag")
+    assert [g[:len(s)] for g, s in zip(got["/operator/note"], sent)] == sent and len(got["/operator/note"]) == 20
+    assert "/operator/count" not in got
+    assert len(got[T.POLICY_STATUS]) == 20
+    meta = yaml.safe_load((tmp_path / "bag/metadata.yaml").read_text())["rosbag2_bagfile_information"]
+    types = {t["topic_metadata"]["name"]: t["topic_metadata"]["type"] for t in meta["topics_with_message_count"]}
+    assert types["/operator/note"] == "std_msgs/msg/String" and types[T.POLICY_STATUS] == "std_msgs/msg/Int32"
 
 
 def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path):

@@ -1,8 +1,9 @@
 """The recorder node: raw subscriptions → a queue → a writer thread → a rosbag2 MCAP bag.
 
 Every configured topic (``topics``; ``[]`` → every topic of the graph contract, raw and
-``/perturbed``) is subscribed once a publisher shows up, with the QoS adapted to the offers
-(reliable / transient-local only when every publisher offers it, like ``ros2 bag record``) and
+``/perturbed``; plus the keys of ``topic_types``) is subscribed once a publisher shows up, with
+the QoS adapted to the offers (reliable / transient-local only when every publisher offers it,
+like ``ros2 bag record``) and the type on the wire (a ``topic_types`` entry insists on its type),
 with ``raw=True``: the CDR bytes go unchanged into the bag. Callbacks only enqueue; one writer
 thread owns the :class:`~wam_common.recording.writer.BagWriter`, so DDS never waits on disk.
 A full queue (``queue_max_bytes``) drops and counts messages instead of blocking.
@@ -51,6 +52,9 @@ DEFAULTS = {
     "if_exists": "error",      # the bag exists already: error (as ros2 bag record) | suffix (_1, _2 …) | overwrite
     "topics": [],              # [] → the graph contract's topics (raw and /perturbed)
     "exclude_topics": [],
+    "topic_types": {},         # topic → message type ("/tf": tf2_msgs/msg/TFMessage): topics beyond the
+                               # contract, recorded too and subscribed before a publisher shows up;
+                               # a type that cannot be found is a config error naming the key
     "compression": "none",     # none | zstd | lz4 (MCAP chunk compression)
     "split": {
         "by_episode": True,    # a new file at each EPISODE "start" event
@@ -84,6 +88,23 @@ def _str_list(val, key: str) -> list[str]:
     return [v if v.startswith("/") else "/" + v for v in val]
 
 
+def _topic_types(table) -> dict[str, str]:
+    """``topic_types`` → {topic: full message type}; a type the recorder cannot load (no Python
+    class or no definition to embed) is a :class:`ConfigError` naming its key."""
+    out = {}
+    for topic, msgtype in (table or {}).items():
+        key = f"topic_types.{topic}"
+        if not isinstance(msgtype, str):
+            raise ConfigError(f"node 'recorder': key '{key}' must be a message type like std_msgs/msg/String, got {msgtype!r}")
+        try:
+            message_class(msgtype)
+            full = message_definition(msgtype).msgtype
+        except UnknownTypeError as exc:
+            raise ConfigError(f"node 'recorder': key '{key}': {exc}") from None
+        out[topic if topic.startswith("/") else "/" + topic] = full
+    return out
+
+
 def default_bag_name() -> str:
     return time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S", time.localtime())
 
@@ -106,9 +127,10 @@ class Recorder(Node):
         cfg = declare_tree(self, DEFAULTS)
         self.cfg = cfg
         self.executor_threads = 1  # see the module docstring
+        typed = _topic_types(cfg["topic_types"])
         topics = _str_list(cfg["topics"], "topics") or default_topics()
         excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
-        self.wanted = [t for t in dict.fromkeys(topics) if t not in excluded]
+        self.wanted = [t for t in dict.fromkeys(topics + list(typed)) if t not in excluded]
         if cfg["compression"] not in COMPRESSION:
             raise ConfigError(f"node 'recorder': key 'compression' must be one of none, zstd, lz4, got {cfg['compression']!r}")
         if not 0 <= cfg["reorder_window_s"] <= 0.5:
@@ -151,7 +173,9 @@ class Recorder(Node):
                                                   else "DDS receive timestamp, system clock ns")
         self.bag.custom["wam_policy.labels"] = json.dumps(cfg["labels"] or {}, sort_keys=True, default=str)
         self.bag_path = out
-        self._types = contract_types()
+        self._types = {**contract_types(), **typed}
+        self._typed = set(typed)
+        self._type_mismatch: set[str] = set()
         self._subs: dict[str, tuple[tuple, object]] = {}
         self._bad_topics: set[str] = set()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
@@ -193,9 +217,13 @@ class Recorder(Node):
     # -- discovery and subscriptions ---------------------------------------------------------
     def _eager(self) -> None:
         """Subscribe to the contract's topics before their publishers exist (with the QoS the
-        contract says they offer), so the first messages of a graph are not lost to discovery."""
+        contract says they offer), so the first messages of a graph are not lost to discovery.
+        A ``topic_types`` topic beyond the contract: best effort and volatile, which match any
+        publisher until discovery sees what it really offers."""
         for topic in self.wanted:
             cq = contract_qos(topic)
+            if cq is None and topic in self._typed:
+                cq = (False, False, int(self.cfg["qos_depth"]))
             if cq is None:
                 continue
             reliable, latched, depth = cq
@@ -235,9 +263,17 @@ class Recorder(Node):
             current = self._subs.get(topic)
             types = [i.topic_type for i in infos]
             msgtype = current[0][0] if current else types[0]
+            if msgtype not in types and topic not in self._typed and topic not in self._actual_qos:
+                msgtype = types[0]  # the eager subscription's contract type is not on the wire: take the wire's
             if len(set(types)) > 1 and topic not in self._bad_topics:
                 self.get_logger().warn(f"topic {topic} has publishers of several types {sorted(set(types))}; recording {msgtype}")
             infos = [i for i in infos if i.topic_type == msgtype]
+            if not infos:  # only publishers of another type than topic_types (or the topic so far) says
+                if topic not in self._type_mismatch:
+                    self._type_mismatch.add(topic)
+                    self.get_logger().warn(f"not recording {topic}: its publishers carry {sorted(set(types))}, "
+                                           f"not {msgtype}")
+                continue
             reliable = all(i.qos_profile.reliability == ReliabilityPolicy.RELIABLE for i in infos)
             latched = all(i.qos_profile.durability == DurabilityPolicy.TRANSIENT_LOCAL for i in infos)
             key = (msgtype, reliable, latched)
@@ -273,6 +309,13 @@ class Recorder(Node):
         if expected and expected != msgtype:
             self.get_logger().warn(f"topic {topic} carries {msgtype}, the graph contract says {expected}")
         old = self._subs.pop(topic, None)
+        if old is not None and old[0][0] != msgtype:
+            # another type: DDS allows one type per topic in a participant, and nothing of the old
+            # type is on the wire, so the old subscriptions go before the new one is created
+            for sub in [old[1]] + [r[0] for r in self._retiring if r[1] is old[1]]:
+                self.destroy_subscription(sub)
+            self._retiring = [r for r in self._retiring if r[1] is not old[1]]
+            old = None
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(self.cfg["qos_depth"]),
                          reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE)
