@@ -1,10 +1,16 @@
 """The entry wrapper every node's ``main()`` uses.
 
-Starts rclpy, builds the node, spins it on a multi-threaded executor (callbacks in separate
-groups run concurrently; nothing polls with ``spin_once``), and turns a configuration error
+Starts rclpy, builds the node, spins it (nothing polls with ``spin_once``), and turns a configuration error
 into one clear line on stderr and exit status 2. SIGINT/SIGTERM shut the node down cleanly
 (rclpy's own SIGINT/SIGTERM handlers shut the context down; the node's ``close()`` then
 runs, so the recorder closes its bag).
+
+Executor: single-threaded unless a node needs callbacks in separate groups to run concurrently
+(``wam_policy_node`` in realtime: ticks never wait behind a frame). rclpy's multi-threaded executor
+keeps its main thread busy taking the GIL, which starved the other threads: a GPU forward in
+``wam_policy_node`` took 1.5-3x longer and answered seconds late (docs/results/node_overhead_gpu.md),
+and the recorder's callbacks stalled up to 1 s, so a reliable reader's keep-last history was
+overwritten before it was taken (docs/RECORDING.md).
 """
 from __future__ import annotations
 
@@ -43,7 +49,7 @@ def normal_scheduling() -> None:
 
 
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str] | None = None,
-             threads: int = 4) -> int:
+             threads: int = 1) -> int:
     normal_scheduling()
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
