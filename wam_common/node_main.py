@@ -5,8 +5,7 @@ into one clear line on stderr and exit status 2. SIGINT/SIGTERM shut the node do
 (rclpy's own SIGINT/SIGTERM handlers shut the context down; the node's ``close()`` then
 runs, so the recorder closes its bag).
 
-Executor: single-threaded unless a node needs callbacks in separate groups to run concurrently
-(``wam_policy_node`` in realtime: ticks never wait behind a frame). rclpy's multi-threaded executor
+Executor: single-threaded unless a node asks for more (``executor_threads``). rclpy's multi-threaded executor
 keeps its main thread busy taking the GIL, which starved the other threads: a GPU forward in
 ``wam_policy_node`` took 1.5-3x longer and answered seconds late (docs/results/node_overhead_gpu.md),
 and the recorder's callbacks stalled up to 1 s, so a reliable reader's keep-last history was

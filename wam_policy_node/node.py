@@ -117,12 +117,6 @@ class WamPolicyNode(Node):
         super().__init__("wam_policy_node", **kwargs)
         self.cfg = cfg = declare_tree(self, DEFAULTS)
         self.lockstep = bool(cfg["lockstep"])
-        # Lockstep runs the model inside a data callback and nothing may happen until it answers,
-        # so one executor thread: with rclpy's multi-threaded executor the spinning main thread
-        # competes for the GIL with the inference (measured on an H200 host: a 20 ms forward took
-        # 30-300 ms in the node, steps answered up to 5 s late; bench/node_overhead.py). Realtime
-        # keeps its separate callback groups (ticks never wait behind a frame or a blocking model).
-        self.executor_threads = 1 if self.lockstep else 4
         try:
             self.obs_map = ObservationMap.from_config(cfg["observation"])
             btype = cfg["backend"]["type"]
@@ -172,6 +166,10 @@ class WamPolicyNode(Node):
             int(cfg["sync"]["slop_s"] * 1e9), int(cfg["sync"]["queue_size"]),
             max_age_ns=int(cfg["safety"]["stale_obs_s"] * 1e9))
 
+        # Groups for an executor that runs callbacks concurrently (e.g. the node composed into a
+        # multi-threaded process); run_node spins it on one thread: rclpy's multi-threaded executor
+        # starved a GPU model of the GIL (docs/results/node_overhead_gpu.md), and nothing here
+        # blocks except the model in lockstep and in realtime `sync`, where waiting is the point.
         self._data = MutuallyExclusiveCallbackGroup()
         self._ctl = MutuallyExclusiveCallbackGroup()
         self._tick_group = MutuallyExclusiveCallbackGroup()
