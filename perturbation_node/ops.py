@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import math
+import statistics
 import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -275,18 +276,54 @@ def _gaussian_noise(sigma, rng, shape):
     return fn
 
 
+SHOT_LEVELS = 64  # shot noise's standard normal, quantised to this many equal-probability levels
+
+
+@functools.lru_cache(maxsize=4)
+def normal_levels(q: int) -> np.ndarray:
+    """A ``q``-level stand-in for N(0, 1): the conditional means of its ``q`` equal-probability bins,
+    rescaled so a uniformly drawn level has mean 0 and variance exactly 1 (read-only)."""
+    nd = statistics.NormalDist()
+    pdf = np.array([0.0] + [nd.pdf(nd.inv_cdf(i / q)) for i in range(1, q)] + [0.0])
+    z = q * (pdf[:-1] - pdf[1:])
+    z /= math.sqrt(float(np.mean(z * z)))
+    z.setflags(write=False)
+    return z
+
+
 @register_op("shot_noise", "noise", (120.0, 60.0, 30.0, 15.0, 8.0), "photons at full white (fewer = noisier)",
-             "Poisson (shot) noise, signal-dependent: σ = sqrt(v·255/peak) (Gaussian approximation).",
+             "Poisson (shot) noise, signal-dependent: σ = sqrt(v·255/peak) (Gaussian approximation, the normal "
+             f"quantised to {SHOT_LEVELS} equal-probability levels: one table look-up per value).",
              frame_rng=True)
 def _shot_noise(peak, rng, shape):
-    bank = _NoiseBank(rng.standard_normal(_bank_size(shape), dtype=np.float32), shape)
-    std_lut = np.sqrt(_V * 255.0 / peak).astype(np.float32).reshape(1, 256)
+    """out = sat(rint(v + σ(v)·z)) with z one of :func:`normal_levels` (|z| ≤ 2.52), read from a bank
+    of uint8 level codes (per-frame resampling takes a window of it, as the other noise ops). The
+    256 × 64 results are precomputed per level, so a frame is one 2-D table look-up per value:
+    ``cv2.calcBackProject`` over (value, code) does it in one pass with no temporaries.
+
+    Micro-bench (480×640×3, per-frame windows of 3 cameras' banks, one OpenCV thread, median of 200
+    calls; 3 processes × 3 runs in each of 2 sessions on the shared 2-core VM at load ≈ 5 and ≈ 1.5):
+    0.70–0.82 ms (median 0.72), no page faults. The float kernel it replaces (σ LUT → float32 × float32
+    noise → saturating add) took 2.7–3.5 ms (median 2.9) in a fresh process, where glibc hands its 8 MB
+    of float32 temporaries back to the OS on every call (1 993 page faults per call; the node's CPU per
+    frame, 2 ms over Gaussian noise's, says it paid that too), and 1.09–1.19 ms (median 1.14) when
+    malloc keeps them (``MALLOC_TRIM_THRESHOLD_`` raised): ≈ 4× and ≈ 1.6× faster. Slower alternatives
+    measured: a numpy gather ``T[(v << 6) | code]`` 1.1–1.9 ms, a σ LUT with int16 fixed point 0.7 ms
+    plus 3.7 MB of temporaries.
+    """
+    q = SHOT_LEVELS
+    bank = _NoiseBank(rng.integers(0, q, _bank_size(shape), dtype=np.uint8), shape)
+    table = np.clip(np.rint(_V[:, None] + np.sqrt(_V * 255.0 / peak)[:, None] * normal_levels(q)), 0, 255)
+    hist = table.astype(np.float32)  # calcBackProject's "histogram": hist[v, code] = output value
+    ranges = [0, 256, 0, q]
 
     def fn(img, mask=None, rng=None):
         img = np.ascontiguousarray(img)
-        std = cv2.LUT(img, std_lut)  # float32 σ per pixel
-        return cv2.add(img, cv2.multiply(std, bank.window(rng)), dtype=cv2.CV_8U)
+        rows = (img.shape[0], -1)
+        codes = bank.window(rng).reshape(rows)
+        return cv2.calcBackProject([img.reshape(rows), codes], [0, 1], hist, ranges, 1).reshape(img.shape)
 
+    fn.torch = ("table", (table.astype(np.uint8), bank))
     return fn
 
 

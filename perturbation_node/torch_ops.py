@@ -5,9 +5,9 @@
 the function it returns with ``fn.torch = (kind, data)``; :func:`to_torch` turns that into a
 torch function ``HxWx3 uint8 tensor → HxWx3 uint8 tensor`` on ``device``. Kinds: ``lut`` (light
 tone curves; bit-identical), ``gain`` (gradient, shadow; ±1 rounding), ``noise`` (Gaussian;
-±1), ``gblur`` (Gaussian blur, separable conv), ``warp`` (viewpoint homographies,
-``grid_sample``), ``paste`` (occlusion; bit-identical). Other ops have no torch path: the
-engine runs them with numpy/OpenCV.
+±1), ``table`` (shot noise, a (value, noise code) table; bit-identical), ``gblur`` (Gaussian
+blur, separable conv), ``warp`` (viewpoint homographies, ``grid_sample``), ``paste`` (occlusion;
+bit-identical). Other ops have no torch path: the engine runs them with numpy/OpenCV.
 """
 from __future__ import annotations
 
@@ -49,6 +49,16 @@ def _noise(bank, device):
 
     noise = torch.as_tensor(bank.window(None), device=device)
     return lambda img: (img.float() + noise).round_().clamp_(0, 255).to(torch.uint8)
+
+
+def _table(data, device):
+    import torch
+
+    table, bank = data  # (256, q) uint8 output per (value, noise code); the episode's window of codes
+    q = table.shape[1]
+    flat = torch.as_tensor(np.ascontiguousarray(table).reshape(-1), device=device)
+    codes = torch.as_tensor(bank.window(None), device=device).long()
+    return lambda img: flat[img.long() * q + codes]
 
 
 def _gauss_kernel(sigma: float, device):
@@ -125,6 +135,8 @@ def to_torch(fn: Callable, device: str, shape: tuple) -> Callable | None:
         return _gain(data, device)
     if kind == "noise":
         return _noise(data, device)
+    if kind == "table":
+        return _table(data, device)
     if kind == "gblur":
         return _gblur(data, device)
     if kind == "warp":

@@ -113,6 +113,30 @@ def test_frame_resampled_noise_changes_per_frame_and_is_reproducible():
         assert not np.array_equal(a, b) and np.array_equal(a, a2), name
 
 
+def test_shot_noise_matches_the_gaussian_approximation_per_value():
+    """Per grey value v, shot noise's output has mean v and std σ(v) = sqrt(v·255/peak) (Gaussian
+    approximation of Poisson noise), for the episode window and for per-frame windows alike; checked
+    where v ± 2.6σ stays inside 0…255 (its levels reach ±2.52σ), so saturation does not bias it."""
+    vals = np.arange(4, 253, 4)
+    img = np.ascontiguousarray(np.broadcast_to(vals[:, None, None], (vals.size, 8192, 3)).astype(np.uint8))
+    for level in (1, 2, 3, 4):
+        peak = ops.get_op("shot_noise").param(level)
+        fn = ops.prepare("shot_noise", level, 7, img.shape)
+        sigma = np.sqrt(vals * 255.0 / peak)
+        inside = (vals - 2.6 * sigma >= 0) & (vals + 2.6 * sigma <= 255)
+        assert inside.sum() >= 3, (level, vals[inside])
+        for frame_rng in (None, ops.make_rng(7, 0, "cam_high", 0, 123)):
+            d = fn(img, None, frame_rng).astype(np.float64) - vals[:, None, None]
+            mean, std = d.mean(axis=(1, 2))[inside], d.std(axis=(1, 2))[inside]
+            s = sigma[inside]
+            assert np.all(np.abs(std / s - 1) < 0.03), (level, vals[inside], std / s)
+            assert np.all(np.abs(mean) < 0.03 * s + 0.05), (level, vals[inside], mean)
+    # near saturation the output is clipped, never wrapped: v = 250 only gets darker on average
+    bright = np.full((64, 64, 3), 250, np.uint8)
+    out = ops.apply("shot_noise", bright, 5, seed=1)
+    assert out.min() < 200 and out.mean() < 250
+
+
 def test_viewpoint_stays_within_five_degrees():
     spec = ops.get_op("viewpoint")
     assert spec.levels[-1][0] <= 5.0
@@ -350,7 +374,7 @@ def test_torch_path_matches_numpy():
 
     from perturbation_node import torch_ops
 
-    assert {"brightness", "gaussian_noise", "gaussian_blur", "viewpoint", "shadow", "occlusion"} <= set(
+    assert {"brightness", "gaussian_noise", "shot_noise", "gaussian_blur", "viewpoint", "shadow", "occlusion"} <= set(
         torch_ops.TORCH_OPS)
     for name in torch_ops.TORCH_OPS:
         for level in (1, 5):
@@ -359,6 +383,8 @@ def test_torch_path_matches_numpy():
             d = np.abs(a.astype(int) - b)
             assert b.shape == IMG.shape and b.dtype == np.uint8
             assert d.mean() < 0.05 and d.max() <= (8 if ops.OPS[name].family == "viewpoint" else 1), (name, level)
+    a = ops.apply("shot_noise", IMG, 4, seed=3)  # the same (value, code) table and codes: bit-identical
+    assert np.array_equal(a, torch_ops.prepare("shot_noise", 4, 3, IMG.shape)(torch.from_numpy(IMG.copy())).numpy())
     with pytest.raises(ValueError, match="'fog'"):
         torch_ops.prepare("fog", 1, 0, IMG.shape)
     # the engine on a torch device: same result (within rounding) as numpy
