@@ -123,6 +123,27 @@ def test_missing_dir_or_camera_is_a_clear_error(tmp_path):
         b.infer(obs)
 
 
+def test_zoo_key_writes_the_checkpoint_once(tmp_path, monkeypatch):
+    """``backend.lerobot.zoo``: a random-weight zoo architecture written on first use into a cache folder
+    named after the spec, loaded from there next time; an unknown kind is a config error."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    spec = {"kind": "act", "size": "tiny", "seed": 3, "cameras": CAMS, "image_size": [H, W]}
+    b = make_backend("lerobot", {"zoo": spec, "device": "cpu", "warmup": 0})
+    assert b.policy_type == "act"
+    (ckpt,) = (tmp_path / "wam_policy" / "zoo").iterdir()  # no temporary folder left behind
+    assert ckpt.name.startswith("act-") and json.loads((ckpt / "zoo.json").read_text())["seed"] == 3
+    stamp = (ckpt / "model.safetensors").stat().st_mtime_ns
+    again = make_backend("lerobot", {"zoo": spec, "device": "cpu", "warmup": 0})
+    assert (ckpt / "model.safetensors").stat().st_mtime_ns == stamp  # reused, not rewritten
+    obs = _obs()
+    assert np.allclose(again.infer(obs).actions, b.infer(obs).actions)
+    other = make_backend("lerobot", {"zoo": dict(spec, seed=4), "device": "cpu", "warmup": 0})
+    assert len(list((tmp_path / "wam_policy" / "zoo").iterdir())) == 2
+    assert not np.allclose(other.infer(obs).actions, b.infer(obs).actions)
+    with pytest.raises(ConfigError, match="backend.lerobot.zoo.kind"):
+        make_backend("lerobot", {"zoo": {"kind": "nope"}})
+
+
 def test_lerobot_backend_drives_the_node(probe, domain_id, tmp_path):
     from std_msgs.msg import String
 

@@ -51,7 +51,52 @@ DEFAULTS = {
     "compile": "",
     "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
     "torch_threads": 0,  # CPU intra-op threads for the inferring thread (0 = torch's default)
+    # a random-weight architecture from wam_policy_node.zoo instead of a trained checkpoint: {kind, size,
+    # seed, cameras, image_size, chunk} (save_random_policy's arguments), written on first use into
+    # ``path``, or when that is "" into $XDG_CACHE_HOME/wam_policy/zoo/<kind>-<hash of the spec>
+    "zoo": {},
 }
+
+
+def zoo_checkpoint(path: str, spec: dict) -> Path:
+    """``backend.lerobot.zoo``: the zoo checkpoint for ``spec``, written on first use (into a temporary
+    folder renamed into place, so parallel eval workers never load a half-written one)."""
+    import hashlib
+    import json
+    import os
+    import shutil
+    import tempfile
+
+    from .. import zoo
+
+    kw = dict(spec)
+    kind = str(kw.pop("kind", ""))
+    if kind not in zoo.kinds():
+        raise ConfigError(f"key 'backend.lerobot.zoo.kind': '{kind}' is not one of {zoo.kinds()}")
+    for key in ("cameras", "image_size"):
+        if kw.get(key):
+            kw[key] = tuple(kw[key])
+    if path:
+        out = Path(path).expanduser()
+    else:
+        digest = hashlib.sha1(json.dumps([kind, kw], sort_keys=True).encode()).hexdigest()[:12]
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        out = cache / "wam_policy" / "zoo" / f"{kind}-{digest}"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        zoo.save_random_policy(kind, tmp, **kw)
+        tmp.rename(out)
+    except OSError:
+        if not (out / "config.json").is_file():  # else another process wrote it first
+            raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"key 'backend.lerobot.zoo': {exc}") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
 
 
 def _local_tokenizer(path: Path) -> dict:
@@ -194,8 +239,8 @@ class LeRobotBackend(Backend):
         merged.update({k: v for k, v in dict(cfg).items() if v is not None})
         super().__init__(merged)
         c = self.cfg
-        path = Path(str(c["path"])).expanduser()
-        if not c["path"] or not (path / "config.json").is_file():
+        path = zoo_checkpoint(str(c["path"]), c["zoo"]) if c["zoo"] else Path(str(c["path"])).expanduser()
+        if not (c["path"] or c["zoo"]) or not (path / "config.json").is_file():
             raise ConfigError(f"key 'backend.lerobot.path': '{c['path']}' is not a LeRobot pretrained directory "
                               "(no config.json)")
         import torch
