@@ -33,9 +33,9 @@ suite:
 """
 
 
-def _eval(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+def _eval(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "eval", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1500)
+                          text=True, timeout=1500, env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -136,11 +136,107 @@ def test_two_workers_give_the_same_table(tmp_path, mini_suite, mini_sequential):
 
 
 def test_ray_local_cluster_gives_the_same_table(tmp_path, mini_suite, mini_sequential):
-    pytest.importorskip("ray")
+    """Ray tasks give the sequential table, with or without a filesystem shared with the driver: one
+    task writes under a folder only it uses (a worker on another machine), the other into the
+    driver's own (a shared filesystem). The driver's store gets every episode exactly once."""
+    ray = pytest.importorskip("ray")
+    import argparse
+
+    from wam_common.evaluation import cli
+    from wam_common.evaluation.runner import run_jobs
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
     out = tmp_path / "ray"
-    _eval("--suite", str(mini_suite), "--out", str(out), "--bags", "none", "--ray", "local", "--workers", "2",
-          "--episodes-per-graph", "2")
+    args = parser.parse_args(["--suite", str(mini_suite), "--out", str(out), "--bags", "none",
+                              "--episodes-per-graph", "2"])
+    jobs, wanted, _, _ = cli.plan(args)
+    assert len(jobs) == 2 and len(wanted) == 4
+    jobs[0].out_dir = str(tmp_path / "worker")
+    try:
+        results = run_jobs(jobs, str(out), workers=2, ray_address="local")
+    finally:
+        ray.shutdown()
+    assert [r.error for r in results] == [None, None]
+    assert len((out / "episodes.jsonl").read_text().splitlines()) == 4  # no episode appended twice
+    assert len(ResultStore(tmp_path / "worker").rows()) == 2  # what the "remote" task wrote where it ran
     assert _outcomes(out) == _outcomes(mini_sequential)
+    keys = ("successes", "episodes", "rate", "ci_lo", "ci_hi")
+    ours, ref = build(ResultStore(out).rows())["expert"], build(ResultStore(mini_sequential).rows())["expert"]
+    assert {c: {k: ours[c][k] for k in keys} for c in ("Clean", "Layout", "Total")} == \
+        {c: {k: ref[c][k] for k in keys} for c in ("Clean", "Layout", "Total")}
+
+
+# Real time on a loaded CI machine: the sim runs at a tenth of real time (``realtime.speed``) so it keeps
+# its own pace, rendering little; a policy's wall-clock latency is then a tenth as many control periods.
+REALTIME = """
+suite:
+  name: realtime
+  task: transfer_cube
+  episodes: 1
+  seed: 500
+  clean: false
+  configurations:
+    - name: clean
+      dimension: Clean
+      sim: {sim_bridge: {max_steps: 100, realtime: {speed: 0.1},
+                         render: {width: 160, height: 120, quality: fast}}}
+"""
+
+
+def _synthetic(path: Path, name: str, latency_ms: float) -> Path:
+    path.write_text(f"name: {name}\nwam_policy_node:\n  backend: {{type: synthetic, synthetic: "
+                    f"{{latency_ms: {latency_ms}, horizon: 10}}}}\n  runtime: {{strategy: sync}}\n")
+    return path
+
+
+def test_realtime_table_shows_inference_time_and_stalls(tmp_path):
+    """``eval --realtime``: the table's "infer ms | stalls" columns are the policies' own. With the sync
+    strategy the robot waits for every chunk: 700 ms wall = 3.5 control periods of the sim's clock, a
+    stall per chunk (10 chunks in 100 steps); an instant policy never leaves a gap."""
+    suite = tmp_path / "realtime.yaml"
+    suite.write_text(REALTIME)
+    out = tmp_path / "rt"
+    _eval("--policy", str(_synthetic(tmp_path / "slow.yaml", "slow", 700)),
+          "--policy", str(_synthetic(tmp_path / "fast.yaml", "fast", 0)),
+          "--suite", str(suite), "--realtime", "--out", str(out), "--bags", "none", "--workers", "2")
+    rows = {r["policy"]: r for r in ResultStore(out).rows()}
+    assert {r["clock"] for r in rows.values()} == {"realtime"} and {r["steps"] for r in rows.values()} == {100}
+    slow, fast = rows["slow"], rows["fast"]
+    assert slow["infer_ms_mean"] >= 700 and fast["infer_ms_mean"] < 50
+    assert slow["stalls"] >= 5, slow
+    assert fast["stalls"] <= 1, fast
+    md = (out / "results.md").read_text()
+    assert "| infer ms | stalls |" in md
+    table = json.loads((out / "results.json").read_text())
+    for name, r in rows.items():
+        assert table[name]["Clean"]["stalls"] == r["stalls"]
+        line = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} |"))
+        assert line.endswith(f"| {r['infer_ms_mean']:.1f} | {r['stalls']} |"), line
+
+
+def test_several_policies_in_one_table(tmp_path):
+    """The expert and a random-weight ACT from the zoo (config/policies/act_random.yaml, its checkpoint
+    written on first use into the cache) side by side, each rate with its Wilson interval."""
+    suite = tmp_path / "one.yaml"
+    suite.write_text("suite: {name: one, task: transfer_cube, episodes: 1, seed: 500}\n")
+    out = tmp_path / "two"
+    _eval("--policy", "expert", "--policy", "act_random", "--suite", str(suite), "--out", str(out),
+          "--bags", "none", "--workers", "2", env={"XDG_CACHE_HOME": str(tmp_path / "cache")})
+    assert len(list((tmp_path / "cache" / "wam_policy" / "zoo").glob("act-*/model.safetensors"))) == 1
+    rows = {r["policy"]: r for r in ResultStore(out).rows()}
+    assert set(rows) == {"expert", "act_random"}
+    assert rows["expert"]["success"] is True  # the upper bound ...
+    assert rows["act_random"]["success"] is False and rows["act_random"]["infer_ms_mean"] > 0  # ... and a floor
+    table = json.loads((out / "results.json").read_text())
+    md = (out / "results.md").read_text()
+    for name, r in rows.items():
+        cell = table[name]["Clean"]
+        k = int(r["success"])
+        assert (cell["successes"], cell["episodes"]) == (k, 1)
+        assert (cell["ci_lo"], cell["ci_hi"]) == pytest.approx(wilson(k, 1))
+        lo, hi = wilson(k, 1)
+        assert f"| {name} | {100 * k:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] (n=1) |" in md
 
 
 def test_bad_suite_is_a_clear_error(tmp_path):

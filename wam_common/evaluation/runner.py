@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +18,7 @@ from ..background_node import BackgroundNode
 from ..config import deep_merge
 from ..graph import load_graph
 from ..launcher import GraphRunner
-from .results import ResultStore
+from .results import ResultStore, episode_key
 
 STOP_ORDER = ["wam_policy_node", "perturbation_node", "sim_bridge", "recorder"]
 
@@ -90,21 +90,29 @@ def graph_overrides(job: Job) -> dict:
 
 
 class _Observer(BackgroundNode):
-    """Episode events, policy status and command timing on one job's domain."""
+    """Episode events, policy status and command timing on one job's domain.
+
+    Command times are read on the sim's ``/clock`` (the robot's time: a sim slowed by
+    ``realtime.speed``, or one that cannot keep real time on a loaded machine, is not a policy
+    stall); a stall is a gap of more than 1.5 control periods between commands."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
+        from rosgraph_msgs.msg import Clock
         from std_msgs.msg import Float64MultiArray, String
 
         from .. import qos, topics
 
         super().__init__("wam_policy_eval_observer", domain_id)
         self.dt = dt
-        self.count_stalls = count_stalls  # wall-clock command gaps mean something only in realtime
+        self.count_stalls = count_stalls  # command gaps mean something only in realtime
         self.lock = threading.Condition()
         self.events: list[dict] = []
         self.cur_infer: list[float] = []
         self.cur_cmd_t: list[float] = []
+        self.clock_s: float | None = None
         self.per_episode: dict[int, dict] = {}
+        # created before the command subscription: when both are ready, the clock is read first
+        self.node.create_subscription(Clock, topics.CLOCK, self._on_clock, 10)
         self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
         self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.STATUS)
         self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
@@ -137,9 +145,14 @@ class _Observer(BackgroundNode):
             with self.lock:
                 self.cur_infer.append(float(ms))
 
+    def _on_clock(self, msg):
+        with self.lock:
+            self.clock_s = msg.clock.sec + msg.clock.nanosec * 1e-9
+
     def _on_command(self, _msg):
         with self.lock:
-            self.cur_cmd_t.append(time.monotonic())
+            if self.clock_s is not None:
+                self.cur_cmd_t.append(self.clock_s)
 
 
 def run_job(job: Job, store_dir: str | None = None) -> JobResult:
@@ -207,7 +220,12 @@ def run_jobs(jobs: list[Job], store_dir: str, workers: int = 1, ray_address: str
              on_result=None) -> list[JobResult]:
     """Run jobs with ``workers`` local processes, or on Ray (``ray_address``: "local", "auto" or host:port).
 
-    ``on_result(JobResult)`` is called in the parent as each job finishes (progress, ETA)."""
+    Local workers append to ``store_dir`` themselves. A Ray task may run on another machine: it
+    writes under its job's ``out_dir`` there (which is ``store_dir`` when the CLI plans the jobs)
+    and returns its rows, which the driver appends to ``store_dir`` unless already present. So the
+    table is complete with or without a filesystem shared with the workers; bags and logs stay on
+    the machine that ran the episode. ``on_result(JobResult)`` is called in the parent as each job
+    finishes (progress, ETA)."""
     results: list[JobResult] = []
     if ray_address:
         import ray
@@ -218,12 +236,22 @@ def run_jobs(jobs: list[Job], store_dir: str, workers: int = 1, ray_address: str
             else:
                 ray.init(address=ray_address, log_to_driver=False)
         remote = ray.remote(num_cpus=1)(_run_job_dict)
-        pending = {remote.remote(asdict(j), store_dir): j for j in jobs}
+        # a task writes its rows, bags and logs under the job's out_dir on the machine it runs on;
+        # the driver's table is built from ITS store, so it appends the rows each task returns
+        # (skipping episodes already there: with a shared filesystem the task wrote them itself)
+        store = ResultStore(store_dir)
+        # absolute: a task's working directory is not the driver's
+        jobs = [replace(j, out_dir=str(Path(j.out_dir).absolute())) for j in jobs]
+        pending = {remote.remote(asdict(j), j.out_dir): j for j in jobs}
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             for ref in done:
                 pending.pop(ref)
                 r = JobResult(**ray.get(ref))
+                have = store.done()
+                for row in r.rows:
+                    if episode_key(row) not in have:
+                        store.append(row)
                 results.append(r)
                 if on_result:
                     on_result(r)

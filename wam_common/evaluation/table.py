@@ -3,7 +3,7 @@
 Rows are policies; columns Clean, then the study's dimensions (Camera, Robot, Language, Light,
 Background, Noise, Layout) — each the success rate over all its levels and seeds — and Total
 (all perturbed episodes, as in LIBERO-Plus). Next to success: mean inference ms and stalls
-(command gaps > 1.5 control periods), which ``--clock realtime`` makes meaningful.
+(command gaps > 1.5 control periods of the sim's clock), which ``--clock realtime`` makes meaningful.
 """
 from __future__ import annotations
 
