@@ -37,7 +37,7 @@ def normal_scheduling() -> None:
     changed = False
     for tid in tids:
         try:
-            if os.sched_getscheduler(tid) != os.SCHED_OTHER:
+            if os.sched_getscheduler(tid) in (os.SCHED_FIFO, os.SCHED_RR):  # BATCH/IDLE do not busy-wait
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
                 changed = True
         except (AttributeError, OSError):  # not Linux, not permitted, or the thread ended
