@@ -19,8 +19,8 @@ the connection's episode state survives a held step.
 
 Many clients, one model: requests run one at a time on a single inference thread, in arrival order.
 Episode state is per connection: a backend that loads a model (``lerobot``) is built once and the
-per-episode attributes its ``reset`` re-creates (``EPISODE_STATE``: RTC's last chunk, Diffusion's
-observation queues) are swapped in for the connection whose request runs; a model-free backend
+per-episode attributes its ``reset`` re-creates (``Backend.episode_state``: RTC's last chunk,
+Diffusion's observation queues) are swapped in for the connection whose request runs; a model-free backend
 (``expert``, ``replay``, ``synthetic``, ...) is built per connection. A streaming backend (LingBot-VA:
 ``observe`` at every step) is refused: openpi's request/reply protocol has no per-step observations.
 """
@@ -45,9 +45,6 @@ from .backends import Backend, BackendError, Observation, make_backend, msgpack_
 
 log = logging.getLogger("wam_policy.server")
 
-#: backend type → attributes (dotted paths) holding its per-episode state; a backend listed here is
-#: built ONCE and shared by every connection, the others are built per connection
-EPISODE_STATE: dict[str, tuple[str, ...]] = {"lerobot": ("_last_raw", "_prev_raw", "policy._queues")}
 PROTOCOL = 1
 _MISSING = object()
 
@@ -132,7 +129,8 @@ class PolicyServer:
             raise ConfigError(f"backend '{btype}' streams observations (observe() at every step): it cannot be "
                               "served over openpi's request/reply protocol; run it in wam_policy_node")
         self.flags = {k: bool(getattr(template, k)) for k in ("needs_images", "needs_privileged", "supports_rtc")}
-        self.shared = template if btype in EPISODE_STATE else None
+        # a backend naming its episode state is built ONCE and shared; the others per connection
+        self.shared = template if template.episode_state else None
         if self.shared is None:
             template.close()
         self.metadata = {"policy": name or btype, "backend": btype,
@@ -160,11 +158,11 @@ class PolicyServer:
         """Give the shared backend to session ``s``: park its holder's episode state, restore s's."""
         if self.shared is None or self._owner is s:
             return
-        attrs = EPISODE_STATE[self.btype]
+        attrs = self.shared.episode_state
         if self._owner is not None:
             self._owner.state = {a: _get(self.shared, a) for a in attrs}
         if s.state is None:
-            self.shared.reset(s.episode)  # re-creates every attribute in EPISODE_STATE
+            self.shared.reset(s.episode)  # re-creates every attribute in episode_state
         else:
             for a, v in s.state.items():
                 _set(self.shared, a, v)

@@ -65,6 +65,10 @@ class Backend:
     # the model assumes each chunk ran to its end as predicted before the next inference: the node
     # refuses any runtime but ``strategy: sync`` with ``execute_steps: 0``
     requires_sync_runtime = False
+    # attributes (dotted paths) that reset() re-creates and that hold one episode's state: a policy
+    # server (wam_policy_node/server.py) shares one instance among connections by swapping them;
+    # () = the backend is cheap to build and the server builds one per connection
+    episode_state: tuple[str, ...] = ()
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = dict(cfg)

@@ -234,6 +234,9 @@ STREAMING = {"lingbot_va": _LingBotVA}  # policy type → its observe/infer adap
 
 @register_backend("lerobot")
 class LeRobotBackend(Backend):
+    # what reset() re-creates: RTC's last chunk, the policies' own queues (Diffusion's observations)
+    episode_state = ("_last_raw", "_prev_raw", "policy._queues")
+
     def __init__(self, cfg):
         merged = dict(DEFAULTS)
         merged.update({k: v for k, v in dict(cfg).items() if v is not None})
