@@ -329,7 +329,7 @@ def main(args=None) -> int:
     # One thread: no callback blocks, the GIL serialises the Python part anyway (OpenCV uses its own
     # threads), and rclpy's single-threaded executor costs about half the CPU per message
     # (bench/perturb.py: ~1.5–2 ms vs ~3–4 ms per 480×640 frame on this machine).
-    return run_node(PerturbationNode, NAME, args, threads=1)
+    return run_node(PerturbationNode, NAME, args)
 
 
 if __name__ == "__main__":

@@ -415,9 +415,7 @@ class SimBridge(Node):
 
 
 def main(args=None) -> int:
-    # one subscription (commands) and a short callback: physics and rendering run in the bridge's own
-    # loop thread, which a multi-threaded executor's spinning main thread would only compete with
-    return run_node(SimBridge, "sim_bridge", args, threads=1)
+    return run_node(SimBridge, "sim_bridge", args)
 
 
 if __name__ == "__main__":

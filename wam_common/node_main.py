@@ -5,7 +5,7 @@ into one clear line on stderr and exit status 2. SIGINT/SIGTERM shut the node do
 (rclpy's own SIGINT/SIGTERM handlers shut the context down; the node's ``close()`` then
 runs, so the recorder closes its bag).
 
-Executor: single-threaded unless a node asks for more (``executor_threads``). rclpy's multi-threaded executor
+Executor: single-threaded unless a node's ``main`` passes ``threads``. rclpy's multi-threaded executor
 keeps its main thread busy taking the GIL, which starved the other threads: a GPU forward in
 ``wam_policy_node`` took 1.5-3x longer and answered seconds late (docs/results/node_overhead_gpu.md),
 and the recorder's callbacks stalled up to 1 s, so a reliable reader's keep-last history was
@@ -59,9 +59,7 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str
             print(f"[{name}] config error: {exc}", file=sys.stderr, flush=True)
             return 2
         # threads <= 1: a SingleThreadedExecutor (about half the per-callback CPU of the
-        # multi-threaded one in rclpy; for nodes whose callbacks never block). A node may say
-        # what it needs once its parameters are read (``executor_threads``).
-        threads = int(getattr(node, "executor_threads", threads))
+        # multi-threaded one in rclpy, and no spinning main thread taking the GIL: see above)
         executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
         try:

@@ -126,7 +126,6 @@ class Recorder(Node):
         super().__init__("recorder", **kwargs)
         cfg = declare_tree(self, DEFAULTS)
         self.cfg = cfg
-        self.executor_threads = 1  # see the module docstring
         typed = _topic_types(cfg["topic_types"])
         topics = _str_list(cfg["topics"], "topics") or default_topics()
         excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
