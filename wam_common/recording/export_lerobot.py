@@ -86,8 +86,9 @@ def read_episodes(bag_paths, cameras=T.CAMERAS, perturbed: bool = False) -> list
                         waiting, pending = None, {}
                     elif ev.get("event") == "end" and cur is not None:
                         cur.success = bool(ev.get("success"))
-                        if _stamp(ev):  # steps of the next episode written before this event
-                            cur.steps = [s for s in cur.steps if s.stamp < _stamp(ev)]
+                        end_ns = _stamp(ev)
+                        if end_ns:  # steps of the next episode written before this event
+                            cur.steps = [s for s in cur.steps if s.stamp < end_ns]
                         out.append(cur)
                         cur = None
                 elif m.topic == instr_topic:
