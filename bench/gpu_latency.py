@@ -44,9 +44,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _proc import SELF_RESIZING, lerobot_mode  # noqa: E402
 
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
-SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam")
 WAMS = ("fastwam", "lingbot_va")  # sized by --wam-size / --wam-layers
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 # (kind, mode) in priority order: a run out of budget drops the tail
@@ -108,8 +108,7 @@ def run_job(kind, mode, path, args, dev) -> dict:
     res = {"kind": kind, "mode": mode}
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    cfg = {"path": str(path), "device": str(dev), "engine": "fast" if mode == "fast" else "eager",
-           "compile": "reduce-overhead" if mode == "compile" else "", "warmup": args.warmup}
+    cfg = {"path": str(path), "device": str(dev), "warmup": args.warmup, **lerobot_mode(mode)}
     t0 = time.perf_counter()
     with _tiny_ctx(kind, args.tiny):
         b = LeRobotBackend(cfg)

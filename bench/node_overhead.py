@@ -35,8 +35,7 @@ os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
 CAMS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 
-
-SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam")  # resize on their device: the node sends frames as published
+from _proc import SELF_RESIZING, lerobot_mode  # noqa: E402  (bench/ is on sys.path: it holds this script)
 
 
 def save_policy(kind: str, d: Path, device: str, gpu: bool, h: int, w: int, chunk: int) -> Path:
@@ -78,8 +77,7 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
     from wam_common.imageio import Stamp, encode_image
     from wam_common.launcher import GraphRunner
 
-    bcfg = {"path": str(d), "device": device, "warmup": 2, "torch_threads": threads,
-            "engine": "fast" if mode == "fast" else "eager", "compile": "reduce-overhead" if mode == "compile" else ""}
+    bcfg = {"path": str(d), "device": device, "warmup": 2, "torch_threads": threads, **lerobot_mode(mode)}
     obs = {"cameras": list(CAMS), "image_keys": list(CAMS)}
     if resize is not None:
         obs["resize"] = list(resize)
