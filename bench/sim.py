@@ -179,23 +179,19 @@ def main(argv=None) -> int:
     n_render = 5 if args.quick else 10
     out = {"bench": "sim", "host": os.uname().nodename, "cpus": os.cpu_count(), "mujoco_gl": os.environ.get("MUJOCO_GL"),
            "loadavg_start": [round(x, 2) for x in os.getloadavg()]}
-    if args.bridge_only:
-        out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, h, w, every) for h, w in sizes for every in (1, 2)]
-        out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
-        print(json.dumps(out, indent=1))
-        return 0
-    out["physics"] = {t: bench_physics(t, steps) for t in TASKS}
-    try:
-        import sapien  # noqa: F401
+    if not args.bridge_only:
+        out["physics"] = {t: bench_physics(t, steps) for t in TASKS}
+        try:
+            import sapien  # noqa: F401
 
-        out["physics_sapien"] = {t: bench_physics(t, steps, "sapien") for t in TASKS}
-    except ImportError:
-        out["physics_sapien"] = "SAPIEN not installed (requirements-sapien.txt)"
-    out["render_ms"], out["gl_renderer"] = bench_render(n_render)
-    out["render_ms_fast"], _ = bench_render(n_render, "fast")
-    out["core_rtf"] = bench_core(40 if args.quick else 100)
-    out["core_rtf_fast"] = bench_core(40 if args.quick else 100, "fast", RESOLUTIONS[1:2])
-    if not args.no_bridge:
+            out["physics_sapien"] = {t: bench_physics(t, steps, "sapien") for t in TASKS}
+        except ImportError:
+            out["physics_sapien"] = "SAPIEN not installed (requirements-sapien.txt)"
+        out["render_ms"], out["gl_renderer"] = bench_render(n_render)
+        out["render_ms_fast"], _ = bench_render(n_render, "fast")
+        out["core_rtf"] = bench_core(40 if args.quick else 100)
+        out["core_rtf_fast"] = bench_core(40 if args.quick else 100, "fast", RESOLUTIONS[1:2])
+    if args.bridge_only or not args.no_bridge:
         out["bridge_rtf"] = [bench_bridge(100 if args.quick else 200, h, w, every) for h, w in sizes for every in (1, 2)]
     out["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     print(json.dumps(out, indent=1))
