@@ -1,4 +1,4 @@
-"""Inference engines for LeRobot flow-matching policies (π0, π0.5), used by the ``lerobot`` backend.
+"""Inference engines for LeRobot flow-matching policies (π0, π0.5, SmolVLA), used by the ``lerobot`` backend.
 
 One entry point::
 
@@ -9,17 +9,22 @@ One entry point::
 
 ``batch`` is what LeRobot's pre-processor (``make_pre_post_processors``) produces; the output goes
 through LeRobot's post-processor unchanged. ``impl="eager"`` is LeRobot's own forward (the
-reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEngine`.
-``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
+reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEngine` (π0, π0.5) or
+:class:`~wam_policy_node.engines.smolvla_flow.SmolVLAFlowEngine` (SmolVLA), both built on
+``engines._common.FlowEngine``. ``supports(policy_type)`` says whether a fast engine exists for a
+LeRobot policy type.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
-from .pi_flow import EngineError, PiFlowEngine
+from ._common import EngineError, FlowEngine
+from .pi_flow import PiFlowEngine
 from .reference import EagerEngine
+from .smolvla_flow import SmolVLAFlowEngine
 
-FAST_TYPES = ("pi0", "pi05")
+FAST_ENGINES: dict[str, type[FlowEngine]] = {"pi0": PiFlowEngine, "pi05": PiFlowEngine, "smolvla": SmolVLAFlowEngine}
+FAST_TYPES = tuple(FAST_ENGINES)
 IMPLS = ("fast", "eager")
 
 
@@ -29,10 +34,11 @@ def supports(policy_type: str) -> bool:
 
 def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str = "cuda",
                 dtype: str = "bfloat16", cuda_graph: bool = True, config=None):
-    """Load a LeRobot π0/π0.5 checkpoint directory (config.json + model.safetensors)."""
+    """Load a LeRobot π0/π0.5/SmolVLA checkpoint directory (config.json + model.safetensors)."""
     if impl not in IMPLS:
         raise EngineError(f"engine impl {impl!r}: expected one of {IMPLS}")
     if config is None:
+        import lerobot.policies  # noqa: F401 - registers the policy config types
         from lerobot.configs import PreTrainedConfig
 
         if not (Path(pretrained_dir) / "config.json").is_file():
@@ -42,15 +48,16 @@ def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str =
         return EagerEngine.from_pretrained(pretrained_dir, device=device, dtype=dtype, config=config)
     if not supports(config.type):
         raise EngineError(f"no fast engine for policy type {config.type!r} (have {FAST_TYPES}); use impl='eager'")
-    return PiFlowEngine.from_pretrained(pretrained_dir, device=device, dtype=dtype, cuda_graph=cuda_graph,
-                                        config=config)
+    return FAST_ENGINES[config.type].from_pretrained(pretrained_dir, device=device, dtype=dtype,
+                                                     cuda_graph=cuda_graph, config=config)
 
 
-def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True) -> PiFlowEngine:
-    """Fast engine over an already loaded LeRobot π0/π0.5 policy (weights converted on its device)."""
+def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True) -> FlowEngine:
+    """Fast engine over an already loaded LeRobot π0/π0.5/SmolVLA policy (weights converted on its device)."""
     if not supports(policy.config.type):
         raise EngineError(f"no fast engine for policy type {policy.config.type!r}")
-    return PiFlowEngine.from_policy(policy, dtype=dtype, cuda_graph=cuda_graph)
+    return FAST_ENGINES[policy.config.type].from_policy(policy, dtype=dtype, cuda_graph=cuda_graph)
 
 
-__all__ = ["EngineError", "EagerEngine", "PiFlowEngine", "make_engine", "load_fast", "supports", "FAST_TYPES"]
+__all__ = ["EngineError", "EagerEngine", "FlowEngine", "PiFlowEngine", "SmolVLAFlowEngine", "make_engine",
+           "load_fast", "supports", "FAST_TYPES", "FAST_ENGINES"]

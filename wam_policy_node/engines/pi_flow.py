@@ -26,23 +26,25 @@ eager reference for it.
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-IMAGE_PREFIX = "observation.images."
-TOKENS = "observation.language.tokens"
-TOKEN_MASK = "observation.language.attention_mask"
-STATE = "observation.state"
-
-
-class EngineError(RuntimeError):
-    """Checkpoint or input problem; the message names the key."""
-
+from ._common import (  # noqa: F401 - the names other modules import from here
+    IMAGE_PREFIX,
+    STATE,
+    TOKEN_MASK,
+    TOKENS,
+    EngineError,
+    FlowEngine,
+    SigLIP,
+    act_fn,
+    as_nchw,
+    bind_fns,
+    cos_sin,
+)
 
 # ----------------------------------------------------------------------------------------------
 # weights
@@ -58,22 +60,6 @@ class _GemmaLayer:
     down: torch.Tensor  # (W, M)
 
 
-@dataclass
-class _VisionLayer:
-    ln1_w: torch.Tensor
-    ln1_b: torch.Tensor
-    qkv_w: torch.Tensor
-    qkv_b: torch.Tensor
-    o_w: torch.Tensor
-    o_b: torch.Tensor
-    ln2_w: torch.Tensor
-    ln2_b: torch.Tensor
-    fc1_w: torch.Tensor
-    fc1_b: torch.Tensor
-    fc2_w: torch.Tensor
-    fc2_b: torch.Tensor
-
-
 def _rope_inv_freq(cfg, head_dim: int) -> torch.Tensor:
     params = getattr(cfg, "rope_parameters", None) or {}
     rope_type = params.get("rope_type", "default")
@@ -81,19 +67,6 @@ def _rope_inv_freq(cfg, head_dim: int) -> torch.Tensor:
         raise EngineError(f"rope_type {rope_type!r} not supported by the fast engine")
     base = params.get("rope_theta", getattr(cfg, "rope_theta", 10000.0))
     return 1.0 / (base ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
-
-
-def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
-    return F.gelu(x, approximate="tanh")
-
-
-def _act(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
-    # module-level functions (stable identities: compiled code is reused across engines)
-    if name in ("gelu_pytorch_tanh", "gelu_fast", "gelu_new"):
-        return _gelu_tanh
-    if name == "gelu":
-        return F.gelu
-    raise EngineError(f"activation {name!r} not supported by the fast engine")
 
 
 class _Weights:
@@ -115,28 +88,9 @@ class _Weights:
             return t.to(device=device, dtype=dt)
 
         P = "paligemma_with_expert.paligemma.model."
-        V = P + "vision_tower.vision_model."
-        vd = vision_dtype
-        self.patch_w = w(V + "embeddings.patch_embedding.weight", vd)
-        self.patch_b = w(V + "embeddings.patch_embedding.bias", vd)
-        self.pos_emb = w(V + "embeddings.position_embedding.weight", vd)
-        self.vision_layers = []
-        for i in range(self.vision_cfg.num_hidden_layers):
-            L = f"{V}encoder.layers.{i}."
-            self.vision_layers.append(_VisionLayer(
-                ln1_w=w(L + "layer_norm1.weight", vd), ln1_b=w(L + "layer_norm1.bias", vd),
-                qkv_w=torch.cat([w(L + f"self_attn.{p}_proj.weight", vd) for p in "qkv"]),
-                qkv_b=torch.cat([w(L + f"self_attn.{p}_proj.bias", vd) for p in "qkv"]),
-                o_w=w(L + "self_attn.out_proj.weight", vd), o_b=w(L + "self_attn.out_proj.bias", vd),
-                ln2_w=w(L + "layer_norm2.weight", vd), ln2_b=w(L + "layer_norm2.bias", vd),
-                fc1_w=w(L + "mlp.fc1.weight", vd), fc1_b=w(L + "mlp.fc1.bias", vd),
-                fc2_w=w(L + "mlp.fc2.weight", vd), fc2_b=w(L + "mlp.fc2.bias", vd),
-            ))
-        self.post_ln_w = w(V + "post_layernorm.weight", vd)
-        self.post_ln_b = w(V + "post_layernorm.bias", vd)
-        self.proj_w = w(P + "multi_modal_projector.linear.weight", vd)
-        self.proj_b = w(P + "multi_modal_projector.linear.bias", vd)
-        self.vision_act = _act(self.vision_cfg.hidden_act)
+        self.vision = SigLIP.load(w, P + "vision_tower.vision_model.", self.vision_cfg, vision_dtype)
+        self.proj_w = w(P + "multi_modal_projector.linear.weight", vision_dtype)
+        self.proj_b = w(P + "multi_modal_projector.linear.bias", vision_dtype)
 
         LM = P + "language_model."
         try:
@@ -146,12 +100,12 @@ class _Weights:
         self.embed_scale = torch.tensor(self.text_cfg.hidden_size ** 0.5).to(dtype).to(device)
         self.text_layers = [self._gemma_layer(w, f"{LM}layers.{i}.", adarms=False)
                             for i in range(self.text_cfg.num_hidden_layers)]
-        self.text_act = _act(self.text_cfg.hidden_activation or self.text_cfg.hidden_act)
+        self.text_act = act_fn(self.text_cfg.hidden_activation or self.text_cfg.hidden_act)
 
         E = "paligemma_with_expert.gemma_expert.model."
         self.expert_layers = [self._gemma_layer(w, f"{E}layers.{i}.", adarms=pi05)
                               for i in range(self.expert_cfg.num_hidden_layers)]
-        self.expert_act = _act(self.expert_cfg.hidden_activation or self.expert_cfg.hidden_act)
+        self.expert_act = act_fn(self.expert_cfg.hidden_activation or self.expert_cfg.hidden_act)
         # adaRMS dense layers (π0.5): kept for the start-up precomputation only
         self.adarms: list[tuple[torch.Tensor, torch.Tensor]] = []
         if pi05:
@@ -218,22 +172,10 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
-def _cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
     freqs = pos[..., None].float() * inv_freq
     emb = torch.cat((freqs, freqs), dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)  # (B, N, D)
-
-
-def _vision_layer(x, ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b, *,
-                  heads: int, eps: float, act):
-    n, p, d = x.shape
-    hd = d // heads
-    h = F.layer_norm(x, (d,), ln1_w, ln1_b, eps)
-    q, k, v = F.linear(h, qkv_w, qkv_b).view(n, p, 3, heads, hd).permute(2, 0, 3, 1, 4)
-    a = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
-    x = x + F.linear(a.transpose(1, 2).reshape(n, p, d), o_w, o_b)
-    h = F.layer_norm(x, (d,), ln2_w, ln2_b, eps)
-    return x + F.linear(act(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
 
 
 def _text_layer(x, cos, sin, key_mask, a1, qkv_w, o_w, a2, gate_up_w, down_w, *, heads: int, head_dim: int,
@@ -306,97 +248,50 @@ def _suffix_out(x, a, b, x_t, out_w, out_b, *, eps: float, chunk: int, dt: float
 # engine
 
 
-class PiFlowEngine:
+class PiFlowEngine(FlowEngine):
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)`` for π0 / π0.5."""
 
     def __init__(self, config, weights: _Weights, *, device, cuda_graph: bool = True, compile: bool | None = None):
-        self.config = config
+        super().__init__(config, device=device, cuda_graph=cuda_graph, compile=compile)
         self.w = weights
-        self.device = torch.device(device)
         self.dtype = weights.dtype
         self.pi05 = weights.pi05
-        self.cuda_graph = cuda_graph and self.device.type == "cuda"
-        self.compile = (self.device.type == "cuda") if compile is None else compile
-        self.image_keys = list(config.image_features)
-        self.chunk = config.chunk_size
-        self.max_action_dim = config.max_action_dim
-        self.action_dim = config.output_features["action"].shape[0]
         self.steps = config.num_inference_steps
-        self._graphs: dict[tuple, Any] = {}
-        self._static: dict[tuple, dict] = {}
-        self.startup: dict[str, float] = {}
         self._precompute_time()
         self._build_fns()
 
     # ---- construction -------------------------------------------------------------------------
 
     @classmethod
-    def from_pretrained(cls, pretrained_dir: str | Path, *, device="cuda", dtype=torch.bfloat16,
-                        vision_dtype=None, cuda_graph: bool = True, compile: bool | None = None,
-                        config=None) -> "PiFlowEngine":
-        from safetensors import safe_open
-
-        t0 = time.perf_counter()
-        pretrained_dir = Path(pretrained_dir)
-        if config is None:
-            from lerobot.configs import PreTrainedConfig
-
-            config = PreTrainedConfig.from_pretrained(pretrained_dir)
-        skeleton = _skeleton(config)
-        path = pretrained_dir / "model.safetensors"
-        if not path.is_file():
-            raise EngineError(f"{path}: no model.safetensors")
-        dev = torch.device(device)
-        load_dev = "cpu" if dev.type == "cpu" else str(dev if dev.index is not None else torch.device("cuda", 0))
-        with safe_open(str(path), framework="pt", device=load_dev) as fh:
-            keys = set(fh.keys())
-            shapes = {n: tuple(p.shape) for n, p in skeleton.named_parameters()}
-
-            def get(name: str) -> torch.Tensor:
-                full = name if name in keys else f"model.{name}"
-                if full not in keys:
-                    alt = _legacy_key(name, config.type)
-                    full = alt if alt in keys else f"model.{alt}" if f"model.{alt}" in keys else None
-                    if full is None:
-                        raise KeyError(name)
-                t = fh.get_tensor(full)
-                if name in shapes and tuple(t.shape) != shapes[name]:
-                    raise EngineError(f"{path}: {full} has shape {tuple(t.shape)}, expected {shapes[name]}")
-                return t
-
-            weights = _gather(get, skeleton, config, dtype, vision_dtype, dev)
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        eng = cls(config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
-        eng.startup["load_s"] = time.perf_counter() - t0
-        return eng
+    def _skeleton(cls, config):
+        if config.type == "pi0":
+            from lerobot.policies.pi0.modeling_pi0 import PI0Pytorch as model_cls
+        elif config.type == "pi05":
+            from lerobot.policies.pi05.modeling_pi05 import PI05Pytorch as model_cls
+        else:
+            raise EngineError(f"policy type {config.type!r} has no π fast engine (pi0, pi05)")
+        with torch.device("meta"):
+            return model_cls(config)
 
     @classmethod
-    def from_policy(cls, policy, *, device=None, dtype=torch.bfloat16, vision_dtype=None,
-                    cuda_graph: bool = True, compile: bool | None = None) -> "PiFlowEngine":
-        """Build from an already loaded LeRobot policy (its tensors are converted, not shared)."""
-        model = policy.model
-        sd = {k: v for k, v in model.state_dict().items()}
-        dev = torch.device(device) if device is not None else next(model.parameters()).device
+    def _weights(cls, get, skeleton, config, dtype, vision_dtype, device) -> _Weights:
+        return _Weights(get, skeleton, pi05=config.type == "pi05", dtype=dtype, vision_dtype=vision_dtype,
+                        device=device)
 
-        def get(name):
-            if name not in sd:
-                raise KeyError(name)
-            return sd[name]
-
-        weights = _gather(get, model, policy.config, dtype, vision_dtype, dev)
-        return cls(policy.config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
+    @staticmethod
+    def _legacy_key(name: str, policy_type: str) -> str:
+        # openpi-era names (LeRobot's _fix_pytorch_state_dict_keys)
+        if policy_type == "pi0" and name.startswith("action_time_mlp_"):
+            return name.replace("action_time_mlp_", "time_mlp_")
+        if policy_type == "pi05" and name.startswith("time_mlp_"):
+            return name.replace("time_mlp_", "action_time_mlp_")
+        return name
 
     def _build_fns(self):
-        """The layer functions with their constant keyword arguments; compiled on CUDA.
-
-        Each function is compiled once per shape/dtype (the weights are arguments, so all the
-        layers of a stack share one compiled graph, and so do engines of the same shapes).
-        """
+        """The layer functions with their constant keyword arguments; compiled on CUDA (``bind_fns``)."""
         w = self.w
-        vc = w.vision_cfg
         specs = {
-            "vision": (_vision_layer, dict(heads=vc.num_attention_heads, eps=vc.layer_norm_eps, act=w.vision_act)),
+            "vision": w.vision.spec(),
             "text": (_text_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
                                        last=False)),
             "text_last": (_text_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.text_eps, act=w.text_act,
@@ -406,17 +301,7 @@ class PiFlowEngine:
             else (_suffix_in_pi0, dict(dtype=self.dtype)),
             "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk, dt=self.dt)),
         }
-        compiled = {}
-        if self.compile:
-            import torch._dynamo
-
-            cfg = torch._dynamo.config
-            cfg.recompile_limit = max(cfg.recompile_limit, 64)
-            cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
-            for fn, _ in specs.values():
-                if fn not in compiled:
-                    compiled[fn] = _compiled(fn)
-        self.fn = {name: _bind(compiled.get(fn, fn), kw) for name, (fn, kw) in specs.items()}
+        self.fn = bind_fns(specs, self.compile)
 
     # ---- time-only terms ------------------------------------------------------------------------
 
@@ -449,13 +334,8 @@ class PiFlowEngine:
 
     def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) in [-1, 1] → (N, P, text width) image tokens in the model dtype."""
-        w, cfg = self.w, self.w.vision_cfg
-        x = F.conv2d(pixels.to(w.vision_dtype), w.patch_w, w.patch_b, stride=cfg.patch_size)
-        x = x.flatten(2).transpose(1, 2) + w.pos_emb
-        for L in w.vision_layers:
-            x = self.fn["vision"](x, L.ln1_w, L.ln1_b, L.qkv_w, L.qkv_b, L.o_w, L.o_b, L.ln2_w, L.ln2_b,
-                                  L.fc1_w, L.fc1_b, L.fc2_w, L.fc2_b)
-        x = F.layer_norm(x, (x.shape[-1],), w.post_ln_w, w.post_ln_b, cfg.layer_norm_eps)
+        w = self.w
+        x = w.vision.encode(self.fn["vision"], pixels)
         return F.linear(x, w.proj_w, w.proj_b).to(self.dtype)
 
     def _prefix(self, s: dict):
@@ -470,7 +350,7 @@ class PiFlowEngine:
         pad = torch.cat([s["img_mask"].repeat_interleave(p, dim=1), s["token_mask"]], dim=1)  # (B, L)
         L = pad.shape[1]
         pos = torch.cumsum(pad, dim=1) - 1
-        cos, sin = _cos_sin(pos, w.text_inv_freq, self.dtype)
+        cos, sin = cos_sin(pos, w.text_inv_freq, self.dtype)
         # (B, 1, 1, L) additive: bidirectional among valid tokens (LeRobot masks padded keys)
         key_mask = torch.zeros(pad.shape, dtype=self.dtype, device=pad.device).masked_fill_(~pad, -math.inf)
         key_mask = key_mask[:, None, None, :]
@@ -491,7 +371,7 @@ class PiFlowEngine:
         full = full[:, None].expand(b, H, S, lp + S).reshape(b, H * S, lp + S)
         s["suffix_mask"].copy_(torch.zeros(full.shape, device=pad.device).masked_fill_(~full, -math.inf))
         spos = pad.sum(dim=1, keepdim=True) + torch.arange(S, device=pad.device)[None, :]
-        c, sn = _cos_sin(spos, w.expert_inv_freq, self.dtype)
+        c, sn = cos_sin(spos, w.expert_inv_freq, self.dtype)
         s["scos"].copy_(c)
         s["ssin"].copy_(sn)
 
@@ -554,10 +434,13 @@ class PiFlowEngine:
                                        dtype=torch.int64, device=dev),
             "prefix_len": L,
         }
-        if dev.type == "cuda":
-            s["pinned"] = {k: torch.empty(s[k].shape, dtype=s[k].dtype, pin_memory=True)
-                           for k in ("images", "img_mask", "tokens", "token_mask", "state", "noise")}
-        return s
+        return self._pin(s, ("images", "img_mask", "tokens", "token_mask", "state", "noise"))
+
+    def _shape_key(self, batch: dict) -> tuple:
+        tokens = batch.get(TOKENS)
+        if tokens is None:
+            raise EngineError(f"batch needs {TOKENS!r}")
+        return tuple(tokens.shape)  # (B, prompt length)
 
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
@@ -567,36 +450,21 @@ class PiFlowEngine:
         present = [k for k in self.image_keys if k in batch]
         if not present:
             raise EngineError(f"no image in the batch; expected one of {self.image_keys}")
-        pinned = s.get("pinned")
-        if s.get("h2d_done") is not None:
-            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
-
-        def put(name, value, sl=slice(None), key=None):
-            dst = s[name][sl]
-            if tuple(value.shape) != tuple(dst.shape):
-                raise EngineError(f"{key or name}: shape {tuple(value.shape)}, expected {tuple(dst.shape)} "
-                                  f"(batch size and prompt length must match the batch's tokens)")
-            if value.device.type == "cpu" and pinned is not None:
-                pin = pinned[name][sl]
-                pin.copy_(value)
-                dst.copy_(pin, non_blocking=True)
-            else:
-                dst.copy_(value)
-
+        self._begin_stage(s)
         img_mask = torch.ones(b, ncam, dtype=torch.bool)
         for ci, key in enumerate(self.image_keys):
             sl = slice(ci, None, ncam)  # images are laid out (B, ncam) → row b*ncam + ci
             if key in batch:
-                put("images", self._image(batch[key], key), sl, key=key)
+                self._put(s, "images", self._image(batch[key], key), sl, key=key)
             else:
                 s["images"][sl].fill_(0.0)  # 0 → -1 after the [-1,1] map, as LeRobot pads
                 img_mask[:, ci] = False
-        put("img_mask", img_mask)
+        self._put(s, "img_mask", img_mask)
         tokens, tmask = batch.get(TOKENS), batch.get(TOKEN_MASK)
         if tokens is None or tmask is None:
             raise EngineError(f"batch needs {TOKENS!r} and {TOKEN_MASK!r} (LeRobot's tokenizer step)")
-        put("tokens", tokens.to(torch.long), key=TOKENS)
-        put("token_mask", tmask.to(torch.bool), key=TOKEN_MASK)
+        self._put(s, "tokens", tokens.to(torch.long), key=TOKENS)
+        self._put(s, "token_mask", tmask.to(torch.bool), key=TOKEN_MASK)
         if not self.pi05:
             if STATE not in batch:
                 raise EngineError(f"batch needs {STATE!r}")
@@ -606,171 +474,15 @@ class PiFlowEngine:
             st = F.pad(st, (0, cfg.max_state_dim - st.shape[-1]))
             if not torch.isfinite(st).all():
                 raise EngineError(f"{STATE}: non-finite values")
-            put("state", st, key=STATE)
-        if noise is None:
-            s["noise"].normal_()
-        else:
-            if tuple(noise.shape) != tuple(s["noise"].shape):
-                raise EngineError(f"noise shape {tuple(noise.shape)} != {tuple(s['noise'].shape)}")
-            put("noise", noise.to(torch.float32))
-        if pinned is not None:
-            s["h2d_done"] = torch.cuda.Event()
-            s["h2d_done"].record()
+            self._put(s, "state", st, key=STATE)
+        self._put_noise(s, noise)
+        self._end_stage(s)
 
     def _image(self, img: torch.Tensor, key: str) -> torch.Tensor:
         """LeRobot's `_preprocess_images` minus the [-1,1] map (done on device in the graph)."""
         from lerobot.policies.common.vla_utils import resize_with_pad_torch
 
-        if img.ndim != 4:
-            raise EngineError(f"{key}: expected (B, 3, H, W) or (B, H, W, 3), got {tuple(img.shape)}")
-        if img.dtype != torch.float32:
-            img = img.to(torch.float32)
-        channels_first = img.shape[1] == 3
-        if not channels_first:
-            img = img.permute(0, 3, 1, 2)
+        img = as_nchw(img, key)
         if tuple(img.shape[2:]) != tuple(self.config.image_resolution):
             img = resize_with_pad_torch(img.permute(0, 2, 3, 1), *self.config.image_resolution).permute(0, 3, 1, 2)
         return img
-
-    def _state_for(self, b: int, ntok: int) -> tuple[dict, Any]:
-        key = (b, ntok)
-        if key not in self._static:
-            self._static[key] = self._alloc(b, ntok)
-        return self._static[key], self._graphs.get(key)
-
-    def _capture(self, key, s):
-        torch.cuda.synchronize(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                self._forward(s)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self._forward(s)
-        self._graphs[key] = g
-        return g
-
-    @torch.no_grad()
-    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
-        """Actions (B, chunk_size, action_dim) fp32 on the engine's device (normalised, as LeRobot)."""
-        if any(v is not None for v in rtc.values()):
-            raise EngineError("RTC guidance is not implemented in the fast engine; use engine='eager'")
-        tokens = batch.get(TOKENS)
-        if tokens is None:
-            raise EngineError(f"batch needs {TOKENS!r}")
-        b, ntok = tokens.shape
-        s, graph = self._state_for(b, ntok)
-        self._stage(s, batch, noise)
-        if self.cuda_graph:
-            if graph is None:
-                graph = self._capture((b, ntok), s)
-            graph.replay()
-        else:
-            self._forward(s)
-        out = s["out"][:, :, : self.action_dim].clone()
-        if not bool(torch.isfinite(out).all()):
-            raise EngineError("non-finite actions (NaN/inf in the images or the weights?)")
-        return out
-
-    @torch.no_grad()
-    def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
-        """Allocate the buffers, compile the layers, capture the CUDA graph and run once (start-up).
-
-        ``batch`` defaults to :meth:`dummy_batch` (same shapes as real inputs: the graph is keyed by
-        batch size and prompt length). ``progress`` (e.g. a node logger's ``info``) gets one line
-        before and one after. Returns seconds.
-        """
-        t0 = time.perf_counter()
-        batch = batch if batch is not None else self.dummy_batch()
-        if progress is not None:
-            what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
-            progress(f"{self.config.type} engine: warm-up ({', '.join(w for w in what if w) or 'eager'}) "
-                     f"on {self.device}, weights loaded in {self.startup.get('load_s', 0.0):.1f} s")
-        self.predict_action_chunk(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.startup["warmup_s"] = time.perf_counter() - t0
-        if progress is not None:
-            progress(f"{self.config.type} engine: ready, first action after "
-                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
-        return self.startup["warmup_s"]
-
-    def dummy_batch(self, batch_size: int = 1) -> dict:
-        """A post-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""
-        cfg = self.config
-        h, w = cfg.image_resolution
-        batch = {k: torch.full((batch_size, 3, h, w), 0.5) for k in self.image_keys}
-        n = cfg.tokenizer_max_length
-        batch[TOKENS] = torch.zeros(batch_size, n, dtype=torch.long)
-        mask = torch.zeros(batch_size, n, dtype=torch.bool)
-        mask[:, 0] = True
-        batch[TOKEN_MASK] = mask
-        batch[STATE] = torch.zeros(batch_size, cfg.input_features[STATE].shape[0] if STATE in cfg.input_features
-                                   else cfg.max_state_dim)
-        return batch
-
-    def reset(self) -> None:
-        pass
-
-
-# ----------------------------------------------------------------------------------------------
-# helpers
-
-
-_COMPILED: dict = {}
-
-
-def _compiled(fn):
-    """One torch.compile wrapper per layer function for the whole process."""
-    if fn not in _COMPILED:
-        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
-    return _COMPILED[fn]
-
-
-def _bind(fn, kw):
-    def call(*args):
-        return fn(*args, **kw)
-
-    return call
-
-
-def _legacy_key(name: str, policy_type: str) -> str:
-    # openpi-era names (LeRobot's _fix_pytorch_state_dict_keys)
-    if policy_type == "pi0" and name.startswith("action_time_mlp_"):
-        return name.replace("action_time_mlp_", "time_mlp_")
-    if policy_type == "pi05" and name.startswith("time_mlp_"):
-        return name.replace("time_mlp_", "action_time_mlp_")
-    return name
-
-
-def _policy_model_class(policy_type: str):
-    if policy_type == "pi0":
-        from lerobot.policies.pi0.modeling_pi0 import PI0Pytorch
-
-        return PI0Pytorch
-    if policy_type == "pi05":
-        from lerobot.policies.pi05.modeling_pi05 import PI05Pytorch
-
-        return PI05Pytorch
-    raise EngineError(f"policy type {policy_type!r} has no fast engine (pi0, pi05)")
-
-
-def _skeleton(config):
-    """LeRobot's own model class built on the meta device: structure and dims, no memory."""
-    cls = _policy_model_class(config.type)
-    with torch.device("meta"):
-        return cls(config)
-
-
-def _gather(get, skeleton, config, dtype, vision_dtype, device) -> _Weights:
-    if isinstance(dtype, str):
-        dtype = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}[dtype]
-    if vision_dtype is None:
-        vision_dtype = dtype
-    try:
-        return _Weights(get, skeleton, pi05=config.type == "pi05", dtype=dtype, vision_dtype=vision_dtype,
-                        device=device)
-    except KeyError as e:
-        raise EngineError(f"checkpoint lacks tensor {e.args[0]!r}") from None

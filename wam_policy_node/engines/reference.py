@@ -1,27 +1,33 @@
 """LeRobot's own eager forward, behind the engine interface (the reference).
 
 ``predict_action_chunk(batch, noise=None)`` is LeRobot's ``PI0Policy.predict_action_chunk`` /
-``PI05Policy.predict_action_chunk`` with one addition: the flow noise can be passed in (LeRobot
-draws it inside ``sample_actions``), so that the fast engine and the reference can be compared on
-the same noise. With ``noise=None`` it is exactly LeRobot's call.
+``PI05Policy.predict_action_chunk`` / ``SmolVLAPolicy.predict_action_chunk`` with one addition: the
+flow noise can be passed in (π: LeRobot draws it inside ``sample_actions``; SmolVLA takes it), so
+that the fast engine and the reference can be compared on the same noise. With ``noise=None`` it is
+exactly LeRobot's call.
+
+``dtype``: π configs carry their own (``config.dtype``: LeRobot casts the weights); a policy without
+one (SmolVLA) runs bf16 as the ``lerobot`` backend runs it on CUDA, under ``torch.autocast``.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
 import torch
 
-from .pi_flow import STATE, TOKEN_MASK, TOKENS, EngineError
+from ._common import STATE, TOKEN_MASK, TOKENS, EngineError, as_dtype, dummy_batch
 
 
 class EagerEngine:
-    def __init__(self, policy):
+    def __init__(self, policy, autocast=None):
         self.policy = policy
         self.config = policy.config
         self.device = next(policy.parameters()).device
         self.startup: dict[str, float] = {}
         self.image_keys = list(self.config.image_features)
+        self.autocast = autocast  # a dtype for torch.autocast around the call, or None
         policy.eval()
 
     @classmethod
@@ -33,18 +39,30 @@ class EagerEngine:
         if config is None:
             config = PreTrainedConfig.from_pretrained(pretrained_dir)
         config.device = str(device)
+        autocast = None
         if hasattr(config, "dtype") and dtype is not None:
             config.dtype = dtype if isinstance(dtype, str) else str(dtype).removeprefix("torch.")
+        elif dtype is not None and as_dtype(dtype) != torch.float32:
+            autocast = as_dtype(dtype)
         policy = get_policy_class(config.type).from_pretrained(pretrained_dir, config=config)
-        eng = cls(policy.to(device))
+        eng = cls(policy.to(device), autocast=autocast)
         eng.startup["load_s"] = time.perf_counter() - t0
         return eng
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast) if self.autocast is not None
+               else contextlib.nullcontext())
+        with ctx:
+            return self._predict(batch, noise, **rtc)
+
+    def _predict(self, batch: dict, noise: torch.Tensor | None, **rtc) -> torch.Tensor:
         pol = self.policy
         if noise is None:
             return pol.predict_action_chunk(batch, **rtc)
+        if self.config.type == "smolvla":  # takes the noise (a copy of the state: adapt_to_pi_aloha edits it)
+            batch = {k: (v.clone() if k == STATE else v) for k, v in batch.items()}
+            return pol.predict_action_chunk(batch, noise=noise.to(self.device, torch.float32), **rtc)
         for key in (TOKENS, TOKEN_MASK):
             if key not in batch:
                 raise EngineError(f"batch needs {key!r}")
@@ -64,9 +82,7 @@ class EagerEngine:
     def warmup(self, batch: dict | None = None, progress=None) -> float:
         t0 = time.perf_counter()
         if batch is None:
-            from .pi_flow import PiFlowEngine
-
-            batch = PiFlowEngine.dummy_batch(self, 1)  # same fields (config, image keys)
+            batch = dummy_batch(self.config, 1)
         self.predict_action_chunk(batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

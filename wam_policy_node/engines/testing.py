@@ -100,12 +100,15 @@ def make_config(policy_type: str, *, n_cams: int = 3, action_dim: int = 14, stat
 
 def random_batch(config, *, batch_size: int = 1, n_valid_tokens: int = 7, seed: int = 0, device="cpu",
                  vocab: int = 1000):
-    """A post-preprocessor batch: images float [0,1] (B,3,H,W), normalised state, token ids + mask."""
+    """A post-preprocessor batch: images float [0,1] (B,3,H,W) at the model's size, normalised state,
+    token ids + mask (``tokenizer_max_length`` of them, the first ``n_valid_tokens`` valid)."""
     import torch
+
+    from ._common import model_image_hw
 
     g = torch.Generator().manual_seed(seed)
     batch = {}
-    h, w = config.image_resolution
+    h, w = model_image_hw(config)
     for key in config.image_features:
         batch[key] = torch.rand(batch_size, 3, h, w, generator=g).to(device)
     batch["observation.state"] = torch.randn(batch_size, config.input_features["observation.state"].shape[0],

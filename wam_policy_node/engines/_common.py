@@ -1,0 +1,454 @@
+"""What the fast flow-matching engines share (π0/π0.5 in ``pi_flow``, SmolVLA in ``smolvla_flow``).
+
+* :class:`FlowEngine`: loading a checkpoint (``model.safetensors`` read straight onto the device,
+  every tensor's shape checked against LeRobot's own model class built on the meta device), static
+  device buffers per input shape, staging of the batch through pinned host buffers with
+  non-blocking copies, one CUDA graph per input shape, warm-up, the ``predict_action_chunk`` call;
+* the SigLIP vision tower both VLMs use (weights + one layer function);
+* the compile helpers: each layer function is ``torch.compile``'d once per process and called
+  with the weights as arguments, so one graph serves every layer of a stack.
+
+An engine subclass says how to build the model skeleton (``_skeleton``), gather its weights
+(``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``),
+stage a batch (``_stage``) and run the chunk on the static buffers (``_forward``: fills ``s["out"]``).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+IMAGE_PREFIX = "observation.images."
+TOKENS = "observation.language.tokens"
+TOKEN_MASK = "observation.language.attention_mask"
+STATE = "observation.state"
+DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32, "float16": torch.float16}
+
+
+class EngineError(RuntimeError):
+    """Checkpoint or input problem; the message names the key."""
+
+
+def as_dtype(dtype) -> torch.dtype:
+    return DTYPES[dtype] if isinstance(dtype, str) else dtype
+
+
+# ----------------------------------------------------------------------------------------------
+# activations, rotary cos/sin, compile helpers
+
+
+def _gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def act_fn(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    # module-level functions (stable identities: compiled code is reused across engines)
+    if name in ("gelu_pytorch_tanh", "gelu_fast", "gelu_new"):
+        return _gelu_tanh
+    if name == "gelu":
+        return F.gelu
+    if name in ("silu", "swish"):
+        return F.silu
+    raise EngineError(f"activation {name!r} not supported by the fast engine")
+
+
+def cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rotary cos/sin (B, N, D) for integer positions (B, N): the halves duplicated (rotate-half RoPE)."""
+    freqs = pos[..., None].float() * inv_freq
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """One torch.compile wrapper per layer function for the whole process."""
+    if fn not in _COMPILED:
+        _COMPILED[fn] = torch.compile(fn, fullgraph=True, dynamic=False)
+    return _COMPILED[fn]
+
+
+def _bind(fn, kw):
+    def call(*args):
+        return fn(*args, **kw)
+
+    return call
+
+
+def bind_fns(specs: dict[str, tuple[Callable, dict]], compile: bool) -> dict[str, Callable]:
+    """``{name: (layer function, constant keyword arguments)}`` → callables taking the tensors.
+
+    With ``compile``, each function is compiled once per shape/dtype (the weights are arguments, so
+    all the layers of a stack share one compiled graph, and so do engines of the same shapes).
+    """
+    compiled = {}
+    if compile:
+        import torch._dynamo
+
+        cfg = torch._dynamo.config
+        cfg.recompile_limit = max(cfg.recompile_limit, 64)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 1024)
+        for fn, _ in specs.values():
+            if fn not in compiled:
+                compiled[fn] = _compiled(fn)
+    return {name: _bind(compiled.get(fn, fn), kw) for name, (fn, kw) in specs.items()}
+
+
+# ----------------------------------------------------------------------------------------------
+# SigLIP vision tower (PaliGemma's So400m, SmolVLM's SigLIP-B): weights and one layer
+
+
+@dataclass
+class VisionLayer:
+    ln1_w: torch.Tensor
+    ln1_b: torch.Tensor
+    qkv_w: torch.Tensor
+    qkv_b: torch.Tensor
+    o_w: torch.Tensor
+    o_b: torch.Tensor
+    ln2_w: torch.Tensor
+    ln2_b: torch.Tensor
+    fc1_w: torch.Tensor
+    fc1_b: torch.Tensor
+    fc2_w: torch.Tensor
+    fc2_b: torch.Tensor
+
+    def args(self) -> tuple:
+        return (self.ln1_w, self.ln1_b, self.qkv_w, self.qkv_b, self.o_w, self.o_b, self.ln2_w, self.ln2_b,
+                self.fc1_w, self.fc1_b, self.fc2_w, self.fc2_b)
+
+
+@dataclass
+class SigLIP:
+    """A SigLIP vision transformer's tensors (``<V>embeddings.*``, ``<V>encoder.layers.*``, ``<V>post_layernorm.*``)."""
+
+    patch_w: torch.Tensor
+    patch_b: torch.Tensor
+    pos_emb: torch.Tensor
+    layers: list[VisionLayer]
+    post_ln_w: torch.Tensor
+    post_ln_b: torch.Tensor
+    patch_size: int
+    eps: float
+    heads: int
+    act: Callable
+
+    @classmethod
+    def load(cls, w: Callable[[str, Any], torch.Tensor], V: str, cfg, dtype) -> "SigLIP":
+        """``w(name, dtype)`` reads a checkpoint tensor onto the device; ``cfg`` is the vision config."""
+        layers = []
+        for i in range(cfg.num_hidden_layers):
+            L = f"{V}encoder.layers.{i}."
+            layers.append(VisionLayer(
+                ln1_w=w(L + "layer_norm1.weight", dtype), ln1_b=w(L + "layer_norm1.bias", dtype),
+                qkv_w=torch.cat([w(L + f"self_attn.{p}_proj.weight", dtype) for p in "qkv"]),
+                qkv_b=torch.cat([w(L + f"self_attn.{p}_proj.bias", dtype) for p in "qkv"]),
+                o_w=w(L + "self_attn.out_proj.weight", dtype), o_b=w(L + "self_attn.out_proj.bias", dtype),
+                ln2_w=w(L + "layer_norm2.weight", dtype), ln2_b=w(L + "layer_norm2.bias", dtype),
+                fc1_w=w(L + "mlp.fc1.weight", dtype), fc1_b=w(L + "mlp.fc1.bias", dtype),
+                fc2_w=w(L + "mlp.fc2.weight", dtype), fc2_b=w(L + "mlp.fc2.bias", dtype),
+            ))
+        return cls(patch_w=w(V + "embeddings.patch_embedding.weight", dtype),
+                   patch_b=w(V + "embeddings.patch_embedding.bias", dtype),
+                   pos_emb=w(V + "embeddings.position_embedding.weight", dtype), layers=layers,
+                   post_ln_w=w(V + "post_layernorm.weight", dtype), post_ln_b=w(V + "post_layernorm.bias", dtype),
+                   patch_size=cfg.patch_size, eps=cfg.layer_norm_eps, heads=cfg.num_attention_heads,
+                   act=act_fn(cfg.hidden_act))
+
+    def spec(self) -> tuple[Callable, dict]:
+        return vision_layer, dict(heads=self.heads, eps=self.eps, act=self.act)
+
+    def encode(self, layer_fn: Callable, pixels: torch.Tensor, pos_emb: torch.Tensor | None = None) -> torch.Tensor:
+        """(N, 3, H, W) in [-1, 1] → (N, P, width) after the post-layernorm. ``pos_emb`` (P, width)
+        defaults to the table itself (one row per patch, in order)."""
+        x = F.conv2d(pixels.to(self.patch_w.dtype), self.patch_w, self.patch_b, stride=self.patch_size)
+        x = x.flatten(2).transpose(1, 2) + (self.pos_emb if pos_emb is None else pos_emb)
+        for L in self.layers:
+            x = layer_fn(x, *L.args())
+        return F.layer_norm(x, (x.shape[-1],), self.post_ln_w, self.post_ln_b, self.eps)
+
+
+def vision_layer(x, ln1_w, ln1_b, qkv_w, qkv_b, o_w, o_b, ln2_w, ln2_b, fc1_w, fc1_b, fc2_w, fc2_b, *,
+                 heads: int, eps: float, act):
+    n, p, d = x.shape
+    hd = d // heads
+    h = F.layer_norm(x, (d,), ln1_w, ln1_b, eps)
+    q, k, v = F.linear(h, qkv_w, qkv_b).view(n, p, 3, heads, hd).permute(2, 0, 3, 1, 4)
+    a = F.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
+    x = x + F.linear(a.transpose(1, 2).reshape(n, p, d), o_w, o_b)
+    h = F.layer_norm(x, (d,), ln2_w, ln2_b, eps)
+    return x + F.linear(act(F.linear(h, fc1_w, fc1_b)), fc2_w, fc2_b)
+
+
+# ----------------------------------------------------------------------------------------------
+# batch helpers
+
+
+def as_nchw(img: torch.Tensor, key: str) -> torch.Tensor:
+    """A batch image (B, 3, H, W) or (B, H, W, 3) (or (B, T, ...): the newest frame) as float (B, 3, H, W)."""
+    if img.ndim == 5:
+        img = img[:, -1]
+    if img.ndim != 4:
+        raise EngineError(f"{key}: expected (B, 3, H, W) or (B, H, W, 3), got {tuple(img.shape)}")
+    if img.dtype != torch.float32:
+        img = img.to(torch.float32)
+    return img if img.shape[1] == 3 else img.permute(0, 3, 1, 2)
+
+
+def model_image_hw(config) -> tuple[int, int]:
+    """(H, W) the policy's images are resized to (π: ``image_resolution``; SmolVLA:
+    ``resize_imgs_with_padding``, stored as (W, H)); else the first image feature's size."""
+    if getattr(config, "image_resolution", None):
+        return tuple(config.image_resolution)
+    if getattr(config, "resize_imgs_with_padding", None):
+        w, h = config.resize_imgs_with_padding
+        return h, w
+    shape = next(iter(config.image_features.values())).shape
+    return shape[1], shape[2]
+
+
+def dummy_batch(config, batch_size: int = 1) -> dict:
+    """A pre-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""
+    h, w = model_image_hw(config)
+    batch = {k: torch.full((batch_size, 3, h, w), 0.5) for k in config.image_features}
+    n = config.tokenizer_max_length
+    batch[TOKENS] = torch.zeros(batch_size, n, dtype=torch.long)
+    mask = torch.zeros(batch_size, n, dtype=torch.bool)
+    mask[:, 0] = True
+    batch[TOKEN_MASK] = mask
+    batch[STATE] = torch.zeros(batch_size, config.input_features[STATE].shape[0] if STATE in config.input_features
+                               else config.max_state_dim)
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------
+# the engine machinery
+
+
+class FlowEngine:
+    """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)``: static buffers, staging,
+    CUDA graphs, loading; the model itself is the subclass's (see the module docstring)."""
+
+    def __init__(self, config, *, device, cuda_graph: bool = True, compile: bool | None = None):
+        self.config = config
+        self.device = torch.device(device)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self.compile = (self.device.type == "cuda") if compile is None else compile
+        self.image_keys = list(config.image_features)
+        self.chunk = config.chunk_size
+        self.max_action_dim = config.max_action_dim
+        self.action_dim = config.output_features["action"].shape[0]
+        self._graphs: dict[tuple, Any] = {}
+        self._static: dict[tuple, dict] = {}
+        self.startup: dict[str, float] = {}
+
+    # ---- subclass hooks -----------------------------------------------------------------------
+
+    @classmethod
+    def _skeleton(cls, config):
+        """LeRobot's own model class built on the meta device: structure and dims, no memory."""
+        raise NotImplementedError
+
+    @classmethod
+    def _weights(cls, get: Callable[[str], torch.Tensor], skeleton, config, dtype, vision_dtype, device):
+        raise NotImplementedError
+
+    @staticmethod
+    def _legacy_key(name: str, policy_type: str) -> str:
+        """An older checkpoint's name for ``name`` (tried when ``name`` is not in the file)."""
+        return name
+
+    def _shape_key(self, batch: dict) -> tuple:
+        raise NotImplementedError
+
+    def _alloc(self, *key) -> dict:
+        raise NotImplementedError
+
+    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
+        raise NotImplementedError
+
+    def _forward(self, s: dict) -> None:
+        raise NotImplementedError
+
+    def _finish(self, actions: torch.Tensor) -> torch.Tensor:
+        return actions
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def _gather(cls, get, skeleton, config, dtype, vision_dtype, device):
+        dtype = as_dtype(dtype)
+        try:
+            return cls._weights(get, skeleton, config, dtype, as_dtype(vision_dtype or dtype), device)
+        except KeyError as e:
+            raise EngineError(f"checkpoint lacks tensor {e.args[0]!r}") from None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_dir: str | Path, *, device="cuda", dtype=torch.bfloat16,
+                        vision_dtype=None, cuda_graph: bool = True, compile: bool | None = None, config=None):
+        from safetensors import safe_open
+
+        t0 = time.perf_counter()
+        pretrained_dir = Path(pretrained_dir)
+        if config is None:
+            from lerobot.configs import PreTrainedConfig
+
+            config = PreTrainedConfig.from_pretrained(pretrained_dir)
+        skeleton = cls._skeleton(config)
+        path = pretrained_dir / "model.safetensors"
+        if not path.is_file():
+            raise EngineError(f"{path}: no model.safetensors")
+        dev = torch.device(device)
+        load_dev = "cpu" if dev.type == "cpu" else str(dev if dev.index is not None else torch.device("cuda", 0))
+        with safe_open(str(path), framework="pt", device=load_dev) as fh:
+            keys = set(fh.keys())
+            shapes = {n: tuple(p.shape) for n, p in skeleton.named_parameters()}
+
+            def get(name: str) -> torch.Tensor:
+                full = name if name in keys else f"model.{name}"
+                if full not in keys:
+                    alt = cls._legacy_key(name, config.type)
+                    full = alt if alt in keys else f"model.{alt}" if f"model.{alt}" in keys else None
+                    if full is None:
+                        raise KeyError(name)
+                t = fh.get_tensor(full)
+                if name in shapes and tuple(t.shape) != shapes[name]:
+                    raise EngineError(f"{path}: {full} has shape {tuple(t.shape)}, expected {shapes[name]}")
+                return t
+
+            weights = cls._gather(get, skeleton, config, dtype, vision_dtype, dev)
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        eng = cls(config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
+        eng.startup["load_s"] = time.perf_counter() - t0
+        return eng
+
+    @classmethod
+    def from_policy(cls, policy, *, device=None, dtype=torch.bfloat16, vision_dtype=None,
+                    cuda_graph: bool = True, compile: bool | None = None):
+        """Build from an already loaded LeRobot policy (its tensors are converted, not shared)."""
+        model = policy.model
+        sd = dict(model.state_dict())
+        dev = torch.device(device) if device is not None else next(model.parameters()).device
+
+        def get(name):
+            if name not in sd:
+                raise KeyError(name)
+            return sd[name]
+
+        weights = cls._gather(get, model, policy.config, dtype, vision_dtype, dev)
+        return cls(policy.config, weights, device=dev, cuda_graph=cuda_graph, compile=compile)
+
+    # ---- staging ------------------------------------------------------------------------------
+
+    def _pin(self, s: dict, names) -> dict:
+        """Pinned host twins of the input buffers ``names`` (CUDA only)."""
+        if self.device.type == "cuda":
+            s["pinned"] = {k: torch.empty(s[k].shape, dtype=s[k].dtype, pin_memory=True) for k in names}
+        return s
+
+    def _begin_stage(self, s: dict) -> None:
+        if s.get("h2d_done") is not None:
+            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
+
+    def _put(self, s: dict, name: str, value: torch.Tensor, sl=slice(None), key: str | None = None) -> None:
+        """Copy ``value`` into the static buffer ``s[name][sl]`` (through its pinned twin from the host)."""
+        dst = s[name][sl]
+        if tuple(value.shape) != tuple(dst.shape):
+            raise EngineError(f"{key or name}: shape {tuple(value.shape)}, expected {tuple(dst.shape)} "
+                              f"(batch size and prompt length must match the batch's tokens)")
+        pinned = s.get("pinned")
+        if value.device.type == "cpu" and pinned is not None:
+            pin = pinned[name][sl]
+            pin.copy_(value)
+            dst.copy_(pin, non_blocking=True)
+        else:
+            dst.copy_(value)
+
+    def _put_noise(self, s: dict, noise: torch.Tensor | None) -> None:
+        if noise is None:
+            s["noise"].normal_()
+            return
+        if tuple(noise.shape) != tuple(s["noise"].shape):
+            raise EngineError(f"noise shape {tuple(noise.shape)} != {tuple(s['noise'].shape)}")
+        self._put(s, "noise", noise.to(torch.float32))
+
+    def _end_stage(self, s: dict) -> None:
+        if s.get("pinned") is not None:
+            s["h2d_done"] = torch.cuda.Event()
+            s["h2d_done"].record()
+
+    # ---- the call -----------------------------------------------------------------------------
+
+    def _state_for(self, *key) -> tuple[dict, Any]:
+        if key not in self._static:
+            self._static[key] = self._alloc(*key)
+        return self._static[key], self._graphs.get(key)
+
+    def _capture(self, key, s):
+        torch.cuda.synchronize(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._forward(s)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            self._forward(s)
+        self._graphs[key] = g
+        return g
+
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
+        """Actions (B, chunk_size, action_dim) fp32 on the engine's device (normalised, as LeRobot)."""
+        if any(v is not None for v in rtc.values()):
+            raise EngineError("RTC guidance is not implemented in the fast engine; use engine='eager'")
+        key = self._shape_key(batch)
+        s, graph = self._state_for(*key)
+        self._stage(s, batch, noise)
+        if self.cuda_graph:
+            if graph is None:
+                graph = self._capture(key, s)
+            graph.replay()
+        else:
+            self._forward(s)
+        out = s["out"][:, :, : self.action_dim].clone()
+        if not bool(torch.isfinite(out).all()):
+            raise EngineError("non-finite actions (NaN/inf in the images or the weights?)")
+        return self._finish(out)
+
+    @torch.no_grad()
+    def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
+        """Allocate the buffers, compile the layers, capture the CUDA graph and run once (start-up).
+
+        ``batch`` defaults to :meth:`dummy_batch` (same shapes as real inputs: the graph is keyed by
+        the input shapes). ``progress`` (e.g. a node logger's ``info``) gets one line before and one
+        after. Returns seconds.
+        """
+        t0 = time.perf_counter()
+        batch = batch if batch is not None else self.dummy_batch()
+        if progress is not None:
+            what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
+            progress(f"{self.config.type} engine: warm-up ({', '.join(w for w in what if w) or 'eager'}) "
+                     f"on {self.device}, weights loaded in {self.startup.get('load_s', 0.0):.1f} s")
+        self.predict_action_chunk(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.startup["warmup_s"] = time.perf_counter() - t0
+        if progress is not None:
+            progress(f"{self.config.type} engine: ready, first action after "
+                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
+        return self.startup["warmup_s"]
+
+    def dummy_batch(self, batch_size: int = 1) -> dict:
+        """A post-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""
+        return dummy_batch(self.config, batch_size)
+
+    def reset(self) -> None:
+        pass
