@@ -1,11 +1,14 @@
-"""GPU inference bench: LeRobot eager π0 / π0.5 vs the fast engine, in the same run (JSON).
+"""GPU inference bench: LeRobot eager π0 / π0.5 / SmolVLA vs the fast engine, in the same run (JSON).
 
-Full-size models (PaliGemma-3B + Gemma-300M expert) from config only, random weights (every
-parameter randomised, also the norm scales and π0.5's adaRMS layers that LeRobot initialises to
-zero, so the expert's gated residuals are live), bf16, 3 cameras 224×224, 50×14 chunk, 10 flow
-steps, batch 1. For each policy:
+Full-size models (π: PaliGemma-3B + Gemma-300M expert, 3 cameras 224×224; SmolVLA: SmolVLM2-500M
+with 16 layers + its action expert, 3 cameras 512×512, written by ``wam_policy_node.zoo`` with
+``size="full"`` on the GPU) from config only, random weights (every parameter randomised, also the
+norm scales and π0.5's adaRMS layers that LeRobot initialises to zero, so the expert's gated
+residuals are live), bf16, 50×14 chunk, 10 flow steps, batch 1. For each policy:
 
-* reference: LeRobot's ``PolicyClass(config)`` built on the GPU, ``predict_action_chunk`` (eager);
+* reference: LeRobot's ``PolicyClass(config)`` built on the GPU (SmolVLA: loaded with LeRobot's
+  ``from_pretrained`` from the zoo checkpoint, bf16 autocast as the ``lerobot`` backend runs it),
+  ``predict_action_chunk`` (eager);
 * the checkpoint is written with LeRobot's ``save_pretrained`` and the fast engine loads it from
   disk (start-up = load + warm-up/graph capture, the disk read measured separately);
 * latency p50/p99 (host wall clock around the call, synchronised), peak GPU memory, and the max
@@ -13,8 +16,8 @@ steps, batch 1. For each policy:
   fp32 copy of the same weights, which shows the bf16 rounding floor itself);
 * a torch.profiler kernel table of both, and a per-part split of the fast forward.
 
-Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json
-CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3
+Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json [--policies smolvla]
+CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla
 """
 from __future__ import annotations
 
@@ -145,31 +148,66 @@ def _sdpa_backends(dev, dtype, q_len, k_len, head_dim=256):
     return out
 
 
+def _eager(pol, dtype):
+    """LeRobot's forward; SmolVLA (no ``dtype`` in its config) in bf16 under autocast, as the backend runs it."""
+    from wam_policy_node.engines import EagerEngine
+
+    smol = pol.config.type == "smolvla" and dtype != torch.float32
+    return EagerEngine(pol, autocast=dtype if smol else None)
+
+
+def _reference(ptype, args, dev, workdir, res):
+    """(LeRobot policy on ``dev`` with random weights, its config, the checkpoint written from it)."""
+    from lerobot.policies.factory import get_policy_class
+
+    from wam_policy_node.engines.testing import make_config
+    from wam_policy_node.zoo import randomise, save_random_policy
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    if ptype == "smolvla":
+        # the zoo builds SmolVLA on the GPU (fp32, randomised) with its own SmolVLM directory; LeRobot
+        # loads it back the normal way (from_pretrained: built on the host, then moved)
+        ckpt = save_random_policy("smolvla", workdir / ptype, size="tiny" if args.tiny else "full", device=str(dev))
+        res["zoo_build_save_s"] = round(time.perf_counter() - t0, 2)
+        if dev.type == "cuda":
+            torch.cuda.empty_cache()
+        from lerobot.configs import PreTrainedConfig
+
+        cfg = PreTrainedConfig.from_pretrained(ckpt)
+        t0 = time.perf_counter()
+        pol = get_policy_class(ptype).from_pretrained(ckpt, config=cfg).to(dev)
+        _sync(dev)
+        res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
+        res["ref_weights_mem"] = _mem(dev)
+        return pol, cfg, ckpt
+    cfg = make_config(ptype, dtype=args.dtype, device=str(dev), image_size=56 if args.tiny else 224)
+    with torch.device(dev):
+        pol = get_policy_class(ptype)(cfg)
+    randomise(pol, seed=0)
+    _sync(dev)
+    res["ref_build_random_s"] = round(time.perf_counter() - t0, 2)
+    res["ref_weights_mem"] = _mem(dev)
+    ckpt = workdir / ptype
+    t0 = time.perf_counter()
+    pol.save_pretrained(ckpt)
+    res["save_s"] = round(time.perf_counter() - t0, 2)
+    return pol, cfg, ckpt
+
+
 def run_policy(ptype, args, dev, workdir, res):
     from lerobot.policies.factory import get_policy_class
 
-    from wam_policy_node.engines import EagerEngine, PiFlowEngine
+    from wam_policy_node.engines import FAST_ENGINES
     from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims
-    from wam_policy_node.zoo import randomise
 
-    ctx = tiny_dims() if args.tiny else contextlib.nullcontext()
-    size = 56 if args.tiny else 224
+    engine_cls = FAST_ENGINES[ptype]
+    smol = ptype == "smolvla"
+    ctx = tiny_dims() if args.tiny and not smol else contextlib.nullcontext()
     dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     with ctx:
-        cfg = make_config(ptype, dtype=args.dtype, device=str(dev), image_size=size)
-        if dev.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(dev)
-        t0 = time.perf_counter()
-        with torch.device(dev):
-            pol = get_policy_class(ptype)(cfg)
-        randomise(pol, seed=0)
-        _sync(dev)
-        res["ref_build_random_s"] = round(time.perf_counter() - t0, 2)
-        res["ref_weights_mem"] = _mem(dev)
-        ckpt = workdir / ptype
-        t0 = time.perf_counter()
-        pol.save_pretrained(ckpt)
-        res["save_s"] = round(time.perf_counter() - t0, 2)
+        pol, cfg, ckpt = _reference(ptype, args, dev, workdir, res)
         st = ckpt / "model.safetensors"
         res["checkpoint_gib"] = round(st.stat().st_size / 2**30, 3)
         t0 = time.perf_counter()
@@ -178,16 +216,12 @@ def run_policy(ptype, args, dev, workdir, res):
                 pass
         res["disk_read_s"] = round(time.perf_counter() - t0, 2)  # just written: mostly page cache
 
-        ref = EagerEngine(pol)
-        batches = [random_batch(cfg, n_valid_tokens=20, seed=s) for s in range(3)]
+        ref = _eager(pol, dtype)
+        # token ids inside the vocabulary of the zoo's small SmolVLM tokenizer (tiny: 512 entries)
+        batches = [random_batch(cfg, n_valid_tokens=20, seed=s, vocab=300 if smol else 1000) for s in range(3)]
         gen = torch.Generator().manual_seed(123)
         noises = [torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=gen) for _ in range(3)]
         on_dev = [{k: v.to(dev) for k, v in b.items()} for b in batches]
-        res["tokens"] = {"images": len(cfg.image_features), "image_tokens_each": (size // 14) ** 2,
-                         "text_tokens": cfg.tokenizer_max_length, "valid_text_tokens": 20,
-                         "prefix_len": len(cfg.image_features) * (size // 14) ** 2 + cfg.tokenizer_max_length,
-                         "suffix_len": cfg.chunk_size + (1 if ptype == "pi0" else 0),
-                         "chunk": [cfg.chunk_size, 14], "flow_steps": cfg.num_inference_steps}
 
         if dev.type == "cuda":
             torch.cuda.reset_peak_memory_stats(dev)
@@ -204,10 +238,17 @@ def run_policy(ptype, args, dev, workdir, res):
             torch.cuda.reset_peak_memory_stats(dev)
         before = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0
         t0 = time.perf_counter()
-        fast = PiFlowEngine.from_pretrained(ckpt, device=dev, dtype=dtype)
+        fast = engine_cls.from_pretrained(ckpt, device=dev, dtype=dtype)
         load_s = time.perf_counter() - t0
         weights_gib = ((torch.cuda.memory_allocated(dev) - before) / 2**30) if dev.type == "cuda" else None
         warm_s = fast.warmup(batches[0])
+        s, _ = fast._state_for(*fast._shape_key(batches[0]))
+        res["tokens"] = {"images": len(cfg.image_features),
+                         "image_tokens_each": getattr(fast, "image_tokens", None) or (cfg.image_resolution[0] // 14) ** 2,
+                         "text_tokens": cfg.tokenizer_max_length, "valid_text_tokens": 20,
+                         "prefix_len": s["prefix_len"],
+                         "suffix_len": cfg.chunk_size + (1 if ptype == "pi0" else 0),
+                         "chunk": [cfg.chunk_size, 14], "flow_steps": fast.steps}
         res["fast"] = {"startup": {"load_s": round(load_s, 2), "warmup_capture_s": round(warm_s, 2),
                                    "to_first_action_s": round(load_s + warm_s, 2),
                                    "python_import_torch_s": round(T_TORCH - T_START, 2)},
@@ -227,7 +268,7 @@ def run_policy(ptype, args, dev, workdir, res):
 
         # a second start on warm compile caches (what a node restart sees)
         t0 = time.perf_counter()
-        fast2 = PiFlowEngine.from_pretrained(ckpt, device=dev, dtype=dtype)
+        fast2 = engine_cls.from_pretrained(ckpt, device=dev, dtype=dtype)
         l2 = time.perf_counter() - t0
         w2 = fast2.warmup(batches[0])
         res["fast"]["startup_warm_cache"] = {"load_s": round(l2, 2), "warmup_capture_s": round(w2, 2),
@@ -236,16 +277,16 @@ def run_policy(ptype, args, dev, workdir, res):
         gc.collect()
 
         # same weights: CUDA graph without torch.compile; neither (for the split and the profile)
-        nocomp = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=True, compile=False)
+        nocomp = engine_cls(fast.config, fast.w, device=dev, cuda_graph=True, compile=False)
         nc_out = nocomp.predict_action_chunk(batches[0], noise=noises[0]).float().cpu()
         res["fast_graph_no_compile"] = {
             "latency_ms": _time_calls(lambda: nocomp.predict_action_chunk(batches[0], noise=noises[0]), dev, 30),
             "max_abs_diff_vs_ref": (nc_out - ref_out[0]).abs().max().item()}
         del nocomp
-        nog = PiFlowEngine(fast.config, fast.w, device=dev, cuda_graph=False, compile=False)
+        nog = engine_cls(fast.config, fast.w, device=dev, cuda_graph=False, compile=False)
         res["fast_no_graph_no_compile_latency_ms"] = _time_calls(
             lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev, 10)
-        s, _ = nog._state_for(1, cfg.tokenizer_max_length)
+        s, _ = nog._state_for(*nog._shape_key(batches[0]))
         nog._stage(s, batches[0], noises[0])
         res["fast_split_no_graph_no_compile_ms"] = {
             "vision": _time_calls(lambda: nog._vision(s["images"]), dev, 10)["p50"],
@@ -253,7 +294,7 @@ def run_policy(ptype, args, dev, workdir, res):
             "one_denoise_step": _time_calls(lambda: nog._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
         }
         if dev.type == "cuda":  # the shipped configuration (compiled), each part in its own CUDA graph
-            s, _ = fast._state_for(1, cfg.tokenizer_max_length)
+            s, _ = fast._state_for(*fast._shape_key(batches[0]))
             res["fast_split_graph_ms"] = {
                 "vision": _graph_time(lambda: fast._vision(s["images"]), dev),
                 "prefix_incl_vision": _graph_time(lambda: fast._prefix(s), dev),
@@ -270,8 +311,8 @@ def run_policy(ptype, args, dev, workdir, res):
         if not args.quick:
             with torch.device(dev):
                 pol_li = get_policy_class(ptype)(cfg)
-            ref_li = EagerEngine(pol_li)
-            fast_li = PiFlowEngine.from_policy(pol_li, dtype=dtype)
+            ref_li = _eager(pol_li, dtype)
+            fast_li = engine_cls.from_policy(pol_li, dtype=dtype)
             res["lerobot_init"] = {"diff_vs_ref": _diff(
                 [ref_li.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)],
                 [fast_li.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)])}
@@ -280,21 +321,25 @@ def run_policy(ptype, args, dev, workdir, res):
 
         # fast with the vision tower in fp32 (as LeRobot keeps it)
         if not args.quick:
-            v32 = PiFlowEngine.from_policy(pol, dtype=dtype, vision_dtype=torch.float32)
+            v32 = engine_cls.from_policy(pol, dtype=dtype, vision_dtype=torch.float32)
             v32_out = [v32.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
             res["fast_vision_fp32"] = {
                 "diff_vs_ref": _diff(ref_out, v32_out),
                 "latency_ms": _time_calls(lambda: v32.predict_action_chunk(batches[0], noise=noises[0]), dev, 20)}
             del v32
             gc.collect()
-            # LeRobot in fp32 on the same weights: the rounding floor of bf16 itself
-            cfg32 = make_config(ptype, dtype="float32", device=str(dev), image_size=size)
-            with torch.device(dev):
-                pol32 = get_policy_class(ptype)(cfg32)
-            pol32.load_state_dict(pol.state_dict())
-            ref32 = EagerEngine(pol32)
+            # LeRobot in fp32 on the same weights: the rounding floor of bf16 itself (SmolVLA's
+            # reference policy is fp32 already: bf16 is its autocast)
+            if smol:
+                pol32 = pol
+            else:
+                cfg32 = make_config(ptype, dtype="float32", device=str(dev), image_size=cfg.image_resolution[0])
+                with torch.device(dev):
+                    pol32 = get_policy_class(ptype)(cfg32)
+                pol32.load_state_dict(pol.state_dict())
+            ref32 = _eager(pol32, torch.float32)
             r32 = [ref32.predict_action_chunk(on_dev[i], noise=noises[i]).float().cpu() for i in range(3)]
-            f32 = PiFlowEngine.from_policy(pol32, dtype=torch.float32)
+            f32 = engine_cls.from_policy(pol32, dtype=torch.float32)
             f32_out = [f32.predict_action_chunk(batches[i], noise=noises[i]).float().cpu() for i in range(3)]
             res["fp32_reference"] = {
                 "ref_bf16_vs_ref_fp32": _diff(r32, ref_out),
@@ -312,6 +357,8 @@ def run_policy(ptype, args, dev, workdir, res):
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
             t0 = time.perf_counter()
+            from wam_policy_node.engines import EagerEngine
+
             ref_l = EagerEngine.from_pretrained(ckpt, device=dev, dtype=args.dtype)
             load_s = time.perf_counter() - t0
             warm_s = ref_l.warmup(on_dev[0])

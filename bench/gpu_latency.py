@@ -3,7 +3,7 @@
 For each policy kind (π0.5, π0, SmolVLA, ACT, a world action model) a checkpoint with random weights
 is written by :mod:`wam_policy_node.zoo` (LeRobot's own classes from a config, published sizes,
 processors and local tokenizers saved beside it), then loaded the way the node loads it
-(``LeRobotBackend``: ``from_pretrained`` or the fast π engine, ``make_pre_post_processors``), and
+(``LeRobotBackend``: ``from_pretrained`` or the fast π/SmolVLA engine, ``make_pre_post_processors``), and
 timed two ways in the same process, on the same inputs:
 
 * **bare**: the model call alone on an already pre-processed batch (``backend.predict``) —
@@ -14,7 +14,7 @@ timed two ways in the same process, on the same inputs:
   filter) until the first joint command exists.
 
 ratio = p50(obs→action) / p50(bare); target ≤ 1.05 for the π0-class model. Modes per kind:
-``fast`` (π: static KV cache + CUDA graph + torch.compile), ``eager`` (LeRobot, bf16 autocast),
+``fast`` (π, SmolVLA: static KV cache + CUDA graph + torch.compile), ``eager`` (LeRobot, bf16 autocast),
 ``compile`` (LeRobot under ``torch.compile(mode="reduce-overhead")``: Inductor + CUDA graphs).
 Results are written after every job, so a run cut short keeps what it measured. Streaming WAMs
 (LingBot-VA, fed every observation) are timed on an episode's first chunk: every timed call starts
@@ -50,8 +50,8 @@ CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 WAMS = ("fastwam", "lingbot_va")  # sized by --wam-size / --wam-layers
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 # (kind, mode) in priority order: a run out of budget drops the tail
-DEFAULT_JOBS = ("pi05:fast", "act:eager", "smolvla:eager", "fastwam:eager", "pi0:fast", "act:compile",
-                "smolvla:compile")
+DEFAULT_JOBS = ("pi05:fast", "act:eager", "smolvla:eager", "smolvla:fast", "fastwam:eager", "pi0:fast",
+                "act:compile", "smolvla:compile")
 
 
 def _pcts(ms):
@@ -202,7 +202,7 @@ def run_job(kind, mode, path, args, dev) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--jobs", default=",".join(DEFAULT_JOBS), help="kind:mode,... in priority order")
-    ap.add_argument("--kinds", default="", help="shorthand: these kinds, eager (π: fast)")
+    ap.add_argument("--kinds", default="", help="shorthand: these kinds, eager (π, SmolVLA: fast)")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny sizes (CPU smoke)")
     ap.add_argument("--wam-size", default="reduced", choices=("reduced", "full", "tiny"))
@@ -215,7 +215,9 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     dev = torch.device(args.device)
     if args.kinds:
-        jobs = [(k, "fast" if k in ("pi0", "pi05") else "eager") for k in args.kinds.split(",") if k]
+        from wam_policy_node.engines import FAST_TYPES
+
+        jobs = [(k, "fast" if k in FAST_TYPES else "eager") for k in args.kinds.split(",") if k]
     else:
         jobs = [tuple(j.split(":")) for j in args.jobs.split(",") if j]
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="gpu_latency_"))
