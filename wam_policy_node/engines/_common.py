@@ -9,8 +9,10 @@
   with the weights as arguments, so one graph serves every layer of a stack.
 
 An engine subclass says how to build the model skeleton (``_skeleton``), gather its weights
-(``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``),
-stage a batch (``_stage``) and run the chunk on the static buffers (``_forward``: fills ``s["out"]``).
+(``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``), stage a
+batch (``_stage``), run the prefix into its KV cache (``_prefix``) and one Euler step
+(``_denoise_step``); it sets ``steps`` and ``dt`` (the flow schedule). ``_forward`` (the chunk on the
+static buffers, what a CUDA graph captures) is the prefix and then the steps from ``s["noise"]``.
 """
 from __future__ import annotations
 
@@ -272,11 +274,37 @@ class FlowEngine:
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
         raise NotImplementedError
 
-    def _forward(self, s: dict) -> None:
+    def _prefix(self, s: dict) -> None:
+        """Images + prompt (+ state) through the VLM into the static KV cache."""
         raise NotImplementedError
+
+    def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+        """One Euler step: returns x_t + dt · v(x_t, t_step)."""
+        raise NotImplementedError
+
+    def _forward(self, s: dict) -> None:
+        """The whole chunk on the static buffers: the prefix once, then the Euler steps from the noise."""
+        self._prefix(s)
+        x_t = s["noise"]
+        for step in range(self.steps):
+            x_t = self._denoise_step(s, step, x_t)
+        s["out"].copy_(x_t)
 
     def _finish(self, actions: torch.Tensor) -> torch.Tensor:
         return actions
+
+    def _time_embeddings(self, width: int) -> list[torch.Tensor]:
+        """LeRobot's sinusoidal time embedding (1, width) fp32 at each time of the fixed Euler
+        schedule t = 1 + step · dt (``self.steps`` steps of ``self.dt``), for start-up precomputation."""
+        from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
+
+        out = []
+        for step in range(self.steps):
+            t = torch.tensor(1.0 + step * self.dt, dtype=torch.float32, device=self.device).expand(1)
+            out.append(create_sinusoidal_pos_embedding(t, width, min_period=self.config.min_period,
+                                                       max_period=self.config.max_period,
+                                                       device=t.device).type(torch.float32))
+        return out
 
     # ---- construction -------------------------------------------------------------------------
 
@@ -346,11 +374,48 @@ class FlowEngine:
 
     # ---- staging ------------------------------------------------------------------------------
 
-    def _pin(self, s: dict, names) -> dict:
+    INPUTS = ("images", "img_mask", "tokens", "token_mask", "state", "noise")
+
+    def _input_buffers(self, b: int, nimg: int, ntok: int, hw: tuple[int, int]) -> dict:
+        """The static device buffers a batch is staged into (``INPUTS``) and the output buffer."""
+        dev = self.device
+        return {
+            "images": torch.zeros(b * nimg, 3, *hw, device=dev),  # rows (B, nimg), [0, 1]
+            "img_mask": torch.ones(b, nimg, dtype=torch.bool, device=dev),
+            "tokens": torch.zeros(b, ntok, dtype=torch.long, device=dev),
+            "token_mask": torch.zeros(b, ntok, dtype=torch.bool, device=dev),
+            "state": torch.zeros(b, self.config.max_state_dim, device=dev),
+            "noise": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
+            "out": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
+        }
+
+    def _pin(self, s: dict, names=INPUTS) -> dict:
         """Pinned host twins of the input buffers ``names`` (CUDA only)."""
         if self.device.type == "cuda":
             s["pinned"] = {k: torch.empty(s[k].shape, dtype=s[k].dtype, pin_memory=True) for k in names}
         return s
+
+    @staticmethod
+    def _tokens(batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        tokens, tmask = batch.get(TOKENS), batch.get(TOKEN_MASK)
+        if tokens is None or tmask is None:
+            raise EngineError(f"batch needs {TOKENS!r} and {TOKEN_MASK!r} (LeRobot's tokenizer step)")
+        return tokens, tmask
+
+    def _state(self, batch: dict, adapt: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """The batch's state (its newest step) as fp32 (B, max_state_dim), zero-padded; ``adapt`` first."""
+        if STATE not in batch:
+            raise EngineError(f"batch needs {STATE!r}")
+        st = batch[STATE].to(torch.float32)
+        st = st[:, -1] if st.ndim > 2 else st
+        if st.shape[-1] > self.config.max_state_dim:
+            raise EngineError(f"{STATE}: dim {st.shape[-1]} > max_state_dim {self.config.max_state_dim}")
+        if adapt is not None:
+            st = adapt(st.clone())
+        st = F.pad(st, (0, self.config.max_state_dim - st.shape[-1]))
+        if not torch.isfinite(st).all():
+            raise EngineError(f"{STATE}: non-finite values")
+        return st
 
     def _begin_stage(self, s: dict) -> None:
         if s.get("h2d_done") is not None:

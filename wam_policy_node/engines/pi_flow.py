@@ -257,6 +257,7 @@ class PiFlowEngine(FlowEngine):
         self.dtype = weights.dtype
         self.pi05 = weights.pi05
         self.steps = config.num_inference_steps
+        self.dt = -1.0 / self.steps
         self._precompute_time()
         self._build_fns()
 
@@ -306,17 +307,9 @@ class PiFlowEngine(FlowEngine):
     # ---- time-only terms ------------------------------------------------------------------------
 
     def _precompute_time(self):
-        from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
-
-        w, cfg, dev = self.w, self.config, self.device
-        dt = -1.0 / self.steps
-        width = w.action_in[0].shape[0]
-        self.dt = dt
+        w = self.w
         per_step = []
-        for step in range(self.steps):
-            t = torch.tensor(1.0 + step * dt, dtype=torch.float32, device=dev).expand(1)
-            emb = create_sinusoidal_pos_embedding(t, width, min_period=cfg.min_period,
-                                                  max_period=cfg.max_period, device=t.device).type(torch.float32)
+        for emb in self._time_embeddings(w.action_in[0].shape[0]):
             if self.pi05:
                 x = F.silu(F.linear(emb, *w.time_mlp[0]))
                 cond = F.silu(F.linear(x, *w.time_mlp[1]))  # (1, W)
@@ -399,32 +392,18 @@ class PiFlowEngine(FlowEngine):
             a, bb = w.final_a, None
         return self.fn["suffix_out"](x, a, bb, x_t, *w.action_out)
 
-    def _forward(self, s: dict) -> None:
-        self._prefix(s)
-        x_t = s["noise"]
-        for step in range(self.steps):
-            x_t = self._denoise_step(s, step, x_t)
-        s["out"].copy_(x_t)
-
     # ---- static buffers, graph, staging ---------------------------------------------------------
 
     def _alloc(self, b: int, ntok: int) -> dict:
         dev, w, cfg = self.device, self.w, self.config
         ncam = len(self.image_keys)
-        hgt, wid = cfg.image_resolution
         P = (w.vision_cfg.image_size // w.vision_cfg.patch_size) ** 2
         L = ncam * P + ntok
         lp = L + (-(L + (self.chunk + (0 if self.pi05 else 1)))) % 8  # aligned GEMMs in the suffix attention
         S = self.chunk + (0 if self.pi05 else 1)
         n_layers = len(w.text_layers)
         s = {
-            "images": torch.zeros(b * ncam, 3, hgt, wid, device=dev),
-            "img_mask": torch.ones(b, ncam, dtype=torch.bool, device=dev),
-            "tokens": torch.zeros(b, ntok, dtype=torch.long, device=dev),
-            "token_mask": torch.ones(b, ntok, dtype=torch.bool, device=dev),
-            "state": torch.zeros(b, cfg.max_state_dim, device=dev),
-            "noise": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
-            "out": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
+            **self._input_buffers(b, ncam, ntok, cfg.image_resolution),
             "k": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
             "v": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
             "suffix_mask": torch.zeros(b, w.heads * S, lp + S, device=dev),
@@ -434,17 +413,13 @@ class PiFlowEngine(FlowEngine):
                                        dtype=torch.int64, device=dev),
             "prefix_len": L,
         }
-        return self._pin(s, ("images", "img_mask", "tokens", "token_mask", "state", "noise"))
+        return self._pin(s)
 
     def _shape_key(self, batch: dict) -> tuple:
-        tokens = batch.get(TOKENS)
-        if tokens is None:
-            raise EngineError(f"batch needs {TOKENS!r}")
-        return tuple(tokens.shape)  # (B, prompt length)
+        return tuple(self._tokens(batch)[0].shape)  # (B, prompt length)
 
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
-        cfg = self.config
         b = s["tokens"].shape[0]
         ncam = len(self.image_keys)
         present = [k for k in self.image_keys if k in batch]
@@ -460,21 +435,11 @@ class PiFlowEngine(FlowEngine):
                 s["images"][sl].fill_(0.0)  # 0 → -1 after the [-1,1] map, as LeRobot pads
                 img_mask[:, ci] = False
         self._put(s, "img_mask", img_mask)
-        tokens, tmask = batch.get(TOKENS), batch.get(TOKEN_MASK)
-        if tokens is None or tmask is None:
-            raise EngineError(f"batch needs {TOKENS!r} and {TOKEN_MASK!r} (LeRobot's tokenizer step)")
+        tokens, tmask = self._tokens(batch)
         self._put(s, "tokens", tokens.to(torch.long), key=TOKENS)
         self._put(s, "token_mask", tmask.to(torch.bool), key=TOKEN_MASK)
         if not self.pi05:
-            if STATE not in batch:
-                raise EngineError(f"batch needs {STATE!r}")
-            st = batch[STATE].to(torch.float32)
-            if st.shape[-1] > cfg.max_state_dim:
-                raise EngineError(f"{STATE}: dim {st.shape[-1]} > max_state_dim {cfg.max_state_dim}")
-            st = F.pad(st, (0, cfg.max_state_dim - st.shape[-1]))
-            if not torch.isfinite(st).all():
-                raise EngineError(f"{STATE}: non-finite values")
-            self._put(s, "state", st, key=STATE)
+            self._put(s, "state", self._state(batch), key=STATE)
         self._put_noise(s, noise)
         self._end_stage(s)
 

@@ -315,19 +315,11 @@ class SmolVLAFlowEngine(FlowEngine):
 
     def _precompute_time(self):
         """Per flow step: the time embedding through its half of ``action_time_mlp_in`` (+ its bias)."""
-        from lerobot.policies.common.vla_utils import create_sinusoidal_pos_embedding
-
-        w, cfg = self.w, self.config
-        width = w.expert_width
-        mlp_w, mlp_b = w.time_in
+        width = self.w.expert_width
+        mlp_w, mlp_b = self.w.time_in
         self.mlp_in_a = mlp_w[:, :width].contiguous()
-        terms = []
-        for step in range(self.steps):
-            t = torch.tensor(1.0 + step * self.dt, dtype=torch.float32, device=self.device).expand(1)
-            emb = create_sinusoidal_pos_embedding(t, width, cfg.min_period, cfg.max_period,
-                                                  device=t.device).type(torch.float32)
-            terms.append(F.linear(emb, mlp_w[:, width:], mlp_b)[:, None, :])  # (1, 1, W) fp32
-        self._time_terms = terms
+        self._time_terms = [F.linear(emb, mlp_w[:, width:], mlp_b)[:, None, :]  # (1, 1, W) fp32
+                            for emb in self._time_embeddings(width)]
 
     # ---- forward --------------------------------------------------------------------------------
 
@@ -384,8 +376,7 @@ class SmolVLAFlowEngine(FlowEngine):
         s["ssin"].copy_(sn)
 
     def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
-        """One Euler step: returns x_t + dt · v(x_t, t_step)."""
-        w = self.w
+        w = self.w  # the expert over the suffix: self-attention layers read the prefix cache, cross ones its projections
         x = self.fn["suffix_in"](x_t, self._time_terms[step], *w.action_in, self.mlp_in_a, *w.time_out)
         for slot in w.expert:
             lay = slot.layer
@@ -399,13 +390,6 @@ class SmolVLAFlowEngine(FlowEngine):
                                     lay.n2, lay.gate_up, lay.down)
         return self.fn["suffix_out"](x, w.final_norm, x_t, *w.action_out)
 
-    def _forward(self, s: dict) -> None:
-        self._prefix(s)
-        x_t = s["noise"]
-        for step in range(self.steps):
-            x_t = self._denoise_step(s, step, x_t)
-        s["out"].copy_(x_t)
-
     # ---- static buffers, staging ----------------------------------------------------------------
 
     def _cameras(self, batch: dict) -> tuple[tuple[str, ...], int]:
@@ -416,28 +400,19 @@ class SmolVLAFlowEngine(FlowEngine):
         return present, min(len(self.image_keys) - len(present), self.config.empty_cameras)
 
     def _shape_key(self, batch: dict) -> tuple:
-        tokens = batch.get(TOKENS)
-        if tokens is None:
-            raise EngineError(f"batch needs {TOKENS!r}")
-        b, ntok = tokens.shape
+        b, ntok = self._tokens(batch)[0].shape
         present, empty = self._cameras(batch)
         return b, max(ntok, self.config.tokenizer_max_length), present, empty
 
     def _alloc(self, b: int, ntok: int, present: tuple, empty: int) -> dict:
-        dev, w, cfg = self.device, self.w, self.config
+        dev, w = self.device, self.w
         nimg = len(present) + empty
         L = nimg * self.image_tokens + ntok + 1
         S, G = self.chunk, w.heads // w.kv_heads
         kv = (b, L, w.kv_heads, w.head_dim)
         n_cross = sum(slot.cross for slot in w.expert)
         s = {
-            "images": torch.zeros(b * nimg, 3, *self.image_hw, device=dev),
-            "img_mask": torch.ones(b, nimg, dtype=torch.bool, device=dev),
-            "tokens": torch.zeros(b, ntok, dtype=torch.long, device=dev),
-            "token_mask": torch.zeros(b, ntok, dtype=torch.bool, device=dev),
-            "state": torch.zeros(b, cfg.max_state_dim, device=dev),
-            "noise": torch.zeros(b, S, self.max_action_dim, device=dev),
-            "out": torch.zeros(b, S, self.max_action_dim, device=dev),
+            **self._input_buffers(b, nimg, ntok, self.image_hw),
             "k": torch.zeros(len(w.text_layers), *kv, dtype=self.dtype, device=dev),
             "v": torch.zeros(len(w.text_layers), *kv, dtype=self.dtype, device=dev),
             "kc": torch.zeros(n_cross, *kv, dtype=self.dtype, device=dev),
@@ -450,11 +425,10 @@ class SmolVLAFlowEngine(FlowEngine):
         }
         # cross-attention queries take positions 0..S-1 (LeRobot subtracts the suffix's first position)
         s["ccos"], s["csin"] = _angles(torch.arange(S, device=dev)[None].expand(b, S), w.head_dim)
-        return self._pin(s, ("images", "img_mask", "tokens", "token_mask", "state", "noise"))
+        return self._pin(s)
 
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
-        cfg = self.config
         b, ntok = s["tokens"].shape
         present, empty = self._cameras(batch)
         nimg = len(present) + empty
@@ -469,28 +443,18 @@ class SmolVLAFlowEngine(FlowEngine):
             s["images"][ci::nimg].fill_(0.0)  # 0 → -1 after the [-1,1] map
             img_mask[:, ci] = False
         self._put(s, "img_mask", img_mask)
-        tokens, tmask = batch.get(TOKENS), batch.get(TOKEN_MASK)
-        if tokens is None or tmask is None:
-            raise EngineError(f"batch needs {TOKENS!r} and {TOKEN_MASK!r} (LeRobot's tokenizer step)")
+        tokens, tmask = self._tokens(batch)
         if tmask.shape != tokens.shape:
             raise EngineError(f"{TOKEN_MASK}: shape {tuple(tmask.shape)}, expected {tuple(tokens.shape)}")
         grow = ntok - tokens.shape[1]  # padded to the fixed prompt length: masked, no position
         self._put(s, "tokens", F.pad(tokens.to(torch.long), (0, grow)), key=TOKENS)
         self._put(s, "token_mask", F.pad(tmask.to(torch.bool), (0, grow)), key=TOKEN_MASK)
-        if STATE not in batch:
-            raise EngineError(f"batch needs {STATE!r}")
-        st = batch[STATE].to(torch.float32)
-        st = st[:, -1] if st.ndim > 2 else st
-        if st.shape[-1] > cfg.max_state_dim:
-            raise EngineError(f"{STATE}: dim {st.shape[-1]} > max_state_dim {cfg.max_state_dim}")
-        if cfg.adapt_to_pi_aloha:
+        adapt = None
+        if self.config.adapt_to_pi_aloha:  # LeRobot's own conversion (a method that reads no state)
             from lerobot.policies.smolvla.modeling_smolvla import SmolVLAPolicy
 
-            st = SmolVLAPolicy._pi_aloha_decode_state(None, st.clone())
-        st = F.pad(st, (0, cfg.max_state_dim - st.shape[-1]))
-        if not torch.isfinite(st).all():
-            raise EngineError(f"{STATE}: non-finite values")
-        self._put(s, "state", st, key=STATE)
+            adapt = lambda st: SmolVLAPolicy._pi_aloha_decode_state(None, st)  # noqa: E731
+        self._put(s, "state", self._state(batch, adapt), key=STATE)
         self._put_noise(s, noise)
         self._end_stage(s)
 
