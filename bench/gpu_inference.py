@@ -289,15 +289,15 @@ def run_policy(ptype, args, dev, workdir, res):
         s, _ = nog._state_for(*nog._shape_key(batches[0]))
         nog._stage(s, batches[0], noises[0])
         res["fast_split_no_graph_no_compile_ms"] = {
-            "vision": _time_calls(lambda: nog._vision(s["images"]), dev, 10)["p50"],
-            "prefix_incl_vision": _time_calls(lambda: nog._prefix(s), dev, 10)["p50"],
+            "vision": _time_calls(lambda: nog._encode_images(s), dev, 10)["p50"],
+            "prefix_incl_vision": _time_calls(lambda: (nog._encode_images(s), nog._prefix(s)), dev, 10)["p50"],
             "one_denoise_step": _time_calls(lambda: nog._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
         }
         if dev.type == "cuda":  # the shipped configuration (compiled), each part in its own CUDA graph
             s, _ = fast._state_for(*fast._shape_key(batches[0]))
             res["fast_split_graph_ms"] = {
-                "vision": _graph_time(lambda: fast._vision(s["images"]), dev),
-                "prefix_incl_vision": _graph_time(lambda: fast._prefix(s), dev),
+                "vision": _graph_time(lambda: fast._encode_images(s), dev),
+                "prefix_incl_vision": _graph_time(lambda: (fast._encode_images(s), fast._prefix(s)), dev),
                 "one_denoise_step": _graph_time(lambda: fast._denoise_step(s, 0, s["noise"]), dev),
                 "staging_host_to_device": _time_calls(lambda: fast._stage(s, batches[0], noises[0]), dev, 20)["p50"],
             }

@@ -240,3 +240,29 @@ def test_bf16_engine_is_as_close_to_the_fp32_function_as_lerobot_bf16(ptype, tmp
     floor = (a16 - a32).abs().max().item()
     assert (f16 - a32).abs().max().item() <= 1.5 * floor + 1e-3, (floor, (f16 - a32).abs().max().item())
     assert (f16 - a16).abs().max().item() < 3e-2
+
+
+def test_prefetched_images_give_the_same_actions(engines):
+    """prefetch (images staged and encoded before the prompt exists) changes when the vision tower
+    runs, not what the chunk is: same actions as a plain call; a prefetch of other images, or one
+    whose tensors are not the batch's, is not used."""
+    ptype, cfg, ref, fast, _ = engines
+    a, b = random_batch(cfg, n_valid_tokens=5, seed=21), random_batch(cfg, n_valid_tokens=5, seed=22)
+    noise = _noise(cfg, seed=5)
+    want_a = fast.predict_action_chunk(a, noise=noise)
+    want_b = fast.predict_action_chunk(b, noise=noise)
+    hits = fast.prefetch_hits
+    assert fast.prefetch({k: a[k] for k in fast.image_keys})  # images only: the prompt is not tokenized yet
+    assert torch.equal(fast.predict_action_chunk(a, noise=noise), want_a)
+    assert fast.prefetch_hits == hits + 1
+    fast.prefetch(b)  # b's images encoded, then a batch with a's images: encoded again, a's actions
+    assert torch.equal(fast.predict_action_chunk(a, noise=noise), want_a)
+    fast.prefetch(b)
+    copy = {k: (v.clone() if k in fast.image_keys else v) for k, v in b.items()}  # same values, other tensors
+    assert torch.equal(fast.predict_action_chunk(copy, noise=noise), want_b)
+    assert fast.prefetch_hits == hits + 1
+    assert (want_a - ref.predict_action_chunk(a, noise=noise)).abs().max().item() < TOL
+    # a prefetch of images of another size than the last call's is refused, and nothing changes
+    small = {k: a[k][..., :-8] for k in fast.image_keys}
+    assert not fast.prefetch(small)
+    assert torch.equal(fast.predict_action_chunk(b, noise=noise), want_b)

@@ -200,5 +200,25 @@ def test_backend_fast_engine_end_to_end(ckpt):
             out[name, seed] = chunk.actions
     assert out["fast", 0].shape == (fast.policy.config.chunk_size, 14) and np.isfinite(out["fast", 0]).all()
     assert np.abs(out["fast", 0] - out["fast", 1]).max() > 1e-4, "the images do not reach the actions"
+    # the backend starts the vision tower before its pre-processor (FlowEngine.prefetch): used, same actions
+    assert fast.policy.prefetch_hits >= 1
     for seed in (0, 1):
         np.testing.assert_allclose(out["fast", seed], out["eager", seed], atol=1e-3)
+
+
+def test_prefetched_images_give_the_same_actions(engines):
+    """prefetch (images staged and encoded before the prompt exists) gives the plain call's actions,
+    and is used only by a batch holding the very image tensors it encoded."""
+    cfg, ref, fast = engines
+    a, b = _batch(cfg, seed=31), _batch(cfg, seed=32)
+    noise = _noise(cfg, seed=6)
+    want_a = fast.predict_action_chunk(a, noise=noise)
+    want_b = fast.predict_action_chunk(b, noise=noise)
+    hits = fast.prefetch_hits
+    assert fast.prefetch({k: a[k] for k in fast.image_keys if k in a})
+    assert torch.equal(fast.predict_action_chunk(a, noise=noise), want_a)
+    assert fast.prefetch_hits == hits + 1
+    fast.prefetch(b)
+    assert torch.equal(fast.predict_action_chunk(a, noise=noise), want_a)
+    assert torch.equal(fast.predict_action_chunk(b, noise=noise), want_b)
+    assert fast.prefetch_hits == hits + 1

@@ -293,6 +293,8 @@ class LeRobotBackend(Backend):
         if self.action_dim != STATE_DIM:
             raise ConfigError(f"key 'backend.lerobot.path': policy action dim {self.action_dim} != {STATE_DIM}")
         self._pinned: dict[str, object] = {}  # image key → pinned uint8 staging buffer (CUDA)
+        self._uploaded = None  # CUDA event after the last copies out of those buffers
+        self._prefetch = self.policy.prefetch if self.engine == "fast" else None
         _memoize_tokenizer(self.pre)
         self.use_rtc = bool(c["rtc"]) and self._enable_rtc()
         self.supports_rtc = self.use_rtc  # the controller then fills Observation.inference_delay
@@ -395,21 +397,31 @@ class LeRobotBackend(Backend):
         if n > 0 and torch.get_num_threads() != n:  # OpenMP settings are per calling thread
             torch.set_num_threads(n)
         batch = {}
+        cuda = self.device.type == "cuda"
+        if cuda and self._uploaded is not None:
+            self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
         for src, dst in keys.items():
             img = np.asarray(obs.images[src])
             if img.ndim != 3 or img.shape[2] != 3:
                 raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
-            if self.device.type == "cuda":
-                # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32) and the
-                # float conversion there, not on the host (bench/gpu_latency.py: parts_ms)
+            if cuda:
+                # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32), copied
+                # while the host goes on, and the float conversion there (bench/gpu_latency.py: parts_ms)
                 pin = self._pinned.get(dst)
                 if pin is None or tuple(pin.shape) != img.shape:
                     pin = self._pinned[dst] = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
                 np.copyto(pin.numpy(), img, casting="unsafe")
-                t = pin.to(self.device)
+                t = pin.to(self.device, non_blocking=True)
             else:
                 t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"]))  # read-only frame: copied once
             batch[dst] = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+        if cuda:
+            self._uploaded = torch.cuda.Event()
+            self._uploaded.record()
+        if self._prefetch is not None:
+            # the fast engine stages these images and starts its vision tower now, so the GPU encodes
+            # them while the host runs the pre-processor below (engines/_common.py: FlowEngine.prefetch)
+            self._prefetch(batch)
         batch[self.state_key] = torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
         batch["task"] = obs.prompt or ""
         batch["robot_type"] = ""

@@ -10,9 +10,16 @@
 
 An engine subclass says how to build the model skeleton (``_skeleton``), gather its weights
 (``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``), stage a
-batch (``_stage``), run the prefix into its KV cache (``_prefix``) and one Euler step
-(``_denoise_step``); it sets ``steps`` and ``dt`` (the flow schedule). ``_forward`` (the chunk on the
-static buffers, what a CUDA graph captures) is the prefix and then the steps from ``s["noise"]``.
+batch's images (``_stage_images``) and its other inputs (``_stage_inputs``), encode the staged images
+into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and one
+Euler step (``_denoise_step``); it sets ``steps`` and ``dt`` (the flow schedule). A chunk on the static
+buffers is two CUDA graphs: the vision tower, then the prefix and the Euler steps from ``s["noise"]``.
+
+The split lets the images start early: :meth:`FlowEngine.prefetch` stages a batch's images and
+launches the vision graph while the host still runs the pre-processor on the prompt and state (the
+``lerobot`` backend calls it between uploading the frames and its pre-processor); the next
+``predict_action_chunk`` on the same image tensors then runs only the second graph. That hides the
+pre-processor's host time behind the vision tower's GPU time (bench/gpu_latency.py: obs→action).
 """
 from __future__ import annotations
 
@@ -247,6 +254,9 @@ class FlowEngine:
         self.action_dim = config.output_features["action"].shape[0]
         self._graphs: dict[tuple, Any] = {}
         self._static: dict[tuple, dict] = {}
+        self._last_key: tuple | None = None  # input shapes of the last call (prefetch stages into them)
+        self._prefetched: tuple | None = None  # (key, {image key: tensor}) staged and encoded by prefetch
+        self.prefetch_hits = 0  # calls that used a prefetch
         self.startup: dict[str, float] = {}
 
     # ---- subclass hooks -----------------------------------------------------------------------
@@ -271,11 +281,20 @@ class FlowEngine:
     def _alloc(self, *key) -> dict:
         raise NotImplementedError
 
-    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
+    def _stage_images(self, s: dict, batch: dict) -> None:
+        """The batch's images (and image mask) into the static buffers (between _begin/_end_stage)."""
+        raise NotImplementedError
+
+    def _stage_inputs(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
+        """Everything else the chunk reads (prompt, state, noise) into the static buffers."""
+        raise NotImplementedError
+
+    def _encode_images(self, s: dict) -> None:
+        """The vision tower: the staged images → ``s["img_tok"]`` (image tokens, model dtype)."""
         raise NotImplementedError
 
     def _prefix(self, s: dict) -> None:
-        """Images + prompt (+ state) through the VLM into the static KV cache."""
+        """Image tokens + prompt (+ state) through the VLM into the static KV cache."""
         raise NotImplementedError
 
     def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
@@ -283,7 +302,12 @@ class FlowEngine:
         raise NotImplementedError
 
     def _forward(self, s: dict) -> None:
-        """The whole chunk on the static buffers: the prefix once, then the Euler steps from the noise."""
+        """The whole chunk on the static buffers."""
+        self._encode_images(s)
+        self._after_images(s)
+
+    def _after_images(self, s: dict) -> None:
+        """The chunk from the encoded images: the prefix once, then the Euler steps from the noise."""
         self._prefix(s)
         x_t = s["noise"]
         for step in range(self.steps):
@@ -448,6 +472,18 @@ class FlowEngine:
             s["h2d_done"] = torch.cuda.Event()
             s["h2d_done"].record()
 
+    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None, images: bool = True) -> None:
+        """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
+        self._begin_stage(s)
+        if images:
+            self._stage_images(s, batch)
+            s["image_sig"] = self._image_sig(batch)
+        self._stage_inputs(s, batch, noise)
+        self._end_stage(s)
+
+    def _image_sig(self, batch: dict) -> tuple:
+        return tuple((k, tuple(batch[k].shape)) for k in self.image_keys if k in batch)
+
     # ---- the call -----------------------------------------------------------------------------
 
     def _state_for(self, *key) -> tuple[dict, Any]:
@@ -456,6 +492,7 @@ class FlowEngine:
         return self._static[key], self._graphs.get(key)
 
     def _capture(self, key, s):
+        """Two graphs on the static buffers: the vision tower, then the rest of the chunk."""
         torch.cuda.synchronize(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
@@ -463,11 +500,48 @@ class FlowEngine:
             for _ in range(2):
                 self._forward(s)
         torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            self._forward(s)
-        self._graphs[key] = g
-        return g
+        graphs = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph())
+        for g, part in zip(graphs, (self._encode_images, self._after_images)):
+            with torch.cuda.graph(g):
+                part(s)
+        self._graphs[key] = graphs
+        return graphs
+
+    def _run(self, key, s, graphs, images: bool = True, rest: bool = True):
+        if self.cuda_graph:
+            graphs = graphs if graphs is not None else self._capture(key, s)
+            if images:
+                graphs[0].replay()
+            if rest:
+                graphs[1].replay()
+        else:
+            if images:
+                self._encode_images(s)
+            if rest:
+                self._after_images(s)
+
+    @torch.inference_mode()  # in-place on the buffers, whichever mode the first call made them in
+    def prefetch(self, batch: dict) -> bool:
+        """Stage ``batch``'s images and start the vision tower now (asynchronous on a GPU).
+
+        ``batch`` needs only the images (the pre-processor has not run yet). It goes into the static
+        buffers of the last call's input shapes; the next :meth:`predict_action_chunk` whose batch holds
+        these same image tensors (the pre-processor passes them through) skips staging and encoding
+        them. Returns False (nothing done) before the first call or when the images' keys/shapes are
+        not the last call's. Any call consumes the prefetch, used or not.
+        """
+        key = self._last_key
+        s = self._static.get(key) if key is not None else None
+        sig = self._image_sig(batch)
+        if s is None or not sig or sig != s.get("image_sig"):
+            self._prefetched = None
+            return False
+        self._begin_stage(s)
+        self._stage_images(s, batch)
+        self._end_stage(s)
+        self._run(key, s, self._graphs.get(key), rest=False)
+        self._prefetched = (key, {k: batch[k] for k in self.image_keys if k in batch})
+        return True
 
     @torch.no_grad()
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
@@ -475,14 +549,14 @@ class FlowEngine:
         if any(v is not None for v in rtc.values()):
             raise EngineError("RTC guidance is not implemented in the fast engine; use engine='eager'")
         key = self._shape_key(batch)
-        s, graph = self._state_for(*key)
-        self._stage(s, batch, noise)
-        if self.cuda_graph:
-            if graph is None:
-                graph = self._capture(key, s)
-            graph.replay()
-        else:
-            self._forward(s)
+        s, graphs = self._state_for(*key)
+        pre, self._prefetched = self._prefetched, None
+        done = (pre is not None and pre[0] == key and self._image_sig(batch) == s.get("image_sig")
+                and all(batch.get(k) is t for k, t in pre[1].items()))  # this batch's images are encoded
+        self._stage(s, batch, noise, images=not done)
+        self._run(key, s, graphs, images=not done)
+        self._last_key = key
+        self.prefetch_hits += done
         out = s["out"][:, :, : self.action_dim].clone()
         if not bool(torch.isfinite(out).all()):
             raise EngineError("non-finite actions (NaN/inf in the images or the weights?)")

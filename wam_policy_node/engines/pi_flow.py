@@ -331,13 +331,15 @@ class PiFlowEngine(FlowEngine):
         x = w.vision.encode(self.fn["vision"], pixels)
         return F.linear(x, w.proj_w, w.proj_b).to(self.dtype)
 
+    def _encode_images(self, s: dict) -> None:
+        s["img_tok"].copy_(self._vision(s["images"] * 2.0 - 1.0))  # (B*ncam, P, W)
+
     def _prefix(self, s: dict):
-        """Vision + prompt through the VLM; fills the KV cache s['k'], s['v'] (layers, B, L, D)."""
+        """Image tokens + prompt through the VLM; fills the KV cache s['k'], s['v'] (layers, B, L, D)."""
         w = self.w
         b, ncam = s["img_mask"].shape
-        img_tok = self._vision(s["images"] * 2.0 - 1.0)  # (B*ncam, P, W)
-        p = img_tok.shape[1]
-        img_tok = img_tok.view(b, ncam * p, -1)
+        p = s["img_tok"].shape[1]
+        img_tok = s["img_tok"].view(b, ncam * p, -1)
         lang = F.embedding(s["tokens"], w.embed) * w.embed_scale
         x = torch.cat([img_tok, lang], dim=1)
         pad = torch.cat([s["img_mask"].repeat_interleave(p, dim=1), s["token_mask"]], dim=1)  # (B, L)
@@ -404,6 +406,7 @@ class PiFlowEngine(FlowEngine):
         n_layers = len(w.text_layers)
         s = {
             **self._input_buffers(b, ncam, ntok, cfg.image_resolution),
+            "img_tok": torch.zeros(b * ncam, P, w.proj_w.shape[0], dtype=self.dtype, device=dev),
             "k": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
             "v": torch.zeros(n_layers, b, lp, w.head_dim, dtype=self.dtype, device=dev),
             "suffix_mask": torch.zeros(b, w.heads * S, lp + S, device=dev),
@@ -418,14 +421,12 @@ class PiFlowEngine(FlowEngine):
     def _shape_key(self, batch: dict) -> tuple:
         return tuple(self._tokens(batch)[0].shape)  # (B, prompt length)
 
-    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
-        """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
+    def _stage_images(self, s: dict, batch: dict) -> None:
         b = s["tokens"].shape[0]
         ncam = len(self.image_keys)
         present = [k for k in self.image_keys if k in batch]
         if not present:
             raise EngineError(f"no image in the batch; expected one of {self.image_keys}")
-        self._begin_stage(s)
         img_mask = torch.ones(b, ncam, dtype=torch.bool)
         for ci, key in enumerate(self.image_keys):
             sl = slice(ci, None, ncam)  # images are laid out (B, ncam) → row b*ncam + ci
@@ -435,13 +436,14 @@ class PiFlowEngine(FlowEngine):
                 s["images"][sl].fill_(0.0)  # 0 → -1 after the [-1,1] map, as LeRobot pads
                 img_mask[:, ci] = False
         self._put(s, "img_mask", img_mask)
+
+    def _stage_inputs(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
         tokens, tmask = self._tokens(batch)
         self._put(s, "tokens", tokens.to(torch.long), key=TOKENS)
         self._put(s, "token_mask", tmask.to(torch.bool), key=TOKEN_MASK)
         if not self.pi05:
             self._put(s, "state", self._state(batch), key=STATE)
         self._put_noise(s, noise)
-        self._end_stage(s)
 
     def _image(self, img: torch.Tensor, key: str) -> torch.Tensor:
         """LeRobot's `_preprocess_images` minus the [-1,1] map (done on device in the graph)."""

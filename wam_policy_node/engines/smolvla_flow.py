@@ -330,12 +330,15 @@ class SmolVLAFlowEngine(FlowEngine):
         x = F.linear(_pixel_shuffle(x, w.scale_factor), w.connector)
         return (x * torch.tensor(x.shape[-1] ** 0.5, dtype=x.dtype, device=x.device)).to(self.dtype)
 
+    def _encode_images(self, s: dict) -> None:
+        s["img_tok"].copy_(self._vision(s["images"] * 2.0 - 1.0))  # (B*nimg, image tokens, W)
+
     def _prefix(self, s: dict):
         """Images + prompt + state through the VLM: fills the KV cache s['k'], s['v'] (layers, B, L, KV, D),
         the cross layers' projected K/V, the suffix masks and rotary angles."""
         w = self.w
         b, nimg = s["img_mask"].shape
-        img = self._vision(s["images"] * 2.0 - 1.0).view(b, nimg * self.image_tokens, -1)
+        img = s["img_tok"].view(b, nimg * self.image_tokens, -1)
         lang = F.embedding(s["tokens"], w.embed) * math.sqrt(w.width)
         state = F.linear(s["state"], *w.state_proj)[:, None, :].to(self.dtype)
         x = torch.cat([img, lang, state], dim=1)
@@ -413,6 +416,7 @@ class SmolVLAFlowEngine(FlowEngine):
         n_cross = sum(slot.cross for slot in w.expert)
         s = {
             **self._input_buffers(b, nimg, ntok, self.image_hw),
+            "img_tok": torch.zeros(b * nimg, self.image_tokens, w.width, dtype=self.dtype, device=dev),
             "k": torch.zeros(len(w.text_layers), *kv, dtype=self.dtype, device=dev),
             "v": torch.zeros(len(w.text_layers), *kv, dtype=self.dtype, device=dev),
             "kc": torch.zeros(n_cross, *kv, dtype=self.dtype, device=dev),
@@ -427,12 +431,10 @@ class SmolVLAFlowEngine(FlowEngine):
         s["ccos"], s["csin"] = _angles(torch.arange(S, device=dev)[None].expand(b, S), w.head_dim)
         return self._pin(s)
 
-    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
-        """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
-        b, ntok = s["tokens"].shape
+    def _stage_images(self, s: dict, batch: dict) -> None:
+        b = s["tokens"].shape[0]
         present, empty = self._cameras(batch)
         nimg = len(present) + empty
-        self._begin_stage(s)
         # present cameras first (config order), then LeRobot's empty cameras: -1 images, masked
         img_mask = torch.ones(b, nimg, dtype=torch.bool)
         for ci, key in enumerate(present):
@@ -443,6 +445,9 @@ class SmolVLAFlowEngine(FlowEngine):
             s["images"][ci::nimg].fill_(0.0)  # 0 → -1 after the [-1,1] map
             img_mask[:, ci] = False
         self._put(s, "img_mask", img_mask)
+
+    def _stage_inputs(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
+        ntok = s["tokens"].shape[1]
         tokens, tmask = self._tokens(batch)
         if tmask.shape != tokens.shape:
             raise EngineError(f"{TOKEN_MASK}: shape {tuple(tmask.shape)}, expected {tuple(tokens.shape)}")
@@ -456,7 +461,6 @@ class SmolVLAFlowEngine(FlowEngine):
             adapt = lambda st: SmolVLAPolicy._pi_aloha_decode_state(None, st)  # noqa: E731
         self._put(s, "state", self._state(batch, adapt), key=STATE)
         self._put_noise(s, noise)
-        self._end_stage(s)
 
     def _image(self, img: torch.Tensor, key: str) -> torch.Tensor:
         """LeRobot's SmolVLA ``prepare_images`` minus the [-1,1] map (done on device in the graph):
