@@ -263,6 +263,15 @@ def run_policy(ptype, args, dev, workdir, res):
         res["max_abs_diff_vs_ref"] = max(diffs)
         res["diff_vs_ref"] = _diff(ref_out, fast_out)
         res["ref_abs_mean"] = statistics.fmean(a.abs().mean().item() for a in ref_out)
+        # LeRobot against itself: the same samples and noise inside a batch of 2 (only GEMM shapes change):
+        # the spread of LeRobot's own bf16 result, the floor under any other implementation's difference
+        try:
+            pairs = [({k: torch.cat([on_dev[i][k], on_dev[(i + 1) % 3][k]]) for k in on_dev[i]},
+                      torch.cat([noises[i], noises[(i + 1) % 3]])) for i in range(3)]
+            self_out = [ref.predict_action_chunk(b, noise=n)[:1].float().cpu() for b, n in pairs]
+            res["ref_batch2_vs_ref"] = _diff(ref_out, self_out)
+        except Exception as exc:  # noqa: BLE001 - a side measurement
+            res["ref_batch2_vs_ref"] = {"error": f"{type(exc).__name__}: {exc}"}
         print(f"[{ptype}] fast p50 {res['fast']['latency_ms']['p50']} ms, x{res['speedup_p50']}, "
               f"diff {res['max_abs_diff_vs_ref']:.3g}", flush=True)
 
