@@ -84,3 +84,27 @@ def test_engine_choice_errors_name_the_key(pi0_dir):
     act = Path(__file__).resolve().parents[1] / "checkpoints" / "act_transfer_cube"  # a real ACT checkpoint
     with pytest.raises(ConfigError, match="no fast engine for policy type 'act'"):
         LeRobotBackend({"path": str(act), "device": "cpu", "engine": "fast"})
+
+
+@pytest.mark.parametrize("ptype", ["pi0", "pi05"])
+def test_fast_backend_gives_the_eager_backends_actions(ptype, tmp_path):
+    """Raw observation → actions, same noise: the fast backend (images straight to the engine's vision
+    tower while the pre-processor handles prompt and state on the host) = the eager backend (every input
+    through LeRobot's pre-processor and model)."""
+    from wam_policy_node.backends.lerobot import LeRobotBackend, _images_untouched
+    from wam_policy_node.zoo import save_random_policy
+
+    with tiny_dims():
+        ckpt = save_random_policy(ptype, tmp_path / ptype, size="tiny", seed=4)
+        fast = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "fast", "warmup": 0})
+        eager = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "eager", "warmup": 0})
+    assert _images_untouched(fast.pre) and fast._prefetch is not None
+    cfg = fast.policy.config
+    for seed in (0, 1, 2):
+        obs = _obs(cfg, seed=seed)
+        torch.manual_seed(seed)
+        a = fast.infer(obs).actions
+        torch.manual_seed(seed)
+        b = eager.infer(obs).actions
+        np.testing.assert_allclose(a, b, atol=1e-4)
+    assert fast.policy.prefetch_hits == 2  # every call after the first (which sets the shapes)

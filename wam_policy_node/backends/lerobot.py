@@ -161,6 +161,27 @@ def _local_wan(path: Path, pcfg):
         components.WAN22_DIFFUSERS_MODEL_ID = hub
 
 
+def _images_untouched(pipeline) -> bool:
+    """Whether the pre-processor passes images through unchanged: each of its steps is one that never
+    touches an image, or a normaliser whose mode for visual features is identity."""
+    from lerobot.configs.types import FeatureType, NormalizationMode
+
+    passive = {"RenameObservationsProcessorStep", "AddBatchDimensionProcessorStep", "RelativeActionsProcessorStep",
+               "Pi05PrepareStateTokenizerProcessorStep", "Pi0NewLineProcessor", "NewLineTaskProcessorStep",
+               "TokenizerProcessorStep", "DeviceProcessorStep"}
+    for step in getattr(pipeline, "steps", []):
+        name = type(step).__name__
+        if name == "NormalizerProcessorStep":
+            if step.norm_map.get(FeatureType.VISUAL, NormalizationMode.IDENTITY) != NormalizationMode.IDENTITY:
+                return False
+        elif name == "RenameObservationsProcessorStep":
+            if getattr(step, "rename_map", None):
+                return False
+        elif name not in passive:
+            return False
+    return True
+
+
 def _memoize_tokenizer(pipeline, size: int = 64) -> None:
     """Tokenize each prompt once: LeRobot's tokenizer steps tokenize the task text at every
     inference (~0.5 ms of Python), though a prompt rarely changes within an episode. The wrapped
@@ -274,9 +295,13 @@ class LeRobotBackend(Backend):
             with _local_wan(path, pcfg):
                 self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
             self.policy.to(self.device).eval()
+        # the fast engine stages the prompt and state itself (pinned buffers, non-blocking copies): its
+        # pre-processor stays on the host, so no copy in it waits for the GPU (busy with the images)
+        pre_dev = "cpu" if self.engine == "fast" else dev
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": dev}, **_local_tokenizer(path), **vlm_override},
+            preprocessor_overrides={"device_processor": {"device": pre_dev}, **_local_tokenizer(path),
+                                    **vlm_override},
             postprocessor_overrides={"device_processor": {"device": "cpu"}})
         want = str(c["dtype"])
         self.autocast_dtype = None
@@ -294,7 +319,10 @@ class LeRobotBackend(Backend):
             raise ConfigError(f"key 'backend.lerobot.path': policy action dim {self.action_dim} != {STATE_DIM}")
         self._pinned: dict[str, object] = {}  # image key → pinned uint8 staging buffer (CUDA)
         self._uploaded = None  # CUDA event after the last copies out of those buffers
-        self._prefetch = self.policy.prefetch if self.engine == "fast" else None
+        # fast engine: the images skip the pre-processor (it would leave them as they are: checked here)
+        # and go to the engine's vision tower first (FlowEngine.prefetch), while the host pre-processes
+        # the prompt and state (see batch())
+        self._prefetch = self.policy.prefetch if self.engine == "fast" and _images_untouched(self.pre) else None
         _memoize_tokenizer(self.pre)
         self.use_rtc = bool(c["rtc"]) and self._enable_rtc()
         self.supports_rtc = self.use_rtc  # the controller then fills Observation.inference_delay
@@ -418,15 +446,19 @@ class LeRobotBackend(Backend):
         if cuda:
             self._uploaded = torch.cuda.Event()
             self._uploaded.record()
+        images = None
         if self._prefetch is not None:
-            # the fast engine stages these images and starts its vision tower now, so the GPU encodes
-            # them while the host runs the pre-processor below (engines/_common.py: FlowEngine.prefetch)
+            # the fast engine stages these images and starts its vision tower now: the GPU encodes them
+            # while the host runs the pre-processor on the rest (engines/_common.py: FlowEngine.prefetch)
             self._prefetch(batch)
+            images, batch = batch, {}
         batch[self.state_key] = torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
         batch["task"] = obs.prompt or ""
         batch["robot_type"] = ""
         batch = self.pre(batch)
         batch.pop("action", None)  # the processors' transition carries an empty action
+        if images is not None:
+            batch.update(images)
         return batch
 
     def _rtc_kwargs(self, obs: Observation) -> dict:

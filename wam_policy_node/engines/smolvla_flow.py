@@ -279,6 +279,9 @@ class SmolVLAFlowEngine(FlowEngine):
         self.image_tokens = n_h * n_w // weights.scale_factor ** 2
         pos = _patch_positions(n_h, n_w, weights.vision_side).to(self.device)
         self.pos_emb = weights.vision.pos_emb[pos]  # (patches, vision width)
+        # LeRobot scales the image tokens by √width as a tensor of their dtype (rounded to it); made here,
+        # not per call: a host→device copy cannot be captured in a CUDA graph
+        self.img_scale = torch.tensor(weights.width ** 0.5, dtype=weights.connector.dtype, device=self.device)
         self._precompute_time()
         self._build_fns()
 
@@ -328,7 +331,7 @@ class SmolVLAFlowEngine(FlowEngine):
         w = self.w
         x = w.vision.encode(self.fn["vision"], pixels, self.pos_emb)
         x = F.linear(_pixel_shuffle(x, w.scale_factor), w.connector)
-        return (x * torch.tensor(x.shape[-1] ** 0.5, dtype=x.dtype, device=x.device)).to(self.dtype)
+        return (x * self.img_scale.to(x.dtype)).to(self.dtype)
 
     def _encode_images(self, s: dict) -> None:
         s["img_tok"].copy_(self._vision(s["images"] * 2.0 - 1.0))  # (B*nimg, image tokens, W)
@@ -347,8 +350,7 @@ class SmolVLAFlowEngine(FlowEngine):
         L = pad.shape[1]
         # LeRobot's make_att_2d_masks: images and prompt attend to each other, the state token to all;
         # padded keys masked (padded queries see the valid keys: finite, and never read)
-        block = torch.zeros(L, dtype=torch.long, device=x.device)
-        block[-1] = 1
+        block = (torch.arange(L, device=x.device) == L - 1).long()  # (no host→device copy: CUDA-graph safe)
         allowed = pad[:, None, :] & (block[None, :] <= block[:, None])[None]  # (B, L, L)
         mask = torch.zeros(allowed.shape, dtype=self.dtype, device=x.device).masked_fill_(~allowed, -math.inf)
         cos, sin = _angles(torch.cumsum(pad, dim=1) - 1, w.head_dim)
