@@ -151,7 +151,16 @@ def run_job(kind, mode, path, args, dev) -> dict:
     # obs→action: the node's per-inference path (lockstep, a new chunk every step)
     ctl = PolicyController(b, ChunkRuntime(strategy="sync"), SafetyFilter({}), realtime=False,
                            horizon_hint=50)
-    e2e, holds = [], {}
+    e2e, holds, infer_ms = [], {}, []
+    infer = b.infer
+
+    def timed_infer(obs):  # the backend's share of each step (the rest is controller, runtime, safety)
+        t = time.perf_counter()
+        out = infer(obs)
+        infer_ms.append((time.perf_counter() - t) * 1e3)
+        return out
+
+    b.infer = timed_infer
     for i in range(args.iters + args.warmup):
         ctl.reset_episode({"episode": i})
         stamp = 1_000_000_000 + i * 20_000_000
@@ -180,10 +189,14 @@ def run_job(kind, mode, path, args, dev) -> dict:
 
     chunk = b.predict(batches[0])
     obs_i = [Observation(1_000_000_000, obs_map.images(f), HOME.copy(), prompt) for f in frames]
+    b.infer = infer
+    step_minus_infer = [t - i for t, i in zip(e2e, infer_ms[args.warmup:])]
     res["parts_ms"] = {
+        "backend_infer_in_step": _pcts(infer_ms[args.warmup:]),  # batch + model + post-processor
+        "controller_runtime_safety": _pcts(step_minus_infer),
         "resize": part(lambda i=0: obs_map.images(frames[i % 3])),
         "pre_processor": part(lambda i=0: b.batch(obs_i[i % 3])),
-        "post_processor": part(lambda i=0: b.post(chunk.float()).to("cpu").numpy()),
+        "post_processor": part(lambda i=0: b.post(chunk.float().cpu()).numpy()),
     }
     res["bare_ms"] = _pcts(bare)
     res["obs_to_action_ms"] = _pcts(e2e)

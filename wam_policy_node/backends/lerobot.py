@@ -413,7 +413,9 @@ class LeRobotBackend(Backend):
         else:
             chunk = self.predict(self.batch(obs, keys), self._rtc_kwargs(obs))
         raw = chunk[0].float()
-        actions = self.post(chunk.float())
+        # the post-processor on the host: a chunk is a few hundred numbers, which the GPU would unnormalise
+        # in a string of tiny kernels (and LeRobot's QUANTILES/MIN_MAX steps copy a constant to it per call)
+        actions = self.post(chunk.float().cpu())
         return raw, actions
 
     def batch(self, obs: Observation, keys: dict[str, str] | None = None) -> dict:
