@@ -242,7 +242,7 @@ def run_policy(ptype, args, dev, workdir, res):
         load_s = time.perf_counter() - t0
         weights_gib = ((torch.cuda.memory_allocated(dev) - before) / 2**30) if dev.type == "cuda" else None
         warm_s = fast.warmup(batches[0])
-        s, _ = fast._state_for(*fast._shape_key(batches[0]))
+        s = fast._state_for(*fast._shape_key(batches[0]))
         res["tokens"] = {"images": len(cfg.image_features),
                          "image_tokens_each": getattr(fast, "image_tokens", None) or (cfg.image_resolution[0] // 14) ** 2,
                          "text_tokens": cfg.tokenizer_max_length, "valid_text_tokens": 20,
@@ -295,7 +295,7 @@ def run_policy(ptype, args, dev, workdir, res):
         nog = engine_cls(fast.config, fast.w, device=dev, cuda_graph=False, compile=False)
         res["fast_no_graph_no_compile_latency_ms"] = _time_calls(
             lambda: nog.predict_action_chunk(batches[0], noise=noises[0]), dev, 10)
-        s, _ = nog._state_for(*nog._shape_key(batches[0]))
+        s = nog._state_for(*nog._shape_key(batches[0]))
         nog._stage(s, batches[0], noises[0])
         res["fast_split_no_graph_no_compile_ms"] = {
             "vision": _time_calls(lambda: nog._encode_images(s), dev, 10)["p50"],
@@ -303,7 +303,7 @@ def run_policy(ptype, args, dev, workdir, res):
             "one_denoise_step": _time_calls(lambda: nog._denoise_step(s, 0, s["noise"]), dev, 10)["p50"],
         }
         if dev.type == "cuda":  # the shipped configuration (compiled), each part in its own CUDA graph
-            s, _ = fast._state_for(*fast._shape_key(batches[0]))
+            s = fast._state_for(*fast._shape_key(batches[0]))
             res["fast_split_graph_ms"] = {
                 "vision": _graph_time(lambda: fast._encode_images(s), dev),
                 "prefix_incl_vision": _graph_time(lambda: (fast._encode_images(s), fast._prefix(s)), dev),

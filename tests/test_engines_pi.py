@@ -266,3 +266,21 @@ def test_prefetched_images_give_the_same_actions(engines):
     small = {k: a[k][..., :-8] for k in fast.image_keys}
     assert not fast.prefetch(small)
     assert torch.equal(fast.predict_action_chunk(b, noise=noise), want_b)
+
+
+def test_raw_frames_are_converted_like_float_images(engines):
+    """Camera frames as they come (uint8 B×H×W×3: the backend's fast path) give the actions LeRobot
+    gives for the same frames as float [0, 1] images: /255 and the resize run in the vision graph.
+    Frame sizes that change and come back each keep their own buffer."""
+    ptype, cfg, ref, fast, _ = engines
+    g = torch.Generator().manual_seed(23)
+    noise = _noise(cfg, seed=7)
+    base = random_batch(cfg, n_valid_tokens=5, seed=23)
+    outs = {}
+    for h, w in ((40, 60), (30, 50), (40, 60)):
+        raw = {k: torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=g) for k in fast.image_keys}
+        as_float = dict(base, **{k: v.permute(0, 3, 1, 2).float() / 255.0 for k, v in raw.items()})
+        got = fast.predict_action_chunk(dict(base, **raw), noise=noise)
+        assert (got - ref.predict_action_chunk(as_float, noise=noise)).abs().max().item() < TOL
+        outs.setdefault((h, w), []).append(got)
+    assert not torch.equal(outs[40, 60][0], outs[30, 50][0])

@@ -222,3 +222,17 @@ def test_prefetched_images_give_the_same_actions(engines):
     assert torch.equal(fast.predict_action_chunk(a, noise=noise), want_a)
     assert torch.equal(fast.predict_action_chunk(b, noise=noise), want_b)
     assert fast.prefetch_hits == hits + 1
+
+
+def test_raw_frames_are_converted_like_float_images(engines):
+    """uint8 B×H×W×3 frames (the backend's fast path: /255 and the padded resize in the vision graph)
+    give LeRobot's actions for the same frames as float [0, 1] images."""
+    cfg, ref, fast = engines
+    g = torch.Generator().manual_seed(24)
+    base = _batch(cfg, seed=33)
+    noise = _noise(cfg, seed=8)
+    for h, w in ((40, 60), (64, 48)):
+        raw = {k: torch.randint(0, 256, (1, h, w, 3), dtype=torch.uint8, generator=g) for k in fast.image_keys}
+        as_float = dict(base, **{k: v.permute(0, 3, 1, 2).float() / 255.0 for k, v in raw.items()})
+        got = fast.predict_action_chunk(dict(base, **raw), noise=noise)
+        assert (got - ref.predict_action_chunk(as_float, noise=noise)).abs().max().item() < 1e-4

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -428,6 +429,8 @@ class LeRobotBackend(Backend):
             torch.set_num_threads(n)
         batch = {}
         cuda = self.device.type == "cuda"
+        if self._prefetch is not None:
+            return self._batch_fast(obs, keys)
         if cuda and self._uploaded is not None:
             self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
         for src, dst in keys.items():
@@ -448,19 +451,38 @@ class LeRobotBackend(Backend):
         if cuda:
             self._uploaded = torch.cuda.Event()
             self._uploaded.record()
-        images = None
-        if self._prefetch is not None:
-            # the fast engine stages these images and starts its vision tower now: the GPU encodes them
-            # while the host runs the pre-processor on the rest (engines/_common.py: FlowEngine.prefetch)
-            self._prefetch(batch)
-            images, batch = batch, {}
-        batch[self.state_key] = torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
+        return self._preprocess(batch, obs)
+
+    def _preprocess(self, batch: dict, obs: Observation) -> dict:
+        batch[self.state_key] = self.torch.from_numpy(np.asarray(obs.state, np.float32)).unsqueeze(0)
         batch["task"] = obs.prompt or ""
         batch["robot_type"] = ""
         batch = self.pre(batch)
         batch.pop("action", None)  # the processors' transition carries an empty action
-        if images is not None:
-            batch.update(images)
+        return batch
+
+    def _batch_fast(self, obs: Observation, keys: dict[str, str]) -> dict:
+        """The fast engine's batch: the frames as they are (uint8 HxWx3, no copy here) go to the engine,
+        which copies them to the GPU and starts its vision tower at once (uint8 → [0, 1] float and the
+        model's resize are inside its vision graph: engines/_common.py, FlowEngine.prefetch); then the
+        host runs the pre-processor on the prompt and state while the GPU encodes the images. The images
+        skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched)."""
+        torch = self.torch
+        images = {}
+        for src, dst in keys.items():
+            img = np.asarray(obs.images[src])
+            if img.ndim != 3 or img.shape[2] != 3:
+                raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
+            img = np.require(img, np.uint8, ["C"])
+            if not img.flags.writeable:  # a frame from a message buffer: only read (copied by the engine)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)
+                    images[dst] = torch.from_numpy(img).unsqueeze(0)
+            else:
+                images[dst] = torch.from_numpy(img).unsqueeze(0)
+        self._prefetch(images)
+        batch = self._preprocess({}, obs)
+        batch.update(images)
         return batch
 
     def _rtc_kwargs(self, obs: Observation) -> dict:

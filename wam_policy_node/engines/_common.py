@@ -252,7 +252,7 @@ class FlowEngine:
         self.chunk = config.chunk_size
         self.max_action_dim = config.max_action_dim
         self.action_dim = config.output_features["action"].shape[0]
-        self._graphs: dict[tuple, Any] = {}
+        self._graphs: dict[tuple, Any] = {}  # input shapes → the chunk's graph; ("vision", ...) → vision
         self._static: dict[tuple, dict] = {}
         self._last_key: tuple | None = None  # input shapes of the last call (prefetch stages into them)
         self._prefetched: tuple | None = None  # (key, {image key: tensor}) staged and encoded by prefetch
@@ -303,7 +303,7 @@ class FlowEngine:
 
     def _forward(self, s: dict) -> None:
         """The whole chunk on the static buffers."""
-        self._encode_images(s)
+        self._vision_part(s)
         self._after_images(s)
 
     def _after_images(self, s: dict) -> None:
@@ -459,6 +459,46 @@ class FlowEngine:
         else:
             dst.copy_(value)
 
+    @staticmethod
+    def _is_raw(img: torch.Tensor) -> bool:
+        """A camera's frames as they come: uint8 (B, H, W, 3)."""
+        return img.dtype == torch.uint8 and img.ndim == 4 and img.shape[-1] == 3
+
+    def _put_image(self, s: dict, img: torch.Tensor, sl, key: str) -> None:
+        """One camera's images into ``s["images"][sl]`` (rows of that camera). Float images are
+        converted now (``_image``: resize to the model's input). Raw frames (``_is_raw``) are staged
+        as they are, a quarter of float's bytes, and converted on the device inside the vision graph
+        (``_vision_part``): the host launches one copy per camera, not a string of small kernels."""
+        if not self._is_raw(img):
+            self._put(s, "images", self._image(img, key), sl, key=key)
+            return
+        # one buffer per camera and frame size, kept: a captured vision graph reads it
+        raw, pin, slot = s.setdefault("raw", {}), s.setdefault("raw_pinned", {}), (key, tuple(img.shape))
+        buf = raw.get(slot)
+        if buf is None:
+            buf = raw[slot] = torch.empty(img.shape, dtype=torch.uint8, device=self.device)
+            if self.device.type == "cuda":
+                pin[slot] = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
+        if img.device.type == "cpu" and slot in pin:
+            pin[slot].copy_(img)
+            buf.copy_(pin[slot], non_blocking=True)
+        else:
+            buf.copy_(img)
+        s["raw_now"][key] = (buf, sl)
+
+    def _vision_part(self, s: dict) -> None:
+        """The first CUDA graph: this call's raw frames → float [0, 1] at the model's size in
+        ``s["images"]`` (LeRobot's ``/255`` and the model's resize), then the vision tower."""
+        for key, (buf, sl) in s.get("raw_now", {}).items():
+            s["images"][sl].copy_(self._image(buf.permute(0, 3, 1, 2).float().div(255.0), key))
+        self._encode_images(s)
+
+    def _stage_image_part(self, s: dict, batch: dict) -> None:
+        s["raw_now"] = {}
+        self._stage_images(s, batch)
+        s["image_sig"] = self._image_sig(batch)
+        s["raw_sig"] = tuple((k, tuple(buf.shape)) for k, (buf, _) in s["raw_now"].items())
+
     def _put_noise(self, s: dict, noise: torch.Tensor | None) -> None:
         if noise is None:
             s["noise"].normal_()
@@ -476,49 +516,52 @@ class FlowEngine:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
         self._begin_stage(s)
         if images:
-            self._stage_images(s, batch)
-            s["image_sig"] = self._image_sig(batch)
+            self._stage_image_part(s, batch)
         self._stage_inputs(s, batch, noise)
         self._end_stage(s)
 
     def _image_sig(self, batch: dict) -> tuple:
-        return tuple((k, tuple(batch[k].shape)) for k in self.image_keys if k in batch)
+        return tuple((k, tuple(batch[k].shape), batch[k].dtype) for k in self.image_keys if k in batch)
 
     # ---- the call -----------------------------------------------------------------------------
 
-    def _state_for(self, *key) -> tuple[dict, Any]:
+    def _state_for(self, *key) -> dict:
         if key not in self._static:
             self._static[key] = self._alloc(*key)
-        return self._static[key], self._graphs.get(key)
+        return self._static[key]
 
-    def _capture(self, key, s):
-        """Two graphs on the static buffers: the vision tower, then the rest of the chunk."""
+    def _capture(self, part: Callable[[dict], None], s: dict):
+        """``part`` on the static buffers as a CUDA graph (after two warm-up runs on a side stream)."""
         torch.cuda.synchronize(self.device)
         side = torch.cuda.Stream(self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(2):
-                self._forward(s)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graphs = (torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph())
-        for g, part in zip(graphs, (self._encode_images, self._after_images)):
-            with torch.cuda.graph(g):
                 part(s)
-        self._graphs[key] = graphs
-        return graphs
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            part(s)
+        return g
 
-    def _run(self, key, s, graphs, images: bool = True, rest: bool = True):
-        if self.cuda_graph:
-            graphs = graphs if graphs is not None else self._capture(key, s)
+    def _run(self, key, s, images: bool = True, rest: bool = True):
+        """The vision graph (per input shapes and raw-frame shapes: the conversion is in it), then the
+        rest of the chunk (per input shapes); captured on first use; eager without CUDA graphs."""
+        if not self.cuda_graph:
             if images:
-                graphs[0].replay()
-            if rest:
-                graphs[1].replay()
-        else:
-            if images:
-                self._encode_images(s)
+                self._vision_part(s)
             if rest:
                 self._after_images(s)
+            return
+        if images:
+            vkey = ("vision", key, s.get("raw_sig", ()))
+            if vkey not in self._graphs:
+                self._graphs[vkey] = self._capture(self._vision_part, s)
+            self._graphs[vkey].replay()
+        if rest:
+            if key not in self._graphs:
+                self._graphs[key] = self._capture(self._after_images, s)
+            self._graphs[key].replay()
 
     @torch.inference_mode()  # in-place on the buffers, whichever mode the first call made them in
     def prefetch(self, batch: dict) -> bool:
@@ -537,9 +580,9 @@ class FlowEngine:
             self._prefetched = None
             return False
         self._begin_stage(s)
-        self._stage_images(s, batch)
+        self._stage_image_part(s, batch)
         self._end_stage(s)
-        self._run(key, s, self._graphs.get(key), rest=False)
+        self._run(key, s, rest=False)
         self._prefetched = (key, {k: batch[k] for k in self.image_keys if k in batch})
         return True
 
@@ -549,12 +592,12 @@ class FlowEngine:
         if any(v is not None for v in rtc.values()):
             raise EngineError("RTC guidance is not implemented in the fast engine; use engine='eager'")
         key = self._shape_key(batch)
-        s, graphs = self._state_for(*key)
+        s = self._state_for(*key)
         pre, self._prefetched = self._prefetched, None
         done = (pre is not None and pre[0] == key and self._image_sig(batch) == s.get("image_sig")
                 and all(batch.get(k) is t for k, t in pre[1].items()))  # this batch's images are encoded
         self._stage(s, batch, noise, images=not done)
-        self._run(key, s, graphs, images=not done)
+        self._run(key, s, images=not done)
         self._last_key = key
         self.prefetch_hits += done
         out = s["out"][:, :, : self.action_dim].clone()

@@ -431,7 +431,7 @@ class PiFlowEngine(FlowEngine):
         for ci, key in enumerate(self.image_keys):
             sl = slice(ci, None, ncam)  # images are laid out (B, ncam) → row b*ncam + ci
             if key in batch:
-                self._put(s, "images", self._image(batch[key], key), sl, key=key)
+                self._put_image(s, batch[key], sl, key)
             else:
                 s["images"][sl].fill_(0.0)  # 0 → -1 after the [-1,1] map, as LeRobot pads
                 img_mask[:, ci] = False

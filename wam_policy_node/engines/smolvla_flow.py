@@ -440,7 +440,7 @@ class SmolVLAFlowEngine(FlowEngine):
         # present cameras first (config order), then LeRobot's empty cameras: -1 images, masked
         img_mask = torch.ones(b, nimg, dtype=torch.bool)
         for ci, key in enumerate(present):
-            self._put(s, "images", self._image(batch[key], key), slice(ci, None, nimg), key=key)
+            self._put_image(s, batch[key], slice(ci, None, nimg), key)
             if f"{key}_padding_mask" in batch:
                 img_mask[:, ci] = batch[f"{key}_padding_mask"].bool().cpu()
         for ci in range(len(present), nimg):
