@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -237,6 +238,16 @@ def dummy_batch(config, batch_size: int = 1) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # the engine machinery
+
+
+def _host_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """Host → pinned host copy on the calling thread (numpy), not torch's OpenMP-parallel copy: measured
+    on the GPU machine, that one stalled a frame copy by ~20 ms now and then (every call in one run),
+    presumably its worker threads waking under the container's CPU quota."""
+    if dst.dtype in (torch.bfloat16,) or src.dtype != dst.dtype:
+        dst.copy_(src)
+    else:
+        np.copyto(dst.numpy(), src.numpy(), casting="no")
 
 
 class FlowEngine:
@@ -454,7 +465,7 @@ class FlowEngine:
         pinned = s.get("pinned")
         if value.device.type == "cpu" and pinned is not None:
             pin = pinned[name][sl]
-            pin.copy_(value)
+            _host_copy(pin, value)
             dst.copy_(pin, non_blocking=True)
         else:
             dst.copy_(value)
@@ -480,7 +491,7 @@ class FlowEngine:
             if self.device.type == "cuda":
                 pin[slot] = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
         if img.device.type == "cpu" and slot in pin:
-            pin[slot].copy_(img)
+            _host_copy(pin[slot], img)
             buf.copy_(pin[slot], non_blocking=True)
         else:
             buf.copy_(img)
