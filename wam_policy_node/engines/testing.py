@@ -158,3 +158,26 @@ def dataset_stats(state_dim: int = 14, action_dim: int = 14, seed: int = 0):
     from ..zoo import stats
 
     return stats((), state_dim, action_dim, seed)
+
+
+def assert_same_actions(ref, fast, batch: dict, noise, tol: float):
+    """The fast engine gives the reference's actions for one batch and noise: (1, chunk, 14), finite,
+    not near zero (so the comparison means something), within ``tol``. Returns both."""
+    a = ref.predict_action_chunk(batch, noise=noise)
+    b = fast.predict_action_chunk(batch, noise=noise)
+    assert a.shape == b.shape == (1, fast.chunk, 14)
+    assert b.isfinite().all()
+    assert a.abs().mean() > 0.05  # the comparison is not between two near-zero outputs
+    assert (a - b).abs().max().item() < tol
+    return a, b
+
+
+def assert_each_input_matters(ref, fast, base: dict, noise, variants: dict, tol: float) -> None:
+    """Each variant ``name → (batch, noise)`` of ``base`` changes the fast engine's actions, and the
+    fast engine follows the reference on it."""
+    out0 = fast.predict_action_chunk(base, noise=noise)
+    for what, (batch, nz) in variants.items():
+        b = fast.predict_action_chunk(batch, noise=nz)
+        a = ref.predict_action_chunk(batch, noise=nz)
+        assert (b - out0).abs().max().item() > 1e-3, f"{what} does not change the actions"
+        assert (a - b).abs().max().item() < tol, what
