@@ -12,8 +12,9 @@ An engine subclass says how to build the model skeleton (``_skeleton``), gather 
 (``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``), stage a
 batch's images (``_stage_images``) and its other inputs (``_stage_inputs``), encode the staged images
 into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and one
-Euler step (``_denoise_step``); it sets ``steps`` and ``dt`` (the flow schedule). A chunk on the static
-buffers is two CUDA graphs: the vision tower, then the prefix and the Euler steps from ``s["noise"]``.
+Euler step (``_denoise_step``); it hands its weights and the number of flow steps to
+``FlowEngine.__init__``. A chunk on the static buffers is two CUDA graphs: the vision tower, then the
+prefix and the Euler steps from ``s["noise"]``.
 
 The split lets the images start early: :meth:`FlowEngine.prefetch` stages a batch's images and
 launches the vision graph while the host still runs the pre-processor on the prompt and state (the
@@ -254,8 +255,12 @@ class FlowEngine:
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)``: static buffers, staging,
     CUDA graphs, loading; the model itself is the subclass's (see the module docstring)."""
 
-    def __init__(self, config, *, device, cuda_graph: bool = True, compile: bool | None = None):
+    def __init__(self, config, weights, steps: int, *, device, cuda_graph: bool = True, compile: bool | None = None):
         self.config = config
+        self.w = weights  # the subclass's gathered weights (``_weights``), in ``weights.dtype``
+        self.dtype = weights.dtype
+        self.steps = steps  # the flow schedule: t = 1 → 0 in ``steps`` Euler steps of dt
+        self.dt = -1.0 / steps
         self.device = torch.device(device)
         self.cuda_graph = cuda_graph and self.device.type == "cuda"
         self.compile = (self.device.type == "cuda") if compile is None else compile

@@ -252,12 +252,9 @@ class PiFlowEngine(FlowEngine):
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)`` for π0 / π0.5."""
 
     def __init__(self, config, weights: _Weights, *, device, cuda_graph: bool = True, compile: bool | None = None):
-        super().__init__(config, device=device, cuda_graph=cuda_graph, compile=compile)
-        self.w = weights
-        self.dtype = weights.dtype
+        super().__init__(config, weights, config.num_inference_steps, device=device, cuda_graph=cuda_graph,
+                         compile=compile)
         self.pi05 = weights.pi05
-        self.steps = config.num_inference_steps
-        self.dt = -1.0 / self.steps
         self._precompute_time()
         self._build_fns()
 

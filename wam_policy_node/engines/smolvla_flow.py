@@ -259,11 +259,7 @@ class SmolVLAFlowEngine(FlowEngine):
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)`` for SmolVLA."""
 
     def __init__(self, config, weights: _Weights, *, device, cuda_graph: bool = True, compile: bool | None = None):
-        super().__init__(config, device=device, cuda_graph=cuda_graph, compile=compile)
-        self.w = weights
-        self.dtype = weights.dtype
-        self.steps = config.num_steps
-        self.dt = -1.0 / self.steps
+        super().__init__(config, weights, config.num_steps, device=device, cuda_graph=cuda_graph, compile=compile)
         if config.prefix_length > 0:
             raise EngineError("SmolVLA prefix_length > 0 (a padded prefix) is not supported by the fast engine")
         if config.add_image_special_tokens:
