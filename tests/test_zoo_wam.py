@@ -41,3 +41,34 @@ def test_fastwam_sizes_on_meta_device():
     assert 4.9e9 < full["video_dit"] < 5.1e9 and 5.6e9 < full["text_encoder"] < 5.8e9
     assert reduced["text_encoder"] == full["text_encoder"] and reduced["vae"] == full["vae"]
     assert reduced["video_dit"] < full["video_dit"] / 5 and reduced["action_dit"] < full["action_dit"] / 5
+
+
+def test_fastwam_encodes_each_prompt_once(tmp_path, monkeypatch):
+    """The backend caches FastWAM's prompt embedding (LeRobot runs the UMT5 text encoder for every
+    chunk): one encoder call per distinct prompt, and the same actions as encoding it every time."""
+    import torch
+
+    from wam_policy_node.backends.lerobot import LeRobotBackend
+    from wam_policy_node.zoo import save_random_policy
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    ckpt = save_random_policy("fastwam", tmp_path / "m", size="tiny", cameras=CAMS, chunk=16)
+    b = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "eager", "warmup": 0})
+    enc = b.policy.model.text_encoder
+    calls = []
+    enc.register_forward_hook(lambda *_: calls.append(1))
+    uncached = type(b.policy.model).encode_prompt.__get__(b.policy.model)  # LeRobot's own, every time
+    outs = []
+    for prompt in ("transfer the cube", "transfer the cube", "insert the peg", "transfer the cube"):
+        obs = _obs(0)
+        obs = type(obs)(obs.stamp_ns, obs.images, obs.state, prompt)
+        b.reset()
+        outs.append(b.infer(obs).actions)
+    assert len(calls) == 2  # two distinct prompts
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[3])
+    # the cached embedding is LeRobot's for that text
+    key = next(iter(b.policy.model.prompt_cache))
+    emb, mask = b.policy.model.prompt_cache[key]
+    ref_emb, ref_mask = uncached(key)
+    assert torch.equal(emb, ref_emb) and torch.equal(mask, ref_mask)

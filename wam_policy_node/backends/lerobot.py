@@ -210,6 +210,32 @@ def _memoize_tokenizer(pipeline, size: int = 64) -> None:
         step._tokenize_text = memo
 
 
+def _memoize_prompt_encoder(policy, size: int = 16) -> None:
+    """Encode each prompt once where a policy runs a text encoder at every inference: LeRobot's FastWAM
+    calls its frozen UMT5 encoder (5.7 B parameters at full size, more than its video DiT) on the
+    prompt for every chunk. The cached embedding is what the encoder returns for that text (eval
+    mode, no randomness); later steps build new tensors from it (proprio appended), never write it."""
+    model = getattr(policy, "model", None)
+    fn = getattr(model, "encode_prompt", None)
+    if fn is None or getattr(model, "text_encoder", None) is None:
+        return
+    cache: OrderedDict = OrderedDict()
+
+    def memo(prompt, _fn=fn):
+        key = prompt if isinstance(prompt, str) else tuple(prompt)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = _fn(prompt)
+            if len(cache) > size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return hit
+
+    model.encode_prompt = memo
+    model.prompt_cache = cache
+
+
 class _LingBotVA:
     """LingBot-VA's ``select_action`` loop split between ``observe`` and ``infer``, on the policy's own
     streaming state. The first chunk is conditioned on the observation it is asked for; every later
@@ -325,6 +351,8 @@ class LeRobotBackend(Backend):
         # the prompt and state (see batch())
         self._prefetch = self.policy.prefetch if self.engine == "fast" and _images_untouched(self.pre) else None
         _memoize_tokenizer(self.pre)
+        if self.engine == "eager":
+            _memoize_prompt_encoder(self.policy)
         self.use_rtc = bool(c["rtc"]) and self._enable_rtc()
         self.supports_rtc = self.use_rtc  # the controller then fills Observation.inference_delay
         self._predict_fn = self.policy.predict_action_chunk
