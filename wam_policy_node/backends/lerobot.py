@@ -30,6 +30,7 @@ import time
 import warnings
 from collections import OrderedDict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -183,6 +184,32 @@ def _images_untouched(pipeline) -> bool:
     return True
 
 
+def _frame(obs: Observation, src: str) -> np.ndarray:
+    img = np.asarray(obs.images[src])
+    if img.ndim != 3 or img.shape[2] != 3:
+        raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
+    return img
+
+
+def _lru(fn: Callable, size: int, on_hit: Callable = lambda v: v) -> tuple[Callable, OrderedDict]:
+    """``fn(text)`` remembered for the ``size`` most recent texts (a str or a list of them); ``on_hit``
+    maps a stored result to what the caller gets. Returns the wrapper and its cache."""
+    cache: OrderedDict = OrderedDict()
+
+    def memo(text):
+        key = text if isinstance(text, str) else tuple(text)
+        hit = cache.get(key)
+        if hit is None:
+            hit = cache[key] = fn(text)
+            if len(cache) > size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return on_hit(hit)
+
+    return memo, cache
+
+
 def _memoize_tokenizer(pipeline, size: int = 64) -> None:
     """Tokenize each prompt once: LeRobot's tokenizer steps tokenize the task text at every
     inference (~0.5 ms of Python), though a prompt rarely changes within an episode. The wrapped
@@ -190,24 +217,13 @@ def _memoize_tokenizer(pipeline, size: int = 64) -> None:
     prompt: those texts mostly miss, and the bounded cache only costs a lookup)."""
     import torch
 
+    def fresh(hit: dict) -> dict:
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in hit.items()}
+
     for step in getattr(pipeline, "steps", []):
         fn = getattr(step, "_tokenize_text", None)
-        if fn is None:
-            continue
-        cache: OrderedDict = OrderedDict()
-
-        def memo(text, _fn=fn, _cache=cache):
-            key = text if isinstance(text, str) else tuple(text)
-            hit = _cache.get(key)
-            if hit is None:
-                hit = _cache[key] = dict(_fn(text))
-                if len(_cache) > size:
-                    _cache.popitem(last=False)
-            else:
-                _cache.move_to_end(key)
-            return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in hit.items()}
-
-        step._tokenize_text = memo
+        if fn is not None:
+            step._tokenize_text, _ = _lru(lambda text, _fn=fn: dict(_fn(text)), size, fresh)
 
 
 def _memoize_prompt_encoder(policy, size: int = 16) -> None:
@@ -219,21 +235,7 @@ def _memoize_prompt_encoder(policy, size: int = 16) -> None:
     fn = getattr(model, "encode_prompt", None)
     if fn is None or getattr(model, "text_encoder", None) is None:
         return
-    cache: OrderedDict = OrderedDict()
-
-    def memo(prompt, _fn=fn):
-        key = prompt if isinstance(prompt, str) else tuple(prompt)
-        hit = cache.get(key)
-        if hit is None:
-            hit = cache[key] = _fn(prompt)
-            if len(cache) > size:
-                cache.popitem(last=False)
-        else:
-            cache.move_to_end(key)
-        return hit
-
-    model.encode_prompt = memo
-    model.prompt_cache = cache
+    model.encode_prompt, model.prompt_cache = _lru(fn, size)
 
 
 class _LingBotVA:
@@ -455,17 +457,16 @@ class LeRobotBackend(Backend):
         n = int(self.cfg["torch_threads"])
         if n > 0 and torch.get_num_threads() != n:  # OpenMP settings are per calling thread
             torch.set_num_threads(n)
-        batch = {}
-        cuda = self.device.type == "cuda"
         if self._prefetch is not None:
             return self._batch_fast(obs, keys)
-        if cuda and self._uploaded is not None:
+        # to the GPU only where the pre-processor runs there (the fast engine's runs on the host)
+        upload = self.device.type == "cuda" and self.engine != "fast"
+        if upload and self._uploaded is not None:
             self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
+        batch = {}
         for src, dst in keys.items():
-            img = np.asarray(obs.images[src])
-            if img.ndim != 3 or img.shape[2] != 3:
-                raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
-            if cuda:
+            img = _frame(obs, src)
+            if upload:
                 # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32), copied
                 # while the host goes on, and the float conversion there (bench/gpu_latency.py: parts_ms)
                 pin = self._pinned.get(dst)
@@ -476,7 +477,7 @@ class LeRobotBackend(Backend):
             else:
                 t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"]))  # read-only frame: copied once
             batch[dst] = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
-        if cuda:
+        if upload:
             self._uploaded = torch.cuda.Event()
             self._uploaded.record()
         return self._preprocess(batch, obs)
@@ -495,19 +496,10 @@ class LeRobotBackend(Backend):
         model's resize are inside its vision graph: engines/_common.py, FlowEngine.prefetch); then the
         host runs the pre-processor on the prompt and state while the GPU encodes the images. The images
         skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched)."""
-        torch = self.torch
-        images = {}
-        for src, dst in keys.items():
-            img = np.asarray(obs.images[src])
-            if img.ndim != 3 or img.shape[2] != 3:
-                raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
-            img = np.require(img, np.uint8, ["C"])
-            if not img.flags.writeable:  # a frame from a message buffer: only read (copied by the engine)
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)
-                    images[dst] = torch.from_numpy(img).unsqueeze(0)
-            else:
-                images[dst] = torch.from_numpy(img).unsqueeze(0)
+        with warnings.catch_warnings():  # a frame from a message buffer is read-only: only read here
+            warnings.simplefilter("ignore", UserWarning)
+            images = {dst: self.torch.from_numpy(np.require(_frame(obs, src), np.uint8, ["C"])).unsqueeze(0)
+                      for src, dst in keys.items()}
         self._prefetch(images)
         batch = self._preprocess({}, obs)
         batch.update(images)
