@@ -15,7 +15,8 @@ pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
 from wam_policy_node.engines.testing import (  # noqa: E402
-    assert_each_input_matters, assert_same_actions, make_config, random_batch, tiny_dims)
+    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions, make_config, random_batch,
+    tiny_dims)
 from wam_policy_node.zoo import randomise  # noqa: E402
 
 TOL = 1e-4  # fp32 on CPU; the bf16 bound is 1e-2
@@ -71,12 +72,7 @@ def test_padding_missing_camera_batch_and_resize(engines):
     del batch["observation.images.cam_left_wrist"]  # a missing camera → padded, masked
     batch["observation.images.cam_low" if "observation.images.cam_low" in batch else
           "observation.images.cam_high"] = torch.rand(2, 3, 48, 64)  # not at the model size → resize+pad
-    noise = _noise(cfg, b=2, seed=6)
-    a = ref.predict_action_chunk(batch, noise=noise)
-    b = fast.predict_action_chunk(batch, noise=noise)
-    assert b.shape == (2, cfg.chunk_size, 14)
-    assert (a - b).abs().max().item() < TOL
-    assert (b[0] - b[1]).abs().max().item() > 1e-3
+    assert_same_actions(ref, fast, batch, _noise(cfg, b=2, seed=6), TOL)
 
 
 def test_no_noise_draws_fresh_noise(engines):
@@ -90,14 +86,7 @@ def test_no_noise_draws_fresh_noise(engines):
 def test_bad_input_and_bad_checkpoint_name_the_key(engines, tmp_path):
     ptype, cfg, _, fast, d = engines
     batch = random_batch(cfg, seed=8)
-    with pytest.raises(EngineError, match="observation.language.tokens"):
-        fast.predict_action_chunk({k: v for k, v in batch.items() if k != "observation.language.tokens"})
-    with pytest.raises(EngineError, match="no image"):
-        fast.predict_action_chunk({k: v for k, v in batch.items() if "images" not in k})
-    with pytest.raises(EngineError, match="noise shape"):
-        fast.predict_action_chunk(batch, noise=torch.zeros(1, 3, 3))
-    with pytest.raises(EngineError, match="RTC"):
-        fast.predict_action_chunk(batch, inference_delay=3)
+    assert_input_errors_name_the_key(fast, batch)
     if ptype == "pi0":
         bad = dict(batch)
         bad["observation.state"] = batch["observation.state"].clone()
@@ -273,3 +262,7 @@ def test_raw_frames_are_converted_like_float_images(engines):
         assert (got - ref.predict_action_chunk(as_float, noise=noise)).abs().max().item() < TOL
         outs.setdefault((h, w), []).append(got)
     assert not torch.equal(outs[40, 60][0], outs[30, 50][0])
+    # frames for another batch size than the prompt's: an error naming the camera
+    two = {k: torch.zeros(2, 40, 60, 3, dtype=torch.uint8) for k in fast.image_keys}
+    with pytest.raises(EngineError, match=fast.image_keys[0]):
+        fast.predict_action_chunk(dict(base, **two), noise=noise)

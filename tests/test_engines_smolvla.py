@@ -15,7 +15,8 @@ import torch
 pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
-from wam_policy_node.engines.testing import assert_each_input_matters, assert_same_actions, random_batch  # noqa: E402,E501
+from wam_policy_node.engines.testing import (  # noqa: E402
+    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions, random_batch)
 
 TOL = 1e-4  # fp32 on CPU
 VOCAB = 300  # token ids inside the tiny tokenizer's vocabulary
@@ -80,11 +81,7 @@ def test_batch_prompt_lengths_missing_camera_and_resize(engines):
     del batch["observation.images.cam_left_wrist"]
     batch[CAM] = torch.rand(2, 3, 48, 64)
     noise = _noise(cfg, b=2, seed=6)
-    a = ref.predict_action_chunk(batch, noise=noise)
-    b = fast.predict_action_chunk(batch, noise=noise)
-    assert b.shape == (2, cfg.chunk_size, 14)
-    assert (a - b).abs().max().item() < TOL
-    assert (b[0] - b[1]).abs().max().item() > 1e-3
+    assert_same_actions(ref, fast, batch, noise, TOL)
     n_static = len(fast._static)
     for n_tokens in (4, cfg.tokenizer_max_length):
         short = {**batch, TOKENS: batch[TOKENS][:, :n_tokens], MASK: batch[MASK][:, :n_tokens]}
@@ -111,14 +108,7 @@ def test_pi_aloha_adaptation(engines):
 def test_errors_name_the_key_and_the_engine_keeps_serving(engines, ckpt, tmp_path):
     cfg, _, fast = engines
     batch = _batch(cfg, seed=8)
-    with pytest.raises(EngineError, match=TOKENS):
-        fast.predict_action_chunk({k: v for k, v in batch.items() if k != TOKENS})
-    with pytest.raises(EngineError, match="no image"):
-        fast.predict_action_chunk({k: v for k, v in batch.items() if "images" not in k})
-    with pytest.raises(EngineError, match="noise shape"):
-        fast.predict_action_chunk(batch, noise=torch.zeros(1, 3, 3))
-    with pytest.raises(EngineError, match="RTC"):
-        fast.predict_action_chunk(batch, inference_delay=3)
+    assert_input_errors_name_the_key(fast, batch)
     with pytest.raises(EngineError, match=CAM):
         fast.predict_action_chunk({**batch, CAM: torch.rand(2, 3, 64, 64)})  # batch 2 vs tokens of 1
     bad = {**batch, "observation.state": batch["observation.state"].clone()}

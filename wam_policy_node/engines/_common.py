@@ -245,10 +245,20 @@ def _host_copy(dst: torch.Tensor, src: torch.Tensor) -> None:
     """Host → pinned host copy on the calling thread (numpy), not torch's OpenMP-parallel copy: measured
     on the GPU machine, that one stalled a frame copy by ~20 ms now and then (every call in one run),
     presumably its worker threads waking under the container's CPU quota."""
-    if dst.dtype in (torch.bfloat16,) or src.dtype != dst.dtype:
+    if dst.dtype == torch.bfloat16 or src.dtype != dst.dtype:  # numpy has no bfloat16
         dst.copy_(src)
     else:
         np.copyto(dst.numpy(), src.numpy(), casting="no")
+
+
+def _copy_in(dst: torch.Tensor, value: torch.Tensor, pin: torch.Tensor | None) -> None:
+    """``value`` into the device buffer ``dst``: from the host through its pinned twin ``pin``
+    (non-blocking), else directly."""
+    if value.device.type == "cpu" and pin is not None:
+        _host_copy(pin, value)
+        dst.copy_(pin, non_blocking=True)
+    else:
+        dst.copy_(value)
 
 
 class FlowEngine:
@@ -468,39 +478,30 @@ class FlowEngine:
             raise EngineError(f"{key or name}: shape {tuple(value.shape)}, expected {tuple(dst.shape)} "
                               f"(batch size and prompt length must match the batch's tokens)")
         pinned = s.get("pinned")
-        if value.device.type == "cpu" and pinned is not None:
-            pin = pinned[name][sl]
-            _host_copy(pin, value)
-            dst.copy_(pin, non_blocking=True)
-        else:
-            dst.copy_(value)
-
-    @staticmethod
-    def _is_raw(img: torch.Tensor) -> bool:
-        """A camera's frames as they come: uint8 (B, H, W, 3)."""
-        return img.dtype == torch.uint8 and img.ndim == 4 and img.shape[-1] == 3
+        _copy_in(dst, value, pinned[name][sl] if pinned is not None else None)
 
     def _put_image(self, s: dict, img: torch.Tensor, sl, key: str) -> None:
         """One camera's images into ``s["images"][sl]`` (rows of that camera). Float images are
-        converted now (``_image``: resize to the model's input). Raw frames (``_is_raw``) are staged
-        as they are, a quarter of float's bytes, and converted on the device inside the vision graph
-        (``_vision_part``): the host launches one copy per camera, not a string of small kernels."""
-        if not self._is_raw(img):
+        converted now (``_image``: resize to the model's input). Raw frames (uint8 (B, H, W, 3), as a
+        camera gives them; (B, T, H, W, 3): the newest) are staged as they are, a quarter of float's
+        bytes, and converted on the device inside the vision graph (``_vision_part``): the host
+        launches one copy per camera, not a string of small kernels."""
+        if img.dtype == torch.uint8 and img.ndim == 5:
+            img = img[:, -1]
+        if not (img.dtype == torch.uint8 and img.ndim == 4 and img.shape[-1] == 3):
             self._put(s, "images", self._image(img, key), sl, key=key)
             return
+        rows = s["images"][sl].shape[0]
+        if img.shape[0] != rows:
+            raise EngineError(f"{key}: {img.shape[0]} frames, expected {rows} (the batch size of the tokens)")
         # one buffer per camera and frame size, kept: a captured vision graph reads it
         raw, pin, slot = s.setdefault("raw", {}), s.setdefault("raw_pinned", {}), (key, tuple(img.shape))
-        buf = raw.get(slot)
-        if buf is None:
-            buf = raw[slot] = torch.empty(img.shape, dtype=torch.uint8, device=self.device)
+        if slot not in raw:
+            raw[slot] = torch.empty(img.shape, dtype=torch.uint8, device=self.device)
             if self.device.type == "cuda":
                 pin[slot] = torch.empty(img.shape, dtype=torch.uint8, pin_memory=True)
-        if img.device.type == "cpu" and slot in pin:
-            _host_copy(pin[slot], img)
-            buf.copy_(pin[slot], non_blocking=True)
-        else:
-            buf.copy_(img)
-        s["raw_now"][key] = (buf, sl)
+        _copy_in(raw[slot], img, pin.get(slot))
+        s["raw_now"][key] = (raw[slot], sl)
 
     def _vision_part(self, s: dict) -> None:
         """The first CUDA graph: this call's raw frames → float [0, 1] at the model's size in
