@@ -1,4 +1,4 @@
-"""GPU inference bench: LeRobot eager π0 / π0.5 / SmolVLA vs the fast engine, in the same run (JSON).
+"""GPU inference bench: LeRobot eager π0 / π0.5 / SmolVLA / FastWAM vs the fast engine, in the same run (JSON).
 
 Full-size models (π: PaliGemma-3B + Gemma-300M expert, 3 cameras 224×224; SmolVLA: SmolVLM2-500M
 with 16 layers + its action expert, 3 cameras 512×512, written by ``wam_policy_node.zoo`` with
@@ -16,8 +16,12 @@ residuals are live), bf16, 50×14 chunk, 10 flow steps, batch 1. For each policy
   fp32 copy of the same weights, which shows the bf16 rounding floor itself);
 * a torch.profiler kernel table of both, and a per-part split of the fast forward.
 
+FastWAM (``--policies fastwam``, :func:`run_wam`): LeRobot's call and the engine over the same loaded
+policy, LeRobot's seeded noise; also the engine without CUDA graphs and LeRobot with the backend's
+prompt cache, which split the gain between its parts.
+
 Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json [--policies smolvla]
-CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla
+CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla,fastwam
 """
 from __future__ import annotations
 
@@ -387,6 +391,105 @@ def run_policy(ptype, args, dev, workdir, res):
     return res
 
 
+WAMS = ("fastwam",)  # engines over LeRobot's own modules (engines.fastwam_graph)
+
+
+def run_wam(ptype, args, dev, workdir, res):
+    """FastWAM: LeRobot's ``predict_action_chunk`` (its own dtype, no autocast: LeRobot's function) vs the
+    engine over the same loaded policy (same modules, same weights), the same seeded noise (LeRobot's
+    ``inference_seed``); the zoo checkpoint at ``--wam-size`` (full: Wan2.2-TI2V-5B video DiT, 1 B action
+    DiT, UMT5-XXL, Wan2.2 VAE; 224×448 input, 32×14 chunk, 10 flow steps)."""
+    from wam_policy_node.backends.lerobot import _memoize_prompt_encoder, load_policy
+    from wam_policy_node.engines import FastWAMEngine
+    from wam_policy_node.zoo import save_random_policy
+
+    cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+    size = "tiny" if args.tiny else args.wam_size
+    extra = {"layers": args.wam_layers} if args.wam_layers and size != "full" else {}
+    t0 = time.perf_counter()
+    ckpt = save_random_policy(ptype, workdir / ptype, size=size, cameras=cams, device=str(dev), extra=extra)
+    res["zoo_build_save_s"] = round(time.perf_counter() - t0, 2)
+    res["size"], res["extra"] = size, extra
+    res["checkpoint_gib"] = round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**30, 3)
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    pol = load_policy(ckpt, device=str(dev))
+    _sync(dev)
+    res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
+    res["ref_weights_mem"] = _mem(dev)
+    cfg = pol.config
+    res["params_b"] = round(sum(p.numel() for p in pol.parameters()) / 1e9, 3)
+    keys = sorted(cfg.image_features)
+    gens = [torch.Generator().manual_seed(s) for s in range(3)]
+    batches = []
+    for g in gens:
+        b = {k: torch.rand(1, *cfg.image_features[k].shape, generator=g) for k in keys}
+        b["observation.state"] = torch.randn(1, cfg.proprio_dim, generator=g)
+        b["task"] = "transfer the cube"
+        batches.append(b)
+    on_dev = [{k: (v.to(dev) if torch.is_tensor(v) else v) for k, v in b.items()} for b in batches]
+
+    def ref_call(i=0):
+        return pol.predict_action_chunk(dict(on_dev[i]))
+
+    with torch.inference_mode():
+        ref_out = [ref_call(i).float().cpu() for i in range(3)]
+        res["ref"] = {"latency_ms": _time_calls(ref_call, dev, args.ref_iters), "mem": _mem(dev),
+                      "what": "LeRobot FastWAMPolicy.predict_action_chunk, UMT5 prompt encoding every call"}
+        print(f"[{ptype}] ref p50 {res['ref']['latency_ms']['p50']} ms", flush=True)
+        if args.profile:
+            res["ref"]["profile"] = _profile(ref_call, dev)
+        # the engine over the same policy (no second copy of the weights)
+        t0 = time.perf_counter()
+        fast = FastWAMEngine(pol)
+        init_s = time.perf_counter() - t0
+        warm_s = fast.warmup(batches[0])
+        res["fast"] = {"startup": {"ref_from_pretrained_s": res["ref_from_pretrained_s"],
+                                   "engine_init_s": round(init_s, 2), "warmup_capture_s": round(warm_s, 2),
+                                   "to_first_action_s": round(res["ref_from_pretrained_s"] + init_s + warm_s, 2)},
+                       "batch_on": "host (pinned staging + non-blocking copies inside the timed call)"}
+        fast_out = [fast.predict_action_chunk(batches[i]).float().cpu() for i in range(3)]
+        res["fast"]["latency_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0]), dev, args.iters,
+                                                warmup=3)
+        res["fast"]["mem"] = _mem(dev)
+        s = fast._static[fast._last_sig]
+        res["tokens"] = {"video_tokens": s["video_len"], "action_tokens": fast.chunk,
+                         "text_tokens": s["context"].shape[1], "latents": list(s["latents"].shape),
+                         "flow_steps": fast.steps, "image": list(cfg.image_size)}
+        res["speedup_p50"] = round(res["ref"]["latency_ms"]["p50"] / res["fast"]["latency_ms"]["p50"], 2)
+        res["max_abs_diff_vs_ref"] = max((a - b).abs().max().item() for a, b in zip(ref_out, fast_out))
+        res["diff_vs_ref"] = _diff(ref_out, fast_out)
+        res["ref_abs_mean"] = statistics.fmean(a.abs().mean().item() for a in ref_out)
+        print(f"[{ptype}] fast p50 {res['fast']['latency_ms']['p50']} ms, x{res['speedup_p50']}, "
+              f"diff {res['max_abs_diff_vs_ref']:.3g}", flush=True)
+        if dev.type == "cuda":
+            graphs = {part: fast._graphs[(part, fast._last_sig)] for part in ("encode", "chunk")}
+            res["fast_split_graph_ms"] = {
+                "frames_to_vae_latents": _time_calls(graphs["encode"].replay, dev, 20)["p50"],
+                "prefill_and_flow_steps": _time_calls(graphs["chunk"].replay, dev, 20)["p50"]}
+        if args.profile:
+            res["fast"]["profile_graph"] = _profile(lambda: fast.predict_action_chunk(batches[0]), dev, n=3)
+        # the same modules without the graphs (what the prompt cache and the constants alone give)
+        nog = FastWAMEngine(pol, cuda_graph=False)
+        nog_out = nog.predict_action_chunk(batches[0]).float().cpu()
+        res["fast_no_graph"] = {"latency_ms": _time_calls(lambda: nog.predict_action_chunk(batches[0]), dev, 10),
+                                "max_abs_diff_vs_ref": (nog_out - ref_out[0]).abs().max().item()}
+        # LeRobot with the backend's prompt cache only (the eager backend's configuration)
+        _memoize_prompt_encoder(pol)
+        res["ref_prompt_cached"] = {"latency_ms": _time_calls(ref_call, dev, args.ref_iters),
+                                    "max_abs_diff_vs_ref": (ref_call(0).float().cpu() - ref_out[0]).abs().max().item()}
+        print(f"[{ptype}] no graph {res['fast_no_graph']['latency_ms']['p50']} ms, LeRobot + prompt cache "
+              f"{res['ref_prompt_cached']['latency_ms']['p50']} ms", flush=True)
+    del fast, nog, pol
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policies", default="pi05,pi0")  # π0.5 first: its start-up is a cold compile
@@ -400,6 +503,8 @@ def main(argv=None):
     ap.add_argument("--sdpa", action="store_true", help="also time each SDPA backend on the engine's shapes")
     ap.add_argument("--ref-startup", default="", help="policies (comma list) whose LeRobot from_pretrained "
                     "start-up is timed too (slow: the model is built on the host)")
+    ap.add_argument("--wam-size", default="full", choices=("full", "reduced"), help="fastwam's zoo size")
+    ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = the default)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -427,7 +532,7 @@ def main(argv=None):
         res = {"policy": ptype.strip()}
         out["results"].append(res)
         try:
-            run_policy(ptype.strip(), args, dev, workdir, res)
+            (run_wam if ptype.strip() in WAMS else run_policy)(ptype.strip(), args, dev, workdir, res)
         except Exception as e:  # noqa: BLE001
             import traceback
 

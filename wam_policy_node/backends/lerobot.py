@@ -132,6 +132,20 @@ def _local_vlm(path: Path, pcfg) -> dict:
     return {"tokenizer_processor": {"tokenizer_name": pcfg.vlm_model_name}}
 
 
+def load_policy(path, *, device: str, config=None):
+    """LeRobot's ``from_pretrained`` of a checkpoint directory onto ``device`` (eval mode), with the frozen
+    parts a FastWAM / LingBot-VA checkpoint carries (``_local_wan``); ``config``: its loaded config."""
+    from lerobot.configs.policies import PreTrainedConfig
+    from lerobot.policies.factory import get_policy_class
+
+    path = Path(path)
+    pcfg = config if config is not None else PreTrainedConfig.from_pretrained(str(path))
+    pcfg.device = str(device)
+    with _local_wan(path, pcfg):
+        policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
+    return policy.to(device).eval()
+
+
 @contextlib.contextmanager
 def _local_wan(path: Path, pcfg):
     """FastWAM builds its frozen Wan2.2 VAE, UMT5 text encoder and tokenizer from the Hub when the policy
@@ -299,7 +313,7 @@ class LeRobotBackend(Backend):
                               "(no config.json)")
         import torch
         from lerobot.configs.policies import PreTrainedConfig
-        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from lerobot.policies.factory import make_pre_post_processors
 
         self.torch = torch
         dev = str(c["device"])
@@ -321,9 +335,7 @@ class LeRobotBackend(Backend):
             except engines.EngineError as exc:
                 raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
         else:
-            with _local_wan(path, pcfg):
-                self.policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
-            self.policy.to(self.device).eval()
+            self.policy = load_policy(path, device=dev, config=pcfg)
         # the fast engine stages the prompt and state itself (pinned buffers, non-blocking copies): its
         # pre-processor stays on the host, so no copy in it waits for the GPU (busy with the images)
         pre_dev = "cpu" if self.engine == "fast" else dev

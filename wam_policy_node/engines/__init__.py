@@ -1,4 +1,4 @@
-"""Inference engines for LeRobot flow-matching policies (π0, π0.5, SmolVLA), used by the ``lerobot`` backend.
+"""Inference engines for LeRobot flow-matching policies (π0, π0.5, SmolVLA, FastWAM), used by the ``lerobot`` backend.
 
 One entry point::
 
@@ -11,19 +11,22 @@ One entry point::
 through LeRobot's post-processor unchanged. ``impl="eager"`` is LeRobot's own forward (the
 reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEngine` (π0, π0.5) or
 :class:`~wam_policy_node.engines.smolvla_flow.SmolVLAFlowEngine` (SmolVLA), both built on
-``engines._common.FlowEngine``. ``supports(policy_type)`` says whether a fast engine exists for a
-LeRobot policy type.
+``engines._common.FlowEngine``, or :class:`~wam_policy_node.engines.fastwam_graph.FastWAMEngine`
+(FastWAM: LeRobot's own modules with the prompt cached, start-up constants and two CUDA graphs).
+``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from ._common import EngineError, FlowEngine
+from .fastwam_graph import FastWAMEngine
 from .pi_flow import PiFlowEngine
 from .reference import EagerEngine
 from .smolvla_flow import SmolVLAFlowEngine
 
-FAST_ENGINES: dict[str, type[FlowEngine]] = {"pi0": PiFlowEngine, "pi05": PiFlowEngine, "smolvla": SmolVLAFlowEngine}
+FAST_ENGINES: dict[str, type] = {"pi0": PiFlowEngine, "pi05": PiFlowEngine, "smolvla": SmolVLAFlowEngine,
+                                 "fastwam": FastWAMEngine}
 FAST_TYPES = tuple(FAST_ENGINES)
 IMPLS = ("fast", "eager")
 
@@ -34,7 +37,7 @@ def supports(policy_type: str) -> bool:
 
 def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str = "cuda",
                 dtype: str = "bfloat16", cuda_graph: bool = True, config=None):
-    """Load a LeRobot π0/π0.5/SmolVLA checkpoint directory (config.json + model.safetensors)."""
+    """Load a LeRobot π0/π0.5/SmolVLA/FastWAM checkpoint directory (config.json + model.safetensors)."""
     if impl not in IMPLS:
         raise EngineError(f"engine impl {impl!r}: expected one of {IMPLS}")
     if config is None:
@@ -52,12 +55,14 @@ def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str =
                                                      cuda_graph=cuda_graph, config=config)
 
 
-def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True) -> FlowEngine:
-    """Fast engine over an already loaded LeRobot π0/π0.5/SmolVLA policy (weights converted on its device)."""
+def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True):
+    """Fast engine over an already loaded LeRobot π0/π0.5/SmolVLA policy (weights converted on its device)
+    or FastWAM policy (its modules used as they are)."""
     if not supports(policy.config.type):
         raise EngineError(f"no fast engine for policy type {policy.config.type!r}")
     return FAST_ENGINES[policy.config.type].from_policy(policy, dtype=dtype, cuda_graph=cuda_graph)
 
 
-__all__ = ["EngineError", "EagerEngine", "FlowEngine", "PiFlowEngine", "SmolVLAFlowEngine", "make_engine",
+__all__ = ["EngineError", "EagerEngine", "FlowEngine", "PiFlowEngine", "SmolVLAFlowEngine", "FastWAMEngine",
+           "make_engine",
            "load_fast", "supports", "FAST_TYPES", "FAST_ENGINES"]

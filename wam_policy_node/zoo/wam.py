@@ -144,7 +144,7 @@ def build_fastwam(out: Path, spec: ZooSpec) -> None:
     cfg = FastWAMConfig(
         input_features=inp, output_features=outp, action_dim=14, proprio_dim=14, image_size=total,
         action_horizon=spec.chunk or 32, n_action_steps=spec.chunk or 32,
-        tokenizer_max_len=16 if tiny else 128, context_len=16 if tiny else 128,
+        tokenizer_max_len=32 if tiny else 128, context_len=32 if tiny else 128,  # tiny: the template + task fit
         text_encoder_model_id=str(out), tokenizer_model_id=str(out / "tokenizer"), base_model_id=None,
         torch_dtype=dtype_name, num_inference_steps=int(spec.extra.get("steps", 2 if tiny else 10)),
         video_dit_config=video, action_dit_config=action, device=spec.device)

@@ -1,0 +1,400 @@
+"""Fast inference for LeRobot FastWAM: LeRobot's own modules, each chunk as two CUDA graphs.
+
+Same weights, same inputs, same function as LeRobot 0.6.1's ``FastWAMPolicy.predict_action_chunk``
+(``FastWAM.infer_action``: the Wan2.2 VAE encodes the width-concatenated camera frame, the video
+expert prefills its per-layer keys/values once, then the action expert runs the flow steps against
+that cache). Unlike the π/SmolVLA engines, nothing is re-implemented: the engine holds the loaded
+LeRobot policy and calls its modules (VAE, patch embedding, MoT layers, action DiT, heads, scheduler)
+— what changes is everything around them:
+
+* the prompt's UMT5 embedding (5.7 B parameters at full size, LeRobot runs it every chunk) is computed
+  once per distinct prompt and kept on the device;
+* what depends only on the flow schedule is computed once at start-up: the action expert's time
+  embedding and its six modulations for each of the steps, and the video expert's (its timestep is
+  always 0 in ``infer_action``); the text context is embedded once per chunk, not once per step;
+* LeRobot's host-side tensors that it copies to the GPU at every call (the RoPE tables, the video grid
+  size that its RoPE reads back with ``.tolist()`` — a device sync per layer) stay where they are
+  needed: the tables on the device, the grid on the host;
+* on CUDA the chunk runs as two CUDA graphs over static buffers: (1) the frames → [0, 1] → LeRobot's
+  per-camera resize and concatenation → the VAE, started by :meth:`prefetch` while the host still runs
+  the pre-processor; (2) proprio token, video prefill and the flow steps. Frames, state and noise go
+  in through pinned host buffers with non-blocking copies. The video model (5 B) and the action
+  model (1 B) at batch 1 over ~100 video and 32 action tokens are thousands of small kernels: the
+  launches, not the arithmetic, are LeRobot's time (bench/gpu_inference.py, ``fastwam``).
+
+The noise is LeRobot's: ``FastWAM._make_action_latents`` with the config's ``inference_seed`` (42 by
+default: the same noise at every call, as LeRobot draws it) unless the caller passes ``noise``.
+A batch of B > 1 runs sample by sample, as LeRobot's does. RTC guidance: not in FastWAM.
+"""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from typing import Callable
+
+import torch
+
+from ._common import STATE, EngineError, _copy_in
+
+
+class FastWAMEngine:
+    """``predict_action_chunk(batch, noise=None) -> (B, action_horizon, action_dim)`` over a loaded LeRobot
+    ``FastWAMPolicy`` (see the module docstring)."""
+
+    def __init__(self, policy, *, cuda_graph: bool = True, prompt_cache: int = 16):
+        model = policy.model
+        ve, ae = model.video_expert, model.action_expert
+        if str(getattr(ve, "video_attention_mask_mode", "")) != "first_frame_causal":
+            raise EngineError("FastWAM engine: infer_action needs video_attention_mask_mode 'first_frame_causal'")
+        if not (getattr(ve, "seperated_timestep", False) and getattr(ve, "fuse_vae_embedding_in_latents", False)):
+            raise EngineError("FastWAM engine: needs separated timesteps with fused VAE latents (as LeRobot)")
+        if model.text_encoder is None:
+            raise EngineError("FastWAM engine: the policy has no text encoder (load_text_encoder: false)")
+        policy.eval()
+        self.policy, self.model, self.config = policy, model, policy.config
+        self.device = torch.device(model.device)
+        self.dtype = model.torch_dtype
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        cfg = self.config
+        self.image_keys = sorted(cfg.image_features)  # LeRobot concatenates them in this order
+        self.chunk = int(cfg.action_horizon)
+        self.action_dim = int(ae.action_dim)
+        self.steps = int(cfg.num_inference_steps)
+        # LeRobot's RoPE tables live on the host and are copied to the device at every call
+        ve.freqs = ve.freqs.to(self.device)
+        ae.freqs = ae.freqs.to(self.device)
+        self._prompts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._prompt_cache = int(prompt_cache)
+        self._noise: tuple | None = None  # ((seed, rand_device), LeRobot's seeded noise): drawn once
+        self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
+        self._static: dict[tuple, dict] = {}  # image signature → buffers
+        self._last_sig: tuple | None = None
+        self._prefetched: tuple | None = None  # (signature, {key: tensor}) whose VAE graph is launched
+        self.prefetch_hits = 0
+        self.prompt_encodes = 0
+        self.startup: dict[str, float] = {}
+        with torch.inference_mode():
+            self._action_time()
+
+    # ---- construction -------------------------------------------------------------------------
+
+    @classmethod
+    def from_policy(cls, policy, *, cuda_graph: bool = True, **_):
+        """Wrap a loaded LeRobot FastWAM policy. It runs in the dtype LeRobot built it in (its config's
+        ``torch_dtype``, bf16 for the published model): a ``dtype`` argument does not apply."""
+        return cls(policy, cuda_graph=cuda_graph)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_dir, *, device="cuda", dtype=None, cuda_graph: bool = True, config=None,
+                        **_):
+        """LeRobot's ``from_pretrained`` (with the checkpoint's own VAE/encoder/tokenizer when it carries
+        them: ``backends.lerobot.load_policy``), then the engine over it."""
+        from ..backends.lerobot import load_policy
+
+        t0 = time.perf_counter()
+        policy = load_policy(pretrained_dir, device=str(device), config=config)
+        eng = cls.from_policy(policy, cuda_graph=cuda_graph)
+        eng.startup["load_s"] = time.perf_counter() - t0
+        return eng
+
+    @torch.no_grad()
+    def _action_time(self) -> None:
+        """The flow schedule (LeRobot's) and, for each step, the action expert's time embedding and its
+        modulations (``ActionDiT.pre_dit`` on that step's timestep: nothing else in them varies)."""
+        m, ae = self.model, self.model.action_expert
+        ts, deltas = m.infer_action_scheduler.build_inference_schedule(
+            num_inference_steps=self.steps, device=self.device, dtype=self.dtype,
+            shift_override=self.config.sigma_shift)
+        self.deltas = list(deltas)
+        dummy = torch.zeros(1, self.chunk, self.action_dim, device=self.device, dtype=self.dtype)
+        ctx = torch.zeros(1, 1, ae.text_dim, device=self.device, dtype=self.dtype)
+        self.action_t_mod = [
+            ae.pre_dit(action_tokens=dummy, timestep=t.unsqueeze(0).to(dtype=self.dtype, device=self.device),
+                       context=ctx)["t_mod"].clone() for t in ts]
+
+    # ---- static buffers -----------------------------------------------------------------------
+
+    def _image_sig(self, batch: dict) -> tuple:
+        missing = [k for k in self.image_keys if k not in batch]
+        if missing:
+            raise EngineError(f"batch lacks image features {missing}")
+        sig = []
+        for k in self.image_keys:
+            img = batch[k]
+            if not torch.is_tensor(img):
+                raise EngineError(f"{k}: expected a tensor, got {type(img).__name__}")
+            raw = img.dtype == torch.uint8 and img.ndim in (4, 5) and img.shape[-1] == 3
+            if not raw and not (img.is_floating_point() and img.ndim in (3, 4, 5) and img.shape[-3] == 3):
+                raise EngineError(f"{k}: expected uint8 (B, H, W, 3) frames or float (B, 3, H, W) images in [0, 1], "
+                                  f"got {img.dtype} {tuple(img.shape)}")
+            sig.append((k, tuple(img.shape[-3:]), "raw" if raw else "float"))
+        return tuple(sig)
+
+    def _alloc(self, sig: tuple) -> dict:
+        dev, dt, m = self.device, self.dtype, self.model
+        s: dict = {"frames": {}}
+        for k, hw3, kind in sig:
+            s["frames"][k] = (torch.zeros(1, *hw3, dtype=torch.uint8, device=dev) if kind == "raw"
+                              else torch.zeros(1, *hw3, device=dev))
+        n = int(m.tokenizer.seq_len)  # LeRobot pads every prompt to it
+        s["context"] = torch.zeros(1, n, m.text_encoder.dim, device=dev, dtype=dt)
+        s["context_mask"] = torch.zeros(1, n, dtype=torch.bool, device=dev)
+        s["prompt"] = None
+        s["proprio"] = torch.zeros(1, m.proprio_dim or 1, device=dev)
+        s["noise"] = torch.zeros(1, self.chunk, self.action_dim, device=dev, dtype=dt)
+        s["out"] = torch.zeros(1, self.chunk, self.action_dim, device=dev)
+        if self.device.type == "cuda":
+            s["pinned"] = {k: torch.empty(v.shape, dtype=v.dtype, pin_memory=True) for k, v in s["frames"].items()}
+            s["pinned"]["proprio"] = torch.empty(s["proprio"].shape, pin_memory=True)
+            s["pinned"]["noise"] = torch.empty(s["noise"].shape, dtype=dt, pin_memory=True)
+        with torch.inference_mode():
+            self._encode(s)  # the latent's shape; then the video expert's constants for that shape
+            ve = m.video_expert
+            pre = ve.pre_dit(x=s["latents"], timestep=torch.zeros(1, dtype=s["latents"].dtype, device=dev),
+                             context=s["context"], context_mask=s["context_mask"], action=None,
+                             fuse_vae_embedding_in_latents=True)
+            s["video_t_mod"] = pre["t_mod"].clone()  # timestep 0 everywhere: constant
+            s["grid"] = pre["meta"]["grid_sizes"].cpu()  # read by LeRobot's RoPE with .tolist(): keep on the host
+            s["video_len"] = int(pre["tokens"].shape[1])
+            s["mask"] = m._build_mot_attention_mask(video_seq_len=s["video_len"], action_seq_len=self.chunk,
+                                                    video_tokens_per_frame=int(pre["meta"]["tokens_per_frame"]),
+                                                    device=dev)
+        return s
+
+    # ---- the two parts of a chunk (LeRobot's infer_action, on the static buffers) ---------------
+
+    def _encode(self, s: dict) -> None:
+        """Frames → [0, 1] float (N, 3, H, W) → LeRobot's input image (its per-camera resize, the
+        concatenation along the width, the model's size) → the VAE's first-frame latents."""
+        from lerobot.policies.fastwam.modeling_fastwam import _input_image_from_batch
+
+        imgs = {}
+        for k, buf in s["frames"].items():
+            imgs[k] = buf.permute(0, 3, 1, 2).float().div(255.0) if buf.dtype == torch.uint8 else buf
+        image = _input_image_from_batch(imgs, self.config)
+        z = self.model._encode_input_image_latents_tensor(input_image=image.to(device=self.device, dtype=self.dtype))
+        if "latents" not in s:
+            s["latents"] = torch.zeros_like(z)
+        s["latents"].copy_(z)
+
+    def _chunk(self, s: dict) -> None:
+        """Proprio token, video prefill into the per-layer K/V cache, then the flow steps."""
+        from einops import rearrange
+
+        m, ve, ae, dt = self.model, self.model.video_expert, self.model.action_expert, self.dtype
+        ctx, cmask = s["context"], s["context_mask"]
+        if m.proprio_encoder is not None:
+            ctx, cmask = m._append_proprio_to_context(context=ctx, context_mask=cmask, proprio=s["proprio"].to(dt))
+        # the video expert's pre_dit at timestep 0 (its t_mod precomputed)
+        x = ve.patchify(s["latents"].to(dtype=ve.patch_embedding.weight.dtype))
+        tokens = rearrange(x, "b c f h w -> b (f h w) c").contiguous()
+        vctx = ve.text_embedding(ctx.to(dtype=ve.patch_embedding.weight.dtype))
+        vmask = cmask.unsqueeze(1).expand(-1, tokens.shape[1], -1)
+        V = s["video_len"]
+        kv = m.mot.prefill_video_cache(
+            video_tokens=tokens, video_freqs={"grid_sizes": s["grid"], "freqs": ve.freqs},
+            video_t_mod=s["video_t_mod"], video_context_payload={"context": vctx, "mask": vmask},
+            video_attention_mask=s["mask"][:V, :V])
+        # the action expert: text context embedded once per chunk (LeRobot: at every step, same values)
+        adt = ae.action_encoder.weight.dtype
+        actx = ae.text_embedding(ctx.to(dtype=adt))
+        amask = cmask.unsqueeze(1).expand(-1, self.chunk, -1)
+        freqs = ae.freqs[: self.chunk].view(self.chunk, 1, -1)
+        lat = s["noise"]
+        for step in range(self.steps):
+            h = m.mot.forward_action_with_video_cache(
+                action_tokens=ae.action_encoder(lat.to(dtype=adt)), action_freqs=freqs,
+                action_t_mod=self.action_t_mod[step], action_context_payload={"context": actx, "mask": amask},
+                video_kv_cache=kv, attention_mask=s["mask"], video_seq_len=V)
+            lat = m.infer_action_scheduler.step(ae.post_dit(h, None), self.deltas[step], lat)
+        s["out"].copy_(lat.float())
+
+    # ---- staging ------------------------------------------------------------------------------
+
+    def _begin_stage(self, s: dict) -> None:
+        if s.get("h2d_done") is not None:
+            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
+
+    def _end_stage(self, s: dict) -> None:
+        if "pinned" in s:
+            s["h2d_done"] = torch.cuda.Event()
+            s["h2d_done"].record()
+
+    def _stage_frames(self, s: dict, batch: dict, i: int) -> None:
+        for k, buf in s["frames"].items():
+            img = batch[k]
+            if img.ndim == 5:  # (B, T, ...): the newest step
+                img = img[:, -1]
+            if img.ndim == 3:
+                img = img.unsqueeze(0)
+            _copy_in(buf, img[i: i + 1], s.get("pinned", {}).get(k))
+
+    def _context(self, s: dict, prompt: str) -> None:
+        if s["prompt"] == prompt:
+            return
+        hit = self._prompts.get(prompt)
+        if hit is None:
+            hit = self.model.encode_prompt(prompt)
+            self.prompt_encodes += 1
+            self._prompts[prompt] = hit
+            while len(self._prompts) > self._prompt_cache:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(prompt)
+        emb, mask = hit
+        if tuple(emb.shape) != tuple(s["context"].shape):
+            raise EngineError(f"prompt embedding {tuple(emb.shape)} != {tuple(s['context'].shape)}")
+        s["context"].copy_(emb)
+        s["context_mask"].copy_(mask)
+        s["prompt"] = prompt
+
+    def _stage_rest(self, s: dict, batch: dict, i: int, noise: torch.Tensor | None) -> None:
+        from lerobot.policies.fastwam.modeling_fastwam import _prompt_from_batch
+
+        prompt = _prompt_from_batch(batch, self.config)
+        if prompt is None:
+            raise EngineError("batch needs 'task' (the prompt) for FastWAM")
+        self._context(s, prompt if isinstance(prompt, str) else str(prompt[min(i, len(prompt) - 1)]))
+        pins = s.get("pinned", {})
+        if self.model.proprio_encoder is not None:
+            st = batch.get("proprio", batch.get(STATE))
+            if st is None:
+                raise EngineError(f"batch needs {STATE!r} (FastWAM's proprio)")
+            st = st[:, -1] if st.ndim > 2 else (st.unsqueeze(0) if st.ndim == 1 else st)
+            st = st[i: i + 1].to(torch.float32)
+            if tuple(st.shape) != tuple(s["proprio"].shape):
+                raise EngineError(f"{STATE}: shape {tuple(st.shape)}, expected {tuple(s['proprio'].shape)}")
+            if not bool(torch.isfinite(st).all()):
+                raise EngineError(f"{STATE}: non-finite values")
+            _copy_in(s["proprio"], st, pins.get("proprio"))
+        if noise is not None:
+            n = noise[i: i + 1]
+            if tuple(n.shape) != tuple(s["noise"].shape):
+                raise EngineError(f"noise shape {tuple(noise.shape)}, expected (B, {self.chunk}, {self.action_dim})")
+            _copy_in(s["noise"], n.to(self.dtype), pins.get("noise"))
+            return
+        seed = batch.get("seed", self.config.inference_seed)
+        seed = int(seed.item()) if torch.is_tensor(seed) else seed
+        where = str(batch.get("rand_device", self.config.rand_device))
+        if seed is None or self._noise is None or self._noise[0] != (seed, where):
+            fresh = self.model._make_action_latents(self.chunk, seed, where)  # LeRobot's draw
+            self._noise = None if seed is None else ((seed, where), fresh)  # seeded: the same every call
+            s["noise"].copy_(fresh)
+        else:
+            s["noise"].copy_(self._noise[1])
+
+    # ---- the call -----------------------------------------------------------------------------
+
+    def _capture(self, part: Callable[[dict], None], s: dict) -> torch.cuda.CUDAGraph:
+        torch.cuda.synchronize(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                part(s)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            part(s)
+        return g
+
+    def _run(self, sig: tuple, s: dict, part: str) -> None:
+        fn = self._encode if part == "encode" else self._chunk
+        if not self.cuda_graph:
+            fn(s)
+            return
+        key = (part, sig)
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(fn, s)
+        self._graphs[key].replay()
+
+    def _state(self, sig: tuple) -> dict:
+        if sig not in self._static:
+            self._static[sig] = self._alloc(sig)
+        return self._static[sig]
+
+    @torch.inference_mode()
+    def prefetch(self, batch: dict) -> bool:
+        """Stage the batch's frames and start the VAE now (asynchronous on a GPU), before the
+        pre-processor has run (``batch`` needs only the images). The next :meth:`predict_action_chunk`
+        whose batch holds these same image tensors skips them. False (nothing done) before the first
+        call, for a batch of B > 1, or when the frames' shapes are not the last call's."""
+        self._prefetched = None
+        try:
+            sig = self._image_sig(batch)
+        except EngineError:
+            return False
+        if sig != self._last_sig or any(batch[k].shape[0] != 1 for k in self.image_keys if batch[k].ndim >= 4):
+            return False
+        s = self._static[sig]
+        self._begin_stage(s)
+        self._stage_frames(s, batch, 0)
+        self._end_stage(s)
+        self._run(sig, s, "encode")
+        self._prefetched = (sig, {k: batch[k] for k in self.image_keys})
+        return True
+
+    @torch.inference_mode()
+    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
+        """Actions (B, action_horizon, action_dim) fp32 on the engine's device (normalised, as LeRobot)."""
+        if any(v is not None for v in rtc.values()):
+            raise EngineError("FastWAM has no RTC guidance")
+        sig = self._image_sig(batch)
+        b = next((batch[k].shape[0] for k in self.image_keys if batch[k].ndim >= 4), 1)
+        if noise is not None and (noise.ndim != 3 or noise.shape[0] != b):
+            raise EngineError(f"noise shape {tuple(noise.shape)}, expected ({b}, {self.chunk}, {self.action_dim})")
+        s = self._state(sig)
+        pre, self._prefetched = self._prefetched, None
+        done = (b == 1 and pre is not None and pre[0] == sig and all(batch.get(k) is t for k, t in pre[1].items()))
+        outs = []
+        for i in range(b):
+            self._begin_stage(s)
+            if not (done and i == 0):
+                self._stage_frames(s, batch, i)
+                self._end_stage(s)
+                self._run(sig, s, "encode")
+                self._begin_stage(s)
+            self._stage_rest(s, batch, i, noise)
+            self._end_stage(s)
+            self._run(sig, s, "chunk")
+            outs.append(s["out"].clone())
+        self._last_sig = sig
+        self.prefetch_hits += done
+        out = torch.cat(outs) if b > 1 else outs[0]
+        if not bool(torch.isfinite(out).all()):
+            raise EngineError("non-finite actions (NaN/inf in the images or the weights?)")
+        return out
+
+    @torch.no_grad()
+    def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
+        """Buffers, the prompt's embedding, CUDA graph capture, one call (start-up). Returns seconds."""
+        t0 = time.perf_counter()
+        batch = batch if batch is not None else self.dummy_batch()
+        if progress is not None:
+            progress(f"fastwam engine: warm-up ({'capturing CUDA graphs' if self.cuda_graph else 'eager'}) on "
+                     f"{self.device}, policy loaded in {self.startup.get('load_s', 0.0):.1f} s")
+        self.predict_action_chunk(batch)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.startup["warmup_s"] = time.perf_counter() - t0
+        if progress is not None:
+            progress(f"fastwam engine: ready, first action after "
+                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
+        return self.startup["warmup_s"]
+
+    def dummy_batch(self, batch_size: int = 1) -> dict:
+        """Grey frames at the configured sizes, a zero state, a short task."""
+        b: dict = {}
+        for k in self.image_keys:
+            c, h, w = self.config.image_features[k].shape
+            b[k] = torch.full((batch_size, c, h, w), 0.5)
+        if self.model.proprio_dim is not None:
+            b[STATE] = torch.zeros(batch_size, self.model.proprio_dim)
+        b["task"] = "warm up"
+        return b
+
+    def reset(self) -> None:
+        pass
+
+
+__all__ = ["FastWAMEngine"]
