@@ -111,6 +111,9 @@ class FastWAMEngine:
         self.action_t_mod = [
             ae.pre_dit(action_tokens=dummy, timestep=t.unsqueeze(0).to(dtype=self.dtype, device=self.device),
                        context=ctx)["t_mod"].clone() for t in ts]
+        # each layer's six modulations at each step (LeRobot's _split_modulation of that step's t_mod)
+        self._mods = [[layer._split_modulation(layer.blocks["action"], t_mod) for layer in m.mot.layers]
+                      for t_mod in self.action_t_mod]
 
     # ---- static buffers -----------------------------------------------------------------------
 
@@ -156,6 +159,11 @@ class FastWAMEngine:
             s["video_t_mod"] = pre["t_mod"].clone()  # timestep 0 everywhere: constant
             s["grid"] = pre["meta"]["grid_sizes"].cpu()  # read by LeRobot's RoPE with .tolist(): keep on the host
             s["video_len"] = int(pre["tokens"].shape[1])
+            # per layer: the video then the action keys/values, in the dtype the attention reads them in
+            width = m.mot.num_heads * m.mot.attn_head_dim
+            kvdt = torch.float32 if m.mot.fp32_attention else dt
+            s["kf"] = [torch.zeros(1, s["video_len"] + self.chunk, width, device=dev, dtype=kvdt) for _ in m.mot.layers]
+            s["vf"] = [torch.zeros_like(t) for t in s["kf"]]
             s["mask"] = m._build_mot_attention_mask(video_seq_len=s["video_len"], action_seq_len=self.chunk,
                                                     video_tokens_per_frame=int(pre["meta"]["tokens_per_frame"]),
                                                     device=dev)
@@ -195,19 +203,68 @@ class FastWAMEngine:
             video_tokens=tokens, video_freqs={"grid_sizes": s["grid"], "freqs": ve.freqs},
             video_t_mod=s["video_t_mod"], video_context_payload={"context": vctx, "mask": vmask},
             video_attention_mask=s["mask"][:V, :V])
-        # the action expert: text context embedded once per chunk (LeRobot: at every step, same values)
+        # the action expert: text context embedded once per chunk (LeRobot: at every step, same values),
+        # and each layer's cross-attention keys/values of it (LeRobot: at every step)
         adt = ae.action_encoder.weight.dtype
         actx = ae.text_embedding(ctx.to(dtype=adt))
-        amask = cmask.unsqueeze(1).expand(-1, self.chunk, -1)
+        amask = cmask.unsqueeze(1).expand(-1, self.chunk, -1).unsqueeze(1)
+        cross = []
+        for i, layer in enumerate(m.mot.layers):
+            at, n = layer.blocks["action"].cross_attn, layer.blocks["action"].cross_attn.num_heads
+            k = at.norm_k(at.k(actx)).view(1, -1, n * at.head_dim)
+            v = at.v(actx).view(1, -1, n * at.head_dim)
+            cross.append((self._heads(k, n, layer.fp32_attention), self._heads(v, n, layer.fp32_attention)))
+            s["kf"][i][:, :V].copy_(kv[i]["k"])  # the video keys/values, in the attention's dtype
+            s["vf"][i][:, :V].copy_(kv[i]["v"])
         freqs = ae.freqs[: self.chunk].view(self.chunk, 1, -1)
+        self_mask = s["mask"][V: V + self.chunk, : V + self.chunk]
         lat = s["noise"]
         for step in range(self.steps):
-            h = m.mot.forward_action_with_video_cache(
-                action_tokens=ae.action_encoder(lat.to(dtype=adt)), action_freqs=freqs,
-                action_t_mod=self.action_t_mod[step], action_context_payload={"context": actx, "mask": amask},
-                video_kv_cache=kv, attention_mask=s["mask"], video_seq_len=V)
+            h = ae.action_encoder(lat.to(dtype=adt))
+            for i, layer in enumerate(m.mot.layers):
+                h = self._action_layer(layer, self._mods[step][i], h, freqs, s["kf"][i], s["vf"][i], V, self_mask,
+                                       cross[i], amask)
             lat = m.infer_action_scheduler.step(ae.post_dit(h, None), self.deltas[step], lat)
         s["out"].copy_(lat.float())
+
+    @staticmethod
+    def _heads(t: torch.Tensor, n: int, fp32: bool) -> torch.Tensor:
+        """(B, S, n·d) → (B, n, S, d) as LeRobot's ``fastwam_masked_attention`` hands keys/values to SDPA
+        (fp32 when the model's ``fp32_attention``: a strided view, converted)."""
+        from einops import rearrange
+
+        t = rearrange(t, "b s (n d) -> b n s d", n=n)
+        return t.float() if fp32 else t
+
+    def _action_layer(self, layer, mods, x, freqs, kbuf, vbuf, V, self_mask, cross, cross_mask):
+        """LeRobot's ``MoTLayer`` in ``action_cached`` mode (``_build_expert_attention_io``, the mixed
+        attention, ``_apply_expert_post_block``), op for op, with three things read instead of recomputed:
+        the modulations of this step (``mods``), the video keys/values already in the attention's dtype in
+        the head of ``kbuf``/``vbuf`` (LeRobot concatenates and converts all of them at every step: this
+        converts the action rows into the tail), the cross-attention keys/values of this chunk (``cross``)."""
+        import torch.nn.functional as F  # noqa: N812
+        from einops import rearrange
+        from lerobot.policies.fastwam.wan.modular import _apply_block_norm, modulate
+
+        blk, n, fp32 = layer.blocks["action"], layer.num_heads, layer.fp32_attention
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = mods
+        q, k, v = blk.project_self_attention(modulate(_apply_block_norm(blk, "norm1", x), shift_msa, scale_msa),
+                                             freqs)
+        kbuf[:, V:].copy_(k)
+        vbuf[:, V:].copy_(v)
+        kh, vh = self._heads(kbuf, n, False), self._heads(vbuf, n, False)
+        qh = self._heads(q, n, fp32) if fp32 else self._heads(q, n, False).to(dtype=vh.dtype)
+        y = rearrange(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=self_mask), "b n s d -> b s (n d)", n=n)
+        x = x + gate_msa * blk.project_self_attention_output(y)
+        at = blk.cross_attn
+        xn = _apply_block_norm(blk, "norm3", x)
+        qc = at.norm_q(at.q(xn)).view(x.size(0), -1, at.num_heads * at.head_dim)
+        kc, vc = cross
+        qch = self._heads(qc, at.num_heads, fp32) if fp32 else self._heads(qc, at.num_heads, False).to(dtype=vc.dtype)
+        yc = rearrange(F.scaled_dot_product_attention(qch, kc, vc, attn_mask=cross_mask), "b n s d -> b s (n d)",
+                       n=at.num_heads)
+        x = x + at.o(yc.to(dtype=at.o.weight.dtype))
+        return x + gate_mlp * blk.ffn(modulate(_apply_block_norm(blk, "norm2", x), shift_mlp, scale_mlp))
 
     # ---- staging ------------------------------------------------------------------------------
 
