@@ -187,7 +187,6 @@ class FastWAMEngine:
 
     def _chunk(self, s: dict) -> None:
         """Proprio token, video prefill into the per-layer K/V cache, then the flow steps."""
-        from einops import rearrange
 
         m, ve, ae, dt = self.model, self.model.video_expert, self.model.action_expert, self.dtype
         ctx, cmask = s["context"], s["context_mask"]
@@ -195,7 +194,7 @@ class FastWAMEngine:
             ctx, cmask = m._append_proprio_to_context(context=ctx, context_mask=cmask, proprio=s["proprio"].to(dt))
         # the video expert's pre_dit at timestep 0 (its t_mod precomputed)
         x = ve.patchify(s["latents"].to(dtype=ve.patch_embedding.weight.dtype))
-        tokens = rearrange(x, "b c f h w -> b (f h w) c").contiguous()
+        tokens = x.flatten(2).transpose(1, 2).contiguous()  # LeRobot: "b c f h w -> b (f h w) c"
         vctx = ve.text_embedding(ctx.to(dtype=ve.patch_embedding.weight.dtype))
         vmask = cmask.unsqueeze(1).expand(-1, tokens.shape[1], -1)
         V = s["video_len"]
@@ -231,9 +230,7 @@ class FastWAMEngine:
     def _heads(t: torch.Tensor, n: int, fp32: bool) -> torch.Tensor:
         """(B, S, n·d) → (B, n, S, d) as LeRobot's ``fastwam_masked_attention`` hands keys/values to SDPA
         (fp32 when the model's ``fp32_attention``: a strided view, converted)."""
-        from einops import rearrange
-
-        t = rearrange(t, "b s (n d) -> b n s d", n=n)
+        t = t.unflatten(-1, (n, -1)).transpose(1, 2)  # LeRobot: rearrange "b s (n d) -> b n s d" (a view)
         return t.float() if fp32 else t
 
     def _action_layer(self, layer, mods, x, freqs, kbuf, vbuf, V, self_mask, cross, cross_mask):
@@ -243,7 +240,6 @@ class FastWAMEngine:
         the head of ``kbuf``/``vbuf`` (LeRobot concatenates and converts all of them at every step: this
         converts the action rows into the tail), the cross-attention keys/values of this chunk (``cross``)."""
         import torch.nn.functional as F  # noqa: N812
-        from einops import rearrange
         from lerobot.policies.fastwam.wan.modular import _apply_block_norm, modulate
 
         blk, n, fp32 = layer.blocks["action"], layer.num_heads, layer.fp32_attention
@@ -254,15 +250,14 @@ class FastWAMEngine:
         vbuf[:, V:].copy_(v)
         kh, vh = self._heads(kbuf, n, False), self._heads(vbuf, n, False)
         qh = self._heads(q, n, fp32) if fp32 else self._heads(q, n, False).to(dtype=vh.dtype)
-        y = rearrange(F.scaled_dot_product_attention(qh, kh, vh, attn_mask=self_mask), "b n s d -> b s (n d)", n=n)
+        y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=self_mask).transpose(1, 2).flatten(2)
         x = x + gate_msa * blk.project_self_attention_output(y)
         at = blk.cross_attn
         xn = _apply_block_norm(blk, "norm3", x)
         qc = at.norm_q(at.q(xn)).view(x.size(0), -1, at.num_heads * at.head_dim)
         kc, vc = cross
         qch = self._heads(qc, at.num_heads, fp32) if fp32 else self._heads(qc, at.num_heads, False).to(dtype=vc.dtype)
-        yc = rearrange(F.scaled_dot_product_attention(qch, kc, vc, attn_mask=cross_mask), "b n s d -> b s (n d)",
-                       n=at.num_heads)
+        yc = F.scaled_dot_product_attention(qch, kc, vc, attn_mask=cross_mask).transpose(1, 2).flatten(2)
         x = x + at.o(yc.to(dtype=at.o.weight.dtype))
         return x + gate_mlp * blk.ffn(modulate(_apply_block_norm(blk, "norm2", x), shift_mlp, scale_mlp))
 
