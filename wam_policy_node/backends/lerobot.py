@@ -45,9 +45,9 @@ DEFAULTS = {
     "dtype": "auto",  # auto (bf16 autocast on cuda) | float32 | bfloat16
     "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
     "rtc": False,  # pass RTC guidance inputs when the policy supports it
-    # π0/π0.5/SmolVLA (engines.FAST_TYPES): "auto" runs wam_policy_node.engines' fast engine (static KV
-    # cache, the chunk in two CUDA graphs, bf16) on CUDA unless rtc is asked for; "fast" forces it (CPU
-    # too); "eager" = LeRobot
+    # π0/π0.5/SmolVLA/FastWAM (engines.FAST_TYPES): "auto" runs wam_policy_node.engines' fast engine (the
+    # chunk in two CUDA graphs; π/SmolVLA: static KV cache, bf16) on CUDA unless rtc is asked for; "fast"
+    # forces it (CPU too); "eager" = LeRobot
     "engine": "auto",
     # eager path: torch.compile the policy's predict_action_chunk ("" = no; default |
     # reduce-overhead (CUDA graphs) | max-autotune); the warm-up pays the compile at load
