@@ -102,11 +102,12 @@ def _mem(dev):
             "peak_gib": round(torch.cuda.max_memory_allocated(dev) / 2**30, 3)}
 
 
-def _profile(fn, dev, n=1, rows=18):
+def _profile(fn, dev, n=1, rows=18, warm=True):
     from torch.profiler import ProfilerActivity, profile
 
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
-    fn()
+    if warm:
+        fn()
     _sync(dev)
     with profile(activities=acts) as prof:
         for _ in range(n):
@@ -116,13 +117,17 @@ def _profile(fn, dev, n=1, rows=18):
     table = prof.key_averages().table(sort_by=key, row_limit=rows, max_name_column_width=70)
     total_dev = 0.0
     kernels = []
+    syncs = 0
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
         if ev.device_type is not None and str(ev.device_type).endswith("CUDA") and t:
             total_dev += t
             kernels.append((ev.key, t / n / 1e3, ev.count // n))
+        if "Synchronize" in ev.key or ev.key in ("aten::nonzero", "aten::item", "aten::_local_scalar_dense"):
+            syncs += ev.count // n
     kernels.sort(key=lambda k: -k[1])
     return {"table": table, "gpu_kernel_ms_per_call": round(total_dev / n / 1e3, 3),
+            "kernel_launches_per_call": sum(k[2] for k in kernels), "sync_ops_per_call": syncs,
             "top_kernels": [{"name": k[:90], "ms": round(t, 3), "calls": c} for k, t, c in kernels[:15]]}
 
 
@@ -392,6 +397,7 @@ def run_policy(ptype, args, dev, workdir, res):
 
 
 WAMS = ("fastwam",)  # engines over LeRobot's own modules (engines.fastwam_graph)
+BASELINES = {"lingbot_va": None}  # no fast engine: LeRobot's latency and profile only (run_lingbot)
 
 
 def run_wam(ptype, args, dev, workdir, res):
@@ -490,6 +496,77 @@ def run_wam(ptype, args, dev, workdir, res):
     return res
 
 
+def run_lingbot(ptype, args, dev, workdir, res):
+    """LingBot-VA (no fast engine): LeRobot's ``select_action`` over an episode of ``--lingbot-chunks``
+    chunks — the latency of the first chunk (prompt on its UMT5, on the config's ``text_encoder_device``)
+    and of the later ones (the executed chunk and the observed keyframes fed back into the KV cache,
+    then 20 video + 50 action flow steps), and a profile of one later chunk: GPU kernel time against
+    the wall clock, which says how much of LeRobot's time a CUDA-graph engine could take back."""
+    from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.zoo import save_random_policy
+
+    cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
+    size = "tiny" if args.tiny else args.wam_size
+    extra = {"layers": args.wam_layers} if args.wam_layers and size != "full" else {}
+    t0 = time.perf_counter()
+    ckpt = save_random_policy(ptype, workdir / ptype, size=size, cameras=cams, device=str(dev), extra=extra)
+    res["zoo_build_save_s"], res["size"], res["extra"] = round(time.perf_counter() - t0, 2), size, extra
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    pol = load_policy(ckpt, device=str(dev))
+    _sync(dev)
+    res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
+    cfg = pol.config
+    # LeRobot keeps the 5.7 B UMT5 encoder on the host by default (it runs once per episode); on this GPU
+    # there is room for it, so the first chunk is not a CPU matmul of the prompt
+    cfg.text_encoder_device = str(dev)
+    res["config"] = {k: getattr(cfg, k) for k in ("height", "width", "frame_chunk_size", "action_per_frame",
+                                                   "attn_window", "num_inference_steps", "action_num_inference_steps",
+                                                   "guidance_scale", "action_guidance_scale", "text_encoder_device")}
+    res["params_b"] = round(sum(p.numel() for p in pol.parameters()) / 1e9, 3)
+    keys = sorted(cfg.image_features)
+    g = torch.Generator().manual_seed(0)
+
+    def obs():
+        b = {k: torch.rand(1, *cfg.image_features[k].shape, generator=g).to(dev) for k in keys}
+        st = cfg.input_features.get("observation.state")
+        if st is not None:
+            b["observation.state"] = torch.randn(1, *st.shape, generator=g).to(dev)
+        b["task"] = "transfer the cube"
+        return b
+
+    chunks, steps = [], 0
+    pol.reset()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        while len(chunks) < args.lingbot_chunks:
+            batch = obs()
+            new = (not pol._started) or len(pol._action_queue) == 0
+            profile = args.profile and new and len(chunks) == 2
+            t0 = time.perf_counter()
+            if profile:
+                res["ref_profile_chunk3"] = _profile(lambda b=batch: pol.select_action(b), dev, n=1, warm=False)
+            else:
+                pol.select_action(batch)
+            _sync(dev)
+            if new:
+                chunks.append(round((time.perf_counter() - t0) * 1e3, 2))
+                print(f"[{ptype}] chunk {len(chunks)}: {chunks[-1]} ms", flush=True)
+            steps += 1
+    res["ref_chunk_ms"] = chunks
+    res["ref_steps"] = steps
+    res["ref_later_chunks_p50_ms"] = statistics.median(chunks[1:]) if len(chunks) > 1 else None
+    res["mem"] = _mem(dev)
+    del pol
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--policies", default="pi05,pi0")  # π0.5 first: its start-up is a cold compile
@@ -505,6 +582,7 @@ def main(argv=None):
                     "start-up is timed too (slow: the model is built on the host)")
     ap.add_argument("--wam-size", default="full", choices=("full", "reduced"), help="fastwam's zoo size")
     ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = the default)")
+    ap.add_argument("--lingbot-chunks", type=int, default=4, help="lingbot_va: chunks in the timed episode")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -532,7 +610,8 @@ def main(argv=None):
         res = {"policy": ptype.strip()}
         out["results"].append(res)
         try:
-            (run_wam if ptype.strip() in WAMS else run_policy)(ptype.strip(), args, dev, workdir, res)
+            run = run_wam if ptype.strip() in WAMS else run_lingbot if ptype.strip() in BASELINES else run_policy
+            run(ptype.strip(), args, dev, workdir, res)
         except Exception as e:  # noqa: BLE001
             import traceback
 
