@@ -325,20 +325,28 @@ class LeRobotBackend(Backend):
         vlm_override = _local_vlm(path, pcfg)
         self.policy_type = pcfg.type
         self.engine = self._engine_choice(pcfg)
+        # _wrapped: the policy is an engine object with its own batch handling (π/SmolVLA/FastWAM); an engine
+        # installed on LeRobot's own policy (LingBot-VA) leaves the policy, its batch and streaming as they are
+        self._wrapped = False
         if self.engine == "fast":
             from .. import engines
 
             try:
-                self.policy = engines.make_engine(
-                    str(path), impl="fast", device=dev, config=pcfg, cuda_graph=self.device.type == "cuda",
-                    dtype="bfloat16" if self.device.type == "cuda" and str(c["dtype"]) != "float32" else "float32")
+                if engines.installs_in_place(pcfg.type):
+                    self.policy = load_policy(path, device=dev, config=pcfg)
+                    engines.load_fast(self.policy)
+                else:
+                    self._wrapped = True
+                    self.policy = engines.make_engine(
+                        str(path), impl="fast", device=dev, config=pcfg, cuda_graph=self.device.type == "cuda",
+                        dtype="bfloat16" if self.device.type == "cuda" and str(c["dtype"]) != "float32" else "float32")
             except engines.EngineError as exc:
                 raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
         else:
             self.policy = load_policy(path, device=dev, config=pcfg)
         # the fast engine stages the prompt and state itself (pinned buffers, non-blocking copies): its
         # pre-processor stays on the host, so no copy in it waits for the GPU (busy with the images)
-        pre_dev = "cpu" if self.engine == "fast" else dev
+        pre_dev = "cpu" if self._wrapped else dev
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
             preprocessor_overrides={"device_processor": {"device": pre_dev}, **_local_tokenizer(path),
@@ -363,7 +371,7 @@ class LeRobotBackend(Backend):
         # fast engine: the images skip the pre-processor (it would leave them as they are: checked here)
         # and go to the engine's vision tower first (FlowEngine.prefetch), while the host pre-processes
         # the prompt and state (see batch())
-        self._prefetch = self.policy.prefetch if self.engine == "fast" and _images_untouched(self.pre) else None
+        self._prefetch = self.policy.prefetch if self._wrapped and _images_untouched(self.pre) else None
         _memoize_tokenizer(self.pre)
         if self.engine == "eager":
             _memoize_prompt_encoder(self.policy)
@@ -380,7 +388,7 @@ class LeRobotBackend(Backend):
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
         self._prev_raw = None  # the one before (restored when the safety filter refuses the last)
         self.needs_images = bool(self.image_features)
-        stream = STREAMING.get(self.policy_type) if self.engine == "eager" else None
+        stream = STREAMING.get(self.policy_type) if not self._wrapped else None
         self._stream = stream(self.policy) if stream is not None else None
         self.streams_observations = self.requires_sync_runtime = self._stream is not None
         self._observed: int | None = None  # stamp of the newest observation fed to the stream
@@ -472,7 +480,7 @@ class LeRobotBackend(Backend):
         if self._prefetch is not None:
             return self._batch_fast(obs, keys)
         # to the GPU only where the pre-processor runs there (the fast engine's runs on the host)
-        upload = self.device.type == "cuda" and self.engine != "fast"
+        upload = self.device.type == "cuda" and not self._wrapped
         if upload and self._uploaded is not None:
             self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
         batch = {}

@@ -13,7 +13,9 @@ reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEn
 :class:`~wam_policy_node.engines.smolvla_flow.SmolVLAFlowEngine` (SmolVLA), both built on
 ``engines._common.FlowEngine``, or :class:`~wam_policy_node.engines.fastwam_graph.FastWAMEngine`
 (FastWAM: LeRobot's own modules with the prompt cached, start-up constants and two CUDA graphs).
-``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
+LingBot-VA's (:class:`~wam_policy_node.engines.lingbot_stream.LingBotVAEngine`) is installed on the
+loaded LeRobot policy: its KV-cache bookkeeping moves to the host, which takes the device syncs out of
+every layer. ``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
 """
 from __future__ import annotations
 
@@ -21,18 +23,26 @@ from pathlib import Path
 
 from ._common import EngineError, FlowEngine
 from .fastwam_graph import FastWAMEngine
+from .lingbot_stream import LingBotVAEngine
 from .pi_flow import PiFlowEngine
 from .reference import EagerEngine
 from .smolvla_flow import SmolVLAFlowEngine
 
 FAST_ENGINES: dict[str, type] = {"pi0": PiFlowEngine, "pi05": PiFlowEngine, "smolvla": SmolVLAFlowEngine,
-                                 "fastwam": FastWAMEngine}
+                                 "fastwam": FastWAMEngine, "lingbot_va": LingBotVAEngine}
+IN_PLACE = ("lingbot_va",)  # installed on LeRobot's own policy object, which is then used as before
 FAST_TYPES = tuple(FAST_ENGINES)
 IMPLS = ("fast", "eager")
 
 
 def supports(policy_type: str) -> bool:
     return policy_type in FAST_TYPES
+
+
+def installs_in_place(policy_type: str) -> bool:
+    """Whether the fast engine for ``policy_type`` is installed on the loaded LeRobot policy (``load_fast``)
+    rather than being an object of its own."""
+    return policy_type in IN_PLACE
 
 
 def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str = "cuda",
@@ -56,13 +66,13 @@ def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str =
 
 
 def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True):
-    """Fast engine over an already loaded LeRobot π0/π0.5/SmolVLA policy (weights converted on its device)
-    or FastWAM policy (its modules used as they are)."""
+    """Fast engine over an already loaded LeRobot π0/π0.5/SmolVLA policy (weights converted on its device),
+    FastWAM policy (its modules used as they are) or LingBot-VA policy (installed on it)."""
     if not supports(policy.config.type):
         raise EngineError(f"no fast engine for policy type {policy.config.type!r}")
     return FAST_ENGINES[policy.config.type].from_policy(policy, dtype=dtype, cuda_graph=cuda_graph)
 
 
 __all__ = ["EngineError", "EagerEngine", "FlowEngine", "PiFlowEngine", "SmolVLAFlowEngine", "FastWAMEngine",
-           "make_engine",
-           "load_fast", "supports", "FAST_TYPES", "FAST_ENGINES"]
+           "LingBotVAEngine", "make_engine", "load_fast", "supports", "installs_in_place", "FAST_TYPES",
+           "FAST_ENGINES"]

@@ -1,0 +1,329 @@
+"""LingBot-VA without device syncs: LeRobot's own modules and streaming loop, its KV-cache bookkeeping on the host.
+
+LeRobot 0.6.1's LingBot-VA (``LingBotVAPolicy``) keeps, in every self-attention layer, a pool of KV slots
+with a validity mask, an age id and a "predicted" flag on the GPU, and manages it with ``nonzero()``,
+``numel()``, ``any()`` and ``max()`` at every layer of every transformer pass — each a device→host sync;
+it also builds the RoPE grid ids and frequency bases on the host and copies them (a pageable copy waits
+for the stream), and indexes with host masks. Measured on the H200 at full size: a later chunk is
+≈ 200 000 kernels and ≈ 27 000 sync points in 5–6 s of wall clock for 1.07 s of GPU kernels
+(``docs/results/gpu_inference_lingbot.json``): the GPU waits for the host at every layer.
+
+:class:`LingBotVAEngine` installs itself on a loaded policy and changes only that:
+
+* the slot pool's bookkeeping runs on the host (:class:`SlotPool`): which slots a pass writes, which
+  it attends to and which it frees depend only on the sizes and flags of the writes, never on tensor
+  values, and all layers see the same writes — so one host computation per pass replaces 30 layers of
+  device bookkeeping; the layers get the slot indices as device tensors (uploaded once per distinct
+  set: a handful per chunk);
+* the RoPE frequency bases live on the device, the grid ids are built once per (shape, frame offset),
+  the VAE latent statistics once, the action-channel mask is a device index.
+
+Everything else — the transformer and its blocks, the VAE, the schedulers, the CFG, the streaming state
+of ``select_action`` / ``predict_action_chunk`` — is LeRobot's code on LeRobot's tensors, so the actions
+are LeRobot's to the bit (``tests/test_engines_lingbot.py``), noise included: it is drawn by the same
+``torch.randn`` calls in the same order. One documented difference: when the pool is full LeRobot evicts
+the oldest entries with ``torch.argsort`` (unstable: ties between slots of one write are in no defined
+order); the pool breaks such ties by slot index (a stable sort).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from functools import partial
+
+import numpy as np
+import torch
+
+from ._common import EngineError
+
+
+class SlotPool:
+    """Host mirror of a LingBot-VA attention KV cache's bookkeeping (LeRobot's ``WanAttention``:
+    ``allocate_slots``, ``_next_cache_id``, ``update_cache``, ``restore_cache``, ``clear_pred_cache``)."""
+
+    def __init__(self, size: int):
+        self.mask = np.zeros(size, bool)
+        self.ids = np.full(size, -1, np.int64)
+        self.is_pred = np.zeros(size, bool)
+
+    def allocate(self, key_size: int) -> np.ndarray:
+        free = np.flatnonzero(~self.mask)
+        if free.size < key_size:  # evict the oldest writes
+            used = np.flatnonzero(self.mask)
+            to_free = used[np.argsort(self.ids[used], kind="stable")[: key_size - free.size]]
+            self.mask[to_free] = False
+            self.ids[to_free] = -1
+            free = np.flatnonzero(~self.mask)
+        if free.size < key_size:
+            raise EngineError(f"LingBot-VA KV cache exhausted: need {key_size} free slots, have {free.size}")
+        return free[:key_size]
+
+    def write(self, key_size: int, is_pred: bool) -> np.ndarray:
+        slots = self.allocate(key_size)
+        new_id = int(self.ids[self.mask].max()) + 1 if self.mask.any() else 0
+        self.mask[slots] = True
+        self.ids[slots] = new_id
+        self.is_pred[slots] = is_pred
+        return slots
+
+    def restore(self, slots: np.ndarray) -> None:
+        self.mask[slots] = False
+
+    def clear_pred(self) -> None:
+        self.mask[self.is_pred] = False
+
+    def valid(self) -> np.ndarray:
+        return np.flatnonzero(self.mask)
+
+
+def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
+    """LeRobot's ``apply_rotary_emb`` inside ``WanAttention.forward``."""
+    x_out = torch.view_as_complex(x.to(torch.float64).reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2))
+    return torch.view_as_real(x_out * freqs).flatten(3).to(x.dtype)
+
+
+class LingBotVAEngine:
+    """Installed on a loaded ``LingBotVAPolicy`` (see the module docstring); ``policy`` is then used as
+    before (``select_action``, ``predict_action_chunk``, ``reset``)."""
+
+    host_batch = False  # takes the batch the eager path builds (images on the policy's device)
+
+    def __init__(self, policy, *, index_cache: int = 16):
+        if getattr(policy, "_lingbot_engine", None) is not None:
+            raise EngineError("LingBot-VA engine: already installed on this policy")
+        cfg = policy.config
+        if cfg.attn_mode != "torch":
+            raise EngineError(f"LingBot-VA engine: attn_mode {cfg.attn_mode!r} (the engine serves 'torch', "
+                              "LeRobot's inference default)")
+        self.policy, self.config = policy, cfg
+        self.device = torch.device(cfg.device)
+        tr = policy.transformer
+        for name in ("f_freqs_base", "h_freqs_base", "w_freqs_base"):  # LeRobot copies them at every pass
+            setattr(tr.rope, name, getattr(tr.rope, name).to(self.device))
+        self.pool: SlotPool | None = None
+        self._pass: tuple[torch.Tensor, torch.Tensor] | None = None  # this pass's (slots, valid) on the device
+        self._indices: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self._index_cache = int(index_cache)
+        self._grids: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._latent_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+        drop = torch.ones(cfg.action_dim, dtype=torch.bool)
+        drop[cfg.used_action_channel_ids] = False
+        self._drop = drop.nonzero().squeeze(-1).to(self.device)  # action channels LeRobot zeroes
+        self.uploads = 0  # index sets uploaded (a sync each): a handful per chunk
+        self.passes = 0
+        # install: the attention layers, the transformer pass, and the policy's streaming helpers
+        for block in tr.blocks:
+            if block.attn1.attn_caches is not None:
+                block.attn1.forward = partial(self._attention, block.attn1)
+        self._lerobot_pass = tr.forward
+        tr.forward = self._transformer_pass
+        self._lerobot_init_cache = policy._init_streaming_cache
+        policy._init_streaming_cache = self._init_streaming_cache
+        policy._compute_kv_cache = self._compute_kv_cache
+        policy._prepare_latent_input = self._prepare_latent_input
+        policy._normalize_vae_latent = self._normalize_vae_latent
+        policy._infer = self._infer
+        policy._lingbot_engine = self
+        policy.eval()
+
+    @classmethod
+    def from_policy(cls, policy, **_):
+        return cls(policy)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_dir, *, device="cuda", config=None, **_):
+        from ..backends.lerobot import load_policy
+
+        return cls(load_policy(pretrained_dir, device=str(device), config=config))
+
+    # ---- the KV cache ---------------------------------------------------------------------------
+
+    def _init_streaming_cache(self, init_latent) -> None:
+        self._lerobot_init_cache(init_latent)
+        sizes = {b.attn1.attn_caches["pos"]["k"].shape[1] for b in self.policy.transformer.blocks
+                 if b.attn1.attn_caches is not None}
+        if len(sizes) != 1:
+            raise EngineError(f"LingBot-VA engine: layers with different cache sizes {sorted(sizes)}")
+        self.pool = SlotPool(sizes.pop())
+        self._indices.clear()
+
+    def _device_indices(self, slots: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        key = slots.tobytes() + b"|" + valid.tobytes()
+        hit = self._indices.get(key)
+        if hit is None:
+            hit = (torch.from_numpy(slots.copy()).to(self.device), torch.from_numpy(valid.copy()).to(self.device))
+            self.uploads += 1
+            self._indices[key] = hit
+            while len(self._indices) > self._index_cache:
+                self._indices.popitem(last=False)
+        return hit
+
+    def _transformer_pass(self, input_dict, update_cache=0, cache_name="pos", action_mode=False, train_mode=False):
+        """One LeRobot transformer pass, its cache writes decided on the host first."""
+        if train_mode or self.pool is None or cache_name != "pos":
+            self._pass = None
+            return self._lerobot_pass(input_dict, update_cache=update_cache, cache_name=cache_name,
+                                      action_mode=action_mode, train_mode=train_mode)
+        shape = input_dict["noisy_latents"].shape  # (B, C, F, H, W)
+        p = self.policy.transformer.patch_size
+        tokens = (shape[2] * shape[3] * shape[4] if action_mode
+                  else (shape[2] // p[0]) * (shape[3] // p[1]) * (shape[4] // p[2]))
+        slots = self.pool.write(tokens, is_pred=update_cache == 1)
+        self._pass = self._device_indices(slots, self.pool.valid())
+        try:
+            out = self._lerobot_pass(input_dict, update_cache=update_cache, cache_name=cache_name,
+                                     action_mode=action_mode)
+        finally:
+            if update_cache == 0:
+                self.pool.restore(slots)
+            self._pass = None
+        self.passes += 1
+        return out
+
+    def _attention(self, attn, q, k, v, rotary_emb, update_cache=0, cache_name="pos"):
+        """LeRobot's ``WanAttention.forward`` for a self-attention layer with a KV cache, its slot
+        bookkeeping replaced by this pass's device indices (``_transformer_pass``)."""
+        caches = attn.attn_caches
+        kv_cache = caches.get(cache_name) if caches is not None else None
+        query, key, value = attn.to_q(q), attn.to_k(k), attn.to_v(v)
+        query = attn.norm_q(query).unflatten(2, (attn.heads, -1))
+        key = attn.norm_k(key).unflatten(2, (attn.heads, -1))
+        value = value.unflatten(2, (attn.heads, -1))
+        if rotary_emb is not None:
+            query, key = _rope(query, rotary_emb), _rope(key, rotary_emb)
+        if kv_cache is not None and kv_cache["k"] is not None:
+            if self._pass is None:
+                raise EngineError("LingBot-VA engine: a cached attention outside a transformer pass")
+            slots, valid = self._pass
+            kv_cache["k"][:, slots] = key
+            kv_cache["v"][:, slots] = value
+            key, value = kv_cache["k"][:, valid], kv_cache["v"][:, valid]
+        hidden = attn.attn_op(query, key, value).flatten(2, 3).type_as(query)
+        return attn.to_out[1](attn.to_out[0](hidden))
+
+    # ---- the policy's streaming helpers, without host round trips --------------------------------
+
+    def _grid(self, f, h, w, t, f_shift, action) -> torch.Tensor:
+        from lerobot.policies.lingbot_va.utils import get_mesh_id
+
+        key = (f, h, w, t, f_shift, action)
+        g = self._grids.get(key)
+        if g is None:
+            g = self._grids[key] = get_mesh_id(f, h, w, t, 1, f_shift, action=action).to(self.device)
+            while len(self._grids) > 32:
+                self._grids.popitem(last=False)
+        return g
+
+    def _normalize_vae_latent(self, enc_out: torch.Tensor) -> torch.Tensor:
+        """LeRobot's, with the VAE's latent mean and 1/std on the device once."""
+        mu, _logvar = torch.chunk(enc_out, 2, dim=1)
+        if self._latent_stats is None or self._latent_stats[0].device != mu.device:
+            vcfg = self.policy._vae.config
+            mean = torch.tensor(vcfg.latents_mean).to(mu.device).view(1, -1, 1, 1, 1)
+            inv_std = (1.0 / torch.tensor(vcfg.latents_std).to(mu.device)).view(1, -1, 1, 1, 1)
+            self._latent_stats = (mean, inv_std)
+        mean, inv_std = self._latent_stats
+        return ((mu.float() - mean) * inv_std).to(mu)
+
+    def _prepare_latent_input(self, latent_model_input, action_model_input, latent_t=0, action_t=0,
+                              latent_cond=None, action_cond=None, frame_st_id=0):
+        """LeRobot's ``_prepare_latent_input`` with cached grid ids and a device action-channel index."""
+        pol, p, dev = self.policy, self.config.patch_size, self.device
+        out = {}
+        if latent_model_input is not None:
+            out["latent_res_lst"] = {
+                "noisy_latents": latent_model_input,
+                "timesteps": torch.ones([latent_model_input.shape[2]], dtype=torch.float32, device=dev) * latent_t,
+                "grid_id": self._grid(latent_model_input.shape[-3] // p[0], latent_model_input.shape[-2] // p[1],
+                                      latent_model_input.shape[-1] // p[2], 0, frame_st_id, False),
+                "text_emb": pol._prompt_embeds.to(pol.dtype).clone(),
+            }
+            if latent_cond is not None:
+                out["latent_res_lst"]["noisy_latents"][:, :, 0:1] = latent_cond[:, :, 0:1]
+                out["latent_res_lst"]["timesteps"][0:1] *= 0
+        if action_model_input is not None:
+            out["action_res_lst"] = {
+                "noisy_latents": action_model_input,
+                "timesteps": torch.ones([action_model_input.shape[2]], dtype=torch.float32, device=dev) * action_t,
+                "grid_id": self._grid(action_model_input.shape[-3], action_model_input.shape[-2],
+                                      action_model_input.shape[-1], 1, frame_st_id, True),
+                "text_emb": pol._prompt_embeds.to(pol.dtype).clone(),
+            }
+            if action_cond is not None:
+                out["action_res_lst"]["noisy_latents"][:, :, 0:1] = action_cond[:, :, 0:1]
+                out["action_res_lst"]["timesteps"][0:1] *= 0
+            out["action_res_lst"]["noisy_latents"][:, self._drop] *= 0
+        return out
+
+    def _compute_kv_cache(self, obs_buffer, executed_actions) -> None:
+        """LeRobot's ``_compute_kv_cache``: the observed keyframes and the executed chunk into the cache."""
+        pol = self.policy
+        if not obs_buffer or executed_actions is None:
+            return
+        self.pool.clear_pred()
+        latent_model_input = pol._encode_frames(obs_buffer)
+        if pol._frame_st_id == 0 and getattr(pol, "_init_latent", None) is not None:
+            latent_model_input = torch.cat([pol._init_latent, latent_model_input], dim=2)
+        action_model_input = pol._preprocess_action_state(executed_actions).to(latent_model_input)
+        input_dict = self._prepare_latent_input(latent_model_input, action_model_input, frame_st_id=pol._frame_st_id)
+        with torch.no_grad():
+            pol.transformer(pol._repeat_input_for_cfg(input_dict["latent_res_lst"]), update_cache=2,
+                            cache_name="pos", action_mode=False)
+            pol.transformer(pol._repeat_input_for_cfg(input_dict["action_res_lst"]), update_cache=2,
+                            cache_name="pos", action_mode=True)
+        pol._frame_st_id += latent_model_input.shape[2]
+
+    @torch.no_grad()
+    def _infer(self, init_latent, frame_st_id=0):
+        """LeRobot's ``_infer`` (the video-latent then the action flow loop of one chunk), unchanged but
+        for the device action-channel index."""
+        import torch.nn.functional as F  # noqa: N812
+        from lerobot.policies.lingbot_va.utils import data_seq_to_patch
+
+        pol, cfg, device = self.policy, self.config, self.device
+        latent_h, latent_w = pol._latent_hw
+        fcs = cfg.frame_chunk_size
+        nb = 2 if pol._use_cfg else 1
+        latents = torch.randn(1, 48, fcs, latent_h, latent_w, device=device, dtype=pol.dtype)
+        actions = torch.randn(1, cfg.action_dim, fcs, cfg.action_per_frame, 1, device=device, dtype=pol.dtype)
+        pol._scheduler.set_timesteps(cfg.num_inference_steps)
+        pol._action_scheduler.set_timesteps(cfg.action_num_inference_steps)
+        timesteps = F.pad(pol._scheduler.timesteps, (0, 1), mode="constant", value=0)
+        if cfg.video_exec_step != -1:
+            timesteps = timesteps[: cfg.video_exec_step]
+        action_timesteps = F.pad(pol._action_scheduler.timesteps, (0, 1), mode="constant", value=0)
+        for i, t in enumerate(timesteps):
+            last = i == len(timesteps) - 1
+            latent_cond = init_latent[:, :, 0:1].to(pol.dtype) if frame_st_id == 0 and init_latent is not None else None
+            input_dict = self._prepare_latent_input(latents, None, t, t, latent_cond, None, frame_st_id=frame_st_id)
+            pred = pol.transformer(pol._repeat_input_for_cfg(input_dict["latent_res_lst"]),
+                                   update_cache=1 if last else 0, cache_name="pos", action_mode=False)
+            if not last or cfg.video_exec_step != -1:
+                pred = data_seq_to_patch(cfg.patch_size, pred, fcs, latent_h, latent_w, batch_size=nb)
+                if cfg.guidance_scale > 1:
+                    pred = pred[1:] + cfg.guidance_scale * (pred[:1] - pred[1:])
+                else:
+                    pred = pred[:1]
+                latents = pol._scheduler.step(pred, t, latents, return_dict=False)
+            if frame_st_id == 0 and latent_cond is not None:
+                latents[:, :, 0:1] = latent_cond
+        for i, t in enumerate(action_timesteps):
+            last = i == len(action_timesteps) - 1
+            action_cond = (torch.zeros([1, cfg.action_dim, 1, cfg.action_per_frame, 1], device=device, dtype=pol.dtype)
+                           if frame_st_id == 0 else None)
+            input_dict = self._prepare_latent_input(None, actions, t, t, None, action_cond, frame_st_id=frame_st_id)
+            pred = pol.transformer(pol._repeat_input_for_cfg(input_dict["action_res_lst"]),
+                                   update_cache=1 if last else 0, cache_name="pos", action_mode=True)
+            if not last:
+                pred = pred.unflatten(1, (fcs, -1)).permute(0, 3, 1, 2).unsqueeze(-1)  # "b (f n) c -> b c f n 1"
+                if cfg.action_guidance_scale > 1:
+                    pred = pred[1:] + cfg.action_guidance_scale * (pred[:1] - pred[1:])
+                else:
+                    pred = pred[:1]
+                actions = pol._action_scheduler.step(pred, t, actions, return_dict=False)
+            if frame_st_id == 0 and action_cond is not None:
+                actions[:, :, 0:1] = action_cond
+        actions[:, self._drop] *= 0
+        return actions, latents
+
+
+__all__ = ["LingBotVAEngine", "SlotPool"]
