@@ -18,10 +18,11 @@ residuals are live), bf16, 50×14 chunk, 10 flow steps, batch 1. For each policy
 
 FastWAM (``--policies fastwam``, :func:`run_wam`): LeRobot's call and the engine over the same loaded
 policy, LeRobot's seeded noise; also the engine without CUDA graphs and LeRobot with the backend's
-prompt cache, which split the gain between its parts.
+prompt cache, which split the gain between its parts. LingBot-VA (``--policies lingbot_va``,
+:func:`run_lingbot`): an episode of LeRobot's ``select_action``, then the same with the engine installed.
 
 Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json [--policies smolvla]
-CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla,fastwam
+CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla,fastwam,lingbot_va
 """
 from __future__ import annotations
 
@@ -397,7 +398,7 @@ def run_policy(ptype, args, dev, workdir, res):
 
 
 WAMS = ("fastwam",)  # engines over LeRobot's own modules (engines.fastwam_graph)
-BASELINES = {"lingbot_va": None}  # no fast engine: LeRobot's latency and profile only (run_lingbot)
+STREAMED = ("lingbot_va",)  # engines installed on LeRobot's policy, timed over an episode (run_lingbot)
 
 
 def run_wam(ptype, args, dev, workdir, res):
@@ -497,12 +498,14 @@ def run_wam(ptype, args, dev, workdir, res):
 
 
 def run_lingbot(ptype, args, dev, workdir, res):
-    """LingBot-VA (no fast engine): LeRobot's ``select_action`` over an episode of ``--lingbot-chunks``
-    chunks — the latency of the first chunk (prompt on its UMT5, on the config's ``text_encoder_device``)
-    and of the later ones (the executed chunk and the observed keyframes fed back into the KV cache,
-    then 20 video + 50 action flow steps), and a profile of one later chunk: GPU kernel time against
-    the wall clock, which says how much of LeRobot's time a CUDA-graph engine could take back."""
+    """LingBot-VA: LeRobot's ``select_action`` over an episode of ``--lingbot-chunks`` chunks, then the same
+    episode (same frames, same seed) with the engine installed on the same policy (same weights): the
+    latency of each chunk — the first (prompt on its UMT5; here on the GPU), the later ones (the executed
+    chunk and the observed keyframes fed back into the KV cache, then 20 video + 50 action flow steps) —
+    and the max abs difference of every action. With ``--profile``, a later chunk of the engine is profiled
+    (LeRobot's: gpu_inference_lingbot.json of the fourth session, ≈ 27 000 syncs)."""
     from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.engines import LingBotVAEngine
     from wam_policy_node.zoo import save_random_policy
 
     cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
@@ -528,39 +531,55 @@ def run_lingbot(ptype, args, dev, workdir, res):
                                                    "guidance_scale", "action_guidance_scale", "text_encoder_device")}
     res["params_b"] = round(sum(p.numel() for p in pol.parameters()) / 1e9, 3)
     keys = sorted(cfg.image_features)
-    g = torch.Generator().manual_seed(0)
 
-    def obs():
-        b = {k: torch.rand(1, *cfg.image_features[k].shape, generator=g).to(dev) for k in keys}
+    def episode(tag, profile_chunk=None):
+        g = torch.Generator().manual_seed(0)
         st = cfg.input_features.get("observation.state")
-        if st is not None:
-            b["observation.state"] = torch.randn(1, *st.shape, generator=g).to(dev)
-        b["task"] = "transfer the cube"
-        return b
+        chunks, actions = [], []
+        pol.reset()
+        torch.manual_seed(0)  # LingBot-VA's flow noise: the global generators
+        with torch.inference_mode():
+            while True:
+                batch = {k: torch.rand(1, *cfg.image_features[k].shape, generator=g).to(dev) for k in keys}
+                if st is not None:
+                    batch["observation.state"] = torch.randn(1, *st.shape, generator=g).to(dev)
+                batch["task"] = "transfer the cube"
+                new = (not pol._started) or len(pol._action_queue) == 0
+                if new and len(chunks) == args.lingbot_chunks:
+                    break
+                _sync(dev)
+                t0 = time.perf_counter()
+                if new and profile_chunk is not None and len(chunks) == profile_chunk:
+                    box = []
+                    res[f"{tag}_profile_chunk{profile_chunk + 1}"] = _profile(
+                        lambda b=batch: box.append(pol.select_action(b)), dev, n=1, warm=False)
+                    actions.append(box[0].float().cpu())
+                else:
+                    actions.append(pol.select_action(batch).float().cpu())
+                _sync(dev)
+                if new:
+                    ms = round((time.perf_counter() - t0) * 1e3, 2)
+                    profiled = profile_chunk is not None and len(chunks) == profile_chunk
+                    chunks.append(None if profiled else ms)  # the profiler's own overhead is no latency
+                    print(f"[{ptype}] {tag} chunk {len(chunks)}: {ms} ms{' (profiled)' if profiled else ''}", flush=True)
+        res[f"{tag}_chunk_ms"] = chunks
+        later = [c for c in chunks[1:] if c is not None]
+        res[f"{tag}_later_chunks_p50_ms"] = statistics.median(later) if later else None
+        return torch.stack(actions)
 
-    chunks, steps = [], 0
-    pol.reset()
-    torch.manual_seed(0)
-    with torch.inference_mode():
-        while len(chunks) < args.lingbot_chunks:
-            batch = obs()
-            new = (not pol._started) or len(pol._action_queue) == 0
-            profile = args.profile and new and len(chunks) == 2
-            t0 = time.perf_counter()
-            if profile:
-                res["ref_profile_chunk3"] = _profile(lambda b=batch: pol.select_action(b), dev, n=1, warm=False)
-            else:
-                pol.select_action(batch)
-            _sync(dev)
-            if new:
-                chunks.append(round((time.perf_counter() - t0) * 1e3, 2))
-                print(f"[{ptype}] chunk {len(chunks)}: {chunks[-1]} ms", flush=True)
-            steps += 1
-    res["ref_chunk_ms"] = chunks
-    res["ref_steps"] = steps
-    res["ref_later_chunks_p50_ms"] = statistics.median(chunks[1:]) if len(chunks) > 1 else None
+    ref_out = episode("ref")
+    eng = LingBotVAEngine(pol)
+    fast_out = episode("fast", profile_chunk=2 if args.profile else None)
+    res["engine_index_uploads"], res["engine_passes"] = eng.uploads, eng.passes
+    res["actions"] = int(ref_out.shape[0])
+    res["max_abs_diff_vs_ref"] = (ref_out - fast_out).abs().max().item()
+    res["ref_abs_mean"] = ref_out.abs().mean().item()
+    if res.get("ref_later_chunks_p50_ms") and res.get("fast_later_chunks_p50_ms"):
+        res["speedup_later_chunks_p50"] = round(res["ref_later_chunks_p50_ms"] / res["fast_later_chunks_p50_ms"], 2)
     res["mem"] = _mem(dev)
-    del pol
+    print(f"[{ptype}] later chunks p50 {res['ref_later_chunks_p50_ms']} -> {res['fast_later_chunks_p50_ms']} ms, "
+          f"diff {res['max_abs_diff_vs_ref']:.3g}", flush=True)
+    del pol, eng
     gc.collect()
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -582,7 +601,7 @@ def main(argv=None):
                     "start-up is timed too (slow: the model is built on the host)")
     ap.add_argument("--wam-size", default="full", choices=("full", "reduced"), help="fastwam's zoo size")
     ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = the default)")
-    ap.add_argument("--lingbot-chunks", type=int, default=4, help="lingbot_va: chunks in the timed episode")
+    ap.add_argument("--lingbot-chunks", type=int, default=4, help="lingbot_va: chunks in the timed episode (each run twice: LeRobot, engine)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -610,7 +629,7 @@ def main(argv=None):
         res = {"policy": ptype.strip()}
         out["results"].append(res)
         try:
-            run = run_wam if ptype.strip() in WAMS else run_lingbot if ptype.strip() in BASELINES else run_policy
+            run = run_wam if ptype.strip() in WAMS else run_lingbot if ptype.strip() in STREAMED else run_policy
             run(ptype.strip(), args, dev, workdir, res)
         except Exception as e:  # noqa: BLE001
             import traceback
