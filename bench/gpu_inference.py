@@ -571,6 +571,7 @@ def run_lingbot(ptype, args, dev, workdir, res):
     eng = LingBotVAEngine(pol)
     fast_out = episode("fast", profile_chunk=2 if args.profile else None)
     res["engine_index_uploads"], res["engine_passes"] = eng.uploads, eng.passes
+    res["engine_graph_captures"], res["engine_graph_replays"] = eng.captures, eng.replays
     res["actions"] = int(ref_out.shape[0])
     res["max_abs_diff_vs_ref"] = (ref_out - fast_out).abs().max().item()
     res["ref_abs_mean"] = ref_out.abs().mean().item()

@@ -71,6 +71,16 @@ def test_an_episode_gives_lerobots_actions_to_the_bit_also_once_the_cache_evicts
     assert torch.equal(c, d) and not torch.equal(c[12:28], b[12:28])
 
 
+def test_the_prompt_is_encoded_once_across_episodes(pair):
+    """LeRobot encodes the prompt at the first chunk of every episode; the engine keeps its embedding."""
+    _, pol, eng = pair
+    eng._prompts.clear()
+    n0 = eng.prompt_encodes
+    a = _episode(pol, 13)
+    b = _episode(pol, 13)
+    assert eng.prompt_encodes - n0 == 1 and torch.equal(a, b)
+
+
 def test_lerobots_device_bookkeeping_is_not_called(pair, monkeypatch):
     from lerobot.policies.lingbot_va import utils
 

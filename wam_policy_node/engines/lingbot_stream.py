@@ -1,12 +1,13 @@
-"""LingBot-VA without device syncs: LeRobot's own modules and streaming loop, its KV-cache bookkeeping on the host.
+"""LingBot-VA as CUDA graphs: LeRobot's own modules and streaming loop, its KV-cache bookkeeping on the host.
 
 LeRobot 0.6.1's LingBot-VA (``LingBotVAPolicy``) keeps, in every self-attention layer, a pool of KV slots
 with a validity mask, an age id and a "predicted" flag on the GPU, and manages it with ``nonzero()``,
 ``numel()``, ``any()`` and ``max()`` at every layer of every transformer pass — each a device→host sync;
 it also builds the RoPE grid ids and frequency bases on the host and copies them (a pageable copy waits
 for the stream), and indexes with host masks. Measured on the H200 at full size: a later chunk is
-≈ 200 000 kernels and ≈ 27 000 sync points in 5–6 s of wall clock for 1.07 s of GPU kernels
-(``docs/results/gpu_inference_lingbot.json``): the GPU waits for the host at every layer.
+≈ 200 000 kernels and ≈ 27 000 sync points in 3–6 s of wall clock for 1.07 s of GPU kernels
+(``docs/results/gpu_inference_lingbot.json``). Such a loop cannot be captured in a CUDA graph, and it
+is host-bound: the GPU waits for the host at every layer.
 
 :class:`LingBotVAEngine` installs itself on a loaded policy and changes only that:
 
@@ -16,7 +17,15 @@ for the stream), and indexes with host masks. Measured on the H200 at full size:
   device bookkeeping; the layers get the slot indices as device tensors (uploaded once per distinct
   set: a handful per chunk);
 * the RoPE frequency bases live on the device, the grid ids are built once per (shape, frame offset),
-  the VAE latent statistics once, the action-channel mask is a device index.
+  the VAE latent statistics once, the action-channel mask is a device index;
+* on CUDA each transformer pass is a CUDA graph, captured at the first pass of its shape and replayed
+  for the others (the 20 video passes of a chunk share one graph, the 50 action passes another); the
+  attended slot count grows until the pool is full, so a chunk captures a few new graphs until then;
+* the prompt's UMT5 embedding is kept across episodes (LeRobot encodes it at every episode's first
+  chunk, on the host by default).
+
+Without the syncs LeRobot's pass is still host-bound (≈ 145 000 kernel launches per chunk, 3.4 s of
+host time for 1.0 s of GPU kernels): the graphs are what make the chunk GPU-bound.
 
 Everything else — the transformer and its blocks, the VAE, the schedulers, the CFG, the streaming state
 of ``select_action`` / ``predict_action_chunk`` — is LeRobot's code on LeRobot's tensors, so the actions
@@ -87,7 +96,7 @@ class LingBotVAEngine:
 
     host_batch = False  # takes the batch the eager path builds (images on the policy's device)
 
-    def __init__(self, policy, *, index_cache: int = 16):
+    def __init__(self, policy, *, cuda_graph: bool = True, index_cache: int = 16, graphs: int = 8):
         if getattr(policy, "_lingbot_engine", None) is not None:
             raise EngineError("LingBot-VA engine: already installed on this policy")
         cfg = policy.config
@@ -110,6 +119,16 @@ class LingBotVAEngine:
         self._drop = drop.nonzero().squeeze(-1).to(self.device)  # action channels LeRobot zeroes
         self.uploads = 0  # index sets uploaded (a sync each): a handful per chunk
         self.passes = 0
+        # CUDA graphs: one per pass shape (stream, input shapes, slots written, slots attended), captured on
+        # first use and replayed for the other passes of that shape — the 20 video passes of a chunk share
+        # one, its 50 action passes another; the attended count grows until the pool is full, so the
+        # oldest graphs are dropped (``graphs`` kept)
+        self.cuda_graph = cuda_graph and self.device.type == "cuda"
+        self._graphs: OrderedDict[tuple, dict] = OrderedDict()
+        self._max_graphs = int(graphs)
+        self._graph_pool = torch.cuda.graph_pool_handle() if self.cuda_graph else None
+        self.captures = 0
+        self.replays = 0
         # install: the attention layers, the transformer pass, and the policy's streaming helpers
         for block in tr.blocks:
             if block.attn1.attn_caches is not None:
@@ -122,18 +141,24 @@ class LingBotVAEngine:
         policy._prepare_latent_input = self._prepare_latent_input
         policy._normalize_vae_latent = self._normalize_vae_latent
         policy._infer = self._infer
+        # the prompt's UMT5 embedding (and CFG's empty prompt's): LeRobot encodes it at the first chunk of
+        # every episode, on its text_encoder_device (the host by default: seconds for 5.7 B parameters)
+        self._lerobot_encode_prompt = policy._encode_prompt
+        self._prompts: OrderedDict[str, tuple] = OrderedDict()
+        self.prompt_encodes = 0
+        policy._encode_prompt = self._encode_prompt
         policy._lingbot_engine = self
         policy.eval()
 
     @classmethod
-    def from_policy(cls, policy, **_):
-        return cls(policy)
+    def from_policy(cls, policy, *, cuda_graph: bool = True, **_):
+        return cls(policy, cuda_graph=cuda_graph)
 
     @classmethod
-    def from_pretrained(cls, pretrained_dir, *, device="cuda", config=None, **_):
+    def from_pretrained(cls, pretrained_dir, *, device="cuda", config=None, cuda_graph: bool = True, **_):
         from ..backends.lerobot import load_policy
 
-        return cls(load_policy(pretrained_dir, device=str(device), config=config))
+        return cls(load_policy(pretrained_dir, device=str(device), config=config), cuda_graph=cuda_graph)
 
     # ---- the KV cache ---------------------------------------------------------------------------
 
@@ -168,16 +193,60 @@ class LingBotVAEngine:
         tokens = (shape[2] * shape[3] * shape[4] if action_mode
                   else (shape[2] // p[0]) * (shape[3] // p[1]) * (shape[4] // p[2]))
         slots = self.pool.write(tokens, is_pred=update_cache == 1)
-        self._pass = self._device_indices(slots, self.pool.valid())
+        indices = self._device_indices(slots, self.pool.valid())
         try:
-            out = self._lerobot_pass(input_dict, update_cache=update_cache, cache_name=cache_name,
-                                     action_mode=action_mode)
+            if self.cuda_graph:
+                out = self._graph_pass(input_dict, indices, action_mode)
+            else:
+                self._pass = indices
+                out = self._lerobot_pass(input_dict, update_cache=update_cache, cache_name=cache_name,
+                                         action_mode=action_mode)
         finally:
             if update_cache == 0:
                 self.pool.restore(slots)
             self._pass = None
         self.passes += 1
         return out
+
+    def _graph_pass(self, input_dict: dict, indices: tuple[torch.Tensor, torch.Tensor], action_mode: bool):
+        """The pass as a CUDA graph: inputs and slot indices copied into the graph's static buffers, replay,
+        the output copied out (the next replay overwrites it)."""
+        key = (action_mode, tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(input_dict.items())),
+               tuple(indices[0].shape), tuple(indices[1].shape))
+        entry = self._graphs.get(key)
+        if entry is None:
+            entry = self._capture(key, input_dict, indices, action_mode)
+        else:
+            self._graphs.move_to_end(key)
+            for name, t in input_dict.items():
+                entry["inputs"][name].copy_(t)
+            if entry["indices"] is not indices:  # another set of slots of the same sizes
+                entry["slots"].copy_(indices[0])
+                entry["valid"].copy_(indices[1])
+                entry["indices"] = indices
+        entry["graph"].replay()
+        self.replays += 1
+        return entry["out"].clone()
+
+    def _capture(self, key, input_dict: dict, indices, action_mode: bool) -> dict:
+        static = {name: t.clone() for name, t in input_dict.items()}
+        slots, valid = indices[0].clone(), indices[1].clone()
+        self._pass = (slots, valid)
+        cur = torch.cuda.current_stream(self.device)
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(cur)
+        with torch.cuda.stream(side):  # one eager run first: the new shapes' kernels/plans are set up outside
+            self._lerobot_pass(static, update_cache=1, cache_name="pos", action_mode=action_mode)
+        cur.wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._graph_pool):
+            out = self._lerobot_pass(static, update_cache=1, cache_name="pos", action_mode=action_mode)
+        self.captures += 1
+        entry = {"graph": graph, "inputs": static, "slots": slots, "valid": valid, "indices": indices, "out": out}
+        self._graphs[key] = entry
+        while len(self._graphs) > self._max_graphs:
+            self._graphs.popitem(last=False)
+        return entry
 
     def _attention(self, attn, q, k, v, rotary_emb, update_cache=0, cache_name="pos"):
         """LeRobot's ``WanAttention.forward`` for a self-attention layer with a KV cache, its slot
@@ -201,6 +270,17 @@ class LingBotVAEngine:
         return attn.to_out[1](attn.to_out[0](hidden))
 
     # ---- the policy's streaming helpers, without host round trips --------------------------------
+
+    def _encode_prompt(self, prompt: str):
+        hit = self._prompts.get(prompt)
+        if hit is None:
+            hit = self._prompts[prompt] = self._lerobot_encode_prompt(prompt)
+            self.prompt_encodes += 1
+            while len(self._prompts) > 8:
+                self._prompts.popitem(last=False)
+        else:
+            self._prompts.move_to_end(prompt)
+        return hit
 
     def _grid(self, f, h, w, t, f_shift, action) -> torch.Tensor:
         from lerobot.policies.lingbot_va.utils import get_mesh_id
