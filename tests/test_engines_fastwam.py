@@ -162,7 +162,23 @@ def test_make_engine_and_the_backend_run_it(ckpt, tmp_path):
     lines = []
     eng.warmup(progress=lines.append)
     assert len(lines) == 2 and re.search(r"first action after [\d.]+ s", lines[1])
-    fast = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "fast", "warmup": 1})
+    # the backend's progress lines (the node forwards the "wam_policy" loggers to its ROS logger)
+    import logging
+
+    logger, seen = logging.getLogger("wam_policy.backend.lerobot"), []
+    handler = logging.Handler()
+    handler.emit = lambda rec: seen.append(rec.getMessage())
+    logger.addHandler(handler)
+    old_level = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        fast = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "fast", "warmup": 1})
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+    assert [m.split(":")[1].split()[0] for m in seen] == ["loading", "fastwam", "ready,"], seen
+    assert re.search(r"first action after [\d.]+ s \(load [\d.]+ s \+ warm-up [\d.]+ s\)", seen[-1])
+    assert fast.startup["load_s"] > 0 and fast.startup["warmup_s"] > 0
     eager = LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "eager", "warmup": 0})
     assert fast.engine == "fast" and isinstance(fast.policy, FastWAMEngine)
     for seed in (0, 1, 2):

@@ -13,6 +13,7 @@ overwritten before it was taken (docs/RECORDING.md).
 """
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Callable
@@ -21,6 +22,45 @@ import rclpy
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
 
 from .config import ConfigError
+
+
+class RosLogHandler(logging.Handler):
+    """Python ``logging`` records → a ROS node's logger (info / warning / error by level)."""
+
+    def __init__(self, ros_logger, level: int = logging.INFO):
+        super().__init__(level)
+        self.ros = ros_logger
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = self.format(record)
+            if record.levelno >= logging.ERROR:
+                self.ros.error(msg)
+            elif record.levelno >= logging.WARNING:
+                self.ros.warning(msg)
+            else:
+                self.ros.info(msg)
+        except Exception:  # noqa: BLE001 - logging must never take the node down
+            self.handleError(record)
+
+
+def forward_logging(node, name: str = "wam_policy") -> RosLogHandler:
+    """Forward the package's Python loggers (``name`` and below: e.g. the lerobot backend's load and
+    warm-up progress) to ``node``'s ROS logger while it lives; returns the handler (``remove`` it)."""
+    handler = RosLogHandler(node.get_logger())
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.INFO:
+        logger.setLevel(logging.INFO)
+    logger.propagate = False  # not also to the root logger's stderr fallback
+    return handler
+
+
+def stop_forwarding(handler: logging.Handler, name: str = "wam_policy") -> None:
+    logger = logging.getLogger(name)
+    logger.removeHandler(handler)
+    if not any(isinstance(h, RosLogHandler) for h in logger.handlers):
+        logger.propagate = True
 
 
 def normal_scheduling() -> None:

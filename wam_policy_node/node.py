@@ -33,7 +33,7 @@ from std_srvs.srv import SetBool
 from wam_common import aloha, qos, topics
 from wam_common.config import ConfigError
 from wam_common.imageio import ImageDecodeError, decode_image, to_rgb
-from wam_common.node_main import run_node
+from wam_common.node_main import forward_logging, run_node, stop_forwarding
 from wam_common.params import declare_tree
 
 from . import backends, observation, runtime, safety
@@ -115,6 +115,7 @@ def _jsonable(v):
 class WamPolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("wam_policy_node", **kwargs)
+        self._log_bridge = forward_logging(self)  # the backend's load / warm-up progress lines
         self.cfg = cfg = declare_tree(self, DEFAULTS)
         self.lockstep = bool(cfg["lockstep"])
         try:
@@ -523,6 +524,7 @@ class WamPolicyNode(Node):
 
     def close(self) -> None:
         self.controller.close()
+        stop_forwarding(self._log_bridge)
 
 
 def main(args=None) -> int:

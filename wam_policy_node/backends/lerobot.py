@@ -26,6 +26,7 @@ while the previous one ran: ``observe`` (every new observation, from the control
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import warnings
 from collections import OrderedDict
@@ -38,6 +39,8 @@ from wam_common.config import ConfigError
 from wam_common.topics import DT, STATE_DIM
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
+
+log = logging.getLogger("wam_policy.backend.lerobot")  # the node forwards it to its ROS logger
 
 DEFAULTS = {
     "path": "",  # local pretrained directory (config.json, model.safetensors, policy_*processor*.json)
@@ -325,6 +328,8 @@ class LeRobotBackend(Backend):
         vlm_override = _local_vlm(path, pcfg)
         self.policy_type = pcfg.type
         self.engine = self._engine_choice(pcfg)
+        t_start = time.perf_counter()
+        log.info("lerobot: loading %s from %s on %s (engine %s)", pcfg.type, path, dev, self.engine)
         # _wrapped: the policy is an engine object with its own batch handling (π/SmolVLA/FastWAM); an engine
         # installed on LeRobot's own policy (LingBot-VA) leaves the policy, its batch and streaming as they are
         self._wrapped = False
@@ -392,8 +397,19 @@ class LeRobotBackend(Backend):
         self._stream = stream(self.policy) if stream is not None else None
         self.streams_observations = self.requires_sync_runtime = self._stream is not None
         self._observed: int | None = None  # stamp of the newest observation fed to the stream
-        for _ in range(int(c["warmup"])):
+        t_loaded = time.perf_counter()
+        n = int(c["warmup"])
+        if n:
+            what = ("capturing CUDA graphs" + (", compiling layers" if self._wrapped and self.policy_type != "fastwam"
+                                               else "")) if self.engine == "fast" and self.device.type == "cuda" else (
+                f"compiling ({mode})" if mode else "first-call allocations")
+            log.info("lerobot: %s loaded in %.1f s; warm-up: %d dummy inference(s), %s", self.policy_type,
+                     t_loaded - t_start, n, what)
+        for _ in range(n):
             self._warmup()
+        self.startup = {"load_s": round(t_loaded - t_start, 2), "warmup_s": round(time.perf_counter() - t_loaded, 2)}
+        log.info("lerobot: ready, first action after %.1f s (load %.1f s + warm-up %.1f s)",
+                 self.startup["load_s"] + self.startup["warmup_s"], self.startup["load_s"], self.startup["warmup_s"])
 
     def _engine_choice(self, pcfg) -> str:
         from .. import engines
