@@ -141,10 +141,15 @@ def load_policy(path, *, device: str, config=None):
     from lerobot.configs.policies import PreTrainedConfig
     from lerobot.policies.factory import get_policy_class
 
+    import torch
+
     path = Path(path)
     pcfg = config if config is not None else PreTrainedConfig.from_pretrained(str(path))
     pcfg.device = str(device)
-    with _local_wan(path, pcfg):
+    # LeRobot builds the model (random init) before it reads the checkpoint over it: on a GPU, build it
+    # there — a multi-billion-parameter init on the host takes minutes, on the GPU under a second
+    where = torch.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext()
+    with _local_wan(path, pcfg), where:
         policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
     return policy.to(device).eval()
 
