@@ -401,22 +401,18 @@ WAMS = ("fastwam",)  # engines over LeRobot's own modules (engines.fastwam_graph
 STREAMED = ("lingbot_va",)  # engines installed on LeRobot's policy, timed over an episode (run_lingbot)
 
 
-def run_wam(ptype, args, dev, workdir, res):
-    """FastWAM: LeRobot's ``predict_action_chunk`` (its own dtype, no autocast: LeRobot's function) vs the
-    engine over the same loaded policy (same modules, same weights), the same seeded noise (LeRobot's
-    ``inference_seed``); the zoo checkpoint at ``--wam-size`` (full: Wan2.2-TI2V-5B video DiT, 1 B action
-    DiT, UMT5-XXL, Wan2.2 VAE; 224×448 input, 32×14 chunk, 10 flow steps)."""
-    from wam_policy_node.backends.lerobot import _memoize_prompt_encoder, load_policy
-    from wam_policy_node.engines import FastWAMEngine
+def _zoo_wam(ptype, args, dev, workdir, res):
+    """The zoo's ``ptype`` at ``--wam-size`` (three cameras, random weights) written and loaded back with
+    LeRobot's ``from_pretrained`` (the backend's ``load_policy``) onto ``dev``; sizes and times into ``res``."""
+    from wam_policy_node.backends.lerobot import load_policy
     from wam_policy_node.zoo import save_random_policy
 
-    cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
     size = "tiny" if args.tiny else args.wam_size
     extra = {"layers": args.wam_layers} if args.wam_layers and size != "full" else {}
     t0 = time.perf_counter()
+    cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
     ckpt = save_random_policy(ptype, workdir / ptype, size=size, cameras=cams, device=str(dev), extra=extra)
-    res["zoo_build_save_s"] = round(time.perf_counter() - t0, 2)
-    res["size"], res["extra"] = size, extra
+    res["zoo_build_save_s"], res["size"], res["extra"] = round(time.perf_counter() - t0, 2), size, extra
     res["checkpoint_gib"] = round(sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file()) / 2**30, 3)
     gc.collect()
     if dev.type == "cuda":
@@ -427,8 +423,20 @@ def run_wam(ptype, args, dev, workdir, res):
     _sync(dev)
     res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
     res["ref_weights_mem"] = _mem(dev)
-    cfg = pol.config
     res["params_b"] = round(sum(p.numel() for p in pol.parameters()) / 1e9, 3)
+    return pol
+
+
+def run_wam(ptype, args, dev, workdir, res):
+    """FastWAM: LeRobot's ``predict_action_chunk`` (its own dtype, no autocast: LeRobot's function) vs the
+    engine over the same loaded policy (same modules, same weights), the same seeded noise (LeRobot's
+    ``inference_seed``); the zoo checkpoint at ``--wam-size`` (full: Wan2.2-TI2V-5B video DiT, 1 B action
+    DiT, UMT5-XXL, Wan2.2 VAE; 224×448 input, 32×14 chunk, 10 flow steps)."""
+    from wam_policy_node.backends.lerobot import _memoize_prompt_encoder
+    from wam_policy_node.engines import FastWAMEngine
+
+    pol = _zoo_wam(ptype, args, dev, workdir, res)
+    cfg = pol.config
     keys = sorted(cfg.image_features)
     gens = [torch.Generator().manual_seed(s) for s in range(3)]
     batches = []
@@ -504,24 +512,9 @@ def run_lingbot(ptype, args, dev, workdir, res):
     chunk and the observed keyframes fed back into the KV cache, then 20 video + 50 action flow steps) —
     and the max abs difference of every action. With ``--profile``, a later chunk of the engine is profiled
     (LeRobot's: gpu_inference_lingbot.json of the fourth session, ≈ 27 000 syncs)."""
-    from wam_policy_node.backends.lerobot import load_policy
     from wam_policy_node.engines import LingBotVAEngine
-    from wam_policy_node.zoo import save_random_policy
 
-    cams = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
-    size = "tiny" if args.tiny else args.wam_size
-    extra = {"layers": args.wam_layers} if args.wam_layers and size != "full" else {}
-    t0 = time.perf_counter()
-    ckpt = save_random_policy(ptype, workdir / ptype, size=size, cameras=cams, device=str(dev), extra=extra)
-    res["zoo_build_save_s"], res["size"], res["extra"] = round(time.perf_counter() - t0, 2), size, extra
-    gc.collect()
-    if dev.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    pol = load_policy(ckpt, device=str(dev))
-    _sync(dev)
-    res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
+    pol = _zoo_wam(ptype, args, dev, workdir, res)
     cfg = pol.config
     # LeRobot keeps the 5.7 B UMT5 encoder on the host by default (it runs once per episode); on this GPU
     # there is room for it, so the first chunk is not a CPU matmul of the prompt
@@ -529,7 +522,6 @@ def run_lingbot(ptype, args, dev, workdir, res):
     res["config"] = {k: getattr(cfg, k) for k in ("height", "width", "frame_chunk_size", "action_per_frame",
                                                    "attn_window", "num_inference_steps", "action_num_inference_steps",
                                                    "guidance_scale", "action_guidance_scale", "text_encoder_device")}
-    res["params_b"] = round(sum(p.numel() for p in pol.parameters()) / 1e9, 3)
     keys = sorted(cfg.image_features)
 
     def episode(tag, profile_chunk=None):

@@ -261,6 +261,51 @@ def _copy_in(dst: torch.Tensor, value: torch.Tensor, pin: torch.Tensor | None) -
         dst.copy_(value)
 
 
+def begin_stage(s: dict) -> None:
+    """Before writing a state's pinned buffers: the last call's copies out of them are over."""
+    if s.get("h2d_done") is not None:
+        s["h2d_done"].synchronize()
+
+
+def end_stage(s: dict) -> None:
+    """After launching a state's copies out of its pinned buffers: mark them (``begin_stage`` waits)."""
+    if s.get("pinned") is not None:
+        s["h2d_done"] = torch.cuda.Event()
+        s["h2d_done"].record()
+
+
+def capture_graph(part: Callable[[dict], None], s: dict, device) -> "torch.cuda.CUDAGraph":
+    """``part`` on the static buffers ``s`` as a CUDA graph (after two warm-up runs on a side stream)."""
+    torch.cuda.synchronize(device)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            part(s)
+    torch.cuda.current_stream(device).wait_stream(side)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        part(s)
+    return g
+
+
+def timed_warmup(engine, batch: dict, progress: Callable[[str], None] | None, name: str, doing: str) -> float:
+    """An engine's start-up call on ``batch``, timed into ``engine.startup["warmup_s"]``; ``progress`` (e.g. a
+    node logger's ``info``) gets one line before (``doing``) and one after. Returns seconds."""
+    t0 = time.perf_counter()
+    if progress is not None:
+        progress(f"{name} engine: warm-up ({doing}) on {engine.device}, "
+                 f"loaded in {engine.startup.get('load_s', 0.0):.1f} s")
+    engine.predict_action_chunk(batch)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize(engine.device)
+    engine.startup["warmup_s"] = time.perf_counter() - t0
+    if progress is not None:
+        progress(f"{name} engine: ready, first action after "
+                 f"{engine.startup.get('load_s', 0.0) + engine.startup['warmup_s']:.1f} s (load + warm-up)")
+    return engine.startup["warmup_s"]
+
+
 class FlowEngine:
     """``predict_action_chunk(batch, noise=None) -> (B, chunk, action_dim)``: static buffers, staging,
     CUDA graphs, loading; the model itself is the subclass's (see the module docstring)."""
@@ -468,8 +513,7 @@ class FlowEngine:
         return st
 
     def _begin_stage(self, s: dict) -> None:
-        if s.get("h2d_done") is not None:
-            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
+        begin_stage(s)
 
     def _put(self, s: dict, name: str, value: torch.Tensor, sl=slice(None), key: str | None = None) -> None:
         """Copy ``value`` into the static buffer ``s[name][sl]`` (through its pinned twin from the host)."""
@@ -525,9 +569,7 @@ class FlowEngine:
         self._put(s, "noise", noise.to(torch.float32))
 
     def _end_stage(self, s: dict) -> None:
-        if s.get("pinned") is not None:
-            s["h2d_done"] = torch.cuda.Event()
-            s["h2d_done"].record()
+        end_stage(s)
 
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None, images: bool = True) -> None:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
@@ -548,18 +590,7 @@ class FlowEngine:
         return self._static[key]
 
     def _capture(self, part: Callable[[dict], None], s: dict):
-        """``part`` on the static buffers as a CUDA graph (after two warm-up runs on a side stream)."""
-        torch.cuda.synchronize(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                part(s)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            part(s)
-        return g
+        return capture_graph(part, s, self.device)
 
     def _run(self, key, s, images: bool = True, rest: bool = True):
         """The vision graph (per input shapes and raw-frame shapes: the conversion is in it), then the
@@ -630,20 +661,9 @@ class FlowEngine:
         the input shapes). ``progress`` (e.g. a node logger's ``info``) gets one line before and one
         after. Returns seconds.
         """
-        t0 = time.perf_counter()
-        batch = batch if batch is not None else self.dummy_batch()
-        if progress is not None:
-            what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
-            progress(f"{self.config.type} engine: warm-up ({', '.join(w for w in what if w) or 'eager'}) "
-                     f"on {self.device}, weights loaded in {self.startup.get('load_s', 0.0):.1f} s")
-        self.predict_action_chunk(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.startup["warmup_s"] = time.perf_counter() - t0
-        if progress is not None:
-            progress(f"{self.config.type} engine: ready, first action after "
-                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
-        return self.startup["warmup_s"]
+        what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
+        return timed_warmup(self, batch if batch is not None else self.dummy_batch(), progress, self.config.type,
+                            ", ".join(w for w in what if w) or "eager")
 
     def dummy_batch(self, batch_size: int = 1) -> dict:
         """A post-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""

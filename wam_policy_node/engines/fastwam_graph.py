@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from ._common import STATE, EngineError, _copy_in
+from ._common import STATE, EngineError, _copy_in, begin_stage, capture_graph, end_stage, timed_warmup
 
 
 class FastWAMEngine:
@@ -263,15 +263,6 @@ class FastWAMEngine:
 
     # ---- staging ------------------------------------------------------------------------------
 
-    def _begin_stage(self, s: dict) -> None:
-        if s.get("h2d_done") is not None:
-            s["h2d_done"].synchronize()  # the last call's copies out of the pinned buffers are over
-
-    def _end_stage(self, s: dict) -> None:
-        if "pinned" in s:
-            s["h2d_done"] = torch.cuda.Event()
-            s["h2d_done"].record()
-
     def _stage_frames(self, s: dict, batch: dict, i: int) -> None:
         for k, buf in s["frames"].items():
             img = batch[k]
@@ -337,19 +328,6 @@ class FastWAMEngine:
 
     # ---- the call -----------------------------------------------------------------------------
 
-    def _capture(self, part: Callable[[dict], None], s: dict) -> torch.cuda.CUDAGraph:
-        torch.cuda.synchronize(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(2):
-                part(s)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            part(s)
-        return g
-
     def _run(self, sig: tuple, s: dict, part: str) -> None:
         fn = self._encode if part == "encode" else self._chunk
         if not self.cuda_graph:
@@ -357,7 +335,7 @@ class FastWAMEngine:
             return
         key = (part, sig)
         if key not in self._graphs:
-            self._graphs[key] = self._capture(fn, s)
+            self._graphs[key] = capture_graph(fn, s, self.device)
         self._graphs[key].replay()
 
     def _state(self, sig: tuple) -> dict:
@@ -379,9 +357,9 @@ class FastWAMEngine:
         if sig != self._last_sig or any(batch[k].shape[0] != 1 for k in self.image_keys if batch[k].ndim >= 4):
             return False
         s = self._static[sig]
-        self._begin_stage(s)
+        begin_stage(s)
         self._stage_frames(s, batch, 0)
-        self._end_stage(s)
+        end_stage(s)
         self._run(sig, s, "encode")
         self._prefetched = (sig, {k: batch[k] for k in self.image_keys})
         return True
@@ -400,14 +378,14 @@ class FastWAMEngine:
         done = (b == 1 and pre is not None and pre[0] == sig and all(batch.get(k) is t for k, t in pre[1].items()))
         outs = []
         for i in range(b):
-            self._begin_stage(s)
+            begin_stage(s)
             if not (done and i == 0):
                 self._stage_frames(s, batch, i)
-                self._end_stage(s)
+                end_stage(s)
                 self._run(sig, s, "encode")
-                self._begin_stage(s)
+                begin_stage(s)
             self._stage_rest(s, batch, i, noise)
-            self._end_stage(s)
+            end_stage(s)
             self._run(sig, s, "chunk")
             outs.append(s["out"].clone())
         self._last_sig = sig
@@ -420,19 +398,8 @@ class FastWAMEngine:
     @torch.no_grad()
     def warmup(self, batch: dict | None = None, progress: Callable[[str], None] | None = None) -> float:
         """Buffers, the prompt's embedding, CUDA graph capture, one call (start-up). Returns seconds."""
-        t0 = time.perf_counter()
-        batch = batch if batch is not None else self.dummy_batch()
-        if progress is not None:
-            progress(f"fastwam engine: warm-up ({'capturing CUDA graphs' if self.cuda_graph else 'eager'}) on "
-                     f"{self.device}, policy loaded in {self.startup.get('load_s', 0.0):.1f} s")
-        self.predict_action_chunk(batch)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        self.startup["warmup_s"] = time.perf_counter() - t0
-        if progress is not None:
-            progress(f"fastwam engine: ready, first action after "
-                     f"{self.startup.get('load_s', 0.0) + self.startup['warmup_s']:.1f} s (load + warm-up)")
-        return self.startup["warmup_s"]
+        return timed_warmup(self, batch if batch is not None else self.dummy_batch(), progress, "fastwam",
+                            "capturing CUDA graphs" if self.cuda_graph else "eager")
 
     def dummy_batch(self, batch_size: int = 1) -> dict:
         """Grey frames at the configured sizes, a zero state, a short task."""

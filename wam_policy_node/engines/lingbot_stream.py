@@ -84,6 +84,11 @@ class SlotPool:
         return np.flatnonzero(self.mask)
 
 
+def _guided(pred: torch.Tensor, scale: float) -> torch.Tensor:
+    """LeRobot's classifier-free guidance of a (conditional, unconditional) pair of predictions."""
+    return pred[1:] + scale * (pred[:1] - pred[1:]) if scale > 1 else pred[:1]
+
+
 def _rope(x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
     """LeRobot's ``apply_rotary_emb`` inside ``WanAttention.forward``."""
     x_out = torch.view_as_complex(x.to(torch.float64).reshape(x.shape[0], x.shape[1], x.shape[2], -1, 2))
@@ -307,32 +312,29 @@ class LingBotVAEngine:
     def _prepare_latent_input(self, latent_model_input, action_model_input, latent_t=0, action_t=0,
                               latent_cond=None, action_cond=None, frame_st_id=0):
         """LeRobot's ``_prepare_latent_input`` with cached grid ids and a device action-channel index."""
-        pol, p, dev = self.policy, self.config.patch_size, self.device
+        p = self.config.patch_size
         out = {}
         if latent_model_input is not None:
-            out["latent_res_lst"] = {
-                "noisy_latents": latent_model_input,
-                "timesteps": torch.ones([latent_model_input.shape[2]], dtype=torch.float32, device=dev) * latent_t,
-                "grid_id": self._grid(latent_model_input.shape[-3] // p[0], latent_model_input.shape[-2] // p[1],
-                                      latent_model_input.shape[-1] // p[2], 0, frame_st_id, False),
-                "text_emb": pol._prompt_embeds.to(pol.dtype).clone(),
-            }
-            if latent_cond is not None:
-                out["latent_res_lst"]["noisy_latents"][:, :, 0:1] = latent_cond[:, :, 0:1]
-                out["latent_res_lst"]["timesteps"][0:1] *= 0
+            x = latent_model_input
+            grid = self._grid(x.shape[-3] // p[0], x.shape[-2] // p[1], x.shape[-1] // p[2], 0, frame_st_id, False)
+            out["latent_res_lst"] = self._stream_input(x, latent_t, grid, latent_cond)
         if action_model_input is not None:
-            out["action_res_lst"] = {
-                "noisy_latents": action_model_input,
-                "timesteps": torch.ones([action_model_input.shape[2]], dtype=torch.float32, device=dev) * action_t,
-                "grid_id": self._grid(action_model_input.shape[-3], action_model_input.shape[-2],
-                                      action_model_input.shape[-1], 1, frame_st_id, True),
-                "text_emb": pol._prompt_embeds.to(pol.dtype).clone(),
-            }
-            if action_cond is not None:
-                out["action_res_lst"]["noisy_latents"][:, :, 0:1] = action_cond[:, :, 0:1]
-                out["action_res_lst"]["timesteps"][0:1] *= 0
+            x = action_model_input
+            grid = self._grid(x.shape[-3], x.shape[-2], x.shape[-1], 1, frame_st_id, True)
+            out["action_res_lst"] = self._stream_input(x, action_t, grid, action_cond)
             out["action_res_lst"]["noisy_latents"][:, self._drop] *= 0
         return out
+
+    def _stream_input(self, x, t, grid, cond) -> dict:
+        """One stream's pass input as LeRobot's ``_prepare_latent_input`` builds it (the conditioning
+        frame, when given, overwrites frame 0 at timestep 0)."""
+        pol = self.policy
+        d = {"noisy_latents": x, "timesteps": torch.ones([x.shape[2]], dtype=torch.float32, device=self.device) * t,
+             "grid_id": grid, "text_emb": pol._prompt_embeds.to(pol.dtype).clone()}
+        if cond is not None:
+            d["noisy_latents"][:, :, 0:1] = cond[:, :, 0:1]
+            d["timesteps"][0:1] *= 0
+        return d
 
     def _compute_kv_cache(self, obs_buffer, executed_actions) -> None:
         """LeRobot's ``_compute_kv_cache``: the observed keyframes and the executed chunk into the cache."""
@@ -378,11 +380,8 @@ class LingBotVAEngine:
             pred = pol.transformer(pol._repeat_input_for_cfg(input_dict["latent_res_lst"]),
                                    update_cache=1 if last else 0, cache_name="pos", action_mode=False)
             if not last or cfg.video_exec_step != -1:
-                pred = data_seq_to_patch(cfg.patch_size, pred, fcs, latent_h, latent_w, batch_size=nb)
-                if cfg.guidance_scale > 1:
-                    pred = pred[1:] + cfg.guidance_scale * (pred[:1] - pred[1:])
-                else:
-                    pred = pred[:1]
+                pred = _guided(data_seq_to_patch(cfg.patch_size, pred, fcs, latent_h, latent_w, batch_size=nb),
+                               cfg.guidance_scale)
                 latents = pol._scheduler.step(pred, t, latents, return_dict=False)
             if frame_st_id == 0 and latent_cond is not None:
                 latents[:, :, 0:1] = latent_cond
@@ -395,11 +394,8 @@ class LingBotVAEngine:
                                    update_cache=1 if last else 0, cache_name="pos", action_mode=True)
             if not last:
                 pred = pred.unflatten(1, (fcs, -1)).permute(0, 3, 1, 2).unsqueeze(-1)  # "b (f n) c -> b c f n 1"
-                if cfg.action_guidance_scale > 1:
-                    pred = pred[1:] + cfg.action_guidance_scale * (pred[:1] - pred[1:])
-                else:
-                    pred = pred[:1]
-                actions = pol._action_scheduler.step(pred, t, actions, return_dict=False)
+                actions = pol._action_scheduler.step(_guided(pred, cfg.action_guidance_scale), t, actions,
+                                                     return_dict=False)
             if frame_st_id == 0 and action_cond is not None:
                 actions[:, :, 0:1] = action_cond
         actions[:, self._drop] *= 0
