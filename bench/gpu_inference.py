@@ -562,10 +562,12 @@ def run_lingbot(ptype, args, dev, workdir, res):
     ref_out = episode("ref")
     eng = LingBotVAEngine(pol)
     fast_out = episode("fast", profile_chunk=2 if args.profile else None)
+    again = episode("fast_next_episode")  # after a reset: the graphs of the first episode are replayed
     res["engine_index_uploads"], res["engine_passes"] = eng.uploads, eng.passes
     res["engine_graph_captures"], res["engine_graph_replays"] = eng.captures, eng.replays
     res["actions"] = int(ref_out.shape[0])
     res["max_abs_diff_vs_ref"] = (ref_out - fast_out).abs().max().item()
+    res["max_abs_diff_vs_ref_next_episode"] = (ref_out - again).abs().max().item()
     res["ref_abs_mean"] = ref_out.abs().mean().item()
     if res.get("ref_later_chunks_p50_ms") and res.get("fast_later_chunks_p50_ms"):
         res["speedup_later_chunks_p50"] = round(res["ref_later_chunks_p50_ms"] / res["fast_later_chunks_p50_ms"], 2)

@@ -130,6 +130,36 @@ def test_prefetch_starts_the_images_and_the_call_uses_them(pair):
     assert not eng.prefetch({k: torch.rand(1, 3, 32, 32) for k in eng.image_keys})
 
 
+def test_per_sample_seeds_and_a_temporal_stack_as_lerobot(pair):
+    """A (B,) seed tensor seeds each sample (LeRobot slices it per sample, then cannot seed with the
+    slice: its own call fails; compared sample by sample with int seeds); a (B, T, 3, H, W) stack conditions
+    on its first step, as LeRobot's video path does."""
+    pol, eng = pair
+    batch = dict(_batch(pol, 11, b=2), seed=torch.tensor([3, 9]))
+    rows = [{k: (v[i: i + 1] if torch.is_tensor(v) else v) for k, v in batch.items()} | {"seed": sd}
+            for i, sd in enumerate((3, 9))]
+    assert torch.equal(eng.predict_action_chunk(batch), torch.cat([_ref(pol, r) for r in rows]))
+    one = _batch(pol, 12)
+    stacked = dict(one, **{k: torch.stack([one[k], torch.rand_like(one[k])], dim=1) for k in eng.image_keys})
+    out = eng.predict_action_chunk(stacked)
+    assert torch.equal(out, _ref(pol, stacked)) and torch.equal(out, eng.predict_action_chunk(one))
+
+
+def test_without_fp32_attention_as_lerobot(ckpt):
+    """LeRobot's ``fp32_attention: false`` (attention in the model's dtype): the engine follows it."""
+    from lerobot.configs import PreTrainedConfig
+
+    from wam_policy_node.backends.lerobot import load_policy
+
+    cfg = PreTrainedConfig.from_pretrained(ckpt)
+    cfg.fp32_attention = cfg.video_dit_config["fp32_attention"] = cfg.action_dit_config["fp32_attention"] = False
+    pol = load_policy(ckpt, device="cpu", config=cfg)
+    assert not pol.model.mot.fp32_attention
+    eng = FastWAMEngine(pol, cuda_graph=False)
+    batch = _batch(pol, 13)
+    assert torch.equal(eng.predict_action_chunk(batch), _ref(pol, batch))
+
+
 def test_bad_inputs_are_engine_errors_that_say_what(pair):
     pol, eng = pair
     batch = _batch(pol, 8)
@@ -139,6 +169,10 @@ def test_bad_inputs_are_engine_errors_that_say_what(pair):
         "non-finite": dict(batch, **{STATE: torch.full((1, 14), float("nan"))}),
         STATE: dict(batch, **{STATE: torch.zeros(1, 9)}),
         "uint8 .* or float": dict(batch, **{"observation.images.cam_high": torch.zeros(1, 5, 5, dtype=torch.int32)}),
+        "different batch sizes": dict(batch, **{"observation.images.cam_high": batch["observation.images.cam_high"]
+                                                .repeat(2, 1, 1, 1)}),
+        "num_inference_steps": dict(batch, num_inference_steps=3),
+        "'task'": dict(batch, task=[]),
     }
     for match, bad in cases.items():
         with pytest.raises(EngineError, match=match):

@@ -81,6 +81,25 @@ def test_the_prompt_is_encoded_once_across_episodes(pair):
     assert eng.prompt_encodes - n0 == 1 and torch.equal(a, b)
 
 
+def test_every_episode_uses_the_engines_kv_tensors(pair):
+    """LeRobot allocates new K/V tensors at every episode's first chunk; the engine puts its own back, so the
+    CUDA graphs captured in one episode (they hold those addresses) stay valid in the next."""
+    _, pol, eng = pair
+    caches = lambda: [b.attn1.attn_caches["pos"] for b in pol.transformer.blocks]  # noqa: E731
+    _episode(pol, 13)
+    first = [(c["k"].data_ptr(), c["v"].data_ptr()) for c in caches()]
+    _episode(pol, 13)
+    assert [(c["k"].data_ptr(), c["v"].data_ptr()) for c in caches()] == first
+    assert eng._kv_ptr == first[0][0]
+
+
+def test_make_engine_points_to_the_in_place_install(ckpt):
+    from wam_policy_node.engines import make_engine
+
+    with pytest.raises(EngineError, match="load_fast"):
+        make_engine(ckpt, impl="fast", device="cpu")
+
+
 def test_lerobots_device_bookkeeping_is_not_called(pair, monkeypatch):
     from lerobot.policies.lingbot_va import utils
 

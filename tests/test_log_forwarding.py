@@ -29,3 +29,20 @@ def test_package_log_lines_reach_the_nodes_ros_logger(ros_context, capfd):
     assert "not shown" not in text and "after the node closed" not in text
     assert not any(isinstance(h, RosLogHandler) for h in logging.getLogger("wam_policy").handlers)
     assert logging.getLogger("wam_policy").propagate
+
+
+def test_a_policy_node_that_fails_to_start_leaves_no_forwarder(ros_context):
+    """A config error while the node starts (here: rate_hz 0) raises, and the package logger is as it was."""
+    import pytest
+    from rclpy.parameter import Parameter
+
+    from wam_common.config import ConfigError
+    from wam_common.node_main import RosLogHandler
+    from wam_policy_node.node import WamPolicyNode
+
+    logger = logging.getLogger("wam_policy")
+    before = (logger.level, logger.propagate)
+    with pytest.raises(ConfigError, match="rate_hz"):
+        WamPolicyNode(context=ros_context, parameter_overrides=[Parameter("rate_hz", value=0.0)])
+    assert not any(isinstance(h, RosLogHandler) for h in logger.handlers)
+    assert (logger.level, logger.propagate) == before

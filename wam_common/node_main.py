@@ -49,6 +49,8 @@ def forward_logging(node, name: str = "wam_policy") -> RosLogHandler:
     warm-up progress) to ``node``'s ROS logger while it lives; returns the handler (``remove`` it)."""
     handler = RosLogHandler(node.get_logger())
     logger = logging.getLogger(name)
+    if not any(isinstance(h, RosLogHandler) for h in logger.handlers):
+        handler.restore = (logger.level, logger.propagate)  # what the first forwarder found
     logger.addHandler(handler)
     if logger.level == logging.NOTSET or logger.level > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -57,10 +59,16 @@ def forward_logging(node, name: str = "wam_policy") -> RosLogHandler:
 
 
 def stop_forwarding(handler: logging.Handler, name: str = "wam_policy") -> None:
+    """Undo ``forward_logging``: the last forwarder to stop restores the logger's level and propagation."""
     logger = logging.getLogger(name)
     logger.removeHandler(handler)
-    if not any(isinstance(h, RosLogHandler) for h in logger.handlers):
-        logger.propagate = True
+    forwarders = [h for h in logger.handlers if isinstance(h, RosLogHandler)]
+    if not forwarders:
+        level, propagate = getattr(handler, "restore", (logging.NOTSET, True))
+        logger.setLevel(level)
+        logger.propagate = propagate
+    elif hasattr(handler, "restore") and not hasattr(forwarders[0], "restore"):
+        forwarders[0].restore = handler.restore
 
 
 def normal_scheduling() -> None:

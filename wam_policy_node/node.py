@@ -116,6 +116,13 @@ class WamPolicyNode(Node):
     def __init__(self, **kwargs):
         super().__init__("wam_policy_node", **kwargs)
         self._log_bridge = forward_logging(self)  # the backend's load / warm-up progress lines
+        try:
+            self._setup()
+        except BaseException:
+            stop_forwarding(self._log_bridge)  # no handler left on the package logger by a failed start
+            raise
+
+    def _setup(self) -> None:
         self.cfg = cfg = declare_tree(self, DEFAULTS)
         self.lockstep = bool(cfg["lockstep"])
         try:

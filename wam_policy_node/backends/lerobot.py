@@ -213,7 +213,7 @@ def _frame(obs: Observation, src: str) -> np.ndarray:
     return img
 
 
-def _lru(fn: Callable, size: int, on_hit: Callable = lambda v: v) -> tuple[Callable, OrderedDict]:
+def lru_memo(fn: Callable, size: int, on_hit: Callable = lambda v: v) -> tuple[Callable, OrderedDict]:
     """``fn(text)`` remembered for the ``size`` most recent texts (a str or a list of them); ``on_hit``
     maps a stored result to what the caller gets. Returns the wrapper and its cache."""
     cache: OrderedDict = OrderedDict()
@@ -245,7 +245,7 @@ def _memoize_tokenizer(pipeline, size: int = 64) -> None:
     for step in getattr(pipeline, "steps", []):
         fn = getattr(step, "_tokenize_text", None)
         if fn is not None:
-            step._tokenize_text, _ = _lru(lambda text, _fn=fn: dict(_fn(text)), size, fresh)
+            step._tokenize_text, _ = lru_memo(lambda text, _fn=fn: dict(_fn(text)), size, fresh)
 
 
 def _memoize_prompt_encoder(policy, size: int = 16) -> None:
@@ -257,7 +257,7 @@ def _memoize_prompt_encoder(policy, size: int = 16) -> None:
     fn = getattr(model, "encode_prompt", None)
     if fn is None or getattr(model, "text_encoder", None) is None:
         return
-    model.encode_prompt, model.prompt_cache = _lru(fn, size)
+    model.encode_prompt, model.prompt_cache = lru_memo(fn, size)
 
 
 class _LingBotVA:

@@ -274,17 +274,18 @@ def end_stage(s: dict) -> None:
         s["h2d_done"].record()
 
 
-def capture_graph(part: Callable[[dict], None], s: dict, device) -> "torch.cuda.CUDAGraph":
-    """``part`` on the static buffers ``s`` as a CUDA graph (after two warm-up runs on a side stream)."""
+def capture_graph(part: Callable[[dict], Any], s: dict, device, warm: int = 2, pool=None) -> "torch.cuda.CUDAGraph":
+    """``part`` on the static buffers ``s`` as a CUDA graph (after ``warm`` runs on a side stream, which set
+    up what a shape needs outside the capture; ``pool``: a memory pool shared with other graphs)."""
     torch.cuda.synchronize(device)
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
-        for _ in range(2):
+        for _ in range(warm):
             part(s)
     torch.cuda.current_stream(device).wait_stream(side)
     g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
+    with torch.cuda.graph(g, pool=pool):
         part(s)
     return g
 

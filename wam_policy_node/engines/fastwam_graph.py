@@ -29,7 +29,6 @@ A batch of B > 1 runs sample by sample, as LeRobot's does. RTC guidance: not in 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Callable
 
 import torch
@@ -50,6 +49,8 @@ class FastWAMEngine:
             raise EngineError("FastWAM engine: needs separated timesteps with fused VAE latents (as LeRobot)")
         if model.text_encoder is None:
             raise EngineError("FastWAM engine: the policy has no text encoder (load_text_encoder: false)")
+        if policy.config.tiled:
+            raise EngineError("FastWAM engine: config 'tiled' (tiled VAE encoding) is not supported; use engine: eager")
         policy.eval()
         self.policy, self.model, self.config = policy, model, policy.config
         self.device = torch.device(model.device)
@@ -63,8 +64,9 @@ class FastWAMEngine:
         # LeRobot's RoPE tables live on the host and are copied to the device at every call
         ve.freqs = ve.freqs.to(self.device)
         ae.freqs = ae.freqs.to(self.device)
-        self._prompts: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._prompt_cache = int(prompt_cache)
+        from ..backends.lerobot import lru_memo
+
+        self._encode_prompt, self._prompts = lru_memo(self._encode_once, int(prompt_cache))
         self._noise: tuple | None = None  # ((seed, rand_device), LeRobot's seeded noise): drawn once
         self._graphs: dict[tuple, torch.cuda.CUDAGraph] = {}
         self._static: dict[tuple, dict] = {}  # image signature → buffers
@@ -266,24 +268,20 @@ class FastWAMEngine:
     def _stage_frames(self, s: dict, batch: dict, i: int) -> None:
         for k, buf in s["frames"].items():
             img = batch[k]
-            if img.ndim == 5:  # (B, T, ...): the newest step
-                img = img[:, -1]
+            if img.ndim == 5:  # (B, T, ...): LeRobot conditions on the first step (its video[:, :, 0])
+                img = img[:, 0]
             if img.ndim == 3:
                 img = img.unsqueeze(0)
             _copy_in(buf, img[i: i + 1], s.get("pinned", {}).get(k))
 
+    def _encode_once(self, prompt: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self.prompt_encodes += 1
+        return self.model.encode_prompt(prompt)
+
     def _context(self, s: dict, prompt: str) -> None:
         if s["prompt"] == prompt:
             return
-        hit = self._prompts.get(prompt)
-        if hit is None:
-            hit = self.model.encode_prompt(prompt)
-            self.prompt_encodes += 1
-            self._prompts[prompt] = hit
-            while len(self._prompts) > self._prompt_cache:
-                self._prompts.popitem(last=False)
-        else:
-            self._prompts.move_to_end(prompt)
+        hit = self._encode_prompt(prompt)
         emb, mask = hit
         if tuple(emb.shape) != tuple(s["context"].shape):
             raise EngineError(f"prompt embedding {tuple(emb.shape)} != {tuple(s['context'].shape)}")
@@ -295,7 +293,7 @@ class FastWAMEngine:
         from lerobot.policies.fastwam.modeling_fastwam import _prompt_from_batch
 
         prompt = _prompt_from_batch(batch, self.config)
-        if prompt is None:
+        if prompt is None or (not isinstance(prompt, str) and len(prompt) == 0):
             raise EngineError("batch needs 'task' (the prompt) for FastWAM")
         self._context(s, prompt if isinstance(prompt, str) else str(prompt[min(i, len(prompt) - 1)]))
         pins = s.get("pinned", {})
@@ -317,7 +315,8 @@ class FastWAMEngine:
             _copy_in(s["noise"], n.to(self.dtype), pins.get("noise"))
             return
         seed = batch.get("seed", self.config.inference_seed)
-        seed = int(seed.item()) if torch.is_tensor(seed) else seed
+        if torch.is_tensor(seed):  # a seed per sample, as LeRobot slices it
+            seed = int(seed.flatten()[i if seed.numel() > 1 else 0].item())
         where = str(batch.get("rand_device", self.config.rand_device))
         if seed is None or self._noise is None or self._noise[0] != (seed, where):
             fresh = self.model._make_action_latents(self.chunk, seed, where)  # LeRobot's draw
@@ -364,13 +363,22 @@ class FastWAMEngine:
         self._prefetched = (sig, {k: batch[k] for k in self.image_keys})
         return True
 
+    UNSUPPORTED = ("input_image", "video", "context", "context_mask", "num_inference_steps", "sigma_shift", "tiled")
+
     @torch.inference_mode()
     def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
         """Actions (B, action_horizon, action_dim) fp32 on the engine's device (normalised, as LeRobot)."""
         if any(v is not None for v in rtc.values()):
             raise EngineError("FastWAM has no RTC guidance")
+        bad = [k for k in self.UNSUPPORTED if k in batch]
+        if bad:
+            raise EngineError(f"FastWAM engine: batch keys {bad} (LeRobot's per-call overrides) are not supported; "
+                              "use engine: eager")
         sig = self._image_sig(batch)
-        b = next((batch[k].shape[0] for k in self.image_keys if batch[k].ndim >= 4), 1)
+        sizes = {k: batch[k].shape[0] for k in self.image_keys if batch[k].ndim >= 4}
+        if len(set(sizes.values())) > 1:
+            raise EngineError(f"cameras with different batch sizes: {sizes}")
+        b = next(iter(sizes.values()), 1)
         if noise is not None and (noise.ndim != 3 or noise.shape[0] != b):
             raise EngineError(f"noise shape {tuple(noise.shape)}, expected ({b}, {self.chunk}, {self.action_dim})")
         s = self._state(sig)

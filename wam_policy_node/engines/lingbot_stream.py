@@ -42,7 +42,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from ._common import EngineError
+from ._common import EngineError, capture_graph
 
 
 class SlotPool:
@@ -114,6 +114,8 @@ class LingBotVAEngine:
         for name in ("f_freqs_base", "h_freqs_base", "w_freqs_base"):  # LeRobot copies them at every pass
             setattr(tr.rope, name, getattr(tr.rope, name).to(self.device))
         self.pool: SlotPool | None = None
+        self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the engine's K/V tensors, per layer
+        self._kv_ptr: int | None = None
         self._pass: tuple[torch.Tensor, torch.Tensor] | None = None  # this pass's (slots, valid) on the device
         self._indices: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self._index_cache = int(index_cache)
@@ -148,10 +150,11 @@ class LingBotVAEngine:
         policy._infer = self._infer
         # the prompt's UMT5 embedding (and CFG's empty prompt's): LeRobot encodes it at the first chunk of
         # every episode, on its text_encoder_device (the host by default: seconds for 5.7 B parameters)
+        from ..backends.lerobot import lru_memo
+
         self._lerobot_encode_prompt = policy._encode_prompt
-        self._prompts: OrderedDict[str, tuple] = OrderedDict()
         self.prompt_encodes = 0
-        policy._encode_prompt = self._encode_prompt
+        policy._encode_prompt, self._prompts = lru_memo(self._encode_once, 8)
         policy._lingbot_engine = self
         policy.eval()
 
@@ -159,20 +162,28 @@ class LingBotVAEngine:
     def from_policy(cls, policy, *, cuda_graph: bool = True, **_):
         return cls(policy, cuda_graph=cuda_graph)
 
-    @classmethod
-    def from_pretrained(cls, pretrained_dir, *, device="cuda", config=None, cuda_graph: bool = True, **_):
-        from ..backends.lerobot import load_policy
-
-        return cls(load_policy(pretrained_dir, device=str(device), config=config), cuda_graph=cuda_graph)
 
     # ---- the KV cache ---------------------------------------------------------------------------
 
     def _init_streaming_cache(self, init_latent) -> None:
+        """LeRobot's (a fresh pool per episode), then the engine's own K/V tensors put back into every layer:
+        the captured graphs read and write those addresses, episode after episode (LeRobot allocates new,
+        uninitialised ones; nothing is read from a slot before it is written in either)."""
         self._lerobot_init_cache(init_latent)
-        sizes = {b.attn1.attn_caches["pos"]["k"].shape[1] for b in self.policy.transformer.blocks
-                 if b.attn1.attn_caches is not None}
+        caches = [b.attn1.attn_caches["pos"] for b in self.policy.transformer.blocks if b.attn1.attn_caches is not None]
+        sizes = {c["k"].shape[1] for c in caches}
         if len(sizes) != 1:
             raise EngineError(f"LingBot-VA engine: layers with different cache sizes {sorted(sizes)}")
+        same = self._kv is not None and len(self._kv) == len(caches) and all(
+            k.shape == c["k"].shape and k.dtype == c["k"].dtype and k.device == c["k"].device
+            for (k, _), c in zip(self._kv, caches))
+        if same:
+            for (k, v), c in zip(self._kv, caches):
+                c["k"], c["v"] = k, v
+        else:
+            self._kv = [(c["k"], c["v"]) for c in caches]
+            self._graphs.clear()  # they read the previous tensors
+        self._kv_ptr = self._kv[0][0].data_ptr() if self._kv else None
         self.pool = SlotPool(sizes.pop())
         self._indices.clear()
 
@@ -217,7 +228,7 @@ class LingBotVAEngine:
         """The pass as a CUDA graph: inputs and slot indices copied into the graph's static buffers, replay,
         the output copied out (the next replay overwrites it)."""
         key = (action_mode, tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(input_dict.items())),
-               tuple(indices[0].shape), tuple(indices[1].shape))
+               tuple(indices[0].shape), tuple(indices[1].shape), self._kv_ptr)  # a graph reads these buffers
         entry = self._graphs.get(key)
         if entry is None:
             entry = self._capture(key, input_dict, indices, action_mode)
@@ -237,17 +248,16 @@ class LingBotVAEngine:
         static = {name: t.clone() for name, t in input_dict.items()}
         slots, valid = indices[0].clone(), indices[1].clone()
         self._pass = (slots, valid)
-        cur = torch.cuda.current_stream(self.device)
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(cur)
-        with torch.cuda.stream(side):  # one eager run first: the new shapes' kernels/plans are set up outside
-            self._lerobot_pass(static, update_cache=1, cache_name="pos", action_mode=action_mode)
-        cur.wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._graph_pool):
-            out = self._lerobot_pass(static, update_cache=1, cache_name="pos", action_mode=action_mode)
+        box = {}
+
+        def part(st):
+            box["out"] = self._lerobot_pass(st, update_cache=1, cache_name="pos", action_mode=action_mode)
+
+        # one eager run first (it writes what the replay writes): the new shapes' kernels and plans are set up
+        graph = capture_graph(part, static, self.device, warm=1, pool=self._graph_pool)
         self.captures += 1
-        entry = {"graph": graph, "inputs": static, "slots": slots, "valid": valid, "indices": indices, "out": out}
+        entry = {"graph": graph, "inputs": static, "slots": slots, "valid": valid, "indices": indices,
+                 "out": box["out"]}
         self._graphs[key] = entry
         while len(self._graphs) > self._max_graphs:
             self._graphs.popitem(last=False)
@@ -276,16 +286,9 @@ class LingBotVAEngine:
 
     # ---- the policy's streaming helpers, without host round trips --------------------------------
 
-    def _encode_prompt(self, prompt: str):
-        hit = self._prompts.get(prompt)
-        if hit is None:
-            hit = self._prompts[prompt] = self._lerobot_encode_prompt(prompt)
-            self.prompt_encodes += 1
-            while len(self._prompts) > 8:
-                self._prompts.popitem(last=False)
-        else:
-            self._prompts.move_to_end(prompt)
-        return hit
+    def _encode_once(self, prompt: str):
+        self.prompt_encodes += 1
+        return self._lerobot_encode_prompt(prompt)
 
     def _grid(self, f, h, w, t, f_shift, action) -> torch.Tensor:
         from lerobot.policies.lingbot_va.utils import get_mesh_id
