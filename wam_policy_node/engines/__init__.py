@@ -15,7 +15,8 @@ reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEn
 (FastWAM: LeRobot's own modules with the prompt cached, start-up constants and two CUDA graphs).
 LingBot-VA's (:class:`~wam_policy_node.engines.lingbot_stream.LingBotVAEngine`) is installed on the
 loaded LeRobot policy: its KV-cache bookkeeping moves to the host, which takes the device syncs out of
-every layer. ``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
+every layer and lets each transformer pass run as a CUDA graph (``load_fast(policy)``; ``make_engine``
+refuses it). ``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
 """
 from __future__ import annotations
 
