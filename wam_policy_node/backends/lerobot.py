@@ -48,9 +48,9 @@ DEFAULTS = {
     "dtype": "auto",  # auto (bf16 autocast on cuda) | float32 | bfloat16
     "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
     "rtc": False,  # pass RTC guidance inputs when the policy supports it
-    # π0/π0.5/SmolVLA/FastWAM (engines.FAST_TYPES): "auto" runs wam_policy_node.engines' fast engine (the
-    # chunk in two CUDA graphs; π/SmolVLA: static KV cache, bf16) on CUDA unless rtc is asked for; "fast"
-    # forces it (CPU too); "eager" = LeRobot
+    # π0/π0.5/SmolVLA/FastWAM/LingBot-VA (engines.FAST_TYPES): "auto" runs wam_policy_node.engines' fast
+    # engine (CUDA graphs; π/SmolVLA: static KV cache, bf16; the WAMs: LeRobot's own modules) on CUDA unless
+    # rtc is asked for; "fast" forces it (CPU too); "eager" = LeRobot
     "engine": "auto",
     # eager path: torch.compile the policy's predict_action_chunk ("" = no; default |
     # reduce-overhead (CUDA graphs) | max-autotune); the warm-up pays the compile at load
@@ -405,9 +405,12 @@ class LeRobotBackend(Backend):
         t_loaded = time.perf_counter()
         n = int(c["warmup"])
         if n:
-            what = ("capturing CUDA graphs" + (", compiling layers" if self._wrapped and self.policy_type != "fastwam"
-                                               else "")) if self.engine == "fast" and self.device.type == "cuda" else (
-                f"compiling ({mode})" if mode else "first-call allocations")
+            if self.engine == "fast" and self.device.type == "cuda":
+                # the π/SmolVLA engines compile their layer functions; FastWAM and LingBot-VA run LeRobot's
+                compiled = self._wrapped and isinstance(self.policy, engines.FlowEngine)
+                what = "capturing CUDA graphs" + (", compiling layers" if compiled else "")
+            else:
+                what = f"compiling ({mode})" if mode else "first-call allocations"
             log.info("lerobot: %s loaded in %.1f s; warm-up: %d dummy inference(s), %s", self.policy_type,
                      t_loaded - t_start, n, what)
         for _ in range(n):

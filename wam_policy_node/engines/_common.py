@@ -354,7 +354,7 @@ class FlowEngine:
         raise NotImplementedError
 
     def _stage_images(self, s: dict, batch: dict) -> None:
-        """The batch's images (and image mask) into the static buffers (between _begin/_end_stage)."""
+        """The batch's images (and image mask) into the static buffers (between begin_stage/end_stage)."""
         raise NotImplementedError
 
     def _stage_inputs(self, s: dict, batch: dict, noise: torch.Tensor | None) -> None:
@@ -513,9 +513,6 @@ class FlowEngine:
             raise EngineError(f"{STATE}: non-finite values")
         return st
 
-    def _begin_stage(self, s: dict) -> None:
-        begin_stage(s)
-
     def _put(self, s: dict, name: str, value: torch.Tensor, sl=slice(None), key: str | None = None) -> None:
         """Copy ``value`` into the static buffer ``s[name][sl]`` (through its pinned twin from the host)."""
         dst = s[name][sl]
@@ -569,16 +566,13 @@ class FlowEngine:
             raise EngineError(f"noise shape {tuple(noise.shape)} != {tuple(s['noise'].shape)}")
         self._put(s, "noise", noise.to(torch.float32))
 
-    def _end_stage(self, s: dict) -> None:
-        end_stage(s)
-
     def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None, images: bool = True) -> None:
         """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
-        self._begin_stage(s)
+        begin_stage(s)
         if images:
             self._stage_image_part(s, batch)
         self._stage_inputs(s, batch, noise)
-        self._end_stage(s)
+        end_stage(s)
 
     def _image_sig(self, batch: dict) -> tuple:
         return tuple((k, tuple(batch[k].shape), batch[k].dtype) for k in self.image_keys if k in batch)
@@ -589,9 +583,6 @@ class FlowEngine:
         if key not in self._static:
             self._static[key] = self._alloc(*key)
         return self._static[key]
-
-    def _capture(self, part: Callable[[dict], None], s: dict):
-        return capture_graph(part, s, self.device)
 
     def _run(self, key, s, images: bool = True, rest: bool = True):
         """The vision graph (per input shapes and raw-frame shapes: the conversion is in it), then the
@@ -605,11 +596,11 @@ class FlowEngine:
         if images:
             vkey = ("vision", key, s.get("raw_sig", ()))
             if vkey not in self._graphs:
-                self._graphs[vkey] = self._capture(self._vision_part, s)
+                self._graphs[vkey] = capture_graph(self._vision_part, s, self.device)
             self._graphs[vkey].replay()
         if rest:
             if key not in self._graphs:
-                self._graphs[key] = self._capture(self._after_images, s)
+                self._graphs[key] = capture_graph(self._after_images, s, self.device)
             self._graphs[key].replay()
 
     @torch.inference_mode()  # in-place on the buffers, whichever mode the first call made them in
@@ -628,9 +619,9 @@ class FlowEngine:
         if s is None or not sig or sig != s.get("image_sig"):
             self._prefetched = None
             return False
-        self._begin_stage(s)
+        begin_stage(s)
         self._stage_image_part(s, batch)
-        self._end_stage(s)
+        end_stage(s)
         self._run(key, s, rest=False)
         self._prefetched = (key, {k: batch[k] for k in self.image_keys if k in batch})
         return True

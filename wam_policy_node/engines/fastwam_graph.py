@@ -110,12 +110,11 @@ class FastWAMEngine:
         self.deltas = list(deltas)
         dummy = torch.zeros(1, self.chunk, self.action_dim, device=self.device, dtype=self.dtype)
         ctx = torch.zeros(1, 1, ae.text_dim, device=self.device, dtype=self.dtype)
-        self.action_t_mod = [
-            ae.pre_dit(action_tokens=dummy, timestep=t.unsqueeze(0).to(dtype=self.dtype, device=self.device),
-                       context=ctx)["t_mod"].clone() for t in ts]
-        # each layer's six modulations at each step (LeRobot's _split_modulation of that step's t_mod)
-        self._mods = [[layer._split_modulation(layer.blocks["action"], t_mod) for layer in m.mot.layers]
-                      for t_mod in self.action_t_mod]
+        self._mods = []  # per step, each layer's six modulations (LeRobot's _split_modulation of its t_mod)
+        for t in ts:
+            t_mod = ae.pre_dit(action_tokens=dummy, timestep=t.unsqueeze(0).to(dtype=self.dtype, device=self.device),
+                               context=ctx)["t_mod"]
+            self._mods.append([layer._split_modulation(layer.blocks["action"], t_mod) for layer in m.mot.layers])
 
     # ---- static buffers -----------------------------------------------------------------------
 
@@ -235,13 +234,21 @@ class FastWAMEngine:
         t = t.unflatten(-1, (n, -1)).transpose(1, 2)  # LeRobot: rearrange "b s (n d) -> b n s d" (a view)
         return t.float() if fp32 else t
 
+    @classmethod
+    def _attend(cls, q, kh, vh, n: int, fp32: bool, mask) -> torch.Tensor:
+        """The rest of ``fastwam_masked_attention`` for keys/values already in heads (``_heads``): the queries
+        to heads (fp32, or the values' dtype), SDPA with the boolean mask, back to (B, S, n·d)."""
+        import torch.nn.functional as F  # noqa: N812
+
+        qh = cls._heads(q, n, fp32) if fp32 else cls._heads(q, n, False).to(dtype=vh.dtype)
+        return F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask).transpose(1, 2).flatten(2)
+
     def _action_layer(self, layer, mods, x, freqs, kbuf, vbuf, V, self_mask, cross, cross_mask):
         """LeRobot's ``MoTLayer`` in ``action_cached`` mode (``_build_expert_attention_io``, the mixed
         attention, ``_apply_expert_post_block``), op for op, with three things read instead of recomputed:
         the modulations of this step (``mods``), the video keys/values already in the attention's dtype in
         the head of ``kbuf``/``vbuf`` (LeRobot concatenates and converts all of them at every step: this
         converts the action rows into the tail), the cross-attention keys/values of this chunk (``cross``)."""
-        import torch.nn.functional as F  # noqa: N812
         from lerobot.policies.fastwam.wan.modular import _apply_block_norm, modulate
 
         blk, n, fp32 = layer.blocks["action"], layer.num_heads, layer.fp32_attention
@@ -250,17 +257,11 @@ class FastWAMEngine:
                                              freqs)
         kbuf[:, V:].copy_(k)
         vbuf[:, V:].copy_(v)
-        kh, vh = self._heads(kbuf, n, False), self._heads(vbuf, n, False)
-        qh = self._heads(q, n, fp32) if fp32 else self._heads(q, n, False).to(dtype=vh.dtype)
-        y = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=self_mask).transpose(1, 2).flatten(2)
+        y = self._attend(q, self._heads(kbuf, n, False), self._heads(vbuf, n, False), n, fp32, self_mask)
         x = x + gate_msa * blk.project_self_attention_output(y)
         at = blk.cross_attn
-        xn = _apply_block_norm(blk, "norm3", x)
-        qc = at.norm_q(at.q(xn)).view(x.size(0), -1, at.num_heads * at.head_dim)
-        kc, vc = cross
-        qch = self._heads(qc, at.num_heads, fp32) if fp32 else self._heads(qc, at.num_heads, False).to(dtype=vc.dtype)
-        yc = F.scaled_dot_product_attention(qch, kc, vc, attn_mask=cross_mask).transpose(1, 2).flatten(2)
-        x = x + at.o(yc.to(dtype=at.o.weight.dtype))
+        qc = at.norm_q(at.q(_apply_block_norm(blk, "norm3", x))).view(x.size(0), -1, at.num_heads * at.head_dim)
+        x = x + at.o(self._attend(qc, *cross, at.num_heads, fp32, cross_mask).to(dtype=at.o.weight.dtype))
         return x + gate_mlp * blk.ffn(modulate(_apply_block_norm(blk, "norm2", x), shift_mlp, scale_mlp))
 
     # ---- staging ------------------------------------------------------------------------------
@@ -281,8 +282,7 @@ class FastWAMEngine:
     def _context(self, s: dict, prompt: str) -> None:
         if s["prompt"] == prompt:
             return
-        hit = self._encode_prompt(prompt)
-        emb, mask = hit
+        emb, mask = self._encode_prompt(prompt)
         if tuple(emb.shape) != tuple(s["context"].shape):
             raise EngineError(f"prompt embedding {tuple(emb.shape)} != {tuple(s['context'].shape)}")
         s["context"].copy_(emb)
@@ -337,6 +337,13 @@ class FastWAMEngine:
             self._graphs[key] = capture_graph(fn, s, self.device)
         self._graphs[key].replay()
 
+    def _encode_frames(self, sig: tuple, s: dict, batch: dict, i: int) -> None:
+        """Sample ``i``'s frames into the static buffers and the VAE graph launched on them."""
+        begin_stage(s)
+        self._stage_frames(s, batch, i)
+        end_stage(s)
+        self._run(sig, s, "encode")
+
     def _state(self, sig: tuple) -> dict:
         if sig not in self._static:
             self._static[sig] = self._alloc(sig)
@@ -355,11 +362,7 @@ class FastWAMEngine:
             return False
         if sig != self._last_sig or any(batch[k].shape[0] != 1 for k in self.image_keys if batch[k].ndim >= 4):
             return False
-        s = self._static[sig]
-        begin_stage(s)
-        self._stage_frames(s, batch, 0)
-        end_stage(s)
-        self._run(sig, s, "encode")
+        self._encode_frames(sig, self._static[sig], batch, 0)
         self._prefetched = (sig, {k: batch[k] for k in self.image_keys})
         return True
 
@@ -386,12 +389,9 @@ class FastWAMEngine:
         done = (b == 1 and pre is not None and pre[0] == sig and all(batch.get(k) is t for k, t in pre[1].items()))
         outs = []
         for i in range(b):
-            begin_stage(s)
             if not (done and i == 0):
-                self._stage_frames(s, batch, i)
-                end_stage(s)
-                self._run(sig, s, "encode")
-                begin_stage(s)
+                self._encode_frames(sig, s, batch, i)
+            begin_stage(s)
             self._stage_rest(s, batch, i, noise)
             end_stage(s)
             self._run(sig, s, "chunk")

@@ -99,8 +99,6 @@ class LingBotVAEngine:
     """Installed on a loaded ``LingBotVAPolicy`` (see the module docstring); ``policy`` is then used as
     before (``select_action``, ``predict_action_chunk``, ``reset``)."""
 
-    host_batch = False  # takes the batch the eager path builds (images on the policy's device)
-
     def __init__(self, policy, *, cuda_graph: bool = True, index_cache: int = 16, graphs: int = 8):
         if getattr(policy, "_lingbot_engine", None) is not None:
             raise EngineError("LingBot-VA engine: already installed on this policy")
@@ -116,10 +114,13 @@ class LingBotVAEngine:
         self.pool: SlotPool | None = None
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the engine's K/V tensors, per layer
         self._kv_ptr: int | None = None
+        from ..backends.lerobot import lru_memo
+
         self._pass: tuple[torch.Tensor, torch.Tensor] | None = None  # this pass's (slots, valid) on the device
-        self._indices: OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-        self._index_cache = int(index_cache)
-        self._grids: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        # (slots, valid) as bytes → on the device: uploaded once per distinct set (a sync each)
+        self._upload, self._indices = lru_memo(self._upload_once, int(index_cache))
+        # (f, h, w, t, frame offset, action) → LeRobot's grid ids on the device
+        self._grid, self._grids = lru_memo(self._grid_once, 32)
         self._latent_stats: tuple[torch.Tensor, torch.Tensor] | None = None
         drop = torch.ones(cfg.action_dim, dtype=torch.bool)
         drop[cfg.used_action_channel_ids] = False
@@ -150,8 +151,6 @@ class LingBotVAEngine:
         policy._infer = self._infer
         # the prompt's UMT5 embedding (and CFG's empty prompt's): LeRobot encodes it at the first chunk of
         # every episode, on its text_encoder_device (the host by default: seconds for 5.7 B parameters)
-        from ..backends.lerobot import lru_memo
-
         self._lerobot_encode_prompt = policy._encode_prompt
         self.prompt_encodes = 0
         policy._encode_prompt, self._prompts = lru_memo(self._encode_once, 8)
@@ -161,7 +160,6 @@ class LingBotVAEngine:
     @classmethod
     def from_policy(cls, policy, *, cuda_graph: bool = True, **_):
         return cls(policy, cuda_graph=cuda_graph)
-
 
     # ---- the KV cache ---------------------------------------------------------------------------
 
@@ -188,15 +186,11 @@ class LingBotVAEngine:
         self._indices.clear()
 
     def _device_indices(self, slots: np.ndarray, valid: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        key = slots.tobytes() + b"|" + valid.tobytes()
-        hit = self._indices.get(key)
-        if hit is None:
-            hit = (torch.from_numpy(slots.copy()).to(self.device), torch.from_numpy(valid.copy()).to(self.device))
-            self.uploads += 1
-            self._indices[key] = hit
-            while len(self._indices) > self._index_cache:
-                self._indices.popitem(last=False)
-        return hit
+        return self._upload((slots.tobytes(), valid.tobytes()))
+
+    def _upload_once(self, key: tuple[bytes, bytes]) -> tuple[torch.Tensor, torch.Tensor]:
+        self.uploads += 1
+        return tuple(torch.from_numpy(np.frombuffer(b, np.int64).copy()).to(self.device) for b in key)
 
     def _transformer_pass(self, input_dict, update_cache=0, cache_name="pos", action_mode=False, train_mode=False):
         """One LeRobot transformer pass, its cache writes decided on the host first."""
@@ -290,16 +284,11 @@ class LingBotVAEngine:
         self.prompt_encodes += 1
         return self._lerobot_encode_prompt(prompt)
 
-    def _grid(self, f, h, w, t, f_shift, action) -> torch.Tensor:
+    def _grid_once(self, key: tuple) -> torch.Tensor:
         from lerobot.policies.lingbot_va.utils import get_mesh_id
 
-        key = (f, h, w, t, f_shift, action)
-        g = self._grids.get(key)
-        if g is None:
-            g = self._grids[key] = get_mesh_id(f, h, w, t, 1, f_shift, action=action).to(self.device)
-            while len(self._grids) > 32:
-                self._grids.popitem(last=False)
-        return g
+        f, h, w, t, f_shift, action = key
+        return get_mesh_id(f, h, w, t, 1, f_shift, action=action).to(self.device)
 
     def _normalize_vae_latent(self, enc_out: torch.Tensor) -> torch.Tensor:
         """LeRobot's, with the VAE's latent mean and 1/std on the device once."""
@@ -319,11 +308,11 @@ class LingBotVAEngine:
         out = {}
         if latent_model_input is not None:
             x = latent_model_input
-            grid = self._grid(x.shape[-3] // p[0], x.shape[-2] // p[1], x.shape[-1] // p[2], 0, frame_st_id, False)
+            grid = self._grid((x.shape[-3] // p[0], x.shape[-2] // p[1], x.shape[-1] // p[2], 0, frame_st_id, False))
             out["latent_res_lst"] = self._stream_input(x, latent_t, grid, latent_cond)
         if action_model_input is not None:
             x = action_model_input
-            grid = self._grid(x.shape[-3], x.shape[-2], x.shape[-1], 1, frame_st_id, True)
+            grid = self._grid((x.shape[-3], x.shape[-2], x.shape[-1], 1, frame_st_id, True))
             out["action_res_lst"] = self._stream_input(x, action_t, grid, action_cond)
             out["action_res_lst"]["noisy_latents"][:, self._drop] *= 0
         return out
