@@ -10,7 +10,7 @@ NODES = {
     "sim_bridge": "sim_bridge.node:main",
     "perturbation_node": "perturbation_node.node:main",
     "wam_policy_node": "wam_policy_node.node:main",
-    "recorder": "wam_common.recording.node:main",
+    "recorder": "recorder.node:main",
     "realsense_cameras": "robot_io.realsense_node:main",
     "interbotix_adapter": "robot_io.interbotix_adapter:main",
 }
@@ -28,7 +28,8 @@ def config_files():
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=find_packages(include=["wam_common*", "wam_policy_node*", "perturbation_node*", "sim_bridge*", "robot_io*"]),
+    packages=find_packages(include=["wam_common*", "wam_policy_node*", "perturbation_node*", "sim_bridge*", "recorder*",
+                                    "robot_io*", "wam_apps*"]),
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -44,6 +45,6 @@ setup(
     tests_require=["pytest"],
     entry_points={
         "console_scripts": [f"{name} = {target}" for name, target in NODES.items()]
-        + ["wam-policy = wam_common.cli:main"],
+        + ["wam-policy = wam_apps.cli:main"],
     },
 )

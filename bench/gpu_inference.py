@@ -170,7 +170,7 @@ def _reference(ptype, args, dev, workdir, res):
     """(LeRobot policy on ``dev`` with random weights, its config, the checkpoint written from it)."""
     from lerobot.policies.factory import get_policy_class
 
-    from wam_policy_node.engines.testing import make_config
+    from wam_policy_node.zoo.parts import make_config
     from wam_policy_node.zoo import randomise, save_random_policy
 
     if dev.type == "cuda":
@@ -210,7 +210,7 @@ def run_policy(ptype, args, dev, workdir, res):
     from lerobot.policies.factory import get_policy_class
 
     from wam_policy_node.engines import FAST_ENGINES
-    from wam_policy_node.engines.testing import make_config, random_batch, tiny_dims
+    from wam_policy_node.zoo.parts import make_config, random_batch, tiny_dims
 
     engine_cls = FAST_ENGINES[ptype]
     smol = ptype == "smolvla"
@@ -403,8 +403,8 @@ STREAMED = ("lingbot_va",)  # engines installed on LeRobot's policy, timed over 
 
 def _zoo_wam(ptype, args, dev, workdir, res):
     """The zoo's ``ptype`` at ``--wam-size`` (three cameras, random weights) written and loaded back with
-    LeRobot's ``from_pretrained`` (the backend's ``load_policy``) onto ``dev``; sizes and times into ``res``."""
-    from wam_policy_node.backends.lerobot import load_policy
+    LeRobot's ``from_pretrained`` (``wam_policy_node.checkpoint.load_checkpoint``) onto ``dev``; sizes and times into ``res``."""
+    from wam_policy_node.checkpoint import load_checkpoint
     from wam_policy_node.zoo import save_random_policy
 
     size = "tiny" if args.tiny else args.wam_size
@@ -419,7 +419,7 @@ def _zoo_wam(ptype, args, dev, workdir, res):
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
     t0 = time.perf_counter()
-    pol = load_policy(ckpt, device=str(dev))
+    pol = load_checkpoint(ckpt, device=str(dev))
     _sync(dev)
     res["ref_from_pretrained_s"] = round(time.perf_counter() - t0, 2)
     res["ref_weights_mem"] = _mem(dev)

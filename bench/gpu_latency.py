@@ -74,7 +74,7 @@ def _gib(x):
 
 def _tiny_ctx(kind, tiny):
     if tiny and kind in ("pi0", "pi05"):
-        from wam_policy_node.engines.testing import tiny_dims
+        from wam_policy_node.zoo.parts import tiny_dims
 
         return tiny_dims()
     return contextlib.nullcontext()

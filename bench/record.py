@@ -2,7 +2,7 @@
 
 Prints one JSON object. In the same run, with the same publisher process:
 
-- ``recorder``: the real recorder node (``wam_common.recording.node``, its own process, shipped
+- ``recorder``: the real recorder node (``recorder.node``, its own process, shipped
   FastDDS profile) writing a rosbag2 MCAP bag;
 - ``mcap_direct``: the simplest possible alternative, subscribed to the same topics at the same
   time: a raw rclpy subscriber that writes each message straight into an ``mcap`` Writer inside
@@ -128,7 +128,7 @@ def role_direct(path: Path) -> None:
     from sensor_msgs.msg import Image, JointState
 
     from wam_common import qos
-    from wam_common.recording.msgdefs import message_definition
+    from wam_common.bag.msgdefs import message_definition
 
     cams, joints = _topics()
     rclpy.init()
@@ -166,7 +166,7 @@ def role_direct(path: Path) -> None:
 def file_only(seconds_of_data: float, path: Path) -> dict:
     from mcap.writer import CompressionType, Writer
 
-    from wam_common.recording.msgdefs import message_definition
+    from wam_common.bag.msgdefs import message_definition
 
     frames = _frames()
     jraw = _joint_raw(1)
@@ -234,7 +234,7 @@ def main() -> int:
             "output_dir": str(tmp), "bag_name": "bag", "topics": cams + joints, "compression": a.compression,
             "diagnostics_period_s": 0.0}}}))
         logs = {n: open(tmp / f"{n}.log", "wb") for n in ("recorder", "direct", "publisher")}
-        procs["recorder"] = subprocess.Popen([sys.executable, "-m", "wam_common.recording.node", "--ros-args", "-r",
+        procs["recorder"] = subprocess.Popen([sys.executable, "-m", "recorder.node", "--ros-args", "-r",
                                               "__node:=recorder", "--params-file", str(pfile)], env=env,
                                              stdout=logs["recorder"], stderr=subprocess.STDOUT, start_new_session=True)
         procs["direct"] = subprocess.Popen(me + ["--role", "direct", "--out", str(tmp / "direct.mcap")], env=env,
@@ -253,7 +253,7 @@ def main() -> int:
         pub = json.loads((tmp / "pub.json").read_text())
         direct = json.loads((tmp / "direct.json").read_text())
 
-        from wam_common.recording.bag import Bag
+        from wam_common.bag.reader import Bag
 
         stored: dict[str, int] = {}
         rbytes = 0

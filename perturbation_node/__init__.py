@@ -4,5 +4,5 @@
 - :mod:`.language`: instruction rewrites (paraphrase, synonym, reorder, distractor, typo);
 - :mod:`.profiles`: ``config/perturbations/*.yaml`` → validated :class:`~.profiles.Profile`;
 - :mod:`.engine`: the pure core the node wraps (per-episode seeds, per-camera targeting, temporal ops);
-- :mod:`.node`: the thin ROS shell; :mod:`.sheet`: ``wam-policy perturb-sheet``.
+- :mod:`.node`: the thin ROS shell. (``wam-policy perturb-sheet`` is :mod:`wam_apps.sheets.perturb`.)
 """

@@ -5,7 +5,6 @@
 - ``clock_sync``: hardware clock → ROS time (lower-envelope offset, drift, wrap, restart).
 - ``realsense_node``: the ``realsense_cameras`` node (realsense2_camera topic names).
 - ``interbotix_adapter``: COMMAND → Interbotix follower arms (or per-arm Float64MultiArray).
-- ``preflight``: ``wam-policy preflight``, the pass/fail table before arming.
-- ``operator``: ``wam-policy operator``, episodes and labels as EPISODE events.
-- ``cameras_cli``: ``wam-policy cameras``, connected serials for config/aloha.yaml.
+
+The operator tools (``wam-policy preflight``, ``operator``, ``cameras``) are in :mod:`wam_apps.robot`.
 """

@@ -48,7 +48,7 @@ rm -rf /dev/shm/fastrtps_* /dev/shm/sem.fastrtps_* 2>/dev/null
 nvidia-smi -L; nproc
 LEFT=$(( BUDGET - ($(date +%s) - T0) ))
 stamp "eval $POLICY on $SUITE, $EPISODES episodes per configuration, $WORKERS workers, ${LEFT}s"
-timeout -s INT -k 20 $LEFT python3 -m wam_common.cli eval --policy "$POLICY" --suite "$SUITE" --episodes "$EPISODES" \
+timeout -s INT -k 20 $LEFT python3 -m wam_apps.cli eval --policy "$POLICY" --suite "$SUITE" --episodes "$EPISODES" \
   --workers "$WORKERS" --episodes-per-graph "$PER_GRAPH" --bags none --out $EVAL > $EVAL/eval.log 2>&1
 echo "eval exit $?"
 pkill -f "wam_policy_node|sim_bridge|perturbation_node" 2>/dev/null

@@ -30,12 +30,12 @@ e = SimEnv("transfer_cube"); e.reset(0); print("render", e.render("cam_high", 24
 PY
 stamp "collect $EPISODES episodes"
 [ -f $W/ds/transfer_cube/meta/wam_collect.json ] && [ -z "${RECOLLECT:-}" ] && echo "dataset already here (warm machine)" || \
-python3 -m wam_common.cli collect --episodes $EPISODES --max-steps $MAX_STEPS --workers $((NCPU > 2 ? NCPU - 1 : 2)) ${COLLECT_ARGS:-} --overwrite --out $W/ds/transfer_cube \
+python3 -m wam_apps.cli collect --episodes $EPISODES --max-steps $MAX_STEPS --workers $((NCPU > 2 ? NCPU - 1 : 2)) ${COLLECT_ARGS:-} --overwrite --out $W/ds/transfer_cube \
   > $W/logs/collect.log 2>&1 || { tail -30 $W/logs/collect.log; tar czf $OUT/logs.tar.gz -C $W logs; exit 1; }
 tail -4 $W/logs/collect.log; cp $W/ds/transfer_cube/meta/wam_collect.json $W/logs/
 [ "$TRAIN_S" -gt 0 ] || TRAIN_S=$(( BUDGET - 130 - ($(date +%s) - T0) )); [ $TRAIN_S -ge 60 ] || TRAIN_S=60
 stamp "train for ${TRAIN_S}s"
-timeout -s INT $TRAIN_S python3 -m wam_common.cli train --dataset $W/ds/transfer_cube --steps $STEPS \
+timeout -s INT $TRAIN_S python3 -m wam_apps.cli train --dataset $W/ds/transfer_cube --steps $STEPS \
   --batch-size $BATCH --lr $LR --workers $((NCPU > 5 ? NCPU - 2 : 1)) --amp $TRAIN_ARGS --save-freq $SAVE_FREQ --log-freq 250 \
   --overwrite --out $W/train --export $W/ship/act_transfer_cube > $W/logs/train.log 2>&1
 echo "train exit $?"; grep -E "step:|Error|error" $W/logs/train.log | tail -8
@@ -43,7 +43,7 @@ stamp "export"
 if [ ! -f $W/ship/act_transfer_cube/model.safetensors ]; then
   python3 - <<PY
 import json, pathlib
-from wam_common.training.train import export_checkpoint
+from wam_apps.training.train import export_checkpoint
 steps = sorted(p for p in pathlib.Path("$W/train/checkpoints").iterdir() if p.name.isdigit())
 last = steps[-1] / "pretrained_model"
 step = steps[-1].name
@@ -61,7 +61,7 @@ for strat in "sync:20" "te:5"; do
   name=${strat%%:*}; n=${strat##*:}
   if [ $name = sync ]; then sets="--set runtime.strategy=sync --set runtime.execute_steps=$n"
   else sets="--set runtime.strategy=temporal_ensemble --set runtime.ensemble_every=$n"; fi
-  timeout $RT python3 -m wam_common.training.rollout --policy config/policies/act_sim.yaml \
+  timeout $RT python3 -m wam_apps.training.rollout --policy config/policies/act_sim.yaml \
     --set backend.lerobot.path=$W/ship/act_transfer_cube $sets --episodes $EVAL_EPISODES --seed 100000 \
     --max-steps $MAX_STEPS --workers $((NCPU > 15 ? 7 : 1)) --json $W/logs/rollout_${name}${n}.json > $W/logs/rollout_${name}${n}.log 2>&1 &
 done

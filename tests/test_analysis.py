@@ -23,7 +23,7 @@ def bag(tmp_path_factory):
 
 
 def test_episode_metrics(bag):
-    from wam_common.analysis.episodes import analyze_bag
+    from wam_apps.analysis.episodes import analyze_bag
 
     bag_dir, events, _ = bag
     eps = analyze_bag(bag_dir)
@@ -44,8 +44,8 @@ def test_episode_metrics(bag):
 
 
 def test_table_matches_episode_topic(bag):
-    from wam_common.analysis.episodes import analyze_bag
-    from wam_common.analysis.report import success_table
+    from wam_apps.analysis.episodes import analyze_bag
+    from wam_apps.analysis.report import success_table
 
     bag_dir, events, plan = bag
     table = success_table(analyze_bag(bag_dir))["policy"]
@@ -65,7 +65,7 @@ def test_table_matches_episode_topic(bag):
 def test_cli_writes_tables_and_plots(bag, tmp_path):
     bag_dir, _, _ = bag
     out = tmp_path / "an"
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(bag_dir), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "analyze", str(bag_dir), "--out", str(out),
                         "--policy", "act"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "| Policy | Clean | Camera | Light | Noise | Total |" in r.stdout
@@ -83,12 +83,12 @@ def test_cli_writes_tables_and_plots(bag, tmp_path):
 
 
 def test_cli_bad_input(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(tmp_path / "nope")],
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "analyze", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "x.mcap").write_bytes(b"not an mcap file at all")
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "analyze", str(tmp_path / "junk")],
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "analyze", str(tmp_path / "junk")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "junk" in r.stderr and "Traceback" not in r.stderr
 
@@ -98,7 +98,7 @@ def test_unfinished_bag_is_analyzed(bag, tmp_path):
     episodes keep their outcomes, the torn one is 'incomplete'."""
     import shutil
 
-    from wam_common.analysis.episodes import analyze_bag
+    from wam_apps.analysis.episodes import analyze_bag
 
     bag_dir, _, _ = bag
     crashed = tmp_path / "bag"
@@ -139,8 +139,8 @@ def test_bag_without_episode_events(tmp_path):
     from std_msgs.msg import Float64MultiArray, String
 
     from wam_common import topics as T
-    from wam_common.analysis.episodes import analyze_bag
-    from wam_common.recording.writer import BagWriter
+    from wam_apps.analysis.episodes import analyze_bag
+    from wam_common.bag.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
     w.add_topic(T.POLICY_STATUS, "std_msgs/msg/String")
@@ -164,8 +164,8 @@ def test_lockstep_reanswers_are_not_counted_as_steps(tmp_path):
     from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
     from wam_common import aloha, topics as T
-    from wam_common.analysis.episodes import analyze_bag
-    from wam_common.recording.writer import BagWriter
+    from wam_apps.analysis.episodes import analyze_bag
+    from wam_common.bag.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
 

@@ -9,9 +9,9 @@ from rclpy.serialization import serialize_message
 from std_msgs.msg import String
 
 from wam_common.imageio import Stamp, encode_image
-from wam_common.recording.bag import Bag, BagReadError, json_event
-from wam_common.recording.repair import is_complete, needs_repair, repair_bag, repair_mcap
-from wam_common.recording.writer import BagError, BagWriter, QosSpec
+from wam_common.bag.reader import Bag, BagReadError, json_event
+from wam_common.bag.repair import is_complete, needs_repair, repair_bag, repair_mcap
+from wam_common.bag.writer import BagError, BagWriter, QosSpec
 
 
 def _write(path, compression="none", n=60, chunk=4096, **kw):

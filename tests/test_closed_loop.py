@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
-    from wam_common.cli.demo import run_demo
+    from wam_apps.cli.demo import run_demo
 
     out = tmp_path_factory.mktemp("bags")
     # the README's demo: the ACT trained here (checkpoints/act_transfer_cube) drives the sim
@@ -105,13 +105,13 @@ def test_perturbed_frames_keep_the_sensor_stamps(demo_run):
 def test_cli_rejects_malformed_graph_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("graph:\n  name: x\n  nodes:\n    - name: a\n      executable: no_such_node\n")
-    proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "graph", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "wam_apps.cli", "graph", str(bad)], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "executable" in lines[0] and "no_such_node" in lines[0]
     bad.write_text("graph: [unclosed\n")
-    proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "graph", str(bad)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "wam_apps.cli", "graph", str(bad)], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
     assert proc.returncode == 2 and "malformed YAML" in proc.stderr
 

@@ -38,9 +38,9 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pair(ckpt):
     """(LeRobot's policy, the engine over it)."""
-    from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.checkpoint import load_checkpoint
 
-    pol = load_policy(ckpt, device="cpu")
+    pol = load_checkpoint(ckpt, device="cpu")
     return pol, FastWAMEngine(pol, cuda_graph=False)
 
 
@@ -149,11 +149,11 @@ def test_without_fp32_attention_as_lerobot(ckpt):
     """LeRobot's ``fp32_attention: false`` (attention in the model's dtype): the engine follows it."""
     from lerobot.configs import PreTrainedConfig
 
-    from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.checkpoint import load_checkpoint
 
     cfg = PreTrainedConfig.from_pretrained(ckpt)
     cfg.fp32_attention = cfg.video_dit_config["fp32_attention"] = cfg.action_dit_config["fp32_attention"] = False
-    pol = load_policy(ckpt, device="cpu", config=cfg)
+    pol = load_checkpoint(ckpt, device="cpu", config=cfg)
     assert not pol.model.mot.fp32_attention
     eng = FastWAMEngine(pol, cuda_graph=False)
     batch = _batch(pol, 13)

@@ -36,9 +36,9 @@ def ckpt(tmp_path_factory):
 @pytest.fixture(scope="module")
 def pair(ckpt):
     """(LeRobot's policy, a second copy with the engine installed)."""
-    from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.checkpoint import load_checkpoint
 
-    ref, pol = load_policy(ckpt, device="cpu"), load_policy(ckpt, device="cpu")
+    ref, pol = load_checkpoint(ckpt, device="cpu"), load_checkpoint(ckpt, device="cpu")
     return ref, pol, LingBotVAEngine(pol)
 
 
@@ -145,13 +145,13 @@ def test_the_host_pool_mirrors_lerobots_bookkeeping():
 
 
 def test_install_checks(ckpt):
-    from wam_policy_node.backends.lerobot import load_policy
+    from wam_policy_node.checkpoint import load_checkpoint
 
-    pol = load_policy(ckpt, device="cpu")
+    pol = load_checkpoint(ckpt, device="cpu")
     LingBotVAEngine(pol)
     with pytest.raises(EngineError, match="already installed"):
         LingBotVAEngine(pol)
-    other = load_policy(ckpt, device="cpu")
+    other = load_checkpoint(ckpt, device="cpu")
     other.config.attn_mode = "flex"
     with pytest.raises(EngineError, match="attn_mode"):
         LingBotVAEngine(other)

@@ -14,9 +14,9 @@ import torch
 pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
-from wam_policy_node.engines.testing import (  # noqa: E402
-    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions, make_config, random_batch,
-    tiny_dims)
+from engine_support import (  # noqa: E402
+    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions)
+from wam_policy_node.zoo.parts import make_config, random_batch, tiny_dims  # noqa: E402
 from wam_policy_node.zoo import randomise  # noqa: E402
 
 TOL = 1e-4  # fp32 on CPU; the bf16 bound is 1e-2
@@ -115,7 +115,7 @@ def test_through_lerobot_processors_with_a_local_tokenizer(ptype, tmp_path):
 
     from lerobot.policies.factory import get_policy_class, make_pre_post_processors
 
-    from wam_policy_node.engines.testing import dataset_stats, make_local_tokenizer
+    from wam_policy_node.zoo.parts import dataset_stats, make_local_tokenizer
 
     tokdir = tmp_path / "tokenizer"
     tok = make_local_tokenizer(tokdir)

@@ -15,8 +15,9 @@ import torch
 pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
-from wam_policy_node.engines.testing import (  # noqa: E402
-    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions, random_batch)
+from engine_support import (  # noqa: E402
+    assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions)
+from wam_policy_node.zoo.parts import random_batch  # noqa: E402
 
 TOL = 1e-4  # fp32 on CPU
 VOCAB = 300  # token ids inside the tiny tokenizer's vocabulary

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from wam_common.evaluation.results import ResultStore, outcomes_from_bags
-from wam_common.evaluation.suites import load_suite
-from wam_common.evaluation.table import build, wilson
+from wam_apps.evaluation.results import ResultStore, outcomes_from_bags
+from wam_apps.evaluation.suites import load_suite
+from wam_apps.evaluation.table import build, wilson
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,7 +34,7 @@ suite:
 
 
 def _eval(*args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "eval", *args], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "wam_apps.cli", "eval", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=1500, env={**os.environ, **(env or {})})
     if check:
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -107,7 +107,7 @@ def test_expert_is_blind_to_stream_level_perturbations(smoke):
 
 def test_interrupt_and_resume_gives_the_same_table(tmp_path, mini_suite, mini_sequential):
     out = tmp_path / "resumed"
-    cmd = [sys.executable, "-m", "wam_common.cli", "eval", "--suite", str(mini_suite), "--out", str(out),
+    cmd = [sys.executable, "-m", "wam_apps.cli", "eval", "--suite", str(mini_suite), "--out", str(out),
            "--bags", "none", "--episodes-per-graph", "2"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -142,8 +142,8 @@ def test_ray_local_cluster_gives_the_same_table(tmp_path, mini_suite, mini_seque
     ray = pytest.importorskip("ray")
     import argparse
 
-    from wam_common.evaluation import cli
-    from wam_common.evaluation.runner import run_jobs
+    from wam_apps.evaluation import cli
+    from wam_apps.evaluation.runner import run_jobs
 
     parser = argparse.ArgumentParser()
     cli.add_arguments(parser)

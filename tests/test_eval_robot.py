@@ -13,7 +13,7 @@ from std_msgs.msg import String
 
 from rosutil import wait_for
 from wam_common import topics
-from wam_common.evaluation.results import ResultStore
+from wam_apps.evaluation.results import ResultStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +33,7 @@ def test_robot_eval_with_operator_labels(tmp_path, domain_id, probe):
                 "", "n",        # light_3
                 "", "y"]        # layout_3
         out = tmp_path / "robot"
-        proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "eval", "--robot", "--suite", "smoke",
+        proc = subprocess.run([sys.executable, "-m", "wam_apps.cli", "eval", "--robot", "--suite", "smoke",
                                "--episodes", "1", "--policy", "my_policy", "--out", str(out)],
                               input="\n".join(keys) + "\n", capture_output=True, text=True, cwd=ROOT, env=env,
                               timeout=300)

@@ -37,7 +37,7 @@ def test_export_loads_with_lerobot(bag, tmp_path):
 
     bag_dir, _, _ = bag
     out = tmp_path / "ds"
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "export-lerobot", str(bag_dir), str(out)],
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "export-lerobot", str(bag_dir), str(out)],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     info = json.loads(r.stdout[r.stdout.index("{"):])
@@ -62,14 +62,14 @@ def test_export_loads_with_lerobot(bag, tmp_path):
 
 def test_success_only_and_errors(bag, tmp_path):
     from wam_common.config import ConfigError
-    from wam_common.recording.export_lerobot import export
+    from wam_apps.export_lerobot import export
 
     bag_dir, _, _ = bag
     info = export([bag_dir], tmp_path / "ok", success_only=True, stride=2)
     assert info["episodes"] == 1 and info["frames"] == STEPS // 2 and info["fps"] == 25
     with pytest.raises(ConfigError, match="exists"):
         export([bag_dir], tmp_path / "ok")
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "export-lerobot", str(tmp_path / "missing"),
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "export-lerobot", str(tmp_path / "missing"),
                         str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "missing" in r.stderr and "Traceback" not in r.stderr
 
@@ -83,8 +83,8 @@ def test_bag_without_episode_events(tmp_path):
     from wam_common import topics as T
     from wam_common.config import ConfigError
     from wam_common.imageio import Stamp, encode_image
-    from wam_common.recording.export_lerobot import export
-    from wam_common.recording.writer import BagWriter
+    from wam_apps.export_lerobot import export
+    from wam_common.bag.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
     w.add_topic(T.INSTRUCTION, "std_msgs/msg/String")
@@ -128,8 +128,8 @@ def test_resent_steps_and_episode_boundaries(tmp_path):
 
     from wam_common import topics as T
     from wam_common.imageio import Stamp, encode_image
-    from wam_common.recording.export_lerobot import read_episodes
-    from wam_common.recording.writer import BagWriter
+    from wam_apps.export_lerobot import read_episodes
+    from wam_common.bag.writer import BagWriter
 
     w = BagWriter(tmp_path / "bag")
     w.add_topic(T.EPISODE, "std_msgs/msg/String")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from robot_io.operator import OPERATOR_TOPIC, EpisodeBook, OperatorError, latency_summary, parse_command
+from wam_apps.robot.operator import OPERATOR_TOPIC, EpisodeBook, OperatorError, latency_summary, parse_command
 from wam_common import topics
 
 START_KEYS = {"event", "episode", "task", "seed", "stamp_ns", "instruction", "physical", "camera_every", "max_steps"}
@@ -68,7 +68,7 @@ def test_parse_command():
 
 def _operator(domain_id, *args, stdin=subprocess.PIPE):
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "wam_common.cli", "operator", *args], env=env, stdin=stdin,
+    return subprocess.Popen([sys.executable, "-m", "wam_apps.cli", "operator", *args], env=env, stdin=stdin,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -190,7 +190,7 @@ def test_single_key_presses_on_a_terminal(probe, domain_id):
     probe.listen(topics.EPISODE, String, latched=True)
     master, slave = pty.openpty()
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id), PYTHONUNBUFFERED="1")
-    op = subprocess.Popen([sys.executable, "-m", "wam_common.cli", "operator", "--task", "stack"], env=env,
+    op = subprocess.Popen([sys.executable, "-m", "wam_apps.cli", "operator", "--task", "stack"], env=env,
                           stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     os.close(slave)
     try:

@@ -27,7 +27,7 @@ def bags(tmp_path_factory):
 def test_report_and_open_loop_replay(bags, tmp_path):
     sim, real = bags
     out = tmp_path / "par"
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "parity", str(sim), str(real), "--out", str(out),
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "parity", str(sim), str(real), "--out", str(out),
                         "--backend", "replay", "--backend-set", f"bag={real}"], capture_output=True, text=True,
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -59,7 +59,7 @@ def test_report_and_open_loop_replay(bags, tmp_path):
 
 
 def test_open_loop_error_of_a_different_policy(bags):
-    from wam_common.analysis.parity import open_loop
+    from wam_apps.analysis.parity import open_loop
 
     _, real = bags
     eps = open_loop(real, "synthetic", {"horizon": 5, "amplitude": 0.1})
@@ -71,10 +71,10 @@ def test_open_loop_error_of_a_different_policy(bags):
 
 def test_bad_input(tmp_path, bags):
     sim, _ = bags
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "parity", str(sim), str(tmp_path / "nope")],
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "parity", str(sim), str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", "wam_common.cli", "parity", str(sim), str(sim), "--backend", "nonesuch",
+    r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "parity", str(sim), str(sim), "--backend", "nonesuch",
                         "--out", str(tmp_path / "o")], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "nonesuch" in r.stderr and "Traceback" not in r.stderr
 
@@ -86,8 +86,8 @@ def test_open_loop_on_a_bag_without_episode_events(tmp_path):
     from std_msgs.msg import Float64MultiArray
 
     from wam_common import topics as T
-    from wam_common.analysis.parity import open_loop
-    from wam_common.recording.writer import BagWriter
+    from wam_apps.analysis.parity import open_loop
+    from wam_common.bag.writer import BagWriter
 
     w = BagWriter(tmp_path / "robot")
     for t, ty in ((T.joint_state_topic("left"), "sensor_msgs/msg/JointState"),

@@ -7,7 +7,7 @@ import pytest
 
 from perturbation_node import ops, sheet
 from wam_common import topics
-from wam_common.cli import main as cli
+from wam_apps.cli import main as cli
 from wam_common.imageio import Stamp, encode_image
 
 
@@ -38,7 +38,7 @@ def test_sheet_from_image_file(tmp_path):
 
 
 def test_sheet_from_bag(tmp_path):
-    from wam_common.recording.writer import BagWriter
+    from wam_common.bag.writer import BagWriter
 
     bag = tmp_path / "bag"
     topic = topics.camera_topic("cam_left_wrist")

@@ -13,7 +13,7 @@ import torch
 
 from wam_common.config import ConfigError
 from wam_policy_node.backends import Observation
-from wam_policy_node.engines.testing import dataset_stats, make_config, make_local_tokenizer, tiny_dims
+from wam_policy_node.zoo.parts import dataset_stats, make_config, make_local_tokenizer, tiny_dims
 
 
 @pytest.fixture(scope="module")

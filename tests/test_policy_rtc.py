@@ -40,7 +40,7 @@ def _load(path, **cfg):
 
 
 def _tiny(kind: str):
-    from wam_policy_node.engines.testing import tiny_dims
+    from wam_policy_node.zoo.parts import tiny_dims
 
     return tiny_dims() if kind.startswith("pi") else contextlib.nullcontext()
 

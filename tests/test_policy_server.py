@@ -243,7 +243,7 @@ def test_cli_serve_until_interrupted(act, tmp_path):
     policy = tmp_path / "tiny_act.yaml"
     policy.write_text(json.dumps({"name": "tiny_act", "wam_policy_node": {"backend": {"type": "lerobot", "lerobot": cfg}}}))
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "wam_common.cli", "serve", "--policy", str(policy), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "wam_apps.cli", "serve", "--policy", str(policy), "--port",
                              str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -268,14 +268,14 @@ def test_cli_serve_until_interrupted(act, tmp_path):
 def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path):
     """The trained ACT loaded once in a policy server, two parallel graphs using it, against the plain
     sequential run: the same outcomes and, lockstep being deterministic, the very same commands."""
-    from wam_common.evaluation.results import ResultStore
+    from wam_apps.evaluation.results import ResultStore
     from wam_policy_node.backends.replay import read_commands
 
     suite = tmp_path / "clean.yaml"
     suite.write_text("suite: {name: clean, task: transfer_cube, episodes: 2, seed: 700, levels: [3]}\n")
 
     def run(out, *extra):
-        proc = subprocess.run([sys.executable, "-m", "wam_common.cli", "eval", "--policy", "act_sim", "--suite",
+        proc = subprocess.run([sys.executable, "-m", "wam_apps.cli", "eval", "--policy", "act_sim", "--suite",
                                str(suite), "--out", str(out), *extra], cwd=ROOT, capture_output=True, text=True,
                               timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -2,7 +2,7 @@
 
 A fake robot (real rclpy publishers on the test's ROS_DOMAIN_ID: cameras, follower joint
 states, POLICY_STATUS, an e-stop subscriber) is shaped per scenario; preflight runs as its
-own process (``python -m wam_common.cli preflight``) and must print PASS rows for what is
+own process (``python -m wam_apps.cli preflight``) and must print PASS rows for what is
 right and a clear FAIL message for each fault: missing, silent, stale, slow, frozen, out of
 limits, out of sync, slow policy, e-stop unreachable or engaged. Pure checks are tested too.
 """
@@ -79,7 +79,7 @@ class FakeRobot:
 
 
 def _preflight(domain_id, *extra, duration=2.0):
-    cmd = [sys.executable, "-m", "wam_common.cli", "preflight", "--duration", str(duration), "--discovery-s", "4", *GRAPH_SET,
+    cmd = [sys.executable, "-m", "wam_apps.cli", "preflight", "--duration", str(duration), "--discovery-s", "4", *GRAPH_SET,
            "--min-rate-fraction", "0.5", *extra]
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)

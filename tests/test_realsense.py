@@ -338,13 +338,13 @@ def test_cameras_cli_lists_serials(recordings, tmp_path):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "wam_common.cli", "cameras", "--playback-dir", str(recordings)],
+    res = subprocess.run([sys.executable, "-m", "wam_apps.cli", "cameras", "--playback-dir", str(recordings)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     for serial in SERIALS.values():
         assert serial in res.stdout
     assert "serials:" in res.stdout and "cam_low: ''" in res.stdout
-    res = subprocess.run([sys.executable, "-m", "wam_common.cli", "cameras", "--playback-dir", str(tmp_path)],
+    res = subprocess.run([sys.executable, "-m", "wam_apps.cli", "cameras", "--playback-dir", str(tmp_path)],
                          capture_output=True, text=True, timeout=60)
     assert res.returncode == 1 and "no recordings in" in res.stdout
 

@@ -31,7 +31,7 @@ def _recorder(domain_id, out: Path, log_dir: Path, **params) -> GraphRunner:
 
 
 def _read(bag_dir: Path) -> dict[str, list[bytes]]:
-    from wam_common.recording.bag import Bag
+    from wam_common.bag.reader import Bag
 
     out: dict[str, list[bytes]] = {}
     with Bag(bag_dir) as bag:
@@ -60,7 +60,7 @@ def test_round_trip_byte_identical(probe, domain_id, tmp_path):
     assert codes["recorder"] == 0, runner.log("recorder")
     assert "closed" in runner.log("recorder")
     bag_dir = tmp_path / "bag"
-    from wam_common.recording.repair import is_complete, needs_repair
+    from wam_common.bag.repair import is_complete, needs_repair
 
     files = sorted(bag_dir.glob("*.mcap"))
     assert len(files) == 3  # one file per episode
@@ -90,11 +90,11 @@ def test_round_trip_byte_identical(probe, domain_id, tmp_path):
 
     # decoded through rosbags' typestore built from the bag's own definitions (rosbags rejects
     # the few trailing bytes Fast-CDR leaves after empty float64 sequences, so JointState and
-    # the like decode through wam_common.recording.bag.decode, i.e. rclpy)
+    # the like decode through wam_common.bag.reader.decode, i.e. rclpy)
     from rclpy.serialization import deserialize_message
     from sensor_msgs.msg import JointState
 
-    from wam_common.recording.bag import Bag, image
+    from wam_common.bag.reader import Bag, image
 
     with AnyReader([bag_dir]) as r:
         img = next(r.deserialize(raw, c.msgtype) for c, _, raw in r.messages() if c.topic == T.camera_topic("cam_high"))
@@ -195,7 +195,7 @@ def _stream(tr: Traffic, seconds: float) -> list[tuple[float, int]]:
 
 
 def _status_seqs(bag_dir: Path) -> list[int]:
-    from wam_common.recording.bag import Bag, json_event
+    from wam_common.bag.reader import Bag, json_event
 
     with Bag(bag_dir) as bag:
         return [json_event(m)["seq"] for m in bag.messages([T.POLICY_STATUS])]
@@ -222,7 +222,7 @@ def test_reliable_stream_complete_after_clean_stop(probe, domain_id, tmp_path):
 def test_kill9_loses_at_most_one_second(probe, domain_id, tmp_path):
     """kill -9 in the middle of a stream: the bag opens (after repair) and holds every message
     published more than 1 s before the kill, unchanged."""
-    from wam_common.recording.repair import needs_repair
+    from wam_common.bag.repair import needs_repair
 
     runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS, T.camera_topic("cam_high")],
                        flush_period_s=0.5)
@@ -266,7 +266,7 @@ def test_bad_config_is_one_clear_line(domain_id, tmp_path, params, key):
     p.update(params)
     pfile.write_text(yaml.safe_dump({"/recorder": {"ros__parameters": p}}))
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-    r = subprocess.run([sys.executable, "-m", "wam_common.recording.node", "--ros-args", "-r", "__node:=recorder",
+    r = subprocess.run([sys.executable, "-m", "recorder.node", "--ros-args", "-r", "__node:=recorder",
                         "--params-file", str(pfile)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2, r.stderr
     assert key in r.stderr and "Traceback" not in r.stderr
@@ -340,7 +340,7 @@ def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path)
         time.sleep(0.5)
     finally:
         runner.stop()
-    from wam_common.recording.bag import Bag, json_event
+    from wam_common.bag.reader import Bag, json_event
 
     with Bag(tmp_path / "bag") as bag:
         seqs = [json_event(m)["seq"] for m in bag.messages([T.POLICY_STATUS])]
@@ -369,7 +369,7 @@ def test_split_service(probe, domain_id, tmp_path):
                 assert wait_for(fut.done, 10) and fut.result().success
     finally:
         runner.stop()
-    from wam_common.recording.bag import Bag, json_event
+    from wam_common.bag.reader import Bag, json_event
 
     files = sorted((tmp_path / "bag").glob("*.mcap"))
     assert len(files) == 3
@@ -388,7 +388,7 @@ def test_existing_bag(domain_id, tmp_path, if_exists):
     pfile.write_text(yaml.safe_dump({"/recorder": {"ros__parameters": {
         "output_dir": str(tmp_path), "bag_name": "bag", "if_exists": if_exists, "diagnostics_period_s": 0.0}}}))
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
-    p = subprocess.Popen([sys.executable, "-m", "wam_common.recording.node", "--ros-args", "-r", "__node:=recorder",
+    p = subprocess.Popen([sys.executable, "-m", "recorder.node", "--ros-args", "-r", "__node:=recorder",
                           "--params-file", str(pfile)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
     if if_exists == "error":
@@ -399,7 +399,7 @@ def test_existing_bag(domain_id, tmp_path, if_exists):
     p.send_signal(signal.SIGTERM)  # SIGTERM closes cleanly too
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 0 and "closed" in out, out
-    from wam_common.recording.repair import needs_repair
+    from wam_common.bag.repair import needs_repair
 
     new = tmp_path / ("bag_1" if if_exists == "suffix" else "bag")
     assert not needs_repair(new)

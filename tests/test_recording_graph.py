@@ -73,8 +73,8 @@ def graph_bag(tmp_path_factory):
 
 
 def test_every_topic_round_trips_byte_identical(graph_bag):
-    from wam_common.recording.bag import Bag
-    from wam_common.recording.repair import needs_repair
+    from wam_common.bag.reader import Bag
+    from wam_common.bag.repair import needs_repair
 
     bag_dir, events, wire, _ = graph_bag
     assert not needs_repair(bag_dir)
@@ -108,8 +108,8 @@ def test_every_topic_round_trips_byte_identical(graph_bag):
 
 
 def test_analysis_matches_episode_topic(graph_bag):
-    from wam_common.analysis.episodes import analyze_bag
-    from wam_common.analysis.report import success_table
+    from wam_apps.analysis.episodes import analyze_bag
+    from wam_apps.analysis.report import success_table
 
     bag_dir, events, _, _ = graph_bag
     ends = [e for e in events if e.get("event") == "end"]
@@ -131,7 +131,7 @@ def test_analysis_matches_episode_topic(graph_bag):
 def test_exports_to_lerobot(graph_bag, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-    from wam_common.recording.export_lerobot import export
+    from wam_apps.export_lerobot import export
 
     bag_dir, events, _, _ = graph_bag
     ends = [e for e in events if e.get("event") == "end"]

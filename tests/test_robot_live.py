@@ -79,7 +79,7 @@ def test_aloha_graph_dry_run_and_preflight(cams, probe, domain_id, tmp_path):
         env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))
         for extra in ([], ["--perturbed"]):  # what the robot publishes, and what the policy reads
             res = subprocess.run(
-                [sys.executable, "-m", "wam_common.cli", "preflight", "--duration", "2", "--discovery-s", "5",
+                [sys.executable, "-m", "wam_apps.cli", "preflight", "--duration", "2", "--discovery-s", "5",
                  "--set", f"realsense_cameras.width={W}", "--set", f"realsense_cameras.height={H}",
                  "--slop-ms", "40", "--min-rate-fraction", "0.5", "--latency-budget-ms", "1000", *extra],
                 env=env, capture_output=True, text=True, timeout=120)

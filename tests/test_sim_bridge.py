@@ -169,7 +169,7 @@ def test_same_seed_same_bag_across_runs(probe, domain_id, tmp_path):
     from sim_driver import sim_graph
     from wam_common.graph import NodeSpec
     from wam_common.launcher import GraphRunner
-    from wam_common.recording.bag import Bag, image
+    from wam_common.bag.reader import Bag, image
 
     cams = [topics.camera_topic(c) for c in topics.CAMERAS]
     joints = [topics.joint_state_topic(a) for a in topics.ARMS]

@@ -90,7 +90,7 @@ def test_contact_sheet_command(tmp_path):
     import cv2
 
     out = tmp_path / "sheet.png"
-    cmd = [sys.executable, "-m", "wam_common.cli", "contact-sheet", "-o", str(out), "--tasks", "transfer_cube,lift_beam",
+    cmd = [sys.executable, "-m", "wam_apps.cli", "contact-sheet", "-o", str(out), "--tasks", "transfer_cube,lift_beam",
            "--dimensions", "light,layout", "--levels", "1,5", "--cell-width", "64", "--settle-steps", "2"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

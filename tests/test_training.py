@@ -13,8 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from wam_common.config import ConfigError  # noqa: E402
-from wam_common.training import collect as C  # noqa: E402
-from wam_common.training import train as TR  # noqa: E402
+from wam_apps.training import collect as C  # noqa: E402
+from wam_apps.training import train as TR  # noqa: E402
 
 H, W, STEPS = 48, 64, 30
 
@@ -84,8 +84,8 @@ def test_train_rejects_a_non_dataset(tmp_path):
 def test_train_export_and_run_through_the_graph(dataset, tmp_path, domain_id):
     from safetensors.torch import load_file
 
-    from wam_common.cli.demo import run_demo
-    from wam_common.recording.bag import Bag, json_event
+    from wam_apps.cli.demo import run_demo
+    from wam_common.bag.reader import Bag, json_event
     from wam_common import topics as T
 
     root, _ = dataset

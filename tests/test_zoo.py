@@ -17,7 +17,7 @@ def test_zoo_checkpoint_loads_offline_and_moved(kind, tmp_path):
     import torch
 
     from wam_policy_node.backends.lerobot import LeRobotBackend
-    from wam_policy_node.engines.testing import tiny_dims
+    from wam_policy_node.zoo.parts import tiny_dims
     from wam_policy_node.zoo import save_random_policy
 
     made = save_random_policy(kind, tmp_path / "made", size="tiny")
@@ -49,7 +49,7 @@ def test_prompt_reaches_the_actions_through_the_memoized_tokenizer(tmp_path):
     import torch
 
     from wam_policy_node.backends.lerobot import LeRobotBackend
-    from wam_policy_node.engines.testing import tiny_dims
+    from wam_policy_node.zoo.parts import tiny_dims
     from wam_policy_node.zoo import save_random_policy
 
     ckpt = save_random_policy("pi0", tmp_path / "pi0", size="tiny")

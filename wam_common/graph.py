@@ -33,7 +33,7 @@ EXECUTABLES: dict[str, str] = {
     "sim_bridge": "sim_bridge.node",
     "perturbation_node": "perturbation_node.node",
     "wam_policy_node": "wam_policy_node.node",
-    "recorder": "wam_common.recording.node",
+    "recorder": "recorder.node",
     "realsense_cameras": "robot_io.realsense_node",
     "interbotix_adapter": "robot_io.interbotix_adapter",
 }

@@ -38,7 +38,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from wam_common.config import ConfigError
+from wam_common.config import ConfigError, deep_merge
+from wam_common.policies import load_policy_config
 from wam_common.topics import STATE_DIM
 
 from .backends import Backend, BackendError, Observation, make_backend, msgpack_numpy
@@ -319,16 +320,12 @@ def for_node(name: str, node_overrides: Mapping, **kw) -> PolicyServer:
 def served_overrides(node_overrides: Mapping, server: PolicyServer, lockstep: bool = False) -> dict:
     """The policy's ``wam_policy_node`` overrides with the backend replaced by an ``openpi`` client of
     ``server`` (observation mapping, runtime and safety stay the policy's own)."""
-    from wam_common.config import deep_merge
-
     return deep_merge(node_overrides, {"backend": {"type": "openpi", "openpi": server.client_config(lockstep=lockstep)}})
 
 
 def from_policy(policy: str, **kw) -> PolicyServer:
     """A server for a policy config (``config/policies/<name>.yaml`` or a path): its ``backend``."""
-    from wam_common.evaluation.suites import load_policy
-
-    return for_node(*load_policy(policy), **kw)
+    return for_node(*load_policy_config(policy), **kw)
 
 
 # -- wam-policy serve -------------------------------------------------------------------------

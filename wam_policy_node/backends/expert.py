@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import time
 
+from sim_bridge.experts import make_expert  # the one node→node import (tests/test_layers.py)
+
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
 DEFAULTS = {"horizon": 50, "task": ""}  # task "" → the task named in the privileged state
@@ -39,8 +41,6 @@ class ExpertBackend(Backend):
         if not task:
             raise BackendError("expert: privileged state names no 'task'")
         if self._expert is None or task != self._task:
-            from sim_bridge.experts import make_expert  # noqa: PLC0415 - only the expert backend needs the sim
-
             self._expert, self._task, self._episode = make_expert(task), task, None
         episode_key = (priv.get("episode"), priv.get("episode_start_ns"), priv.get("seed"))
         if episode_key != self._episode:

@@ -1,6 +1,6 @@
 """Open-loop replay of the commands recorded in a bag (parity runs: same actions, new graph).
 
-Reads a rosbag2 bag (directory or ``.mcap``, via :mod:`wam_common.recording.bag`): for each
+Reads a rosbag2 bag (directory or ``.mcap``, via :mod:`wam_common.bag.reader`): for each
 EPISODE ``start`` event, the commands on ``topic`` that follow it, in order, are that episode's
 steps 0, 1, 2, ... (lockstep recordings have exactly one command per step). A live episode plays
 the recorded episode with the same index (``episode: -1``; modulo the number recorded) or a fixed
@@ -27,7 +27,7 @@ DEFAULTS = {
 
 def read_commands(path: str, topic: str = topics.COMMAND) -> list[np.ndarray]:
     """Per recorded episode, the (steps, 14) commands in order."""
-    from wam_common.recording.bag import Bag, BagReadError, decode, json_event
+    from wam_common.bag.reader import Bag, BagReadError, decode, json_event
 
     episodes: list[list[np.ndarray]] = []
     cur: list | None = None

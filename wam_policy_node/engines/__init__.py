@@ -64,7 +64,7 @@ def make_engine(pretrained_dir: str | Path, *, impl: str = "fast", device: str =
         raise EngineError(f"no fast engine for policy type {config.type!r} (have {FAST_TYPES}); use impl='eager'")
     if installs_in_place(config.type):
         raise EngineError(f"the {config.type} engine installs itself on LeRobot's policy: "
-                          "backends.lerobot.load_policy(dir), then load_fast(policy)")
+                          "checkpoint.load_checkpoint(dir), then load_fast(policy)")
     return FAST_ENGINES[config.type].from_pretrained(pretrained_dir, device=device, dtype=dtype,
                                                      cuda_graph=cuda_graph, config=config)
 

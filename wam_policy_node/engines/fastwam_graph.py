@@ -33,6 +33,8 @@ from typing import Callable
 
 import torch
 
+from ..checkpoint import load_checkpoint
+from ..memo import lru_memo
 from ._common import STATE, EngineError, _copy_in, begin_stage, capture_graph, end_stage, timed_warmup
 
 
@@ -64,7 +66,6 @@ class FastWAMEngine:
         # LeRobot's RoPE tables live on the host and are copied to the device at every call
         ve.freqs = ve.freqs.to(self.device)
         ae.freqs = ae.freqs.to(self.device)
-        from ..backends.lerobot import lru_memo
 
         self._encode_prompt, self._prompts = lru_memo(self._encode_once, int(prompt_cache))
         self._noise: tuple | None = None  # ((seed, rand_device), LeRobot's seeded noise): drawn once
@@ -90,11 +91,10 @@ class FastWAMEngine:
     def from_pretrained(cls, pretrained_dir, *, device="cuda", dtype=None, cuda_graph: bool = True, config=None,
                         **_):
         """LeRobot's ``from_pretrained`` (with the checkpoint's own VAE/encoder/tokenizer when it carries
-        them: ``backends.lerobot.load_policy``), then the engine over it."""
-        from ..backends.lerobot import load_policy
+        them: ``checkpoint.load_checkpoint``), then the engine over it."""
 
         t0 = time.perf_counter()
-        policy = load_policy(pretrained_dir, device=str(device), config=config)
+        policy = load_checkpoint(pretrained_dir, device=str(device), config=config)
         eng = cls.from_policy(policy, cuda_graph=cuda_graph)
         eng.startup["load_s"] = time.perf_counter() - t0
         return eng

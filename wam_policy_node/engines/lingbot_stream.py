@@ -42,6 +42,7 @@ from functools import partial
 import numpy as np
 import torch
 
+from ..memo import lru_memo
 from ._common import EngineError, capture_graph
 
 
@@ -114,7 +115,6 @@ class LingBotVAEngine:
         self.pool: SlotPool | None = None
         self._kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # the engine's K/V tensors, per layer
         self._kv_ptr: int | None = None
-        from ..backends.lerobot import lru_memo
 
         self._pass: tuple[torch.Tensor, torch.Tensor] | None = None  # this pass's (slots, valid) on the device
         # (slots, valid) as bytes → on the device: uploaded once per distinct set (a sync each)

@@ -140,7 +140,7 @@ def save(policy, cfg, out: Path, *, cameras, processor_patches=(), tokenizer=Non
 
     ``tokenizer``: a local tokenizer directory. LeRobot's processors name a Hub tokenizer
     (e.g. PaliGemma's); the saved pre-processor is pointed at this directory instead, so loading
-    needs no network. ``processor_patches``: extra ``mock.patch`` context managers needed while
+    needs no network. ``processor_patches``: extra context managers (e.g. :func:`.parts.patched`) needed while
     LeRobot builds the processors (e.g. its tokenizer constructor)."""
     from contextlib import ExitStack
 

@@ -2,7 +2,7 @@
 
 ``full``: PaliGemma-3B (SigLIP-So400m + Gemma-2B) + Gemma-300M action expert, 224×224 images,
 chunk 50, 10 flow steps — the published sizes. ``tiny``: the same classes at the widths of
-:func:`wam_policy_node.engines.testing.tiny_dims`; a tiny checkpoint only loads inside that context
+:func:`wam_policy_node.zoo.parts.tiny_dims`; a tiny checkpoint only loads inside that context
 (LeRobot hard-codes the Gemma sizes), so tests wrap loading in ``with tiny_dims():``.
 
 The processors LeRobot builds name ``google/paligemma-3b-pt-224``'s tokenizer; the checkpoint gets a
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from unittest import mock
 
 from . import ZooSpec, features, randomise, register, rtc_config, save
 
@@ -23,7 +22,9 @@ def _build(kind: str, out: Path, spec: ZooSpec) -> None:
     import torch
     from lerobot.policies.factory import get_policy_class
 
-    from ..engines.testing import make_config, make_local_tokenizer, tiny_dims
+    from lerobot.processor import tokenizer_processor
+
+    from .parts import make_config, make_local_tokenizer, patched, tiny_dims
 
     full = spec.size == "full"
     h, w = spec.image_size or ((224, 224) if full else (56, 56))
@@ -42,7 +43,7 @@ def _build(kind: str, out: Path, spec: ZooSpec) -> None:
         with torch.device(spec.device):
             pol = get_policy_class(kind)(cfg)
         randomise(pol, spec.seed)
-        patch = mock.patch("lerobot.processor.tokenizer_processor.AutoTokenizer.from_pretrained", return_value=tok)
+        patch = patched(tokenizer_processor.AutoTokenizer, "from_pretrained", lambda *a, **k: tok)
         save(pol, cfg, out, cameras=spec.cameras, processor_patches=(patch,), tokenizer=tok_dir)
 
 

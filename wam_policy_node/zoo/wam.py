@@ -49,7 +49,6 @@ model's 30-dim action space.
 from __future__ import annotations
 
 from pathlib import Path
-from unittest import mock
 
 from . import ZooSpec, features, randomise, register, save
 
@@ -108,12 +107,13 @@ def build_fastwam(out: Path, spec: ZooSpec) -> None:
     from diffusers import AutoencoderKLWan
     from lerobot.configs.types import FeatureType, PolicyFeature
     from lerobot.policies.fastwam.configuration_fastwam import FastWAMConfig
+    from lerobot.policies.fastwam import modeling_fastwam
     from lerobot.policies.fastwam.modeling_fastwam import FastWAMPolicy
     from lerobot.policies.fastwam.wan.adapters import WanVideoVAE38
     from lerobot.policies.fastwam.wan.components import WanTextEncoder
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from ..engines.testing import make_local_tokenizer
+    from .parts import make_local_tokenizer
 
     tiny = spec.size == "tiny"
     video, action, text, vae_kw = _parts(spec.size, spec.extra.get("layers"))
@@ -149,11 +149,10 @@ def build_fastwam(out: Path, spec: ZooSpec) -> None:
         torch_dtype=dtype_name, num_inference_steps=int(spec.extra.get("steps", 2 if tiny else 10)),
         video_dit_config=video, action_dit_config=action, device=spec.device)
     # the frozen parts just built are handed over as LeRobot's loaders would return them
-    mod = "lerobot.policies.fastwam.modeling_fastwam"
-    with mock.patch(f"{mod}.load_pretrained_wan_text_encoder",
-                    lambda **kw: WanTextEncoder(dtype=dtype, device=spec.device, pretrained=text_encoder)), \
-         mock.patch(f"{mod}.load_pretrained_wan_vae",
-                    lambda **kw: WanVideoVAE38(dtype=dtype, device=spec.device, pretrained=vae)), \
+    with patched(modeling_fastwam, "load_pretrained_wan_text_encoder",
+                 lambda **kw: WanTextEncoder(dtype=dtype, device=spec.device, pretrained=text_encoder)), \
+         patched(modeling_fastwam, "load_pretrained_wan_vae",
+                 lambda **kw: WanVideoVAE38(dtype=dtype, device=spec.device, pretrained=vae)), \
          torch.device(spec.device):
         pol = FastWAMPolicy(cfg)
     randomise(pol, spec.seed)

@@ -1,0 +1,1 @@
+"""Contact sheets: ``wam-policy perturb-sheet`` (:mod:`.perturb`) and ``contact-sheet`` (:mod:`.contact`)."""
