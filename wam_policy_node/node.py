@@ -14,12 +14,15 @@ for every hold. Two clock modes (docs/GRAPH_CONTRACT.md):
 
 E-stop: ``ESTOP`` (std_msgs/Bool, latched) and the service ``~/estop`` (std_srvs/SetBool); once
 engaged it stays engaged until released by ``false`` on either.
+
+The decisions are the pure cores' (no ROS): :mod:`.framesize` (which frames are taken),
+:mod:`.lockstep` (the inputs by stamp, when a lockstep step is answered and with what),
+:mod:`.controller` (the command); this shell decodes, calls them, publishes and logs.
 """
 from __future__ import annotations
 
 import json
 import time
-from collections import OrderedDict, deque
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -39,6 +42,8 @@ from wam_common.params import declare_tree
 from . import backends, observation, runtime, safety
 from .backends import Observation
 from .controller import PolicyController
+from .framesize import FrameSizeError, FrameSizeGate
+from .lockstep import Inputs, Lockstep, Ready, Resend, Wait
 from .observation import ObservationMap, state14
 from .timesync import ApproximateTimeSync
 
@@ -144,26 +149,18 @@ class WamPolicyNode(Node):
         self.dry_run = bool(cfg["safety"]["dry_run"])
         self.cams = list(self.obs_map.cameras)
         self.needs_images = bool(self.backend.needs_images)
-        exp = [int(v) for v in cfg["observation"]["expected_size"]]
-        self.expected_size = tuple(exp) if len(exp) == 2 and min(exp) > 0 else None
+        self.frame_gate = FrameSizeGate(cfg["observation"]["expected_size"])
 
         # state (guarded by the data callback group; the realtime tick reads snapshots)
-        self._js: dict[str, OrderedDict] = {a: OrderedDict() for a in topics.ARMS}  # stamp → arm7
-        self._frames: dict[str, deque] = {c: deque(maxlen=8) for c in self.cams}  # (stamp, rgb)
-        self._frame_size: dict[str, tuple[int, int]] = {}  # learnt per camera (first frame)
-        self._episode_size: tuple[int, int] | None = None  # from the EPISODE start (width, height)
-        self._odd_size: dict[str, tuple] = {}
-        self._priv: OrderedDict[int, dict] = OrderedDict()
-        self._episodes: dict = {}  # episode index → start event
-        self._latest_start: dict | None = None
-        self._episode_key = None
-        self._camera_every = max(1, int(cfg["sync"]["camera_every"]))
-        self._prompt: str | None = None
-        self._answered: OrderedDict[int, tuple] = OrderedDict()  # stamp → (command, when sent)
-        self._pending: int | None = None
-        self._pending_since = 0.0
+        self.inputs = Inputs(self.cams, cfg["sync"]["camera_every"])
+        self.lock = Lockstep(
+            self.inputs, self.obs_map, needs_images=self.needs_images,
+            needs_privileged=bool(self.backend.needs_privileged), streams=bool(self.backend.streams_observations),
+            should_infer=self.runtime.should_infer,
+            privileged_published=lambda: self.count_publishers(topics.PRIVILEGED_STATE) > 0,
+            on_episode=self._start_episode, wait_s=cfg["sync"]["lockstep_wait_s"],
+            reanswer_after_s=cfg["sync"]["reanswer_after_s"])
         self._latest_obs: Observation | None = None
-        self._latest_priv: dict | None = None
         self._n_cmd = 0
         self._hold_counts: dict[str, int] = {}
         self._last_hold: str | None = None
@@ -230,16 +227,11 @@ class WamPolicyNode(Node):
             self._warn(f"js_{arm}", f"rejected /follower_{arm}/joint_states: {exc}")
             return
         t = _stamp_ns(msg.header.stamp)
-        q = self._js[arm]
-        q[t] = arm7
-        while len(q) > 16:
-            q.popitem(last=False)
-        if self.lockstep:
-            other = self._js["right" if arm == "left" else "left"]
-            if t in other:
-                self._on_pair(t)
-        else:
+        paired = self.inputs.add_joint_state(arm, t, arm7)
+        if not self.lockstep:
             self._sync_add(arm, t, arm7)
+        elif paired:
+            self._on_pair(t)
 
     @_guarded
     def _on_image(self, cam: str, raw: bytes) -> None:
@@ -249,40 +241,22 @@ class WamPolicyNode(Node):
                 raise ImageDecodeError(f"encoding '{img.encoding}' is not a colour image (want rgb8)")
             rgb = to_rgb(img)
             h, w = rgb.shape[:2]
-            want = self.expected_size or self._episode_size or self._frame_size.get(cam)
-            if min(h, w) < 8:
-                raise ImageDecodeError(f"size {w}x{h} is too small")
-            if want is not None and (h, w) != tuple(want):
-                if not (self.expected_size or self._episode_size):
-                    # learnt from a first frame that may itself have been the odd one: 3 frames in a
-                    # row of another size win
-                    n = self._odd_size.get(cam, (None, 0))
-                    n = (n[0], n[1] + 1) if n[0] == (h, w) else ((h, w), 1)
-                    self._odd_size[cam] = n
-                    if n[1] >= 3:
-                        self._frame_size[cam] = (h, w)
-                        self._odd_size.pop(cam, None)
-                        self._warn(f"resize_{cam}", f"camera '{cam}' now sends {w}x{h}: adopted")
-                        want = (h, w)
-                if (h, w) != tuple(want):
-                    raise ImageDecodeError(f"size {w}x{h} differs from the expected {want[1]}x{want[0]}")
-            self._odd_size.pop(cam, None)
-        except ImageDecodeError as exc:
+            if self.frame_gate.check(cam, h, w):
+                self._warn(f"resize_{cam}", f"camera '{cam}' now sends {w}x{h}: adopted")
+        except (ImageDecodeError, FrameSizeError) as exc:
             self.rejected_images += 1
             self._warn(f"img_{cam}_{str(exc)[:12]}", f"rejected image on camera '{cam}': {exc}")
             return
-        self._frame_size.setdefault(cam, (h, w))
         t = img.stamp.ns
-        self._frames[cam].append((t, rgb))
+        self.inputs.add_frame(cam, t, rgb)
         if self.lockstep:
-            if self._pending is not None:
-                self._try_pending()
+            self._answer(self.lock.poll())
         else:
             self._sync_add(cam, t, rgb)
 
     @_guarded
     def _on_instruction(self, msg: String) -> None:
-        self._prompt = msg.data
+        self.inputs.prompt = msg.data
 
     @_guarded
     def _on_episode(self, msg: String) -> None:
@@ -294,16 +268,12 @@ class WamPolicyNode(Node):
             self._warn("episode", f"rejected EPISODE message: {exc}")
             return
         if ev["event"] == "start":
-            try:  # the sim says its render size: frames of another size are rejected
-                self._episode_size = (int(ev["height"]), int(ev["width"])) if ev.get("height") else None
-            except (TypeError, ValueError):
-                self._episode_size = None
-            self._episodes[ev.get("episode")] = ev
-            self._latest_start = ev
-            if not self.lockstep:
+            self.frame_gate.announce(ev)  # the sim says its render size: frames of another size are rejected
+            self.inputs.add_start(ev)
+            if self.lockstep:
+                self._answer(self.lock.poll())
+            elif self.inputs.switch_episode(ev):
                 self._start_episode(ev)
-            elif self._pending is not None:
-                self._try_pending()
 
     @_guarded
     def _on_privileged(self, msg: String) -> None:
@@ -311,16 +281,12 @@ class WamPolicyNode(Node):
             priv = json.loads(msg.data)
             if not isinstance(priv, dict):
                 raise ValueError("not a JSON object")
-            t = int(priv.get("stamp_ns"))
+            self.inputs.add_privileged(priv)
         except (ValueError, TypeError) as exc:
             self._warn("priv", f"rejected PRIVILEGED_STATE message: {exc}")
             return
-        self._latest_priv = priv
-        self._priv[t] = priv
-        while len(self._priv) > 8:
-            self._priv.popitem(last=False)
-        if self.lockstep and self._pending is not None:
-            self._try_pending()
+        if self.lockstep:
+            self._answer(self.lock.poll())
 
     @_guarded
     def _on_estop(self, msg: Bool) -> None:
@@ -339,110 +305,42 @@ class WamPolicyNode(Node):
         self.controller.set_estop(on)
         self._publish_diag()
 
-    def _start_episode(self, ev: dict | None) -> None:
-        key = (ev.get("episode"), ev.get("stamp_ns"), ev.get("seed")) if ev else None
-        if key == self._episode_key:
-            return
-        self._episode_key = key
-        if ev:
-            self._camera_every = max(1, int(ev.get("camera_every") or self.cfg["sync"]["camera_every"]))
-        self._frame_size.clear()
-        self._odd_size.clear()
+    def _start_episode(self, ev: dict) -> None:
+        """A new episode (``inputs.switch_episode`` said so): forget the last one's sizes, sync and runtime."""
+        self.frame_gate.reset()
         self._sync.reset()
         self._latest_obs = None  # never act on the previous episode's observation
         self.controller.reset_episode(ev)
         self.get_logger().info(f"episode start: {json.dumps(ev) if ev else None}")
 
-    def _prompt_for(self, ev: dict | None) -> str:
-        if self._prompt is not None:
-            return self._prompt
-        return str((ev or {}).get("instruction", ""))
-
     # -- lockstep --------------------------------------------------------------------------
     def _on_pair(self, t: int) -> None:
-        if t in self._answered:
-            after = float(self.cfg["sync"]["reanswer_after_s"])
-            cmd, when = self._answered[t]
-            if after > 0 and t == next(reversed(self._answered)) and time.monotonic() - when > after:
-                self._warn("reanswer", f"lockstep: step at t={t} resent by the sim: sending its command again")
-                self._publish_cmd(cmd, answers_ns=t)
-                self._answered[t] = (cmd, time.monotonic())
+        got = self.lock.pair(t)
+        if isinstance(got, Resend):
+            self._warn("reanswer", f"lockstep: step at t={t} resent by the sim: sending its command again")
+            self._publish_cmd(got.cmd, answers_ns=t)
             return
-        if self._pending is not None and self._pending != t:
-            self._warn("abandon", f"lockstep: step at {self._pending} abandoned for a newer one at {t}")
-        if self._pending != t:
-            self._pending, self._pending_since = t, time.monotonic()
-        self._try_pending()
+        if got.abandoned is not None:
+            self._warn("abandon", f"lockstep: step at {got.abandoned} abandoned for a newer one at {t}")
+        self._answer(got)
 
     @_guarded
     def _check_pending(self) -> None:
-        if self._pending is not None:
-            self._try_pending()
+        self._answer(self.lock.poll())
 
-    def _episode_for(self, t: int, priv: dict | None):
-        """(start event or None, ready)."""
-        if priv is not None and "episode" in priv:
-            ev = self._episodes.get(priv["episode"])
-            if ev is not None and (priv.get("episode_start_ns") in (None, ev.get("stamp_ns"))):
-                return ev, True
-            return self._latest_start, False
-        cands = [e for e in self._episodes.values() if int(e.get("stamp_ns", 0)) <= t]
-        return (max(cands, key=lambda e: int(e.get("stamp_ns", 0))) if cands else None), True
-
-    def _try_pending(self) -> None:
-        t = self._pending
-        if t is None:
+    def _answer(self, got: Wait | Ready) -> None:
+        """Send the controller's command for a step the lockstep core says is ready."""
+        if not isinstance(got, Ready):
             return
-        timed_out = time.monotonic() - self._pending_since > float(self.cfg["sync"]["lockstep_wait_s"])
-        priv = self._priv.get(t)
-        if priv is None and not timed_out and (
-                self.backend.needs_privileged or self._latest_priv is not None
-                or self.count_publishers(topics.PRIVILEGED_STATE) > 0):
-            return  # the sim publishes the step's privileged state (episode, step): wait for it
-        ev, ready = self._episode_for(t, priv)
-        if not ready and not timed_out:
-            return
-        ev_key = (ev.get("episode"), ev.get("stamp_ns"), ev.get("seed")) if ev else None
-        if ev is not None and ev_key != self._episode_key:
-            self._start_episode(ev)
-        step = None
-        if priv is not None and "step" in priv:
-            step = int(priv["step"])
-        elif ev is not None and ev.get("stamp_ns") is not None:
-            step = int(round((t - int(ev["stamp_ns"])) / (topics.DT * 1e9)))
-        missing = None
-        frames: dict = {}
-        stamps: dict = {}
-        # the frames of this step: for a new chunk, or for a backend that observes every step
-        if self.needs_images and (self.backend.streams_observations or self.runtime.should_infer(t)):
-            exact = step is not None and step % self._camera_every == 0
-            for cam in self.cams:
-                q = self._frames[cam]
-                if exact:
-                    hit = [(s, f) for s, f in q if s == t]
-                else:
-                    hit = [(s, f) for s, f in q if s <= t]
-                if hit:
-                    stamps[cam], frames[cam] = hit[-1]
-            if len(frames) < len(self.cams):
-                if not timed_out:
-                    return
-                lack = [c for c in self.cams if c not in frames]
-                self._warn("missing_cam", f"lockstep: no frame at step {step} (t={t}) from {lack}: holding")
-                missing = "missing_camera"
-        self._pending = None
-        state = state14(self._js["left"][t], self._js["right"][t])
-        obs = Observation(stamp_ns=t, images=self.obs_map.images(frames) if frames and not missing else {},
-                          state=state, prompt=self._prompt_for(ev), privileged=priv, step=step,
-                          image_stamps=stamps)
-        cmd, status = self.controller.step_lockstep(t, obs, missing)
-        if status.get("inferred") and stamps:
-            status["image_stamps_ns"] = stamps
+        obs, t = got.obs, got.obs.stamp_ns
+        if got.missing:
+            self._warn("missing_cam", f"lockstep: no frame at step {obs.step} (t={t}) from {got.lacking}: holding")
+        cmd, status = self.controller.step_lockstep(t, obs, got.missing)
+        if status.get("inferred") and obs.image_stamps:
+            status["image_stamps_ns"] = obs.image_stamps
         self._emit(cmd, status, answers_ns=t)
         if cmd is not None:
-            self._answered[t] = (cmd, time.monotonic())
-            while len(self._answered) > 8:
-                self._answered.popitem(last=False)
+            self.lock.answered(t, cmd)
 
     # -- realtime --------------------------------------------------------------------------
     def _sync_add(self, key: str, t: int, item) -> None:
@@ -457,7 +355,8 @@ class WamPolicyNode(Node):
             self._warn("resize", f"cannot map camera frames: {exc}")
             return
         self._latest_obs = Observation(stamp_ns=stamp, images=images, state=state14(got["left"][1], got["right"][1]),
-                                       prompt=self._prompt_for(self._latest_start), privileged=self._latest_priv)
+                                       prompt=self.inputs.prompt_for(self.inputs.latest_start),
+                                       privileged=self.inputs.latest_priv)
 
     @_guarded
     def _on_tick(self) -> None:
@@ -466,17 +365,14 @@ class WamPolicyNode(Node):
             return
         obs = self._latest_obs
         if obs is not None and self.backend.needs_privileged:
-            obs.privileged = self._latest_priv
+            obs.privileged = self.inputs.latest_priv
         missing = None
-        if self.needs_images and (obs is None or now - obs.stamp_ns > self.controller.stale_obs_ns):
-            # say which input is missing: a camera that stopped, or the joint states
-            js_new = min((next(reversed(q)) for q in self._js.values() if q), default=None)
-            if js_new is not None and now - js_new <= self.controller.stale_obs_ns:
-                lack = [c for c in self.cams if not self._frames[c]
-                        or now - self._frames[c][-1][0] > self.controller.stale_obs_ns]
-                if lack:
-                    missing = "missing_camera"
-                    self._warn("rt_missing_cam", f"no fresh frame from {lack}: holding")
+        stale_ns = self.controller.stale_obs_ns
+        if self.needs_images and (obs is None or now - obs.stamp_ns > stale_ns):
+            lack = self.inputs.stale_cameras(now, stale_ns)  # a camera that stopped, not the joint states
+            if lack:
+                missing = "missing_camera"
+                self._warn("rt_missing_cam", f"no fresh frame from {lack}: holding")
         cmd, status = self.controller.tick(now, obs, missing)
         self._emit(cmd, status)
 
