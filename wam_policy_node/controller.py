@@ -11,7 +11,7 @@ Both hand every new observation (once per stamp) to ``backend.observe`` before d
 infer: streaming world action models condition their next chunk on what happened during the last one.
 
 Every call returns the command to publish (or None when there is nothing safe to send yet) and a
-status dict (the POLICY_STATUS payload).
+status dict (the POLICY_STATUS payload); its ``hold`` and ``rejected`` are :class:`~.safety.Hold` reasons.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 import traceback
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -27,18 +27,37 @@ from wam_common.config import ConfigError
 
 from .backends import ActionChunk, Backend, Observation
 from .runtime import ChunkRuntime
-from .safety import SafetyFilter
+from .safety import Hold, SafetyFilter
+
+
+class Inference(NamedTuple):
+    """What one inference gave: a chunk the safety filter let through, or the hold reason and its detail."""
+
+    chunk: ActionChunk | None
+    error: Hold | None = None
+    detail: str = ""
+
+
+class _Job(NamedTuple):
+    gen: int  # the episode generation it was submitted in (a result of an older one is dropped)
+    obs: Observation
+
+
+class _Done(NamedTuple):
+    gen: int  # the job's episode generation
+    arrival_ns: int  # controller clock when the inference ended
+    inference: Inference
 
 
 class _Worker:
     """One inference at a time in a daemon thread; results are picked up by the caller."""
 
-    def __init__(self, fn: Callable[[Observation], tuple], clock_ns: Callable[[], int],
+    def __init__(self, fn: Callable[[Observation], Inference], clock_ns: Callable[[], int],
                  init: Callable[[], None] | None = None):
         self._fn, self._clock, self._init = fn, clock_ns, init
         self._cv = threading.Condition()
-        self._job = None  # (gen, obs)
-        self._result = None  # (gen, arrival_ns, result)
+        self._job: _Job | None = None
+        self._done: _Done | None = None
         self.busy_since: float | None = None  # monotonic start of the running job
         self._stop = False
         self._thread = threading.Thread(target=self._loop, name="wam_policy_inference", daemon=True)
@@ -48,7 +67,7 @@ class _Worker:
         with self._cv:
             if self._job is not None or self.busy_since is not None:
                 return False
-            self._job = (gen, obs)
+            self._job = _Job(gen, obs)
             self.busy_since = time.monotonic()
             self._cv.notify()
             return True
@@ -57,10 +76,10 @@ class _Worker:
     def busy(self) -> bool:
         return self.busy_since is not None
 
-    def take(self):
+    def take(self) -> _Done | None:
         with self._cv:
-            r, self._result = self._result, None
-            return r
+            done, self._done = self._done, None
+            return done
 
     def _loop(self):
         if self._init is not None:
@@ -71,11 +90,10 @@ class _Worker:
                     self._cv.wait()
                 if self._stop:
                     return
-                gen, obs = self._job
-                self._job = None
-            result = self._fn(obs)
+                job, self._job = self._job, None
+            inference = self._fn(job.obs)
             with self._cv:
-                self._result = (gen, self._clock(), result)
+                self._done = _Done(job.gen, self._clock(), inference)
                 self.busy_since = None
 
     def close(self):
@@ -103,7 +121,7 @@ class PolicyController:
         self.horizon_hint = horizon_hint
         self.estop = False
         self.last_cmd: np.ndarray | None = None
-        self.last_error: str | None = None
+        self.last_error: Hold | None = None
         self.last_error_detail: str = ""
         self.last_infer_ms: float | None = None
         self.last_chunk_stamp: int | None = None
@@ -132,7 +150,7 @@ class PolicyController:
         self.estop = bool(on)
 
     # -- inference -----------------------------------------------------------------------
-    def _observe(self, obs: Observation | None, missing: str | None, status: dict) -> None:
+    def _observe(self, obs: Observation | None, missing: Hold | None, status: dict) -> None:
         """``backend.observe`` once per new observation stamp (not for one lacking inputs). A failure is
         reported in the status (and as the hold reason should no chunk cover the step), never raised."""
         if obs is None or missing or obs.stamp_ns == self._observed_ns:
@@ -141,10 +159,10 @@ class PolicyController:
         try:
             self.backend.observe(obs)
         except Exception as exc:  # noqa: BLE001 - any backend failure is a hold, never a crash
-            self.last_error, self.last_error_detail = "observe_error", f"{type(exc).__name__}: {exc}"
+            self.last_error, self.last_error_detail = Hold.OBSERVE_ERROR, f"{type(exc).__name__}: {exc}"
             status["observe_error"] = self.last_error_detail
 
-    def _infer(self, obs: Observation) -> tuple[ActionChunk | None, str | None, str]:
+    def _infer(self, obs: Observation) -> Inference:
         t0 = time.perf_counter()
         try:
             chunk = self.backend.infer(obs)
@@ -152,9 +170,9 @@ class PolicyController:
             detail = f"{type(exc).__name__}: {exc}"
             if not isinstance(exc, (RuntimeError, OSError, ValueError, TimeoutError)):
                 detail += "\n" + traceback.format_exc(limit=3)
-            return None, "inference_error", detail
+            return Inference(None, Hold.INFERENCE_ERROR, detail)
         if not isinstance(chunk, ActionChunk):
-            return None, "inference_error", f"backend returned {type(chunk).__name__}, not ActionChunk"
+            return Inference(None, Hold.INFERENCE_ERROR, f"backend returned {type(chunk).__name__}, not ActionChunk")
         if not chunk.infer_ms:
             chunk.infer_ms = (time.perf_counter() - t0) * 1e3
         reason = self.safety.check_chunk(chunk.actions)
@@ -163,14 +181,15 @@ class PolicyController:
                 self.backend.rejected(chunk, reason)
             except Exception:  # noqa: BLE001 - bookkeeping only: the hold below is what matters
                 pass
-            return None, reason, f"chunk rejected ({reason}), shape {chunk.actions.shape}"
-        return chunk, None, ""
+            return Inference(None, reason, f"chunk rejected ({reason}), shape {chunk.actions.shape}")
+        return Inference(chunk)
 
-    def _accept(self, result, arrival_ns: int) -> str | None:
-        chunk, reason, detail = result
+    def _accept(self, inference: Inference, arrival_ns: int) -> Hold | None:
+        """Add the inference's chunk to the runtime, or keep its error (the hold reason, returned)."""
+        chunk = inference.chunk
         if chunk is None:
-            self.last_error, self.last_error_detail = reason, detail
-            return reason
+            self.last_error, self.last_error_detail = inference.error, inference.detail
+            return inference.error
         self.last_error = None
         self.runtime.add(chunk, now_ns=arrival_ns)
         self.last_infer_ms = chunk.infer_ms
@@ -185,13 +204,13 @@ class PolicyController:
         return obs
 
     # -- the command -----------------------------------------------------------------------
-    def _command(self, t_ns: int, state, hold: str | None, status: dict) -> np.ndarray | None:
+    def _command(self, t_ns: int, state, hold: Hold | None, status: dict) -> np.ndarray | None:
         action = None
         if hold is None:
             action, info = self.runtime.action(t_ns)
             status.update(info)
             if action is None:
-                hold = self.last_error or "no_action"
+                hold = self.last_error or Hold.NO_ACTION
         if hold is not None:
             cmd = self.safety.hold(self.last_cmd, state)
         else:
@@ -215,16 +234,17 @@ class PolicyController:
         return st
 
     def step_lockstep(self, t_ns: int, obs: Observation, missing: str | None = None) -> tuple[np.ndarray | None, dict]:
-        """One lockstep step at sim time ``t_ns``. ``missing`` names a hold the caller found
-        (e.g. ``missing_camera``) that only matters when a new chunk is needed."""
+        """One lockstep step at sim time ``t_ns``. ``missing`` names a hold the caller found (a
+        :class:`Hold` or its string, e.g. ``missing_camera``) that only matters when a new chunk is needed."""
+        missing = Hold(missing) if missing else None
         status = self._status(t_ns, obs)
         self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
         hold = None
         if self.estop:
-            hold = "estop"
+            hold = Hold.ESTOP
         elif not self.safety.state_ok(state):
-            hold = "bad_state"
+            hold = Hold.BAD_STATE
         elif self.runtime.should_infer(t_ns):
             if missing:
                 hold = missing
@@ -242,29 +262,28 @@ class PolicyController:
         return self._command(t_ns, state, hold, status), status
 
     def tick(self, t_ns: int, obs: Observation | None, missing: str | None = None) -> tuple[np.ndarray | None, dict]:
-        """One realtime control tick at ROS time ``t_ns`` with the newest synced observation."""
+        """One realtime control tick at ROS time ``t_ns`` with the newest synced observation (``missing``: as
+        for :meth:`step_lockstep`)."""
+        missing = Hold(missing) if missing else None
         status = self._status(t_ns, obs)
         if self._worker is not None:
-            got = self._worker.take()
-            if got is not None:
-                gen, arrival, result = got
-                if gen == self._gen:
-                    reason = self._accept(result, arrival)
-                    status["rejected"] = reason
-                    status["inferred"] = True  # an inference finished: its own infer_ms below
-                    if result[0] is not None:
-                        status["infer_ms"] = result[0].infer_ms
+            done = self._worker.take()
+            if done is not None and done.gen == self._gen:
+                status["rejected"] = self._accept(done.inference, done.arrival_ns)
+                status["inferred"] = True  # an inference finished: its own infer_ms below
+                if done.inference.chunk is not None:
+                    status["infer_ms"] = done.inference.chunk.infer_ms
         self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
         hold = None
         if self.estop:
-            hold = "estop"
+            hold = Hold.ESTOP
         elif obs is None:
-            hold = missing or "stale_obs"
+            hold = missing or Hold.STALE_OBS
         elif not self.safety.state_ok(state):
-            hold = "bad_state"
+            hold = Hold.BAD_STATE
         elif t_ns - obs.stamp_ns > self.stale_obs_ns:
-            hold = missing or "stale_obs"
+            hold = missing or Hold.STALE_OBS
         else:
             fresh = self.runtime.last_obs_ns is None or obs.stamp_ns > self.runtime.last_obs_ns
             if self.runtime.should_infer(t_ns) and fresh:
@@ -284,7 +303,7 @@ class PolicyController:
             if (hold is None and self._worker is not None and self._worker.busy
                     and time.monotonic() - self._worker.busy_since > self.inference_timeout_s
                     and not self.runtime.covers(t_ns)):
-                hold = "inference_timeout"
+                hold = Hold.INFERENCE_TIMEOUT
         status.setdefault("infer_ms", self.last_infer_ms)
         status["chunk_stamp_ns"] = self.last_chunk_stamp
         return self._command(t_ns, state, hold, status), status

@@ -2,14 +2,17 @@
 
 - chunks: any NaN/inf, or any joint beyond its vx300s limit by more than ``reject_tolerance``
   (or a gripper outside ``[gripper_min, gripper_max]`` by more than it) → the whole chunk is
-  rejected and the arm holds (``nan_chunk`` / ``out_of_limits_chunk``);
+  rejected and the arm holds (:attr:`Hold.NAN_CHUNK` / :attr:`Hold.OUT_OF_LIMITS_CHUNK`);
 - commands: clipped to the joint limits (minus ``limit_margin``) and the gripper range, and the
   per-step change limited to ``max_joint_velocity`` / ``max_gripper_velocity`` × dt;
 - holds (repeat the last command, or the measured state before the first one): e-stop (latched),
   bad state, stale observation, missing camera, inference error / timeout, rejected chunk, no
-  action available. The node logs each hold and publishes it on /diagnostics.
+  action available (:class:`Hold`, the one list of reasons). The node logs each hold and publishes it
+  on /diagnostics.
 """
 from __future__ import annotations
+
+from enum import StrEnum
 
 import numpy as np
 
@@ -32,9 +35,22 @@ DEFAULTS = {
 ARM = np.arange(STATE_DIM) % 7 != 6
 GRIP = ~ARM
 
-# hold reasons, most important first
-HOLDS = ("estop", "bad_state", "stale_obs", "missing_camera", "nan_chunk", "out_of_limits_chunk",
-         "inference_error", "inference_timeout", "no_action")
+
+class Hold(StrEnum):
+    """Why the arm holds: every reason the controller and the safety filter give (POLICY_STATUS ``hold`` and
+    ``rejected``, /diagnostics), most important first. A ``str``: statuses serialise, print and compare as
+    the plain reason (``Hold.ESTOP == "estop"``), so bags and their readers see the same strings."""
+
+    ESTOP = "estop"  # the e-stop is engaged (latched until released)
+    BAD_STATE = "bad_state"  # the joint state is missing, not (14,) or not finite
+    STALE_OBS = "stale_obs"  # realtime: no synced observation, or the newest is older than stale_obs_s
+    MISSING_CAMERA = "missing_camera"  # the caller has no (fresh) frame of a camera the backend needs
+    NAN_CHUNK = "nan_chunk"  # the chunk holds a NaN/inf: rejected
+    OUT_OF_LIMITS_CHUNK = "out_of_limits_chunk"  # a joint beyond its limit by > reject_tolerance, or not (H, 14)
+    INFERENCE_ERROR = "inference_error"  # backend.infer raised, or returned no ActionChunk
+    OBSERVE_ERROR = "observe_error"  # backend.observe raised (a hold while no chunk covers the step)
+    INFERENCE_TIMEOUT = "inference_timeout"  # realtime: an inference runs past inference_timeout_s, no action left
+    NO_ACTION = "no_action"  # no chunk covers the step (none yet, or the last one ended)
 
 
 class SafetyFilter:
@@ -50,17 +66,17 @@ class SafetyFilter:
         self.max_step = np.where(ARM, float(c["max_joint_velocity"]), float(c["max_gripper_velocity"])) * dt
         self.tol = float(c["reject_tolerance"])
 
-    def check_chunk(self, actions: np.ndarray) -> str | None:
+    def check_chunk(self, actions: np.ndarray) -> Hold | None:
         """None if the chunk may be used, else the hold reason."""
         a = np.asarray(actions, dtype=np.float64)
         if a.ndim != 2 or a.shape[1] != STATE_DIM:
-            return "out_of_limits_chunk"
+            return Hold.OUT_OF_LIMITS_CHUNK
         if not np.all(np.isfinite(a)):
-            return "nan_chunk"
+            return Hold.NAN_CHUNK
         if not self.enabled:
             return None
         if np.any(a < self.lower - self.tol) or np.any(a > self.upper + self.tol):
-            return "out_of_limits_chunk"
+            return Hold.OUT_OF_LIMITS_CHUNK
         return None
 
     def state_ok(self, state: np.ndarray | None) -> bool:

@@ -29,9 +29,8 @@ import contextlib
 import logging
 import time
 import warnings
-from collections import OrderedDict
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -165,6 +164,54 @@ class _LingBotVA:
 
 
 STREAMING = {"lingbot_va": _LingBotVA}  # policy type → its observe/infer adapter
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The backend's modes, resolved once (:func:`resolve_options`) from its config, the checkpoint's policy
+    type and the device, before the policy is loaded."""
+
+    engine: str  # "fast" (wam_policy_node.engines) | "eager" (LeRobot's own policy)
+    # the policy is an engine object with its own batch handling (π/SmolVLA/FastWAM); an engine installed on
+    # LeRobot's own policy (LingBot-VA) leaves the policy, its batch and streaming as they are
+    wrapped: bool
+    rtc: bool  # LeRobot's RTC guidance (eager engine; a policy without it is refused once loaded)
+    compile: str  # torch.compile mode of the eager predict_action_chunk ("" = none)
+    dtype: str  # "bfloat16" | "float32": the fast engine's own dtype; eager: bf16 autocast or none
+    stream: type | None  # the STREAMING adapter of the policy type (LeRobot's batch: not when wrapped)
+
+
+def resolve_options(cfg: dict, policy_type: str, device_type: str) -> Options:
+    """The :class:`Options` of a backend config (DEFAULTS merged) for a policy of ``policy_type`` on a
+    ``device_type`` ("cuda", "cpu") device; a ConfigError names the key of a clash."""
+    from .. import engines
+
+    want, rtc, cuda = str(cfg["engine"]), bool(cfg["rtc"]), device_type == "cuda"
+    if want not in ("auto", "fast", "eager"):
+        raise ConfigError(f"key 'backend.lerobot.engine' must be auto, fast or eager, got '{want}'")
+    if want == "fast":
+        if not engines.supports(policy_type):
+            raise ConfigError(f"key 'backend.lerobot.engine': no fast engine for policy type '{policy_type}' "
+                              f"(have {', '.join(engines.FAST_TYPES)})")
+        if rtc:
+            raise ConfigError("key 'backend.lerobot.engine': the fast engine has no RTC guidance; "
+                              "use engine: eager with rtc: true")
+    fast = want == "fast" or (want == "auto" and cuda and engines.supports(policy_type) and not rtc)
+    mode = str(cfg["compile"] or "")
+    if mode:
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"key 'backend.lerobot.compile': unknown torch.compile mode '{mode}'")
+        if fast:
+            raise ConfigError("key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager")
+    dtype = str(cfg["dtype"])
+    if fast:
+        dtype = "bfloat16" if cuda and dtype != "float32" else "float32"
+    else:  # bf16 autocast: auto on CUDA, or asked for (CPU too)
+        dtype = "bfloat16" if dtype == "bfloat16" or (cuda and dtype == "auto") else "float32"
+    wrapped = fast and not engines.installs_in_place(policy_type)
+    return Options("fast" if fast else "eager", wrapped, rtc, mode, dtype,
+                   None if wrapped else STREAMING.get(policy_type))
 
 
 @register_backend("lerobot")
@@ -176,14 +223,30 @@ class LeRobotBackend(Backend):
         merged = dict(DEFAULTS)
         merged.update({k: v for k, v in dict(cfg).items() if v is not None})
         super().__init__(merged)
+        path, pcfg, pre_overrides = self._load_config()
+        self.options = resolve_options(self.cfg, pcfg.type, self.device.type)
+        t_start = time.perf_counter()
+        self._load_policy(path, pcfg)
+        self._load_processors(path, pcfg, pre_overrides)
+        self._set_up_inference()
+        self._warm_up(t_start)
+
+    @property
+    def engine(self) -> str:
+        return self.options.engine
+
+    def _load_config(self) -> tuple[Path, object, dict]:
+        """The checkpoint directory (``path``, or the ``zoo`` checkpoint written on first use) and its policy
+        config for the device (sets ``torch``, ``device``, ``policy_type``), with the pre-processor
+        overrides the directory's own files call for (a local tokenizer, a local VLM)."""
         c = self.cfg
         path = zoo_checkpoint(str(c["path"]), c["zoo"]) if c["zoo"] else Path(str(c["path"])).expanduser()
         if not (c["path"] or c["zoo"]) or not (path / "config.json").is_file():
             raise ConfigError(f"key 'backend.lerobot.path': '{c['path']}' is not a LeRobot pretrained directory "
                               "(no config.json)")
+        import lerobot.policies  # noqa: F401 - registers the policy config types that from_pretrained reads
         import torch
         from lerobot.configs.policies import PreTrainedConfig
-        from lerobot.policies.factory import make_pre_post_processors
 
         self.torch = torch
         dev = str(c["device"])
@@ -192,47 +255,44 @@ class LeRobotBackend(Backend):
         self.device = torch.device(dev)
         pcfg = PreTrainedConfig.from_pretrained(str(path))
         pcfg.device = dev
-        vlm_override = local_vlm_overrides(path, pcfg)
         self.policy_type = pcfg.type
-        self.engine = self._engine_choice(pcfg)
-        t_start = time.perf_counter()
-        log.info("lerobot: loading %s from %s on %s (engine %s)", pcfg.type, path, dev, self.engine)
-        # _wrapped: the policy is an engine object with its own batch handling (π/SmolVLA/FastWAM); an engine
-        # installed on LeRobot's own policy (LingBot-VA) leaves the policy, its batch and streaming as they are
-        self._wrapped = False
-        if self.engine == "fast":
-            from .. import engines
+        return path, pcfg, {**local_tokenizer_overrides(path), **local_vlm_overrides(path, pcfg)}
 
-            try:
-                if engines.installs_in_place(pcfg.type):
-                    self.policy = load_checkpoint(path, device=dev, config=pcfg)
-                    engines.load_fast(self.policy)
-                else:
-                    self._wrapped = True
-                    self.policy = engines.make_engine(
-                        str(path), impl="fast", device=dev, config=pcfg, cuda_graph=self.device.type == "cuda",
-                        dtype="bfloat16" if self.device.type == "cuda" and str(c["dtype"]) != "float32" else "float32")
-            except engines.EngineError as exc:
-                raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
-        else:
+    def _load_policy(self, path: Path, pcfg) -> None:
+        """``policy``: LeRobot's (``load_checkpoint``), with the fast engine installed on it (LingBot-VA), or
+        the fast engine's own object (``options.wrapped``: π/SmolVLA/FastWAM)."""
+        dev, opts = str(self.device), self.options
+        log.info("lerobot: loading %s from %s on %s (engine %s)", pcfg.type, path, dev, opts.engine)
+        if opts.engine == "eager":
             self.policy = load_checkpoint(path, device=dev, config=pcfg)
+            return
+        from .. import engines
+
+        try:
+            if opts.wrapped:
+                self.policy = engines.make_engine(str(path), impl="fast", device=dev, config=pcfg,
+                                                  cuda_graph=self.device.type == "cuda", dtype=opts.dtype)
+            else:
+                self.policy = load_checkpoint(path, device=dev, config=pcfg)
+                engines.load_fast(self.policy)
+        except engines.EngineError as exc:
+            raise ConfigError(f"key 'backend.lerobot.path': {exc}") from None
+
+    def _load_processors(self, path: Path, pcfg, overrides: dict) -> None:
+        """LeRobot's saved pre/post-processor pipelines (each prompt tokenized once), the features the batch
+        is built for (a ConfigError unless the policy acts in 14 dims) and the images' way into it."""
+        from lerobot.policies.factory import make_pre_post_processors
+
         # the fast engine stages the prompt and state itself (pinned buffers, non-blocking copies): its
         # pre-processor stays on the host, so no copy in it waits for the GPU (busy with the images)
-        pre_dev = "cpu" if self._wrapped else dev
+        pre_dev = "cpu" if self.options.wrapped else str(self.device)
         self.pre, self.post = make_pre_post_processors(
             pcfg, pretrained_path=str(path),
-            preprocessor_overrides={"device_processor": {"device": pre_dev}, **local_tokenizer_overrides(path),
-                                    **vlm_override},
+            preprocessor_overrides={"device_processor": {"device": pre_dev}, **overrides},
             postprocessor_overrides={"device_processor": {"device": "cpu"}})
-        want = str(c["dtype"])
-        self.autocast_dtype = None
-        if self.engine == "fast":
-            pass  # the engine runs in its own dtype
-        elif self.device.type == "cuda" and want in ("auto", "bfloat16"):
-            self.autocast_dtype = torch.bfloat16
-        elif want == "bfloat16":
-            self.autocast_dtype = torch.bfloat16  # CPU bf16 autocast on request
+        _memoize_tokenizer(self.pre)
         self.image_features = list(getattr(pcfg, "image_features", {}) or {})
+        self.needs_images = bool(self.image_features)
         self.state_key = "observation.state"
         act = getattr(pcfg, "action_feature", None)
         self.action_dim = int(act.shape[0]) if act is not None else STATE_DIM
@@ -243,61 +303,47 @@ class LeRobotBackend(Backend):
         # fast engine: the images skip the pre-processor (it would leave them as they are: checked here)
         # and go to the engine's vision tower first (FlowEngine.prefetch), while the host pre-processes
         # the prompt and state (see batch())
-        self._prefetch = self.policy.prefetch if self._wrapped and _images_untouched(self.pre) else None
-        _memoize_tokenizer(self.pre)
-        if self.engine == "eager":
+        self._prefetch = self.policy.prefetch if self.options.wrapped and _images_untouched(self.pre) else None
+
+    def _set_up_inference(self) -> None:
+        """The model call as the options ask for it: bf16 autocast, the prompt-encoder memo (eager), RTC
+        guidance on the policy, torch.compile, the streaming adapter."""
+        opts, torch = self.options, self.torch
+        self.autocast_dtype = torch.bfloat16 if opts.engine == "eager" and opts.dtype == "bfloat16" else None
+        if opts.engine == "eager":
             _memoize_prompt_encoder(self.policy)
-        self.use_rtc = bool(c["rtc"]) and self._enable_rtc()
+        self.use_rtc = opts.rtc and self._enable_rtc()
         self.supports_rtc = self.use_rtc  # the controller then fills Observation.inference_delay
         self._predict_fn = self.policy.predict_action_chunk
-        mode = str(c["compile"] or "")
-        if mode:
-            if mode not in ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"):
-                raise ConfigError(f"key 'backend.lerobot.compile': unknown torch.compile mode '{mode}'")
-            if self.engine == "fast":
-                raise ConfigError("key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager")
-            self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=mode)
+        if opts.compile:
+            self._predict_fn = torch.compile(self.policy.predict_action_chunk, mode=opts.compile)
         self._last_raw = None  # (stamp_ns, (H, D) model-space chunk) for RTC guidance
         self._prev_raw = None  # the one before (restored when the safety filter refuses the last)
-        self.needs_images = bool(self.image_features)
-        stream = STREAMING.get(self.policy_type) if not self._wrapped else None
-        self._stream = stream(self.policy) if stream is not None else None
+        self._stream = opts.stream(self.policy) if opts.stream is not None else None
         self.streams_observations = self.requires_sync_runtime = self._stream is not None
         self._observed: int | None = None  # stamp of the newest observation fed to the stream
+
+    def _warm_up(self, t_start: float) -> None:
+        """``warmup`` dummy inferences (first-call allocations, compiles, CUDA graph captures); ``startup``:
+        the seconds spent loading (since ``t_start``) and warming up."""
         t_loaded = time.perf_counter()
-        n = int(c["warmup"])
+        n = int(self.cfg["warmup"])
         if n:
             if self.engine == "fast" and self.device.type == "cuda":
+                from .. import engines
+
                 # the π/SmolVLA engines compile their layer functions; FastWAM and LingBot-VA run LeRobot's
-                compiled = self._wrapped and isinstance(self.policy, engines.FlowEngine)
+                compiled = self.options.wrapped and isinstance(self.policy, engines.FlowEngine)
                 what = "capturing CUDA graphs" + (", compiling layers" if compiled else "")
             else:
-                what = f"compiling ({mode})" if mode else "first-call allocations"
+                what = f"compiling ({self.options.compile})" if self.options.compile else "first-call allocations"
             log.info("lerobot: %s loaded in %.1f s; warm-up: %d dummy inference(s), %s", self.policy_type,
                      t_loaded - t_start, n, what)
         for _ in range(n):
-            self._warmup()
+            self._dummy_inference()
         self.startup = {"load_s": round(t_loaded - t_start, 2), "warmup_s": round(time.perf_counter() - t_loaded, 2)}
         log.info("lerobot: ready, first action after %.1f s (load %.1f s + warm-up %.1f s)",
                  self.startup["load_s"] + self.startup["warmup_s"], self.startup["load_s"], self.startup["warmup_s"])
-
-    def _engine_choice(self, pcfg) -> str:
-        from .. import engines
-
-        want = str(self.cfg["engine"])
-        if want not in ("auto", "fast", "eager"):
-            raise ConfigError(f"key 'backend.lerobot.engine' must be auto, fast or eager, got '{want}'")
-        if want == "fast":
-            if not engines.supports(pcfg.type):
-                raise ConfigError(f"key 'backend.lerobot.engine': no fast engine for policy type '{pcfg.type}' "
-                                  f"(have {', '.join(engines.FAST_TYPES)})")
-            if self.cfg["rtc"]:
-                raise ConfigError("key 'backend.lerobot.engine': the fast engine has no RTC guidance; "
-                                  "use engine: eager with rtc: true")
-            return "fast"
-        if want == "auto" and self.device.type == "cuda" and engines.supports(pcfg.type) and not self.cfg["rtc"]:
-            return "fast"
-        return "eager"
 
     def _enable_rtc(self) -> bool:
         """``rtc: true`` turns on LeRobot's RTC guidance as LeRobot's own RTC rollout does: a policy that
@@ -308,15 +354,13 @@ class LeRobotBackend(Backend):
             raise ConfigError(f"key 'backend.lerobot.rtc': policy type '{self.policy_type}' has no RTC guidance "
                               "(SmolVLA, π0, π0.5 have); set rtc: false")
         if not pol._rtc_enabled():
-            import dataclasses
-
             from lerobot.policies.rtc.configuration_rtc import RTCConfig
 
-            pol.config.rtc_config = dataclasses.replace(pol.config.rtc_config or RTCConfig(), enabled=True)
+            pol.config.rtc_config = replace(pol.config.rtc_config or RTCConfig(), enabled=True)
             pol.init_rtc_processor()
         return True
 
-    def _warmup(self):
+    def _dummy_inference(self):
         imgs = {}
         for k in self.image_features:
             shape = tuple(getattr(self.policy.config, "image_features")[k].shape)  # (C, H, W)
@@ -366,7 +410,7 @@ class LeRobotBackend(Backend):
         if self._prefetch is not None:
             return self._batch_fast(obs, keys)
         # to the GPU only where the pre-processor runs there (the fast engine's runs on the host)
-        upload = self.device.type == "cuda" and not self._wrapped
+        upload = self.device.type == "cuda" and not self.options.wrapped
         if upload and self._uploaded is not None:
             self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
         batch = {}
