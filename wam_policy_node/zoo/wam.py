@@ -113,7 +113,7 @@ def build_fastwam(out: Path, spec: ZooSpec) -> None:
     from lerobot.policies.fastwam.wan.components import WanTextEncoder
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from .parts import make_local_tokenizer
+    from .parts import make_local_tokenizer, patched
 
     tiny = spec.size == "tiny"
     video, action, text, vae_kw = _parts(spec.size, spec.extra.get("layers"))
