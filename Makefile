@@ -5,13 +5,25 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install bench clean
+# Flags, per-test timeout and markers live in pyproject.toml ([tool.pytest.ini_options]).
+PYTEST := $(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+.PHONY: demo test test-unit test-ros install bench clean
 
 demo: $(STAMP)
 	$(VENV)/bin/wam-policy demo
 
+# everything (CI: .ci/run)
 test: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -p no:cacheprovider --timeout 1800 --reruns 2 --reruns-delay 5 tests
+	$(PYTEST) tests
+
+# the pure tier: no DDS, no subprocess; on two xdist workers (2 cores): ~45 s, ~60 s on one
+test-unit: $(STAMP)
+	$(PYTEST) -n 2 -m unit tests
+
+# real nodes over DDS and node/CLI subprocesses
+test-ros: $(STAMP)
+	$(PYTEST) -m ros tests
 
 install: $(STAMP)
 

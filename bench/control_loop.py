@@ -133,7 +133,8 @@ def main(argv=None) -> int:
     results = [run(float(lat), s, a.seconds, a.horizon, a.replan, a.chunk_noise, rt == "SCHED_FIFO 10")
                for lat in a.latencies.split(",") for s in a.strategies.split(",")]
     out = {"bench": "control_loop", "dt_ms": DT * 1e3, "seconds_each": a.seconds,
-           "host": platform.node(), "cpus": os.cpu_count(), "loop_priority": rt or "normal", "load_avg_1min_before": load, "load_avg_1min_after": os.getloadavg()[0],
+           "host": platform.node(), "cpus": os.cpu_count(), "loop_priority": rt or "normal",
+           "load_avg_1min_before": load, "load_avg_1min_after": os.getloadavg()[0],
            "results": results}
     at400 = [r for r in results if r["latency_ms"] == 400 and r["strategy"] in ("rtc", "temporal_ensemble")]
     out["target_400ms_met"] = bool(at400) and all(r["stalls"] == 0 and r["period_err_ms"]["p99"] < 1.0 for r in at400)

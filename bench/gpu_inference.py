@@ -596,7 +596,8 @@ def main(argv=None):
                     "start-up is timed too (slow: the model is built on the host)")
     ap.add_argument("--wam-size", default="full", choices=("full", "reduced"), help="fastwam's zoo size")
     ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = the default)")
-    ap.add_argument("--lingbot-chunks", type=int, default=4, help="lingbot_va: chunks in the timed episode (each run twice: LeRobot, engine)")
+    ap.add_argument("--lingbot-chunks", type=int, default=4,
+                    help="lingbot_va: chunks in the timed episode (each run twice: LeRobot, engine)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)

@@ -239,7 +239,8 @@ def main() -> int:
                                              stdout=logs["recorder"], stderr=subprocess.STDOUT, start_new_session=True)
         procs["direct"] = subprocess.Popen(me + ["--role", "direct", "--out", str(tmp / "direct.mcap")], env=env,
                                            stdout=logs["direct"], stderr=subprocess.STDOUT, start_new_session=True)
-        procs["publisher"] = subprocess.Popen(me + ["--role", "publisher", "--cam-hz", str(a.cam_hz), "--seconds", str(a.seconds), "--out",
+        procs["publisher"] = subprocess.Popen(me + ["--role", "publisher", "--cam-hz", str(a.cam_hz),
+                                                    "--seconds", str(a.seconds), "--out",
                                                     str(tmp / "pub.json"), "--wait-subs", "2"], env=env,
                                               stdout=logs["publisher"], stderr=subprocess.STDOUT, start_new_session=True)
         cpu0 = {n: cpu_seconds(p.pid) for n, p in procs.items()}

@@ -2,8 +2,9 @@
 
 Prints one JSON object:
 
-- ``physics`` (MuJoCo) / ``physics_sapien`` (SAPIEN 3 PhysX CPU, if installed): per task, control steps/s (one step = DT 0.02 s = 10 MuJoCo sub-steps) holding the
-  start pose and replaying the scripted expert, and the physics-only real-time factor.
+- ``physics`` (MuJoCo) / ``physics_sapien`` (SAPIEN 3 PhysX CPU, if installed): per task, control
+  steps/s (one step = DT 0.02 s = 10 MuJoCo sub-steps) holding the start pose and replaying the
+  scripted expert, and the physics-only real-time factor.
 - ``render_ms`` (``render.quality: gym_aloha``) / ``render_ms_fast`` (``fast``): per resolution and
   camera, median / p90 ms of one ``Renderer.update_scene`` +
   ``render`` (EGL; ``gl_renderer`` says which GL device drew it: Mesa llvmpipe on this CPU,

@@ -131,8 +131,7 @@ class AlohaSim:
 
     def step(self, action14: np.ndarray) -> None:
         """Apply one 14-dim command for one control step (DT)."""
-        m, d = self.model, self.data
-        d.ctrl[:16] = action_to_ctrl(action14)
+        self.data.ctrl[:16] = action_to_ctrl(action14)
         self.step_ctrl()
 
     def step_ctrl(self) -> None:

@@ -2,6 +2,10 @@
 
 Every test graph runs on its own domain (file-locked lease) with loopback-only discovery, so
 parallel tests (pytest -n) never cross-talk.
+
+Tiers (markers registered in pyproject.toml): every test is ``unit`` or ``ros``, which collection
+checks — a test without a tier, or a ``unit`` test asking for a ROS fixture, is a usage error.
+``gpu`` tests are skipped where torch sees no CUDA device.
 """
 from __future__ import annotations
 
@@ -54,3 +58,84 @@ def probe(ros_context):
     p = Probe(ros_context)
     yield p
     p.close()
+
+
+TIERS = ("unit", "ros")
+ROS_FIXTURES = {"domain_id", "ros_context", "probe"}  # a unit test uses none of these
+
+
+def pytest_collection_modifyitems(config, items):
+    both = [it.nodeid for it in items if all(it.get_closest_marker(t) for t in TIERS)]
+    ros_in_unit = [f"{it.nodeid} ({', '.join(sorted(ROS_FIXTURES & set(it.fixturenames)))})" for it in items
+                   if it.get_closest_marker("unit") and ROS_FIXTURES & set(getattr(it, "fixturenames", ()))]
+    problems = ([f"both unit and ros: {n}" for n in both]
+                + [f"marked unit but uses a ROS fixture: {n}" for n in ros_in_unit])
+    if problems:
+        raise pytest.UsageError("test tiers (tests/conftest.py):\n  " + "\n  ".join(problems))
+    gpu = [it for it in items if it.get_closest_marker("gpu")]
+    if gpu and not _cuda():
+        skip = pytest.mark.skip(reason="gpu: torch sees no CUDA device")
+        for it in gpu:
+            it.add_marker(skip)
+
+
+def pytest_ignore_collect(collection_path, config):
+    """``-m <one marker>`` (make test-unit / test-ros): a test module whose text never names
+    ``mark.<marker>`` has no such test, so it is not imported at all — collecting the model and
+    engine modules (torch, transformers, diffusers) would take longer than the unit tests run."""
+    expr = (config.getoption("markexpr", "") or "").strip()
+    if (expr.isidentifier() and collection_path.suffix == ".py" and collection_path.name.startswith("test_")
+            and f"mark.{expr}" not in collection_path.read_text(errors="replace")):
+        return True
+    return None
+
+
+def _cuda() -> bool:
+    try:
+        import torch  # imported only when a gpu test is collected
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+# ``unit`` stays honest at run time too: while a unit test runs (its fixtures included), starting
+# DDS (rclpy.init), a subprocess or a multiprocessing worker fails the test, naming what it did.
+_running_unit: list[str] = []
+
+
+class UnitTierViolation(AssertionError):
+    pass
+
+
+def _guard(what: str, fn):
+    def wrapper(*args, **kwargs):
+        if _running_unit:
+            raise UnitTierViolation(f"{_running_unit[0]} is marked unit but {what}: mark it ros (or no tier)")
+        return fn(*args, **kwargs)
+
+    wrapper.__wrapped__ = fn
+    return wrapper
+
+
+def pytest_configure(config):
+    import multiprocessing.process
+    import subprocess
+
+    subprocess.Popen.__init__ = _guard("starts a subprocess", subprocess.Popen.__init__)
+    multiprocessing.process.BaseProcess.start = _guard("starts a multiprocessing worker",
+                                                       multiprocessing.process.BaseProcess.start)
+    try:
+        import rclpy
+    except ImportError:
+        return
+    rclpy.init = _guard("starts DDS (rclpy.init)", rclpy.init)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if item.get_closest_marker("unit"):
+        _running_unit.append(item.nodeid)
+    try:
+        return (yield)
+    finally:
+        _running_unit.clear()

@@ -15,6 +15,7 @@ from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
+from rosutil import wait_for
 from wam_common import aloha, qos, topics
 from wam_common.imageio import Stamp, encode_image
 
@@ -45,14 +46,10 @@ class LockstepSim:
             self._cv.notify_all()
 
     def wait_matched(self, timeout=20.0) -> bool:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if (self.pub_js["left"].get_subscription_count() and self.pub_js["right"].get_subscription_count()
-                    and all(p.get_subscription_count() for p in self.pub_cam.values())
-                    and self.node.count_publishers(topics.COMMAND)):
-                return True
-            time.sleep(0.1)
-        return False
+        """The policy node subscribes to both joint states and every camera, and publishes COMMAND."""
+        subscribed = [*self.pub_js.values(), *self.pub_cam.values()]
+        return wait_for(lambda: (all(p.get_subscription_count() for p in subscribed)
+                                 and self.node.count_publishers(topics.COMMAND) > 0), timeout)
 
     def image(self, k: int, cam: str) -> bytes:
         h, w = self.size
@@ -78,7 +75,7 @@ class LockstepSim:
             m.position = aloha.joint_state_positions(self.state[7 * i: 7 * i + 7])
             self.pub_js[arm].publish(m)
         if due and cameras_last:  # the cameras come after the joint states (one extra hop)
-            time.sleep(0.05)
+            time.sleep(0.05)  # the point: that hop's delay, the node must wait for the frames
             for c in self.cams:
                 self.pub_cam[c].publish(self.image(k, c))
 

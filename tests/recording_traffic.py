@@ -79,13 +79,16 @@ class Traffic:
         return self.rng.integers(0, 255, (*self.size, 3), dtype=np.uint8)
 
     def wait_matched(self, timeout: float = 20.0, topics=None, subscribers: int = 1) -> bool:
-        end = time.monotonic() + timeout
-        want = list(topics or self.pubs)
-        while time.monotonic() < end:
-            if all(self.pubs[t].get_subscription_count() >= subscribers for t in want):
-                return True
-            time.sleep(0.05)
-        return False
+        from rosutil import wait_matched
+
+        return wait_matched([self.pubs[t] for t in (topics or self.pubs)], timeout, subscribers)
+
+    def acked(self, timeout: float = 20.0) -> bool:
+        """Everything sent so far sits in every matched reader's DDS history (all these publishers are reliable
+        in lockstep mode)."""
+        from rosutil import acked
+
+        return acked(*self.pubs.values(), timeout=timeout)
 
     def send(self, topic: str, msg_or_raw) -> bytes:
         raw = msg_or_raw if isinstance(msg_or_raw, (bytes, bytearray)) else serialize_message(msg_or_raw)
@@ -119,7 +122,7 @@ class Traffic:
                  "max_steps": steps}
         start.update(extra_start or {})
         self.string(T.EPISODE, start)
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing as the sim does: the start event goes out a moment before the first step
         t0 = self.t_ns
         for k in range(steps):
             stamp = Stamp.from_ns(self.t_ns)
@@ -143,7 +146,7 @@ class Traffic:
                 js.position = aloha.joint_state_positions(arm7)
                 self.send(T.joint_state_topic(a), js)
                 self.send(T.perturbed(T.joint_state_topic(a)), js)
-            time.sleep(pace)
+            time.sleep(pace)  # pacing: the policy's answer comes a moment after the observation
             cmd = Float64MultiArray()
             cmd.data = [float(v) for v in q + 0.01]
             self.send(T.COMMAND, cmd)
@@ -163,7 +166,38 @@ class Traffic:
                                 "success": bool(success), "steps": steps,
                                 "reason": "success" if success else "timeout", "max_reward": 4 if success else 1,
                                 "latency_ms": {"mean": 5.0, "p50": 5.0, "p99": 6.0, "n": steps}})
-        time.sleep(0.05)
+        time.sleep(0.05)  # pacing: a gap between episodes, as the sim leaves one
+
+
+# After ``acked`` the samples sit in the recorder's DDS reader; its executor takes them a moment
+# later, and a SIGINT before that drops what is not taken. The recorder shows that moment only on
+# /diagnostics (``RecorderStatus``), which a test recording every contract topic would record too:
+# there this grace before the stop stands in for it.
+TAKE_GRACE_S = 0.2
+
+
+class RecorderStatus:
+    """The recorder's own counters from its /diagnostics status (``diagnostics_period_s`` > 0):
+    received, written, dropped, duplicates, … — what a test waits on before it stops the recorder."""
+
+    def __init__(self, probe):
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.probe, self._type = probe, DiagnosticArray
+        probe.listen(T.DIAGNOSTICS, DiagnosticArray, depth=1000)
+
+    def latest(self) -> dict[str, int]:
+        for arr in reversed(self.probe.decoded(T.DIAGNOSTICS, self._type)):
+            for st in arr.status:
+                if st.name == "recorder":
+                    return {kv.key: int(kv.value) for kv in st.values if kv.value.lstrip("-").isdigit()}
+        return {}
+
+    def wait(self, timeout: float = 20.0, **at_least: int) -> bool:
+        """Until every named counter is at least the number given (``wait(received=40)``)."""
+        from rosutil import wait_for
+
+        return wait_for(lambda: all(self.latest().get(k, -1) >= n for k, n in at_least.items()), timeout)
 
 
 def recorded_bag(out_dir, plan, steps: int = 12, holds: dict | None = None, chunk: int = 4, size=(48, 64),
@@ -204,8 +238,9 @@ def recorded_bag(out_dir, plan, steps: int = 12, holds: dict | None = None, chun
             tr.episode(i, steps=steps, success=ok, holds=(holds or {}).get(i, ()), chunk=chunk,
                        camera_every=camera_every)
         tr.string(T.EPISODE, {"event": "done", "episodes": len(plan), "successes": sum(bool(p[2]) for p in plan)})
-        wait_for(lambda: probe.count(T.EPISODE) >= 2 * len(plan) + 1, 10)
-        time.sleep(0.5)
+        if not (wait_for(lambda: probe.count(T.EPISODE) >= 2 * len(plan) + 1, 20) and tr.acked()):
+            raise RuntimeError("not every message reached the recorder:\n" + runner.log("recorder"))
+        time.sleep(TAKE_GRACE_S)  # acked is in its DDS reader; its executor takes it (see TAKE_GRACE_S)
         import json as _json
 
         events = [_json.loads(m.data) for m in probe.decoded(T.EPISODE, String)]

@@ -1,10 +1,16 @@
-"""Test helpers over real rclpy: a probe node that records raw messages per topic, and waits."""
+"""Test helpers over real rclpy: a probe node that records raw messages per topic, and waits.
+
+Tests wait on a condition, never for a fixed time: ``wait_for(pred)`` polls any predicate;
+``wait_matched`` waits for DDS matching; ``acked`` for every sample a reliable
+publisher sent to be acknowledged by each matched reader; ``wait_quiet`` for a stream to end (the
+one place a time window is the condition: "nothing more arrives for ``quiet_s``").
+"""
 from __future__ import annotations
 
 import threading
 import time
 from collections import defaultdict
-from typing import Callable
+from typing import Callable, Iterable
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -12,12 +18,44 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, DurabilityPolicy, HistoryPo
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:
+    """Poll ``pred`` until it holds (True) or ``timeout`` s pass (False; ``pred`` is asked once more)."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         if pred():
             return True
-        time.sleep(interval)
+        time.sleep(interval)  # the polling interval, not a wait for something
     return pred()
+
+
+def wait_matched(pubs: Iterable, timeout: float = 20.0, subscribers: int = 1) -> bool:
+    """Every publisher in ``pubs`` has at least ``subscribers`` matched subscriptions."""
+    pubs = list(pubs)
+    return wait_for(lambda: all(p.get_subscription_count() >= subscribers for p in pubs), timeout)
+
+
+def acked(*pubs, timeout: float = 10.0) -> bool:
+    """Every message the (reliable) publishers sent so far is acknowledged by every matched reader,
+    i.e. it sits in each subscriber's DDS history (best-effort publishers: True at once). Polled
+    with a zero timeout so the probe's executor thread keeps running meanwhile."""
+    from rclpy.duration import Duration
+
+    now = Duration(seconds=0)
+    return wait_for(lambda: all(p.wait_for_all_acked(now) for p in pubs), timeout)
+
+
+def wait_quiet(count: Callable[[], int], quiet_s: float, timeout: float) -> bool:
+    """``count()`` (messages received, bytes written, …) has not changed for ``quiet_s``: a stream
+    that has ended. The one wait whose condition is a time window (nothing more arrives)."""
+    end = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() < end:
+        time.sleep(min(0.05, quiet_s))  # the polling interval
+        now = count()
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            return True
+    return False
 
 
 class Probe:
@@ -37,7 +75,7 @@ class Probe:
         while self._running:
             try:
                 self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # context shut down
+            except Exception:  # noqa: BLE001 - the context shut down
                 break
 
     def listen(self, topic: str, msg_type, reliable: bool = True, latched: bool = False, depth: int = 100):

@@ -22,6 +22,7 @@ def bag(tmp_path_factory):
     return recorded_bag(out, PLAN, steps=14, holds={1: (4, 5, 9)}, chunk=5)
 
 
+@pytest.mark.ros
 def test_episode_metrics(bag):
     from wam_apps.analysis.episodes import analyze_bag
 
@@ -43,6 +44,7 @@ def test_episode_metrics(bag):
     assert all(e.hold_onsets == 0 for i, e in enumerate(eps) if i != 1)
 
 
+@pytest.mark.ros
 def test_table_matches_episode_topic(bag):
     from wam_apps.analysis.episodes import analyze_bag
     from wam_apps.analysis.report import success_table
@@ -62,6 +64,7 @@ def test_table_matches_episode_topic(bag):
     assert table["levels"]["Light"][3]["episodes"] == 2 and table["levels"]["Light"][5]["successes"] == 0
 
 
+@pytest.mark.ros
 def test_cli_writes_tables_and_plots(bag, tmp_path):
     bag_dir, _, _ = bag
     out = tmp_path / "an"
@@ -82,6 +85,7 @@ def test_cli_writes_tables_and_plots(bag, tmp_path):
     assert summary["episodes"] == len(PLAN) and summary["successes"] == sum(p[2] for p in PLAN)
 
 
+@pytest.mark.ros
 def test_cli_bad_input(tmp_path):
     r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "analyze", str(tmp_path / "nope")],
                        capture_output=True, text=True, timeout=60)
@@ -93,6 +97,7 @@ def test_cli_bad_input(tmp_path):
     assert r.returncode != 0 and "junk" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.ros
 def test_unfinished_bag_is_analyzed(bag, tmp_path):
     """A bag whose last file lost its footer (as after kill -9) still analyzes: the complete
     episodes keep their outcomes, the torn one is 'incomplete'."""
@@ -133,6 +138,7 @@ def _robot_steps(w, n: int):
         yield k, t
 
 
+@pytest.mark.unit
 def test_bag_without_episode_events(tmp_path):
     """A robot run recorded without EPISODE events is one episode of unknown outcome, timing intact."""
     from rclpy.serialization import serialize_message
@@ -157,6 +163,7 @@ def test_bag_without_episode_events(tmp_path):
     assert e.inferences == 3 and e.chunk_boundaries == 2
 
 
+@pytest.mark.unit
 def test_lockstep_reanswers_are_not_counted_as_steps(tmp_path):
     """A COMMAND answering the same stamp as the previous one (a lockstep re-answer) is counted
     apart: commands, periods and latencies stay one per answered step."""

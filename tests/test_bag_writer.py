@@ -13,6 +13,8 @@ from wam_common.bag.reader import Bag, BagReadError, json_event
 from wam_common.bag.repair import is_complete, needs_repair, repair_bag, repair_mcap
 from wam_common.bag.writer import BagError, BagWriter, QosSpec
 
+pytestmark = pytest.mark.unit
+
 
 def _write(path, compression="none", n=60, chunk=4096, **kw):
     w = BagWriter(path, compression=compression, chunk_bytes=chunk, **kw)

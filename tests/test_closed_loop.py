@@ -18,6 +18,8 @@ import pytest
 from wam_common import topics
 from wam_common.imageio import decode_image
 
+pytestmark = pytest.mark.ros
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

@@ -19,6 +19,9 @@ pytest.importorskip("diffusers")
 from wam_policy_node.engines import EngineError, LingBotVAEngine  # noqa: E402
 from wam_policy_node.engines.lingbot_stream import SlotPool  # noqa: E402
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 CAMS = ["cam_high", "cam_left_wrist", "cam_right_wrist"]
 
 

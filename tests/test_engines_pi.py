@@ -19,6 +19,9 @@ from engine_support import (  # noqa: E402
 from wam_policy_node.zoo.parts import make_config, random_batch, tiny_dims  # noqa: E402
 from wam_policy_node.zoo import randomise  # noqa: E402
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 TOL = 1e-4  # fp32 on CPU; the bf16 bound is 1e-2
 
 
@@ -55,7 +58,8 @@ def test_noise_inputs_and_prompt_all_matter(engines):
     variants = {
         "noise": (base, _noise(cfg, seed=9)),
         "image": ({**base, "observation.images.cam_high": torch.rand_like(base["observation.images.cam_high"])}, noise),
-        "prompt": ({**base, "observation.language.tokens": base["observation.language.tokens"].flip(1).roll(7, 1).clone()}, noise),
+        "prompt": ({**base, "observation.language.tokens": base["observation.language.tokens"].flip(1).roll(7, 1).clone()},
+                   noise),
     }
     tokens = base["observation.language.tokens"].clone()
     tokens[:, 0] = (tokens[:, 0] + 17) % 1000

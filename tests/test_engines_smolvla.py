@@ -19,6 +19,9 @@ from engine_support import (  # noqa: E402
     assert_each_input_matters, assert_input_errors_name_the_key, assert_same_actions)
 from wam_policy_node.zoo.parts import random_batch  # noqa: E402
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 TOL = 1e-4  # fp32 on CPU
 VOCAB = 300  # token ids inside the tiny tokenizer's vocabulary
 TOKENS = "observation.language.tokens"

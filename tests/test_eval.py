@@ -8,14 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from rosutil import wait_for
 from wam_apps.evaluation.results import ResultStore, outcomes_from_bags
 from wam_apps.evaluation.suites import load_suite
 from wam_apps.evaluation.table import build, wilson
+
+pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -112,9 +114,7 @@ def test_interrupt_and_resume_gives_the_same_table(tmp_path, mini_suite, mini_se
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     store = ResultStore(out)
-    deadline = time.monotonic() + 600
-    while not store.rows() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
+    wait_for(lambda: store.rows() or proc.poll() is not None, 600, interval=0.5)
     assert store.rows(), "no episode finished before the interrupt"
     os.killpg(proc.pid, signal.SIGINT)
     proc.wait(timeout=120)

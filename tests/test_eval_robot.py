@@ -9,11 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from std_msgs.msg import String
 
 from rosutil import wait_for
 from wam_common import topics
 from wam_apps.evaluation.results import ResultStore
+
+pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
 

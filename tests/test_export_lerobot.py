@@ -13,6 +13,9 @@ from wam_common import aloha
 
 from recording_traffic import recorded_bag
 
+# Tiers: the bag-from-the-graph tests are `ros`; the others carry none: pure, but LeRobot's dataset
+# import alone takes ~20 s on this machine (too slow for make test-unit).
+
 PLAN = [("Clean", 0, True), ("Clean", 0, False)]
 STEPS = 10
 
@@ -32,6 +35,7 @@ def _expected_state(k: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+@pytest.mark.ros
 def test_export_loads_with_lerobot(bag, tmp_path):
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
@@ -60,6 +64,7 @@ def test_export_loads_with_lerobot(bag, tmp_path):
             assert abs(float(img.mean()) - want) < 4 / 255, (ep, k, cam)
 
 
+@pytest.mark.ros
 def test_success_only_and_errors(bag, tmp_path):
     from wam_common.config import ConfigError
     from wam_apps.export_lerobot import export

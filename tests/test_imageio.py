@@ -9,6 +9,8 @@ from sensor_msgs.msg import CompressedImage, Image
 from wam_common.imageio import (ImageDecodeError, Stamp, compressed_to_array, decode_compressed, decode_image,
                                 encode_compressed, encode_image, to_rgb)
 
+pytestmark = pytest.mark.unit
+
 CASES = [("rgb8", (48, 64, 3), np.uint8), ("bgr8", (5, 7, 3), np.uint8), ("mono8", (3, 5), np.uint8),
          ("16UC1", (4, 3), np.uint16), ("rgba8", (2, 2, 4), np.uint8), ("32FC1", (3, 3), np.float32)]
 

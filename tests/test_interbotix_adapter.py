@@ -21,6 +21,7 @@ def _cmd(left=None, right=None):
     return np.concatenate([left, right])
 
 
+@pytest.mark.unit
 def test_split_order_and_gripper_unnormalised():
     cmd = _cmd()
     left, right = to_arm_commands(cmd)
@@ -33,11 +34,13 @@ def test_split_order_and_gripper_unnormalised():
     assert aloha.gripper_joint_normalize(half) == pytest.approx(0.5)  # round trip
 
 
+@pytest.mark.unit
 def test_one_arm_only():
     (only,) = to_arm_commands(_cmd(), arms=["right"])
     assert only.side == "right" and only.joints == tuple(_cmd()[7:13])
 
 
+@pytest.mark.unit
 def test_small_excursions_clipped_large_rejected():
     over = _cmd(left=[0, aloha.ARM_UPPER[1] + 0.1, 0, 0, 0, 0, 1.05])
     left = to_arm_commands(over)[0]
@@ -49,6 +52,7 @@ def test_small_excursions_clipped_large_rejected():
         to_arm_commands(_cmd(right=[0, 0, 0, 0, 0, 0, 1.5]))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("bad,match", [
     (np.zeros(13), "13 values, expected 14"),
     (np.zeros(0), "0 values"),
@@ -60,11 +64,13 @@ def test_bad_commands_rejected(bad, match):
         to_arm_commands(bad)
 
 
+@pytest.mark.unit
 def test_unknown_arm():
     with pytest.raises(CommandError, match="unknown arm 'middle'"):
         to_arm_commands(_cmd(), arms=["middle"])
 
 
+@pytest.mark.ros
 @pytest.mark.skipif(importlib.util.find_spec("interbotix_xs_msgs") is not None,
                     reason="interbotix_xs_msgs installed: the node would start")
 def test_node_says_what_is_missing(domain_id):
@@ -76,6 +82,7 @@ def test_node_says_what_is_missing(domain_id):
     assert MISSING_MSGS in res.stderr
 
 
+@pytest.mark.ros
 def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
     """The node over DDS with the standard-message output (the Interbotix output differs only in
     the message classes, which cannot be installed here)."""
@@ -142,6 +149,7 @@ def test_node_forwards_drops_bad_and_obeys_estop(probe, domain_id, tmp_path):
     assert "command dropped, arms hold" in log and "e-stop ENGAGED" in log
 
 
+@pytest.mark.unit
 def test_deviation_check():
     c = ArmCommand("left", (0.1, -0.5, 0.6, 0.0, 0.0, 0.0), 0.3)
     check_deviation(c, [0.0, -0.4, 0.5, 0.0, 0.0, 0.0], 0.5)
@@ -151,6 +159,7 @@ def test_deviation_check():
         check_deviation(c, [0.0, np.nan, 0.5, 0.0, 0.0, 0.0], 0.5)
 
 
+@pytest.mark.ros
 def test_node_guards_against_commands_far_from_the_measured_state(probe, domain_id, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import JointState
@@ -167,11 +176,12 @@ def test_node_guards_against_commands_far_from_the_measured_state(probe, domain_
     cmd = probe.node.create_publisher(Float64MultiArray, topics.COMMAND, qos.COMMAND)
     js = probe.node.create_publisher(JointState, topics.joint_state_topic("left"), qos.SENSOR)
     measured = np.array([0.1, -0.5, 0.6, 0.05, -0.2, 0.3, 0.5])
-    publishing = {"on": False}
+    publishing = {"on": False, "n": 0}
 
     def tick():
         if publishing["on"]:
             js.publish(JointState(name=aloha.JOINT_STATE_NAMES, position=aloha.joint_state_positions(measured)))
+            publishing["n"] += 1
 
     probe.node.create_timer(0.02, tick)
 
@@ -198,13 +208,14 @@ def test_node_guards_against_commands_far_from_the_measured_state(probe, domain_
         assert "no joint state on /follower_left/joint_states yet" in msg
         publishing["on"] = True
         assert wait_for(lambda: probe.node.count_subscribers(topics.joint_state_topic("left")) > 0, 10)
-        time.sleep(0.2)
+        n0 = publishing["n"]  # a few joint states out since the adapter subscribed (best effort: no acks to wait on)
+        assert wait_for(lambda: publishing["n"] >= n0 + 5, 10)
         send_and_wait(_cmd(left=measured + [0.3, 0, 0, 0, 0, 0, 0.5]), sent=1)  # near: forwarded
         assert probe.count(out) == 1
         msg = send_and_wait(_cmd(left=measured + [0, 0, -0.9, 0, 0, 0, 0]), dropped=2)  # elbow 0.9 away
         assert "left elbow" in msg and "from the measured" in msg
         publishing["on"] = False
-        time.sleep(0.8)
+        time.sleep(0.8)  # the point: the last joint state ages past state_timeout_s (0.5 s)
         msg = send_and_wait(_cmd(left=measured), dropped=3)  # joint state stopped: stale
         assert "s old" in msg
         assert probe.count(out) == 1

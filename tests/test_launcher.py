@@ -16,6 +16,7 @@ from wam_common.launcher import params_yaml
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.unit
 def test_params_file_has_no_yaml_aliases():
     shared = [1.0, 2.0]
     text = params_yaml("n", {"a": shared, "b": {"c": shared}})
@@ -23,6 +24,7 @@ def test_params_file_has_no_yaml_aliases():
     assert yaml.safe_load(text) == {"/n": {"ros__parameters": {"a": [1.0, 2.0], "b": {"c": [1.0, 2.0]}}}}
 
 
+@pytest.mark.ros
 @pytest.mark.skipif(shutil.which("chrt") is None or os.geteuid() != 0, reason="needs chrt and root")
 def test_node_started_from_a_realtime_parent_runs_time_shared(domain_id):
     env = dict(os.environ, ROS_DOMAIN_ID=str(domain_id))

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
+pytestmark = pytest.mark.ros
+
 
 def test_package_log_lines_reach_the_nodes_ros_logger(ros_context, capfd):
     from rclpy.node import Node

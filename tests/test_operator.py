@@ -22,6 +22,7 @@ END_KEYS = {"event", "episode", "task", "seed", "stamp_ns", "success", "steps", 
 # ------------------------------------------------------------------------------ pure
 
 
+@pytest.mark.unit
 def test_book_start_label_done():
     b = EpisodeBook(task="fold", instruction="fold the towel", seed=10, max_duration_s=30)
     s0 = b.start(1_000_000_000)
@@ -51,6 +52,7 @@ def test_book_start_label_done():
         b.start(50)
 
 
+@pytest.mark.unit
 def test_parse_command():
     assert parse_command("s") == ("start", {})
     assert parse_command(" Y ") == ("success", {})
@@ -85,14 +87,18 @@ def _bag_messages(bag: Path) -> list[tuple[str, object]]:
     return out
 
 
-def test_keyboard_session_recorded_in_the_bag(domain_id, tmp_path):
+@pytest.mark.ros
+def test_keyboard_session_recorded_in_the_bag(probe, domain_id, tmp_path):
     from wam_common.graph import Graph, NodeSpec
     from wam_common.launcher import GraphRunner
 
-    from rosutil import wait_for
+    from recording_traffic import RecorderStatus
+    from rosutil import wait_for, wait_quiet
 
+    status = RecorderStatus(probe)  # its own status not recorded: its count goes quiet when the operator's does
     g = Graph("rec", [NodeSpec("recorder", "recorder", {"output_dir": str(tmp_path), "bag_name": "op",
-                                                          "discovery_period_s": 0.2})])
+                                                          "discovery_period_s": 0.2, "diagnostics_period_s": 0.1,
+                                                          "exclude_topics": [topics.DIAGNOSTICS]})])
     runner = GraphRunner(g, domain_id=domain_id, log_dir=tmp_path / "logs")
     with runner:
         assert wait_for(lambda: (tmp_path / "op").exists() or runner.dead(), 30), runner.log("recorder")
@@ -106,6 +112,8 @@ def test_keyboard_session_recorded_in_the_bag(domain_id, tmp_path):
             for key in ["s", "e", "r", "y", "s", "n", "bogus", "s", "x", "q"]:
                 op.stdin.write(key + "\n")
                 op.stdin.flush()
+                # an operator's pace: ESTOP keeps only its last value (latched, depth 1), so a press
+                # before the previous value reached the recorder would merge the two
                 time.sleep(0.3)
             op.stdin.close()
             op.wait(60)
@@ -116,7 +124,9 @@ def test_keyboard_session_recorded_in_the_bag(domain_id, tmp_path):
                 op.kill()
         assert op.returncode == 0, out
         assert "unknown command 'bogus'" in out and "E-STOP ENGAGED" in out
-        time.sleep(1.0)  # the recorder flushes at least every flush_period_s
+        # the recorder took the 7 events and 9 e-stop values (and the instruction), and nothing more comes
+        assert status.wait(received=17), (status.latest(), runner.log("recorder"))
+        assert wait_quiet(lambda: status.latest().get("received", 0), 0.5, 20), status.latest()
         assert runner.dead() == {}, runner.log("recorder")
     msgs = _bag_messages(tmp_path / "op")
     events = [json.loads(d) for t, d in msgs if t == topics.EPISODE]
@@ -136,6 +146,7 @@ def test_keyboard_session_recorded_in_the_bag(domain_id, tmp_path):
     assert "pick up the cube" in [d for t, d in msgs if t == topics.INSTRUCTION]
 
 
+@pytest.mark.ros
 def test_topic_driven_with_timeout(probe, domain_id):
     from rosutil import wait_for
     from std_msgs.msg import String
@@ -180,6 +191,7 @@ def test_topic_driven_with_timeout(probe, domain_id):
 
 
 
+@pytest.mark.ros
 def test_single_key_presses_on_a_terminal(probe, domain_id):
     """A real terminal (a pty): single key presses, no Enter, as an operator types them."""
     import pty

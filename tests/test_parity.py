@@ -24,6 +24,7 @@ def bags(tmp_path_factory):
     return sim, real
 
 
+@pytest.mark.ros
 def test_report_and_open_loop_replay(bags, tmp_path):
     sim, real = bags
     out = tmp_path / "par"
@@ -58,6 +59,7 @@ def test_report_and_open_loop_replay(bags, tmp_path):
     assert rep["real"]["timing"]["latency_ms"]["n"] == 2 * STEPS
 
 
+@pytest.mark.ros
 def test_open_loop_error_of_a_different_policy(bags):
     from wam_apps.analysis.parity import open_loop
 
@@ -69,6 +71,7 @@ def test_open_loop_error_of_a_different_policy(bags):
     assert s["joint_mae_rad"] > 0.01 and len(s["per_joint_mae"]) == 14
 
 
+@pytest.mark.ros
 def test_bad_input(tmp_path, bags):
     sim, _ = bags
     r = subprocess.run([sys.executable, "-m", "wam_apps.cli", "parity", str(sim), str(tmp_path / "nope")],
@@ -79,6 +82,7 @@ def test_bad_input(tmp_path, bags):
     assert r.returncode == 2 and "nonesuch" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.unit
 def test_open_loop_on_a_bag_without_episode_events(tmp_path):
     """A robot bag recorded without EPISODE events replays as one episode."""
     from rclpy.serialization import serialize_message

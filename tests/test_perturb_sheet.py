@@ -5,10 +5,13 @@ import cv2
 import numpy as np
 import pytest
 
-from perturbation_node import ops, sheet
+from perturbation_node import ops
+from wam_apps.sheets import perturb as sheet
 from wam_common import topics
 from wam_apps.cli import main as cli
 from wam_common.imageio import Stamp, encode_image
+
+pytestmark = pytest.mark.unit
 
 
 def _png(path, img):

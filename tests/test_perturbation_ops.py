@@ -16,6 +16,8 @@ from perturbation_node.profiles import available, load_profile, parse_profile
 from wam_common import aloha, topics
 from wam_common.config import ConfigError
 
+pytestmark = pytest.mark.unit
+
 IMAGE_OPS = sorted(n for n, s in ops.OPS.items() if s.target == "image")
 LANG_OPS = sorted(n for n, s in ops.OPS.items() if s.target == "language")
 STATE_OPS = sorted(n for n, s in ops.OPS.items() if s.target == "state")

@@ -14,6 +14,8 @@ from wam_policy_node.runtime import ChunkRuntime, rtc_weights
 from wam_policy_node.safety import SafetyFilter
 from wam_policy_node.timesync import ApproximateTimeSync
 
+pytestmark = pytest.mark.unit
+
 DT = 20_000_000
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
 
@@ -116,7 +118,7 @@ def test_controller_realtime_never_waits_for_inference():
         assert st["submitted"] and st["hold"] == "no_action" and np.array_equal(cmd, HOME)
         holds, arrived = [], []
         for _ in range(40):  # ~0.8 s: the first chunk arrives after ~0.3 s, ticks go on meanwhile
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: the 50 Hz control loop
             now = time.monotonic_ns()
             cmd, st = ctl.tick(now, Observation(now, {}, HOME.copy()))
             holds.append(st["hold"])
@@ -139,7 +141,7 @@ def test_controller_inference_timeout_and_errors_hold():
     try:
         now = time.monotonic_ns()
         ctl.tick(now, Observation(now, {}, HOME.copy()))
-        time.sleep(0.3)
+        time.sleep(0.3)  # the point: the 0.2 s inference timeout passes while the 1.5 s inference runs
         now = time.monotonic_ns()
         cmd, st = ctl.tick(now, Observation(now, {}, HOME.copy()))
         assert st["hold"] == "inference_timeout" and np.array_equal(cmd, HOME)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 from std_msgs.msg import Float64MultiArray, String
 
 from rosutil import wait_for
 from wam_common import topics
 from wam_common.graph import Graph, NodeSpec
 from wam_common.launcher import GraphRunner
+
+pytestmark = pytest.mark.ros
 
 
 def test_expert_backend_closes_the_loop_in_lockstep(probe, domain_id, tmp_path):

@@ -16,6 +16,9 @@ from lerobot.policies.factory import get_policy_class, make_pre_post_processors 
 from wam_common.config import ConfigError  # noqa: E402
 from wam_policy_node.backends import Observation, make_backend  # noqa: E402
 
+# Tiers: the node test is `ros`; the others carry none: pure, but they build LeRobot policies on CPU
+# (too slow for make test-unit).
+
 CAMS = ["cam_high", "cam_left_wrist"]
 H, W = 48, 64
 
@@ -144,6 +147,7 @@ def test_zoo_key_writes_the_checkpoint_once(tmp_path, monkeypatch):
         make_backend("lerobot", {"zoo": {"kind": "nope"}})
 
 
+@pytest.mark.ros
 def test_lerobot_backend_drives_the_node(probe, domain_id, tmp_path):
     from std_msgs.msg import String
 

@@ -15,6 +15,9 @@ from wam_common.config import ConfigError
 from wam_policy_node.backends import Observation
 from wam_policy_node.zoo.parts import dataset_stats, make_config, make_local_tokenizer, tiny_dims
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 
 @pytest.fixture(scope="module")
 def pi0_dir(tmp_path_factory):

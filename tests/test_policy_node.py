@@ -17,6 +17,8 @@ from wam_common.graph import Graph, NodeSpec
 from wam_common.imageio import Stamp, encode_image
 from wam_common.launcher import GraphRunner
 
+pytestmark = pytest.mark.ros
+
 
 def start_policy(domain_id, params: dict, tmp_path, use_sim_time: bool = True) -> GraphRunner:
     base = {"lockstep": True, "backend": {"type": "synthetic"}}
@@ -31,6 +33,15 @@ def start_policy(domain_id, params: dict, tmp_path, use_sim_time: bool = True) -
 
 def statuses(probe):
     return [json.loads(m.data) for m in probe.decoded(topics.POLICY_STATUS, String)]
+
+
+def safety_diag(probe) -> dict:
+    """The values of the node's newest "safety" diagnostics status (the probe listens to /diagnostics)."""
+    for arr in reversed(probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)):
+        for st in arr.status:
+            if st.name.endswith(": safety"):
+                return {kv.key: kv.value for kv in st.values}
+    return {}
 
 
 def expected_synthetic(anchor, stamps_from_t0_s, amp=0.1, period=2.0):
@@ -55,7 +66,7 @@ def test_lockstep_one_command_per_step_and_exact_frames(sim, probe, domain_id, t
         cmds = sim.run_episode(0, 30, camera_every=3, cameras_last=True)
         cmds += sim.run_episode(1, 10, camera_every=3, cameras_last=False)
         assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= 40, 10)
-        time.sleep(0.5)
+        time.sleep(0.5)  # negative check: no status beyond the 40 steps' arrives meanwhile
         assert len(sim.commands) == 40 + sim.resends * 0 or len(sim.commands) >= 40
         st = statuses(probe)
         steps = [s for s in st if s.get("published")]
@@ -90,7 +101,7 @@ def test_bad_images_are_rejected_and_never_crash(sim, probe, domain_id, tmp_path
                         encode_image(np.zeros((48, 64, 3), np.uint8), "rgb8", st)[:-100],
                         b"\x00\x01\x00\x00garbage"):
                 bad_pub.publish(raw)
-                time.sleep(0.05)
+                time.sleep(0.05)  # pacing: each bad frame its own arrival (the node's reader keeps the last 2)
 
     try:
         assert sim.wait_matched(), runner.log("wam_policy_node")
@@ -140,13 +151,13 @@ def test_estop_latches_via_topic_and_service(sim, probe, domain_id, tmp_path):
         assert sim.wait_matched(), runner.log("wam_policy_node")
         cmds = sim.run_episode(0, 5)
         estop.publish(Bool(data=True))
-        time.sleep(1.0)
+        assert wait_for(lambda: safety_diag(probe).get("estop") == "True", 10), runner.log("wam_policy_node")
         held = sim.run_episode(1, 5)  # new episode: the e-stop stays engaged (latched)
         for c in held:
             np.testing.assert_allclose(c, np.clip(sim.state, -10, 10))
         assert all(np.array_equal(held[0], c) for c in held)
         estop.publish(Bool(data=False))
-        time.sleep(1.0)
+        assert wait_for(lambda: safety_diag(probe).get("estop") == "False", 10), runner.log("wam_policy_node")
         moving = sim.run_episode(2, 5)
         assert not np.allclose(moving[0], moving[-1])
         st = [s for s in statuses(probe) if s.get("published")]

@@ -6,6 +6,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
@@ -14,6 +15,8 @@ from rosutil import wait_for
 from test_policy_node import start_policy
 from wam_common import aloha, qos, topics
 from wam_common.imageio import Stamp, encode_image
+
+pytestmark = pytest.mark.ros
 
 
 class Sensors:
@@ -46,7 +49,7 @@ class Sensors:
                 m.name = list(aloha.JOINT_STATE_NAMES)
                 m.position = aloha.joint_state_positions(HOME[7 * i: 7 * i + 7])
                 p.publish(m)
-            time.sleep(0.02)
+            time.sleep(0.02)  # pacing: a 50 Hz sensor stream
 
     def stop(self):
         self._stop.set()

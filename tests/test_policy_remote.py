@@ -75,7 +75,7 @@ class OpenPIServer:
                     await ws.send("Traceback (most recent call last):\nRuntimeError: model exploded")
                     await ws.close(1011, "internal error")
                     return
-                await asyncio.sleep(self.delay_s)
+                await asyncio.sleep(self.delay_s)  # the point: a slow server
                 acts = np.asarray(o["state"], np.float64)[None, :] + 0.001 * np.arange(10)[:, None]
                 await ws.send(msgpack_numpy.packb({"actions": acts, "server_timing": {"infer_ms": 1.5}}))
 
@@ -86,6 +86,7 @@ class OpenPIServer:
             await self._stop
 
 
+@pytest.mark.unit
 def test_openpi_protocol_round_trip_with_api_key():
     port = free_port()
     with OpenPIServer(port, require_key="s3cret") as srv:
@@ -109,6 +110,7 @@ def test_openpi_protocol_round_trip_with_api_key():
         b.close()
 
 
+@pytest.mark.unit
 def test_openpi_dead_server_timeout_error_and_reconnect():
     port = free_port()
     b = make_backend("openpi", {"port": port, "reconnect_s": 0.0, "connect_timeout_s": 1.0, "timeout_s": 0.5})
@@ -144,7 +146,7 @@ class _CosmosHandler(http.server.BaseHTTPRequestHandler):
         # the real server runs json_numpy.patch(): plain bodies are decoded by it too
         payload = json_numpy.loads(body["encoded"]) if "encoded" in body else json_numpy.loads(json.dumps(body))
         srv.requests.append(payload)
-        time.sleep(srv.delay_s)
+        time.sleep(srv.delay_s)  # the point: a slow server
         if srv.fail:
             reply = "error"
         else:
@@ -174,6 +176,7 @@ class CosmosServer:
         self.httpd.server_close()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("double_encode", [True, False])
 def test_cosmos_post_act(double_encode):
     port = free_port()
@@ -189,6 +192,7 @@ def test_cosmos_post_act(double_encode):
         assert p["task_description"] == "transfer the cube"
 
 
+@pytest.mark.unit
 def test_cosmos_dead_server_timeout_and_error():
     port = free_port()
     b = make_backend("cosmos", {"url": f"http://127.0.0.1:{port}/act", "timeout_s": 0.5, "connect_timeout_s": 0.5})
@@ -202,6 +206,7 @@ def test_cosmos_dead_server_timeout_and_error():
             b.infer(obs())
 
 
+@pytest.mark.ros
 def test_node_holds_on_a_dead_server(probe, domain_id, tmp_path):
     """The real node with the openpi backend and nothing listening: every step is answered with a
     hold (the measured state), an 'inference_error' status, never a crash or a bad command."""

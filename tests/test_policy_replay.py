@@ -38,6 +38,7 @@ def episodes():
     return [HOME[None, :] + np.cumsum(rng.normal(0, 0.01, (n, 14)), axis=0) for n in (12, 8)]
 
 
+@pytest.mark.unit
 def test_replay_backend_reads_episodes(tmp_path):
     eps = episodes()
     write_bag(tmp_path / "bag", eps)
@@ -52,6 +53,7 @@ def test_replay_backend_reads_episodes(tmp_path):
         make_backend("replay", {"bag": str(tmp_path / "bag"), "topic": "/nope"})
 
 
+@pytest.mark.ros
 def test_node_replays_a_bag_open_loop(probe, domain_id, tmp_path):
     eps = episodes()
     write_bag(tmp_path / "bag", eps)

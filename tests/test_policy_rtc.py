@@ -19,6 +19,9 @@ from wam_common.config import ConfigError
 from wam_common.topics import DT
 from wam_policy_node.backends import Observation
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 H, HORIZON, DELAY = 20, 10, 4  # chunk length, the checkpoint's RTC execution horizon, inference delay
 T0 = 1_000_000_000

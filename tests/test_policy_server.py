@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -20,9 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rosutil import wait_for
 from wam_common.config import ConfigError
 from wam_policy_node.backends import BackendError, Observation, make_backend, msgpack_numpy
 from wam_policy_node.server import PolicyServer
+
+# Tiers: the CLI tests are `ros`; the in-process ones carry none: no DDS, no subprocess, but a tiny ACT
+# on CPU behind a websocket server (too slow for make test-unit).
 
 ROOT = Path(__file__).resolve().parents[1]
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
@@ -238,6 +241,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.ros
 def test_cli_serve_until_interrupted(act, tmp_path):
     cfg, local = act
     policy = tmp_path / "tiny_act.yaml"
@@ -246,14 +250,15 @@ def test_cli_serve_until_interrupted(act, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "wam_apps.cli", "serve", "--policy", str(policy), "--port",
                              str(port)], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 120
-        while True:
+        def healthy() -> bool:
+            assert proc.poll() is None, proc.stdout.read()
             try:
                 with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5):
-                    break
+                    return True
             except (urllib.error.URLError, OSError):
-                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
-                time.sleep(0.5)
+                return False
+
+        assert wait_for(healthy, 120, interval=0.5), "the server never answered /healthz"
         c = make_backend("openpi", {"port": port, "image_size": [0, 0]})
         np.testing.assert_allclose(c.infer(obs(3)).actions, local.infer(obs(3)).actions, rtol=0, atol=1e-6)
         assert c.metadata["policy"] == "tiny_act"
@@ -265,6 +270,7 @@ def test_cli_serve_until_interrupted(act, tmp_path):
     assert f"on ws://127.0.0.1:{port}" in out and "stopped (1 requests, 0 errors)" in out
 
 
+@pytest.mark.ros
 def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path):
     """The trained ACT loaded once in a policy server, two parallel graphs using it, against the plain
     sequential run: the same outcomes and, lockstep being deterministic, the very same commands."""

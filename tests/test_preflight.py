@@ -15,8 +15,10 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
-from robot_io import preflight as pf
+from rosutil import wait_for
+from wam_apps.robot import preflight as pf
 from wam_common import aloha, topics
 from wam_common.imageio import Stamp, encode_image
 
@@ -38,29 +40,43 @@ class FakeRobot:
         self.node = probe.node
         self.k = 0
         self.pubs = {}
+        self.ticks: dict[str, int] = {}  # timer → times it has published
         self._JointState, self._String = JointState, String
         for cam, spec in cams.items():
             if spec is None:
                 continue
             pub = self.node.create_publisher(Image, topics.camera_topic(cam), qos.SENSOR)
+            self.ticks[cam] = 0
             self.node.create_timer(1.0 / spec.get("hz", 30), lambda cam=cam, pub=pub, spec=spec: self._cam(cam, pub, spec))
         for arm, spec in arms.items():
             pub = self.node.create_publisher(JointState, topics.joint_state_topic(arm), qos.SENSOR)
-            spec = dict(spec, n=0)
+            spec = dict(spec, n=0, arm=arm)
+            self.ticks[arm] = 0
             self.node.create_timer(1.0 / spec.get("hz", 50), lambda arm=arm, pub=pub, spec=spec: self._joints(pub, spec))
         if status is not None:
             pub = self.node.create_publisher(String, topics.POLICY_STATUS, 50)
-            self.node.create_timer(0.02, lambda: pub.publish(String(data=json.dumps(
-                {"t_ns": time.time_ns(), "hold": None, "infer_ms": status["infer_ms"], "chunk_stamp_ns": self.k // 10}))))
+            self.ticks["status"] = 0
+
+            def tick_status():
+                pub.publish(String(data=json.dumps({"t_ns": time.time_ns(), "hold": None,
+                                                    "infer_ms": status["infer_ms"], "chunk_stamp_ns": self.k // 10})))
+                self.ticks["status"] += 1
+
+            self.node.create_timer(0.02, tick_status)
         if estop_sub:
             self.node.create_subscription(Bool, topics.ESTOP, lambda m: None, qos.LATCHED)
         if estop_value is not None:
             self.estop_pub = self.node.create_publisher(Bool, topics.ESTOP, qos.LATCHED)
             self.estop_pub.publish(Bool(data=estop_value))
 
+    def publishing(self, timeout: float = 10.0, ticks: int = 3) -> bool:
+        """Every stream has published a few times (its timer runs in the probe's executor thread)."""
+        return wait_for(lambda: all(n >= ticks for n in self.ticks.values()), timeout)
+
     def _cam(self, cam, pub, spec):
         now = time.time_ns() - int(spec.get("behind_s", 0) * 1e9)
         self.k += 1
+        self.ticks[cam] += 1
         img = np.zeros((H, W, 3), np.uint8) if spec.get("frozen") else \
             np.full((H, W, 3), self.k % 251, np.uint8)
         stamp = (now // 33_333_333) * 33_333_333  # all cameras on the same 30 Hz grid: synced
@@ -76,6 +92,7 @@ class FakeRobot:
         msg = self._JointState(name=aloha.JOINT_STATE_NAMES, position=aloha.joint_state_positions(s7))
         msg.header.stamp = self.node.get_clock().now().to_msg()
         pub.publish(msg)
+        self.ticks[spec["arm"]] += 1
 
 
 def _preflight(domain_id, *extra, duration=2.0):
@@ -103,9 +120,10 @@ def _joint_row(arm):
     return f"topic {topics.joint_state_topic(arm)}"
 
 
+@pytest.mark.ros
 def test_all_good_passes(probe, domain_id, tmp_path):
-    FakeRobot(probe, {c: {} for c in topics.CAMERAS}, {a: {} for a in topics.ARMS}, {"infer_ms": 80.0})
-    time.sleep(0.5)
+    robot = FakeRobot(probe, {c: {} for c in topics.CAMERAS}, {a: {} for a in topics.ARMS}, {"infer_ms": 80.0})
+    assert robot.publishing()
     rc, out = _preflight(domain_id, "--load-backend", "--no-recorder", "--json", str(tmp_path / "pf.json"))
     assert rc == 0, out
     rows = _rows(out)
@@ -122,6 +140,7 @@ def test_all_good_passes(probe, domain_id, tmp_path):
     assert data["ok"] is True and len(data["checks"]) == len(rows)
 
 
+@pytest.mark.ros
 def test_each_fault_has_its_message(probe, domain_id):
     bad = HOME.copy()
     bad[2] = 2.5  # left elbow beyond its 1.6057 rad limit
@@ -151,10 +170,11 @@ def test_each_fault_has_its_message(probe, domain_id):
     assert "preflight: FAIL" in out
 
 
+@pytest.mark.ros
 def test_frozen_camera_engaged_estop_slow_backend(probe, domain_id):
-    FakeRobot(probe, {"cam_high": {"frozen": True}, "cam_left_wrist": {}, "cam_right_wrist": {}},
-              {a: {} for a in topics.ARMS}, None, estop_sub=True, estop_value=True)
-    time.sleep(0.5)
+    robot = FakeRobot(probe, {"cam_high": {"frozen": True}, "cam_left_wrist": {}, "cam_right_wrist": {}},
+                      {a: {} for a in topics.ARMS}, None, estop_sub=True, estop_value=True)
+    assert robot.publishing()
     rc, out = _preflight(domain_id, "--no-policy", "--no-recorder", "--load-backend", "--latency-budget-ms", "300",
                          "--set", "wam_policy_node.backend.synthetic.latency_ms=700")
     assert rc == 1, out
@@ -167,6 +187,7 @@ def test_frozen_camera_engaged_estop_slow_backend(probe, domain_id):
     assert "recorder" not in rows
 
 
+@pytest.mark.ros
 def test_bad_arguments_exit_2(domain_id):
     rc, out = _preflight(domain_id, "--cameras", "cam_top")
     assert rc == 2 and "cam_top" in out
@@ -177,6 +198,7 @@ def test_bad_arguments_exit_2(domain_id):
 # ------------------------------------------------------------------------------ pure checks
 
 
+@pytest.mark.unit
 def test_silent_topic_and_format_and_status_messages():
     now = time.time_ns()
     s = pf.TopicSamples("/x", publishers=2)
@@ -193,6 +215,7 @@ def test_silent_topic_and_format_and_status_messages():
     assert pf.check_policy_status(["not json", json.dumps({"infer_ms": 10})], 500).result == "FAIL"
 
 
+@pytest.mark.unit
 def test_joint_limit_messages():
     names = aloha.JOINT_STATE_NAMES
     assert pf.check_joint_limits("left", names, aloha.joint_state_positions(HOME)).result == "PASS"
@@ -209,6 +232,7 @@ def test_joint_limit_messages():
     assert "gripper = 1.500" in pf.check_joint_limits("left", names, aloha.joint_state_positions(wide)).message
 
 
+@pytest.mark.unit
 def test_sync_measures_spread():
     base = np.arange(0, 1_000_000_000, 33_333_333)
     ok = pf.check_sync({"a": list(base), "b": list(base + 3_000_000), "c": list(base - 2_000_000)}, 0.025)
@@ -217,6 +241,7 @@ def test_sync_measures_spread():
     assert off.result == "FAIL" and "out of sync" in off.message
 
 
+@pytest.mark.unit
 def test_recorder_messages():
     assert pf.check_recorder("recorder", True, []).result == "PASS"
     c = pf.check_recorder("recorder", True, ["/cam_high/camera/color/image_rect_raw"])

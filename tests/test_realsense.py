@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -20,6 +19,7 @@ import pytest
 from robot_io.clock_sync import HardwareClockMapper
 from robot_io.realsense import (CameraNotFound, CameraWorker, FrameSource, check_serials, configure_exposure,
                                 discover, frame_index, synthetic_frame, write_recording)
+from rosutil import wait_for
 from wam_common import topics
 
 SERIALS = {"cam_high": "130322270001", "cam_left_wrist": "130322270002", "cam_right_wrist": "130322270003"}
@@ -43,6 +43,7 @@ def recordings(tmp_path_factory):
 # ------------------------------------------------------------------------------ pure core
 
 
+@pytest.mark.unit
 def test_discover_lists_recordings_by_serial(recordings):
     found = discover(recordings)
     assert set(found) == set(SERIALS.values())
@@ -50,6 +51,7 @@ def test_discover_lists_recordings_by_serial(recordings):
     assert discover(recordings / "nope") == {}
 
 
+@pytest.mark.unit
 def test_missing_serial_lists_connected(recordings):
     found = discover(recordings)
     check_serials(SERIALS, found)
@@ -63,6 +65,7 @@ def test_missing_serial_lists_connected(recordings):
         FrameSource("cam_high", "1", playback_dir=recordings / "empty").open()
 
 
+@pytest.mark.unit
 def test_frames_and_hardware_timestamps_read_back(recordings):
     src = FrameSource("cam_left_wrist", SERIALS["cam_left_wrist"], playback_dir=recordings)
     info = src.open()
@@ -87,6 +90,7 @@ def test_frames_and_hardware_timestamps_read_back(recordings):
         assert f.hw_ms == pytest.approx(1000.0 + i * 1000.0 / 30, abs=1e-3)
 
 
+@pytest.mark.unit
 def test_wrong_profile_is_a_clear_error(recordings):
     from robot_io.realsense import CameraError
 
@@ -94,6 +98,7 @@ def test_wrong_profile_is_a_clear_error(recordings):
         FrameSource("cam_high", SERIALS["cam_high"], width=1280, height=720, playback_dir=recordings).open()
 
 
+@pytest.mark.unit
 def test_auto_exposure_turned_off_on_a_live_software_sensor():
     import pyrealsense2 as rs
 
@@ -111,6 +116,7 @@ def test_auto_exposure_turned_off_on_a_live_software_sensor():
     assert configure_exposure(bare, auto_exposure=False) == ["auto exposure: option not supported by this sensor"]
 
 
+@pytest.mark.unit
 def test_read_only_auto_exposure_is_reported(recordings):
     src = FrameSource("cam_high", SERIALS["cam_high"], playback_dir=recordings)
     src.open()
@@ -119,6 +125,7 @@ def test_read_only_auto_exposure_is_reported(recordings):
     assert any("cannot set off" in n for n in src.notes), src.notes
 
 
+@pytest.mark.unit
 def test_clock_mapper_tracks_offset_and_drift():
     rng = np.random.default_rng(0)
     m = HardwareClockMapper(max_drift=2e-4)
@@ -135,6 +142,7 @@ def test_clock_mapper_tracks_offset_and_drift():
     assert m.resets == 1
 
 
+@pytest.mark.unit
 def test_clock_mapper_resets_when_device_clock_restarts():
     m = HardwareClockMapper()
     host = 10_000_000_000
@@ -149,6 +157,7 @@ def test_clock_mapper_resets_when_device_clock_restarts():
     assert j.reset
 
 
+@pytest.mark.unit
 def test_worker_reconnects_after_the_stream_ends(recordings):
     got, states = [], []
     w = CameraWorker(FrameSource("cam_high", SERIALS["cam_high"], playback_dir=recordings),
@@ -156,10 +165,7 @@ def test_worker_reconnects_after_the_stream_ends(recordings):
                      on_status=lambda s: states.append(s.state), lost_after_s=0.4, reconnect_s=0.2)
     w.start()
     try:
-        deadline = time.monotonic() + 20
-        while w.status.reconnects < 1 or len(got) < N_FRAMES + 10:
-            assert time.monotonic() < deadline, (states, len(got))
-            time.sleep(0.1)
+        assert wait_for(lambda: w.status.reconnects >= 1 and len(got) >= N_FRAMES + 10, 20), (states, len(got))
     finally:
         w.stop()
     assert states[:3] == ["streaming", "lost", "streaming"]
@@ -194,9 +200,9 @@ def _diag(probe, cam):
     return out
 
 
+@pytest.mark.ros
 def test_node_publishes_reconnects_and_survives_unplug(recordings, domain_id, probe, tmp_path):
     from diagnostic_msgs.msg import DiagnosticArray
-    from rosutil import wait_for
     from sensor_msgs.msg import Image
 
     from wam_common.imageio import decode_image
@@ -263,6 +269,7 @@ def test_node_publishes_reconnects_and_survives_unplug(recordings, domain_id, pr
         assert close >= 0.8 * len(gaps), gaps
 
 
+@pytest.mark.ros
 def test_node_config_errors_name_the_key(recordings, domain_id, tmp_path):
     cases = [
         ({"serials": {"cam_high": "", "cam_left_wrist": "1", "cam_right_wrist": "2"}},
@@ -284,6 +291,7 @@ def test_node_config_errors_name_the_key(recordings, domain_id, tmp_path):
             assert w in log, (w, log)
 
 
+@pytest.mark.ros
 def test_empty_serial_message_lists_connected(recordings, domain_id, tmp_path):
     runner = _runner({"serials": {"cam_high": "", "cam_left_wrist": "1", "cam_right_wrist": "2"},
                       "playback_dir": str(recordings)}, domain_id, tmp_path)
@@ -294,6 +302,7 @@ def test_empty_serial_message_lists_connected(recordings, domain_id, tmp_path):
         assert serial in log, log
 
 
+@pytest.mark.unit
 def test_worker_loops_a_recording_without_losing_it(recordings):
     got, states = [], []
     w = CameraWorker(FrameSource("cam_left_wrist", SERIALS["cam_left_wrist"], playback_dir=recordings),
@@ -301,10 +310,7 @@ def test_worker_loops_a_recording_without_losing_it(recordings):
                      on_status=lambda s: states.append(s.state), lost_after_s=5.0, reconnect_s=5.0, loop=True)
     w.start()
     try:
-        deadline = time.monotonic() + 20
-        while w.status.loops < 1 or len(got) < N_FRAMES + 10:
-            assert time.monotonic() < deadline, (states, len(got), w.status)
-            time.sleep(0.1)
+        assert wait_for(lambda: w.status.loops >= 1 and len(got) >= N_FRAMES + 10, 20), (states, len(got), w.status)
     finally:
         w.stop()
     # lost_after_s / reconnect_s of 5 s would show as a gap and a "lost" state; a loop has neither
@@ -317,6 +323,7 @@ def test_worker_loops_a_recording_without_losing_it(recordings):
     assert w.status.reconnects == 0
 
 
+@pytest.mark.unit
 def test_clock_mapper_unwraps_the_32bit_microsecond_counter():
     from robot_io.clock_sync import RS_WRAP_NS
 
@@ -334,6 +341,7 @@ def test_clock_mapper_unwraps_the_32bit_microsecond_counter():
     # latency is indistinguishable from the offset: the stamp is the earliest arrival it explains)
 
 
+@pytest.mark.ros
 def test_cameras_cli_lists_serials(recordings, tmp_path):
     import subprocess
     import sys
@@ -349,6 +357,7 @@ def test_cameras_cli_lists_serials(recordings, tmp_path):
     assert res.returncode == 1 and "no recordings in" in res.stdout
 
 
+@pytest.mark.unit
 def test_validate_serials():
     from robot_io.realsense_node import DEFAULTS, validate
     from wam_common.config import ConfigError

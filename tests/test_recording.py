@@ -17,8 +17,10 @@ from wam_common import topics as T
 from wam_common.graph import Graph, NodeSpec
 from wam_common.launcher import GraphRunner
 
-from recording_traffic import Traffic
-from rosutil import wait_for
+from recording_traffic import TAKE_GRACE_S, RecorderStatus, Traffic
+from rosutil import wait_for, wait_matched, wait_quiet
+
+pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,7 +55,8 @@ def test_round_trip_byte_identical(probe, domain_id, tmp_path):
         for i in range(3):
             tr.episode(i, steps=8, success=i != 1)
         tr.string(T.EPISODE, {"event": "done", "episodes": 3, "successes": 2})
-        time.sleep(0.5)
+        assert tr.acked(), runner.log("recorder")
+        time.sleep(TAKE_GRACE_S)  # acked is in its DDS reader; its executor takes it (see TAKE_GRACE_S)
         assert not runner.dead(), runner.log("recorder")
     finally:
         codes = runner.stop()
@@ -133,7 +136,8 @@ def test_best_effort_publishers_are_recorded(probe, domain_id, tmp_path):
     from sensor_msgs.msg import JointState
 
     tr = Traffic(probe.node, lockstep=False)
-    runner = _recorder(domain_id, tmp_path, tmp_path / "logs",
+    status = RecorderStatus(probe)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", diagnostics_period_s=0.1,
                        topics=[T.joint_state_topic("left"), T.COMMAND], split={"by_episode": False})
     try:
         assert tr.wait_matched(topics=[T.joint_state_topic("left"), T.COMMAND]), runner.log("recorder")
@@ -141,9 +145,11 @@ def test_best_effort_publishers_are_recorded(probe, domain_id, tmp_path):
             js = JointState()
             js.name, js.position = ["a"], [float(k)]
             tr.send(T.joint_state_topic("left"), js)
-            time.sleep(0.005)
+            time.sleep(0.005)  # pacing: a 200 Hz best-effort stream
+        # best effort: no count to wait for; the recorder's count has stopped growing
+        assert status.wait(received=1), runner.log("recorder")
+        assert wait_quiet(lambda: status.latest().get("received", 0), 0.3, 10), status.latest()
     finally:
-        time.sleep(0.3)
         runner.stop()
     got = _read(tmp_path / "bag")
     sent = tr.sent[T.joint_state_topic("left")]
@@ -163,8 +169,9 @@ def test_size_split(probe, domain_id, tmp_path):
     try:
         assert tr.wait_matched()
         tr.episode(0, steps=12, camera_every=1)
+        assert tr.acked(), runner.log("recorder")
+        time.sleep(TAKE_GRACE_S)  # acked is in its DDS reader; its executor takes it (see TAKE_GRACE_S)
     finally:
-        time.sleep(0.3)
         runner.stop()
     files = sorted((tmp_path / "bag").glob("*.mcap"))
     assert len(files) >= 4  # 12 steps × 6 frames × 57.6 kB ≈ 4.1 MB over 200 kB files
@@ -190,7 +197,7 @@ def _stream(tr: Traffic, seconds: float) -> list[tuple[float, int]]:
                                                              Stamp(0, k)))
         sent_at.append((time.monotonic(), k))
         k += 1
-        time.sleep(0.01)
+        time.sleep(0.01)  # pacing: the point is a 100 Hz stream
     return sent_at
 
 
@@ -205,12 +212,15 @@ def test_reliable_stream_complete_after_clean_stop(probe, domain_id, tmp_path):
     """A 100 Hz reliable topic, then SIGINT: every message is in the bag. (rclpy's multi-threaded
     executor stalled the recorder's callbacks for up to 1 s and its keep-last reader history
     silently overwrote a third of them, with "0 dropped" reported.)"""
-    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS, T.camera_topic("cam_high")])
+    status = RecorderStatus(probe)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS, T.camera_topic("cam_high")],
+                       diagnostics_period_s=0.1)
     tr = Traffic(probe.node)
     try:
         assert tr.wait_matched(topics=[T.POLICY_STATUS, T.camera_topic("cam_high")]), runner.log("recorder")
         sent = [k for _, k in _stream(tr, 3.0)]
-        time.sleep(0.5)
+        n = len(tr.sent[T.POLICY_STATUS]) + len(tr.sent[T.camera_topic("cam_high")])
+        assert status.wait(received=n), (n, status.latest())
     finally:
         codes = runner.stop()
     assert codes["recorder"] == 0, runner.log("recorder")
@@ -286,7 +296,8 @@ def test_topic_types_records_topics_beyond_the_contract(probe, domain_id, tmp_pa
     from rclpy.serialization import serialize_message
     from std_msgs.msg import Int32, String
 
-    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS],
+    status_ = RecorderStatus(probe)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS], diagnostics_period_s=0.1,
                        topic_types={"/operator/note": "std_msgs/msg/String", "operator/count": "std_msgs/msg/Int32"})
     note = probe.node.create_publisher(String, "/operator/note", QoSProfile(depth=100))
     count = probe.node.create_publisher(String, "/operator/count", 10)  # not the Int32 configured
@@ -297,14 +308,14 @@ def test_topic_types_records_topics_beyond_the_contract(probe, domain_id, tmp_pa
         assert wait_for(lambda: "not recording /operator/count" in runner.log("recorder"), 20), runner.log("recorder")
         assert wait_for(lambda: "recording /wam_policy/status [std_msgs/msg/Int32]" in runner.log("recorder"), 20), \
             runner.log("recorder")
-        time.sleep(0.3)  # the new subscription matches the publisher
+        assert wait_matched([status]), runner.log("recorder")  # the new Int32 subscription matches the publisher
         for k in range(20):
             sent.append(serialize_message(String(data=f"note {k}")))
             note.publish(String(data=f"note {k}"))
             count.publish(String(data=str(k)))
             status.publish(Int32(data=k))
-            time.sleep(0.01)
-        time.sleep(0.5)
+            time.sleep(0.01)  # pacing: a 100 Hz stream
+        assert status_.wait(received=40), status_.latest()  # 20 notes + 20 statuses; /operator/count not taken
     finally:
         codes = runner.stop()
     assert codes["recorder"] == 0, runner.log("recorder")
@@ -328,16 +339,19 @@ def test_requalified_subscription_does_not_duplicate(probe, domain_id, tmp_path)
     pub = probe.node.create_publisher(String, T.POLICY_STATUS, qos.EVENTS)  # transient local, depth 50
     # slow discovery: all 40 messages go through the eager volatile subscription before the
     # switch, so the transient-local replay brings every one of them a second time
-    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS], discovery_period_s=2.0)
+    status = RecorderStatus(probe)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS], discovery_period_s=2.0,
+                       diagnostics_period_s=0.1)
     sent = []
     try:
         assert wait_for(lambda: pub.get_subscription_count() > 0, 20), runner.log("recorder")
         for k in range(40):
             pub.publish(String(data=json.dumps({"seq": k})))
             sent.append(k)
-            time.sleep(0.005)
+            time.sleep(0.005)  # pacing: a 200 Hz stream
         assert wait_for(lambda: "transient local" in runner.log("recorder"), 10), runner.log("recorder")
-        time.sleep(0.5)
+        # the replay has come and each of its 40 was recognised as a duplicate
+        assert status.wait(received=40, duplicates=40), status.latest()
     finally:
         runner.stop()
     from wam_common.bag.reader import Bag, json_event
@@ -354,7 +368,8 @@ def test_split_service(probe, domain_id, tmp_path):
     from std_srvs.srv import Trigger
 
     pub = probe.node.create_publisher(String, T.POLICY_STATUS, 100)
-    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS])
+    status = RecorderStatus(probe)
+    runner = _recorder(domain_id, tmp_path, tmp_path / "logs", topics=[T.POLICY_STATUS], diagnostics_period_s=0.1)
     cli = probe.node.create_client(Trigger, "/recorder/split")
     try:
         assert cli.wait_for_service(timeout_sec=20), runner.log("recorder")
@@ -362,8 +377,9 @@ def test_split_service(probe, domain_id, tmp_path):
         for part in range(3):
             for k in range(5):
                 pub.publish(String(data=json.dumps({"part": part, "k": k})))
-                time.sleep(0.01)
-            time.sleep(0.5)  # past the reorder window: the part is written before the split
+                time.sleep(0.01)  # pacing: a 100 Hz stream
+            # the part is written (past the recorder's reorder window) before the split
+            assert status.wait(written=5 * (part + 1)), status.latest()
             if part < 2:
                 fut = cli.call_async(Trigger.Request())
                 assert wait_for(fut.done, 10) and fut.result().success

@@ -19,6 +19,8 @@ from wam_common.config import check_against
 from wam_common.graph import EXECUTABLES, PACKAGE, load_graph
 from wam_common.launch_description import graph_from_arguments
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCH = ROOT / "launch"
 

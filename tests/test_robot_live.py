@@ -20,6 +20,8 @@ import pytest
 from robot_io.realsense import write_recording
 from wam_common import aloha, topics
 
+pytestmark = pytest.mark.ros
+
 W, H = 160, 120
 SERIALS = {"cam_high": "230322270001", "cam_left_wrist": "230322270002", "cam_right_wrist": "230322270003"}
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5])

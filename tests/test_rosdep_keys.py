@@ -18,8 +18,12 @@ from pathlib import Path
 import pytest
 import yaml
 
+pytestmark = pytest.mark.unit
+
 ROOT = Path(__file__).resolve().parents[1]
-RUNTIME_PACKAGES = ("wam_common", "wam_policy_node", "perturbation_node", "sim_bridge", "robot_io")
+# what setup.py installs (find_packages include=...)
+RUNTIME_PACKAGES = ("wam_common", "wam_policy_node", "perturbation_node", "sim_bridge", "robot_io", "recorder",
+                    "wam_apps")
 DEPEND_TAGS = ("depend", "build_depend", "build_export_depend", "exec_depend", "test_depend")
 
 # Keys read in ros/rosdistro (they exist there; checked by reading the files, not by this test).

@@ -12,6 +12,8 @@ from sim_driver import ExpertDriver, start_sim
 
 from wam_common import aloha, topics
 
+pytestmark = pytest.mark.ros
+
 
 def _run(probe, domain_id, task, seeds=(0,), **params):
     every = params.get("render", {}).get("camera_every", 25)
@@ -97,7 +99,7 @@ def test_lockstep_drops_an_answer_to_an_earlier_step(probe, domain_id):
     """A command labelled as answering another step's stamp (a late re-answer) is never applied."""
     from std_msgs.msg import Float64MultiArray, MultiArrayDimension
 
-    from rosutil import wait_for
+    from rosutil import acked, wait_for
     from wam_common import aloha
 
     def cmd(answers):
@@ -111,7 +113,8 @@ def test_lockstep_drops_an_answer_to_an_earlier_step(probe, domain_id):
         assert wait_for(lambda: len(drv.js["right"]) == 1, 120)
         t0 = next(iter(drv.js["right"]))
         drv.pub.publish(cmd(t0 - 20_000_000))  # answers a step before this one: stale
-        time.sleep(1.5)
+        assert acked(drv.pub)  # the sim holds it ...
+        time.sleep(1.0)  # ... negative check: and does not step on it meanwhile
         assert list(drv.js["right"]) == [t0], "a stale answer advanced the sim"
         drv.pub.publish(cmd(t0))  # the right answer
         assert wait_for(lambda: len(drv.js["right"]) == 2, 60)
@@ -128,7 +131,8 @@ def test_lockstep_drops_an_answer_to_an_earlier_step(probe, domain_id):
 @pytest.mark.parametrize("bad,key", [({"task": "nope"}, "task"), ({"clock": "fast"}, "clock"),
                                      ({"render": {"camera_every": 0}}, "render.camera_every"),
                                      ({"render": {"quality": "ultra"}}, "quality"), ({"backend": "bullet"}, "backend"),
-                                     ({"physical": {"wobble": 3}}, "wobble"), ({"physical": {"light": 7}}, "light"), ({"bogus": 1}, "bogus")])
+                                     ({"physical": {"wobble": 3}}, "wobble"), ({"physical": {"light": 7}}, "light"),
+                                     ({"bogus": 1}, "bogus")])
 def test_bad_config_is_one_line_error(domain_id, bad, key):
     sim = start_sim(domain_id, **bad)
     try:

@@ -16,6 +16,8 @@ import sim_bridge  # noqa: F401  (MUJOCO_GL before mujoco loads)
 from sim_bridge.env import SimEnv
 from sim_bridge.experts import make_expert
 
+pytestmark = pytest.mark.unit
+
 
 def _gym_env(task: str):
     from dm_control import mujoco as dm_mujoco

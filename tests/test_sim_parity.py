@@ -2,11 +2,14 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from rosutil import wait_for
 from sim_driver import ExpertDriver, start_sim
 from wam_common import topics
 from wam_common.config import config_dir, load_yaml
+
+pytestmark = pytest.mark.ros
 
 DT_NS = round(topics.DT * 1e9)
 

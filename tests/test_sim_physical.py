@@ -25,6 +25,7 @@ def nominal():
     return img
 
 
+@pytest.mark.unit
 def test_parse_and_errors():
     assert physical.parse("") == {} and physical.parse("none") == {} and physical.parse(None) == {}
     assert physical.parse("light:3, camera:5") == {"light": 3, "camera": 5}
@@ -34,6 +35,7 @@ def test_parse_and_errors():
             physical.parse(bad)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("dim", physical.DIMENSIONS)
 def test_each_dimension_is_seeded_and_visible(dim, nominal):
     env = SimEnv("transfer_cube", f"{dim}:3")
@@ -50,6 +52,7 @@ def test_each_dimension_is_seeded_and_visible(dim, nominal):
     assert changed > 60, f"{dim}:3 barely changes cam_high ({changed} pixels changed)"
 
 
+@pytest.mark.unit
 def test_levels_grow_and_nominal_is_restored(nominal):
     env = SimEnv("transfer_cube", "camera:5,light:5")
     diffs = []
@@ -64,6 +67,7 @@ def test_levels_grow_and_nominal_is_restored(nominal):
     assert info == {} and np.array_equal(back, nominal), "a cached scene must return to nominal"
 
 
+@pytest.mark.unit
 def test_robot_init_noise_and_layout():
     env = SimEnv("transfer_cube", "robot:3,layout:4")
     info = env.reset(11)
@@ -83,6 +87,7 @@ def test_robot_init_noise_and_layout():
     env.close()
 
 
+@pytest.mark.ros
 def test_contact_sheet_command(tmp_path):
     import subprocess
     import sys
@@ -102,6 +107,7 @@ def test_contact_sheet_command(tmp_path):
     assert bad.returncode == 2 and "wobble" in bad.stderr
 
 
+@pytest.mark.unit
 def test_fast_render_quality_is_close_to_gym_aloha(nominal):
     env = SimEnv("transfer_cube", quality="fast")
     img, _ = _frame(env, 0)

@@ -26,6 +26,7 @@ def _rollout(env: SimEnv, seed: int) -> tuple[bool, int]:
     return False, env.max_steps
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("task", ["transfer_cube", "insertion", "lift_beam"])
 def test_expert_succeeds_on_sapien_physics(task):
     env = SimEnv(task, backend="sapien", render=False)
@@ -38,6 +39,7 @@ def test_expert_succeeds_on_sapien_physics(task):
         env.close()
 
 
+@pytest.mark.unit
 def test_same_interface_state_and_contacts():
     mj, sp = SimEnv("transfer_cube"), SimEnv("transfer_cube", backend="sapien", render=False)
     try:
@@ -57,6 +59,7 @@ def test_same_interface_state_and_contacts():
         sp.close()
 
 
+@pytest.mark.unit
 def test_physical_robot_and_layout_on_sapien_visual_ones_rejected():
     env = SimEnv("transfer_cube", {"robot": 3, "layout": 2}, backend="sapien", render=False)
     info = env.reset(4)
@@ -66,6 +69,8 @@ def test_physical_robot_and_layout_on_sapien_visual_ones_rejected():
         SimEnv("transfer_cube", {"light": 2}, backend="sapien", render=False)
 
 
+@pytest.mark.unit
+@pytest.mark.gpu  # SAPIEN's cameras render through Vulkan on a GPU
 def test_sapien_cameras_render_or_skip_without_vulkan():
     try:
         env = SimEnv("transfer_cube", backend="sapien", render=True)
@@ -83,6 +88,7 @@ def test_sapien_cameras_render_or_skip_without_vulkan():
         env.close()
 
 
+@pytest.mark.ros
 def test_sapien_node_in_lockstep(probe, domain_id):
     from sim_driver import ExpertDriver, start_sim
 

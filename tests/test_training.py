@@ -16,6 +16,9 @@ from wam_common.config import ConfigError  # noqa: E402
 from wam_apps.training import collect as C  # noqa: E402
 from wam_apps.training import train as TR  # noqa: E402
 
+# Tiers: the graph test is `ros`, the argument checks `unit`; collecting a dataset starts
+# multiprocessing workers (no tier: not unit, not a ROS node).
+
 H, W, STEPS = 48, 64, 30
 
 
@@ -57,6 +60,7 @@ def test_collect_sim_dataset_loads_in_lerobot(dataset):
     assert ds[STEPS]["episode_index"].item() == 1
 
 
+@pytest.mark.unit
 def test_collect_rejects_bad_input(tmp_path):
     with pytest.raises(ConfigError, match="--task"):
         C.collect("sim", ["no_such_task"], 1, tmp_path / "x")
@@ -76,11 +80,13 @@ def _train_args(**kw):
     return args
 
 
+@pytest.mark.unit
 def test_train_rejects_a_non_dataset(tmp_path):
     with pytest.raises(ConfigError, match="--dataset"):
         TR.train(_train_args(dataset=str(tmp_path), device="cpu"))
 
 
+@pytest.mark.ros
 def test_train_export_and_run_through_the_graph(dataset, tmp_path, domain_id):
     from safetensors.torch import load_file
 

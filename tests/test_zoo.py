@@ -11,6 +11,9 @@ import pytest
 
 from zoo_obs import random_obs as _obs
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 
 @pytest.mark.parametrize("kind", ["act", "diffusion", "pi0", "pi05"])
 def test_zoo_checkpoint_loads_offline_and_moved(kind, tmp_path):

@@ -16,6 +16,9 @@ from wam_policy_node.controller import PolicyController
 from wam_policy_node.runtime import ChunkRuntime
 from wam_policy_node.safety import SafetyFilter
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 CAMS = ("cam_high", "cam_left_wrist", "cam_right_wrist")
 DT = 20_000_000
 HOME = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)

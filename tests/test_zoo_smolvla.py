@@ -12,6 +12,9 @@ import pytest
 
 from zoo_obs import random_obs as _obs
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 
 def _infer(backend, seed):
     import torch

@@ -10,6 +10,9 @@ import numpy as np
 from zoo_obs import CAMS
 from zoo_obs import random_obs as _obs
 
+# No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
+# `unit` tier (make test-unit); `make test` runs it.
+
 
 def test_fastwam_loads_offline_and_answers(tmp_path, monkeypatch):
     from wam_policy_node.backends.lerobot import LeRobotBackend

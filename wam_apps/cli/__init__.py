@@ -37,7 +37,8 @@ def register(name: str, module: str, help_: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="wam-policy", description="Deploy and stress-test VLA / WAM policies on ALOHA over ROS 2.")
+    parser = argparse.ArgumentParser(prog="wam-policy",
+                                     description="Deploy and stress-test VLA / WAM policies on ALOHA over ROS 2.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     argv = sys.argv[1:] if argv is None else argv
     wanted = argv[0] if argv and not argv[0].startswith("-") else None

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Mapping
 
-from wam_common.config import ConfigError, config_dir, load_yaml, resolve_config
+from wam_common.config import ConfigError, load_yaml, resolve_config
 
 #: the study's dimensions, in the order of its tables
 DIMENSIONS = ("Camera", "Robot", "Language", "Light", "Background", "Noise", "Layout")

@@ -137,7 +137,6 @@ def _rewrite(path: Path, buf, size: int) -> RepairReport:
     profile, library = "ros2", "wam_policy-repair"
     schemas: dict[int, int] = {}
     channels: dict[int, int] = {}
-    pending_channels: dict[int, tuple] = {}
     compression = None
     messages = 0
     good_end = 8

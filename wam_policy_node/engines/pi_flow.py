@@ -172,12 +172,6 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return x * cos + rot * sin
 
 
-def cos_sin(pos: torch.Tensor, inv_freq: torch.Tensor, dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    freqs = pos[..., None].float() * inv_freq
-    emb = torch.cat((freqs, freqs), dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)  # (B, N, D)
-
-
 def _text_layer(x, cos, sin, key_mask, a1, qkv_w, o_w, a2, gate_up_w, down_w, *, heads: int, head_dim: int,
                 eps: float, act, last: bool):
     """One VLM layer over the prefix → (x, k, v); k, v (B, L, D) go to the KV cache."""
