@@ -19,7 +19,8 @@ receive time): episode boundaries, latched replays and obs→command latencies t
 in which things were published (one host, one clock); MCAP publish time = the source stamp.
 Files split on each EPISODE ``start`` event (``split.by_episode``), by size
 (``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
-cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
+cleanly, however many arrive (the first stops the node after ``DRAIN_S`` more callbacks, the others
+are ignored: :mod:`wam_common.node_main`); after ``kill -9`` everything older than ``flush_period_s`` is on disk
 (see :mod:`wam_common.bag.repair`).
 """
 from __future__ import annotations
@@ -29,12 +30,10 @@ import heapq
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from pathlib import Path
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -147,7 +146,7 @@ class Recorder(Node):
         if cfg["if_exists"] not in ("error", "suffix", "overwrite"):
             raise ConfigError(f"node 'recorder': key 'if_exists' must be error, suffix or overwrite, got {cfg['if_exists']!r}")
         name = cfg["bag_name"] or default_bag_name()
-        out = Path(os.path.expanduser(cfg["output_dir"])) / name
+        out = Path(os.path.expanduser(cfg["output_dir"])).absolute() / name
         if out.exists() and (not cfg["bag_name"] or cfg["if_exists"] == "suffix"):
             k = 1
             while out.exists():
@@ -204,14 +203,11 @@ class Recorder(Node):
 
             self.create_service(Trigger, "~/split", self._on_split)
             self._discover()
-        except Exception:  # noqa: BLE001
-            if self.context.ok():
-                self.close()
-                raise
-            # SIGINT/SIGTERM during start-up: the node spins no more; close() finishes the bag
-            print("[recorder] interrupted during start-up", flush=True)
-            return
-        self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
+        except Exception:
+            self.close()  # the bag is finished even when the start-up fails
+            raise
+        self.get_logger().info(f"recording {len(self.wanted)} topics to {out} (output_dir "
+                               f"{cfg['output_dir']!r}: relative paths start at the working directory)")
 
     # -- discovery and subscriptions ---------------------------------------------------------
     def _eager(self) -> None:
@@ -483,16 +479,14 @@ class Recorder(Node):
               f"{st['dropped']} dropped, {st['duplicates']} duplicates", flush=True)
 
 
+#: after SIGINT/SIGTERM, callbacks are served this much longer: messages published before the signal
+#: and already on their way (in DDS, not yet taken) still reach the bag
+DRAIN_S = 0.3
+
+
 def main(args=None) -> int:
-    try:
-        return run_node(Recorder, "recorder", args)
-    except Exception as exc:  # noqa: BLE001
-        # a signal during start-up shuts the context down under run_node's executor; the bag was
-        # closed in run_node's finally (Recorder.close) — report it as the clean stop it is
-        if "context" in str(exc) and not rclpy.ok():
-            print("[recorder] stopped during start-up", file=sys.stderr, flush=True)
-            return 0
-        raise
+    # not interruptible during start-up: the bag is created there, and close() must finish it
+    return run_node(Recorder, "recorder", args, drain_s=DRAIN_S, interruptible_start=False)
 
 
 if __name__ == "__main__":

@@ -277,6 +277,8 @@ class SimBridge(Node):
                                      "stamp_ns": self.t_ns})
                 self.get_logger().info(f"done: {succ}/{len(self.results)} successes; idle")
         except Exception as exc:  # noqa: BLE001 - keep the node (and the graph) alive, say why
+            if self._stop.is_set():  # shutting down: nothing is published any more
+                return
             self.get_logger().error(f"episode loop failed: {type(exc).__name__}: {exc}")
             self._publish_event({"event": "error", "error": f"{type(exc).__name__}: {exc}", "stamp_ns": self.t_ns})
 
@@ -300,7 +302,8 @@ class SimBridge(Node):
                "success": bool(env.success or (reason == "success")), "steps": steps, "reason": reason,
                "max_reward": int(env.best_reward), "latency_ms": latency_summary(lat),
                "physical": physical, **extra}
-        self._publish_event(res)
+        if not self._stop.is_set():  # an episode aborted by close() ends in the log only
+            self._publish_event(res)
         self.get_logger().info(f"episode {i} seed {seed}: {reason} after {steps} steps "
                                f"(max reward {env.best_reward}, latency p50 {res['latency_ms']['p50']} ms)")
         return res
@@ -407,6 +410,8 @@ class SimBridge(Node):
         return reason, steps, lat, {"rtf": round(steps * topics.DT / max(wall, 1e-9), 3), "late_steps": late}
 
     def close(self) -> None:
+        """Stop the episode loop (it publishes nothing more), then the physics; run_node calls this
+        while the ROS context is still valid."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

@@ -1,5 +1,6 @@
 """The real ROS 2 tools for the front-door tests: ``colcon build`` of a copy of this package, then the
-upstream ``ros2`` CLI (``launch``, ``param``, ``node``, ``topic``) in a shell that sourced the workspace.
+upstream ``ros2`` CLI (``launch``, ``param``, ``node``, ``topic``) in a shell that sourced the workspace;
+and the readers people open our bags with (``rosbags``; ``mcap`` + ``mcap-ros2-support``).
 
 Where a system ROS 2 is installed (``/opt/ros/<distro>/setup.bash``) it is sourced and used; otherwise
 the tools come from the project venv, where ``scripts/install.sh`` put the upstream jazzy wheels of
@@ -126,7 +127,8 @@ def wait_exit(p: subprocess.Popen, timeout: float) -> int:
 
 
 def read_log(p: subprocess.Popen) -> str:
-    p.log_file.flush()
+    if not p.log_file.closed:
+        p.log_file.flush()
     return Path(p.log_path).read_text(errors="replace")
 
 
@@ -140,3 +142,31 @@ def wait_log(p: subprocess.Popen, text: str, timeout: float) -> bool:
             return text in read_log(p)
         time.sleep(0.1)  # the polling interval
     return False
+
+
+def bag_messages(bag: Path) -> dict[str, list]:
+    """Every message of a bag, per topic, deserialized by ``rosbags``; ``mcap`` with ``mcap-ros2-support``
+    (Foxglove's reader) must decode the same messages. Both read the files as they are (no repair): a
+    file that was not closed (no summary, no footer) fails here."""
+    from mcap.reader import make_reader
+    from mcap_ros2.decoder import DecoderFactory
+    from rosbags.highlevel import AnyReader
+
+    msgs: dict[str, list] = {}
+    with AnyReader([bag]) as reader:
+        for conn, _, raw in reader.messages():
+            msgs.setdefault(conn.topic, []).append(reader.deserialize(raw, conn.msgtype))
+    via_mcap: dict[str, int] = {}
+    for f in sorted(bag.glob("*.mcap")):
+        with open(f, "rb") as fh:
+            r = make_reader(fh, decoder_factories=[DecoderFactory()])
+            assert r.get_summary() is not None, f"{f.name}: no summary (the file was not closed)"
+            for _, channel, _, _ in r.iter_decoded_messages():
+                via_mcap[channel.topic] = via_mcap.get(channel.topic, 0) + 1
+    assert via_mcap == {t: len(m) for t, m in msgs.items()}, (via_mcap, {t: len(m) for t, m in msgs.items()})
+    return msgs
+
+
+def bag_counts(bag: Path) -> dict[str, int]:
+    """Messages per topic (:func:`bag_messages`)."""
+    return {t: len(m) for t, m in bag_messages(bag).items()}

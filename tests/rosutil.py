@@ -57,6 +57,10 @@ class Probe:
         with self._lock:
             return len(self.msgs[topic])
 
+    def wait_count(self, topic: str, n: int, timeout: float) -> bool:
+        """At least ``n`` messages on ``topic`` within ``timeout`` s."""
+        return wait_for(lambda: self.count(topic) >= n, timeout)
+
     def decoded(self, topic: str, msg_type) -> list:
         from rclpy.serialization import deserialize_message
 

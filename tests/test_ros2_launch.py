@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import signal
 import time
-from pathlib import Path
 
 import pytest
 import ros2_tools as rt
 
 pytestmark = [pytest.mark.ros, pytest.mark.skipif(rt.missing() is not None, reason=str(rt.missing()))]
 
+COMMAND = "/forward_position_controller/commands"
 SIM_ARGS = "set:='sim_bridge.episodes=1;recorder.output_dir={out}'"  # the scripted expert: ~210 steps
 
 
@@ -37,29 +37,6 @@ def ws_probe(ws):
     yield p
     p.close()
     ctx.try_shutdown()
-
-
-def bag_messages(bag: Path) -> dict[str, int]:
-    """Messages per topic, read by ``rosbags`` and by ``mcap`` + ``mcap-ros2-support`` (both must
-    decode every message, with no repair)."""
-    from mcap.reader import make_reader
-    from mcap_ros2.decoder import DecoderFactory
-    from rosbags.highlevel import AnyReader
-
-    counts: dict[str, int] = {}
-    with AnyReader([bag]) as reader:
-        for conn, _, raw in reader.messages():
-            reader.deserialize(raw, conn.msgtype)
-            counts[conn.topic] = counts.get(conn.topic, 0) + 1
-    via_mcap: dict[str, int] = {}
-    for f in sorted(bag.glob("*.mcap")):
-        with open(f, "rb") as fh:
-            r = make_reader(fh, decoder_factories=[DecoderFactory()])
-            assert r.get_summary() is not None, f"{f.name}: no summary (the file was not closed)"
-            for _, channel, _, _ in r.iter_decoded_messages():
-                via_mcap[channel.topic] = via_mcap.get(channel.topic, 0) + 1
-    assert via_mcap == counts
-    return counts
 
 
 def test_colcon_build_installs_the_cli_and_every_node(ws):
@@ -91,24 +68,45 @@ def test_show_args_lists_every_argument_with_its_help(ws):
         assert block[1].strip().splitlines()[0].strip(), f"argument {arg} has no help"
 
 
-def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(ws, tmp_path):
+def assert_clean_stop(log: str, nodes: int = 4) -> None:
+    """Every node of the launch finished with status 0, and nothing went wrong on the way."""
+    for bad in ("Traceback", "RCLError", "ERROR]", "exception", "Segmentation fault", "core dumped"):
+        assert bad not in log, f"{bad!r} in the launch output:\n{log[-6000:]}"
+    assert log.count("process has finished cleanly") == nodes, log[-3000:]
+
+
+def wait_commands(probe, p, n: int = 30) -> int:
+    """Wait until the policy's commands flow (an episode is running); how many the probe has seen."""
+    from std_msgs.msg import Float64MultiArray
+
+    probe.listen(COMMAND, Float64MultiArray)
+    assert probe.wait_count(COMMAND, n, timeout=240), rt.read_log(p)[-4000:]
+    return probe.count(COMMAND)
+
+
+@pytest.mark.parametrize("when", ["idle", "mid_episode"])
+def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(ws, ws_probe, tmp_path, when):
+    """Ctrl-C in a terminal: SIGINT to ros2 launch, which passes it on to every node once. After the
+    episode, and in the middle of one (sim_bridge's episode thread publishing as the signal lands)."""
     out = tmp_path / "bags"
     p = ws.start(f"ros2 launch wam_policy aloha_sim.launch.py {SIM_ARGS.format(out=out)}", tmp_path / "launch.log")
     try:
-        assert rt.wait_log(p, "successes; idle", 300), rt.read_log(p)[-4000:]
-        assert "done: 1/1 successes" in rt.read_log(p)
+        if when == "idle":
+            assert rt.wait_log(p, "successes; idle", 300), rt.read_log(p)[-4000:]
+            assert "done: 1/1 successes" in rt.read_log(p)
+            sent_before = 100
+        else:
+            sent_before = wait_commands(ws_probe, p)
         assert p.poll() is None
     finally:
         p.send_signal(signal.SIGINT)  # ros2 launch alone (a terminal's Ctrl-C reaches the group: see below)
         code = rt.wait_exit(p, 60)
     log = rt.read_log(p)
     assert code == 0, log[-4000:]
-    for bad in ("Traceback", "RCLError", "ERROR]", "exception"):
-        assert bad not in log, f"{bad!r} in the launch output:\n{log[-6000:]}"
-    assert log.count("process has finished cleanly") == 4, log[-3000:]
+    assert_clean_stop(log)
     (bag,) = [d for d in out.iterdir() if d.is_dir()]
-    counts = bag_messages(bag)
-    assert counts.get("/forward_position_controller/commands", 0) >= 100, counts
+    counts = rt.bag_counts(bag)
+    assert counts.get(COMMAND, 0) >= sent_before, (counts, sent_before)
 
 
 def test_double_sigint_to_the_process_group_closes_every_bag(ws, ws_probe, tmp_path):
@@ -116,21 +114,17 @@ def test_double_sigint_to_the_process_group_closes_every_bag(ws, ws_probe, tmp_p
     pressing Ctrl-C twice: SIGINT to the whole group, twice, 0.1-0.5 s apart, mid-episode. Every node
     still shuts down, the bag is complete (summary + footer, no repair) and holds every command the
     graph published before the first SIGINT."""
-    from std_msgs.msg import Float64MultiArray
-
-    cmd = "/forward_position_controller/commands"
-    ws_probe.listen(cmd, Float64MultiArray)
     out = tmp_path / "bags"
     sets = SIM_ARGS.format(out=out)
     p = ws.start(f"ros2 launch wam_policy aloha_sim.launch.py {sets}", tmp_path / "launch.log")
-    assert ws_probe.wait_count(cmd, 30, timeout=240), rt.read_log(p)[-4000:]
-    sent_before = ws_probe.count(cmd)
+    sent_before = wait_commands(ws_probe, p)
     rt.signal_group(p)
     time.sleep(0.3)  # the point of the test: a second SIGINT 0.3 s into shutdown
     rt.signal_group(p)
-    rt.wait_exit(p, 60)
+    code = rt.wait_exit(p, 60)
     log = rt.read_log(p)
+    assert code == 0, log[-4000:]
+    assert_clean_stop(log)
     (bag,) = [d for d in out.iterdir() if d.is_dir()]
-    counts = bag_messages(bag)
-    assert counts[cmd] >= sent_before, (counts, sent_before)
-    assert "Segmentation fault" not in log and "core dumped" not in log, log[-4000:]
+    counts = rt.bag_counts(bag)
+    assert counts[COMMAND] >= sent_before, (counts, sent_before)
