@@ -14,8 +14,9 @@ A thin ROS shell over :class:`perturbation_node.engine.Perturber`:
   episode's sim seed, or its index when the event carries no seed);
 - the profile switches at runtime through the ``profile`` parameter (``ros2 param set``, i.e. the
   node's standard ``~/set_parameters`` service) and ``~/reload`` (std_srvs/Trigger: re-read the
-  profile's YAML). An unknown op/level/profile is refused with an error naming it; at start-up
-  the node then runs ``clean`` and says so on ``ACTIVE_PERTURBATION`` (``"error"``);
+  profile's YAML). An unknown op/level/profile is refused with an error naming it: at runtime the
+  running profile stays; at start-up the node does not start (config error, exit 2) — a graph asked
+  to perturb never runs on clean frames instead;
 - background masks (mono8, nonzero = background) from ``background_mask_topic(cam)`` when a
   profile uses ``background``;
 - malformed messages: a throttled warning, counted (``DIAGNOSTICS``), dropped — never a crash.
@@ -41,7 +42,7 @@ from wam_common.node_main import run_node
 from wam_common.params import declare_tree
 
 from .engine import Perturber, check_device
-from .profiles import Profile, load_profile
+from .profiles import load_profile
 
 NAME = "perturbation_node"
 
@@ -80,14 +81,13 @@ class PerturbationNode(Node):
         self.counts = {"malformed": 0, "unsupported_encoding": 0, "published": 0, "passthrough": 0}
         self._warned: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.error: str | None = None
         self.device = str(self.cfg["device"] or "")
         try:
             self.device = check_device(self.device)
         except ConfigError as exc:
             self.get_logger().error(f"parameter 'device': {exc} — running the ops on the CPU")
             self.device = ""
-        self.perturber = self._build(str(self.cfg["profile"]), startup=True)
+        self.perturber = self._build(str(self.cfg["profile"]))  # ConfigError: the node does not start
         self._instruction: str | None = None
         self._masks: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple] = {}  # last frame shape per camera (warm-up at episode start)
@@ -132,22 +132,14 @@ class PerturbationNode(Node):
 
     # ------------------------------------------------------------ profiles
 
-    def _build(self, ref: str, startup: bool = False) -> Perturber:
-        try:
-            p = Perturber(load_profile(ref), self.lockstep, self.device)
-            self.error = None
-            idle = sorted({c for q in (p.profile.suite or [p.profile]) for c in q.cameras}
-                          - {"all"} - set(self.cameras))
-            if idle:
-                self.get_logger().warning(f"profile '{ref}' targets {', '.join(idle)}, which this node does not "
-                                          f"pass through (cameras: {', '.join(self.cameras)}; cam_low needs cam_low: true)")
-            return p
-        except ConfigError as exc:
-            if not startup:
-                raise
-            self.error = str(exc)
-            self.get_logger().error(f"{exc} — passing clean frames")
-            return Perturber(Profile(name="clean", ref="clean", dimension="clean"), self.lockstep, self.device)
+    def _build(self, ref: str) -> Perturber:
+        """Load profile ``ref``; ConfigError naming what is wrong with it."""
+        p = Perturber(load_profile(ref), self.lockstep, self.device)
+        idle = sorted({c for q in (p.profile.suite or [p.profile]) for c in q.cameras} - {"all"} - set(self.cameras))
+        if idle:
+            self.get_logger().warning(f"profile '{ref}' targets {', '.join(idle)}, which this node does not "
+                                      f"pass through (cameras: {', '.join(self.cameras)}; cam_low needs cam_low: true)")
+        return p
 
     def switch(self, ref: str) -> Perturber:
         """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
@@ -184,7 +176,6 @@ class PerturbationNode(Node):
 
     def _publish_active(self) -> None:
         d = self.perturber.active(self.cameras)
-        d["error"] = self.error
         d["device"] = self.device or "cpu"
         d["stamp_ns"] = self.get_clock().now().nanoseconds
         self._pub_active.publish(String(data=json.dumps(d)))
@@ -314,11 +305,10 @@ class PerturbationNode(Node):
 
         c = dict(self.counts)
         c.update({f"engine_{k}": v for k, v in self.perturber.counts.items()})
-        level = DiagnosticStatus.ERROR if self.error else (
-            DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] or c["engine_mask_missing"]
-            else DiagnosticStatus.OK)
+        level = (DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] or c["engine_mask_missing"]
+                 else DiagnosticStatus.OK)
         st = DiagnosticStatus(level=level, name=f"{NAME}: perturbation", hardware_id=self.get_name(),
-                              message=self.error or f"profile {self.perturber.profile.ref}",
+                              message=f"profile {self.perturber.profile.ref}",
                               values=[KeyValue(key=k, value=str(v)) for k, v in c.items()])
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -115,12 +115,18 @@ def signal_group(p: subprocess.Popen, sig=signal.SIGINT) -> None:
     os.killpg(p.pid, sig)
 
 
+def kill_group(p: subprocess.Popen) -> None:
+    """SIGKILL what is left of ``p``'s process group (a launch and its nodes), e.g. after a failed test."""
+    if p.poll() is None:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+
+
 def wait_exit(p: subprocess.Popen, timeout: float) -> int:
     try:
         return p.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+        kill_group(p)
         raise AssertionError(f"still running after {timeout} s: {p.args}\n{read_log(p)[-4000:]}") from None
     finally:
         p.log_file.close()

@@ -39,6 +39,21 @@ def ws_probe(ws):
     ctx.try_shutdown()
 
 
+@pytest.fixture
+def launch(ws, tmp_path):
+    """``launch(ARGS)``: ``ros2 launch wam_policy ARGS`` in its own process group, output in tmp_path;
+    whatever a failed test leaves running is killed."""
+    procs = []
+
+    def start(args: str):
+        procs.append(ws.start(f"ros2 launch wam_policy {args}", tmp_path / f"launch_{len(procs)}.log"))
+        return procs[-1]
+
+    yield start
+    for p in procs:
+        rt.kill_group(p)
+
+
 def test_colcon_build_installs_the_cli_and_every_node(ws):
     assert "Summary: 1 package finished" in ws.build_log.stdout, ws.build_log.stdout[-2000:]
     exe = ws.run("ros2 pkg executables wam_policy").stdout.split()
@@ -85,11 +100,11 @@ def wait_commands(probe, p, n: int = 30) -> int:
 
 
 @pytest.mark.parametrize("when", ["idle", "mid_episode"])
-def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(ws, ws_probe, tmp_path, when):
+def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(launch, ws_probe, tmp_path, when):
     """Ctrl-C in a terminal: SIGINT to ros2 launch, which passes it on to every node once. After the
     episode, and in the middle of one (sim_bridge's episode thread publishing as the signal lands)."""
     out = tmp_path / "bags"
-    p = ws.start(f"ros2 launch wam_policy aloha_sim.launch.py {SIM_ARGS.format(out=out)}", tmp_path / "launch.log")
+    p = launch(f"aloha_sim.launch.py {SIM_ARGS.format(out=out)}")
     try:
         if when == "idle":
             assert rt.wait_log(p, "successes; idle", 300), rt.read_log(p)[-4000:]
@@ -109,14 +124,13 @@ def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(ws, ws_probe, tm
     assert counts.get(COMMAND, 0) >= sent_before, (counts, sent_before)
 
 
-def test_double_sigint_to_the_process_group_closes_every_bag(ws, ws_probe, tmp_path):
+def test_double_sigint_to_the_process_group_closes_every_bag(launch, ws_probe, tmp_path):
     """What `ros2 launch` sends when its stdin is not a terminal and the group is signalled, or a person
     pressing Ctrl-C twice: SIGINT to the whole group, twice, 0.1-0.5 s apart, mid-episode. Every node
     still shuts down, the bag is complete (summary + footer, no repair) and holds every command the
     graph published before the first SIGINT."""
     out = tmp_path / "bags"
-    sets = SIM_ARGS.format(out=out)
-    p = ws.start(f"ros2 launch wam_policy aloha_sim.launch.py {sets}", tmp_path / "launch.log")
+    p = launch(f"aloha_sim.launch.py {SIM_ARGS.format(out=out)}")
     sent_before = wait_commands(ws_probe, p)
     rt.signal_group(p)
     time.sleep(0.3)  # the point of the test: a second SIGINT 0.3 s into shutdown
@@ -128,3 +142,53 @@ def test_double_sigint_to_the_process_group_closes_every_bag(ws, ws_probe, tmp_p
     (bag,) = [d for d in out.iterdir() if d.is_dir()]
     counts = rt.bag_counts(bag)
     assert counts[COMMAND] >= sent_before, (counts, sent_before)
+
+
+def test_real_graph_without_hardware_runs_the_rest(launch, tmp_path):
+    """`ros2 launch wam_policy aloha.launch.py` on a machine without the robot: the two hardware nodes
+    stop at once, each with its one-line reason; perturbation_node, the policy (dry run) and the
+    recorder run, and stop cleanly on Ctrl-C."""
+    p = launch(f"aloha.launch.py set:='recorder.output_dir={tmp_path / 'bags'}'")
+    hardware = {  # node (launch's name for it) → its one-line reason
+        "realsense_cameras-1": "[realsense_cameras] config error: node 'realsense_cameras': parameter 'serials.cam_high' "
+                               "is empty: set the camera's serial number (connected serials: none)",
+        "interbotix_adapter-2": "[interbotix_adapter] config error: interbotix_xs_msgs is not importable",
+    }
+    ready = ["[recorder]: recording 23 topics to", "[perturbation_node]: profile 'clean' (realtime)",
+             "[wam_policy_node]: backend=synthetic"] + [f"[ERROR] [{n}]: process has died" for n in hardware]
+    try:
+        for text in ready:
+            assert rt.wait_log(p, text, 120), (text, rt.read_log(p)[-4000:])
+        assert p.poll() is None
+    finally:
+        p.send_signal(signal.SIGINT)
+        code = rt.wait_exit(p, 60)
+    log = rt.read_log(p)
+    assert code == 0, log[-4000:]
+    lines = log.splitlines()
+    for node, reason in hardware.items():
+        said = [line for line in lines if line.startswith(f"[{node}] ")]
+        assert len(said) == 1 and said[0].startswith(f"[{node}] {reason}"), said
+        (died,) = [line for line in lines if line.startswith(f"[ERROR] [{node}]: process has died")]
+        assert "exit code 2," in died, died
+    assert log.count("process has died") == 2 and log.count("process has finished cleanly") == 3, log[-4000:]
+    assert "Traceback" not in log, log[-4000:]
+
+
+@pytest.mark.parametrize("args,error", [
+    ("aloha_sim.launch.py set:=nosuch.x=1", "override for unknown node 'nosuch' (nodes: perturbation_node, recorder, "
+                                            "sim_bridge, wam_policy_node)"),
+    ("aloha_sim.launch.py set:=foo", "set:='foo': expected NODE.KEY=VALUE"),
+    ("aloha_sim.launch.py config:=nosuch", "config: no such config 'nosuch'"),
+    ("aloha.launch.py profile:=nosuch", "unknown perturbation profile 'nosuch' (known: background, camera, clean,"),
+    ("aloha.launch.py armed:=ture", "launch argument 'armed' must be true or false, got 'ture'"),
+])
+def test_bad_input_is_one_error_line_and_a_nonzero_exit(ws, args, error):
+    """Errors found while the launch description is generated: ros2 launch prints one line naming the
+    problem (no traceback), starts no node and exits 1."""
+    p = ws.run(f"ros2 launch wam_policy {args}", check=False, timeout=120)
+    out = p.stdout + p.stderr
+    assert p.returncode == 1, out
+    errors = [line for line in out.splitlines() if "ERROR" in line or "rror:" in line]
+    assert len(errors) == 1 and error in errors[0], out
+    assert errors[0].startswith("[ERROR] [launch]: ") and "Traceback" not in out and "process started" not in out, out
