@@ -63,20 +63,21 @@ def one_run(ws: rt.Workspace, probe, out: Path, log: Path, delay_s: float, gap_s
     probe.clear()
     p = ws.start(f"ros2 launch wam_policy aloha_sim.launch.py set:='sim_bridge.episodes=0;recorder.output_dir={out}'", log)
     res: dict = {"delay_s": round(delay_s, 3), "gap_s": round(gap_s, 3)}
-    if not probe.wait_count(T.COMMAND, 1, timeout=240):
-        rt.signal_group(p)
-        rt.wait_exit(p, 60)
-        return {**res, "error": "no command within 240 s", "log_tail": rt.read_log(p)[-2000:]}
-    time.sleep(delay_s)  # a random moment of the (endless) episode
-    before = {t: collections.Counter(probe.raw(t)) for t in topics}
-    t0 = time.monotonic()
-    rt.signal_group(p)
-    time.sleep(gap_s)
-    rt.signal_group(p)
     try:
-        code = rt.wait_exit(p, 60)
-    except AssertionError:
-        code = None  # still running after 60 s: killed
+        if not probe.wait_count(T.COMMAND, 1, timeout=240):
+            return {**res, "error": "no command within 240 s", "log_tail": rt.read_log(p)[-2000:]}
+        time.sleep(delay_s)  # a random moment of the (endless) episode
+        before = {t: collections.Counter(probe.raw(t)) for t in topics}
+        t0 = time.monotonic()
+        rt.signal_group(p)
+        time.sleep(gap_s)
+        rt.signal_group(p)
+        try:
+            code = rt.wait_exit(p, 60)
+        except AssertionError:
+            code = None  # still running after 60 s: killed
+    finally:
+        rt.kill_group(p)
     res["shutdown_s"] = round(time.monotonic() - t0, 2)
     text = rt.read_log(p)
     res.update(exit=code, nodes_finished_cleanly=text.count("process has finished cleanly"),
