@@ -60,9 +60,10 @@ def describe() -> str:
 
 
 class Workspace:
-    """A colcon workspace holding a copy of this package, built once."""
+    """A colcon workspace holding a copy of this package, built once (``build_args``: e.g.
+    ``--symlink-install``)."""
 
-    def __init__(self, root: Path, domain_id: int):
+    def __init__(self, root: Path, domain_id: int, build_args: str = ""):
         self.root = root
         self.domain_id = domain_id
         src = root / "src" / "wam_policy"
@@ -72,7 +73,8 @@ class Workspace:
             if (ROOT / f).is_file():
                 (src / f).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / f, src / f)
-        self.build_log = self.run("colcon build --event-handlers console_direct-", sourced=False, timeout=600)
+        self.build_log = self.run(f"colcon build --event-handlers console_direct- {build_args}", sourced=False,
+                                  timeout=600)
 
     def env(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "COLCON_"))}

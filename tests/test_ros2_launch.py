@@ -65,6 +65,29 @@ def test_colcon_build_installs_the_cli_and_every_node(ws):
     assert "install/wam_policy/bin/wam-policy" in out and "preflight" in out
 
 
+def test_colcon_symlink_install_still_installs_everything(tmp_path):
+    """README's `colcon build --symlink-install`. With setuptools >= 80 (the project venv pins 81.0.0)
+    colcon finds no `setup.py develop --editable` and quietly installs a copy instead (docs/ROBOT.md:
+    rebuild after edits); either way the install works: the nodes, `wam-policy`, the launch files."""
+    from wam_common.launcher import DomainLease
+
+    lease = DomainLease()
+    try:
+        ws = rt.Workspace(tmp_path / "ws", lease.domain_id, "--symlink-install")
+        copied = "No '--editable' capability in setuptools, falling back to full install" in (
+            tmp_path / "ws/log/latest_build/logger_all.log").read_text()
+        # colcon's log says which it made: a copy runs the installed files, a symlink install the source
+        module = ws.run("python3 -c 'import os, wam_common.node_main as m; print(os.path.realpath(m.__file__))'"
+                        ).stdout.strip()
+        assert module.startswith(str(tmp_path / "ws" / ("install" if copied else "src"))), (copied, module)
+        exe = ws.run("ros2 pkg executables wam_policy").stdout.split()
+        assert {"sim_bridge", "recorder", "wam_policy_node", "wam-policy"} <= set(exe), exe
+        assert "preflight" in ws.run("wam-policy preflight --help").stdout
+        assert "'profile':" in ws.run("ros2 launch wam_policy aloha.launch.py --show-args").stdout
+    finally:
+        lease.release()
+
+
 def test_installed_package_finds_its_configs_and_checkpoint(ws):
     """From any working directory: the policy configs and the shipped checkpoint resolve from the
     package share (not the source tree, which the installed package never sees)."""
