@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import ros2_tools as rt
@@ -167,11 +168,12 @@ def test_double_sigint_to_the_process_group_closes_every_bag(launch, ws_probe, t
     assert counts[COMMAND] >= sent_before, (counts, sent_before)
 
 
-def test_real_graph_without_hardware_runs_the_rest(launch, tmp_path):
+def test_real_graph_without_hardware_runs_the_rest(ws, launch):
     """`ros2 launch wam_policy aloha.launch.py` on a machine without the robot: the two hardware nodes
     stop at once, each with its one-line reason; perturbation_node, the policy (dry run) and the
-    recorder run, and stop cleanly on Ctrl-C."""
-    p = launch(f"aloha.launch.py set:='recorder.output_dir={tmp_path / 'bags'}'")
+    recorder run, and stop cleanly on Ctrl-C. The bag goes to config/aloha.yaml's runs/robot_bags
+    under the folder ros2 launch runs in, and the recorder's first line says so with the absolute path."""
+    p = launch("aloha.launch.py")
     hardware = {  # node (launch's name for it) → its one-line reason
         "realsense_cameras-1": "[realsense_cameras] config error: node 'realsense_cameras': parameter 'serials.cam_high' "
                                "is empty: set the camera's serial number (connected serials: none)",
@@ -196,6 +198,12 @@ def test_real_graph_without_hardware_runs_the_rest(launch, tmp_path):
         assert "exit code 2," in died, died
     assert log.count("process has died") == 2 and log.count("process has finished cleanly") == 3, log[-4000:]
     assert "Traceback" not in log, log[-4000:]
+    bags = ws.root / "run" / "runs" / "robot_bags"  # Workspace runs every command from ws/run
+    (line,) = [line for line in lines if "[recorder]: recording 23 topics to" in line]
+    bag = line.split(" to ", 1)[1].split(" ", 1)[0]
+    assert bag.startswith(f"{bags}/rosbag2_") and "(output_dir 'runs/robot_bags': relative paths start at the " \
+                                                 "working directory)" in line, line
+    assert rt.bag_counts(Path(bag)), bag
 
 
 @pytest.mark.parametrize("args,error", [
