@@ -137,7 +137,7 @@ def test_unknown_profile_at_startup_is_a_config_error(domain_id, tmp_path):
     """A graph asked to perturb never runs on clean frames instead: the node does not start."""
     runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True)
     try:
-        assert wait_for(lambda: runner.dead(), 30), runner.log("perturbation_node")
+        assert wait_for(runner.dead, 30), runner.log("perturbation_node")
     finally:
         runner.stop()
     assert runner.dead() == {"perturbation_node": 2}

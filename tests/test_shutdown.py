@@ -62,8 +62,8 @@ def test_repeated_signals_never_interrupt_closing_the_bag(probe, domain_id, tmp_
         first = None
         for sig, at in signals:
             time.sleep(max(0.0, t0 + at - time.monotonic()))
-            os.killpg(proc.pid, sig)
             first = first or time.monotonic()
+            os.killpg(proc.pid, sig)
         code = proc.wait(30)
     finally:
         stop.set()

@@ -142,6 +142,7 @@ class StopSignals:
         self.requested = True
         if self.starting and self.interruptible_start:
             raise KeyboardInterrupt
+        self.wake()  # the handler may run inside spin_once, before it waits: wake that wait too
 
     def ignore(self) -> None:
         """From now on (the process is exiting) ignore the signals: at finalization Python resets the
@@ -151,12 +152,15 @@ class StopSignals:
 
     def _watch(self, read_fd: int) -> None:
         while os.read(read_fd, 64):
-            guard = self._guard
-            if guard is not None:
-                try:
-                    guard.trigger()
-                except InvalidHandle:  # destroyed meanwhile: spin() has returned
-                    pass
+            self.wake()
+
+    def wake(self) -> None:
+        guard = self._guard
+        if guard is not None:
+            try:
+                guard.trigger()
+            except InvalidHandle:  # destroyed meanwhile: spin() has returned
+                pass
 
     def spin(self, node, executor, drain_s: float = 0.0) -> None:
         """Serve ``node``'s callbacks until a stop is asked for, then ``drain_s`` seconds more."""
