@@ -91,7 +91,7 @@ def render() -> str:
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--check", metavar="FILE", help="exit 1 when FILE (docs/NODES.md) differs from what would be generated")
+    p.add_argument("--check", metavar="FILE", help="exit 1 when FILE (docs/NODES.md) is not what would be printed")
 
 
 def run(args) -> int:
@@ -99,7 +99,7 @@ def run(args) -> int:
     if args.check:
         with open(args.check, encoding="utf-8") as fh:
             same = fh.read() == text
-        print(f"{args.check}: {'up to date' if same else 'stale: regenerate with wam-policy nodes-doc > ' + args.check}")
+        print(f"{args.check}: " + ("up to date" if same else f"stale: regenerate with wam-policy nodes-doc > {args.check}"))
         return 0 if same else 1
     sys.stdout.write(text)
     return 0
