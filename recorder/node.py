@@ -41,38 +41,47 @@ from wam_common import topics as T
 from wam_common.config import ConfigError
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
+from wam_common.schema import Param, Service, defaults, publishes, subscribes
 from wam_common.bag.msgdefs import UnknownTypeError, message_class, message_definition
 from recorder.topics import contract_qos, contract_types, default_topics
 from wam_common.bag.writer import BagError, BagWriter, COMPRESSION, QosSpec
 
-DEFAULTS = {
-    "output_dir": "runs/bags",
-    "bag_name": "",            # "" → rosbag2_YYYY_MM_DD-HH_MM_SS
-    "if_exists": "error",      # the bag exists already: error (as ros2 bag record) | suffix (_1, _2 …) | overwrite
-    "topics": [],              # [] → the graph contract's topics (raw and /perturbed)
-    "exclude_topics": [],
-    "topic_types": {},         # topic → message type ("/tf": tf2_msgs/msg/TFMessage): topics beyond the
-                               # contract, recorded too and subscribed before a publisher shows up;
-                               # a type that cannot be found is a config error naming the key
-    "compression": "none",     # none | zstd | lz4 (MCAP chunk compression)
+PARAMS = {
+    "output_dir": Param("runs/bags", "the folder the bag is created in"),
+    "bag_name": Param("", "the bag's folder name (\"\" = rosbag2_YYYY_MM_DD-HH_MM_SS)"),
+    "if_exists": Param("error", "when the bag exists already: error (as ros2 bag record), suffix (_1, _2 ...) or "
+                       "overwrite", choices=("error", "suffix", "overwrite")),
+    "topics": Param([], "the topics to record ([] = the graph contract's topics, raw and /perturbed)",
+                    kind="string[]"),
+    "exclude_topics": Param([], "topics not to record", kind="string[]"),
+    "topic_types": Param({}, "topic → message type (\"/tf\": tf2_msgs/msg/TFMessage): topics beyond the contract, "
+                         "recorded too and subscribed before a publisher shows up; a type that cannot be found is "
+                         "a config error naming the key"),
+    "compression": Param("none", "MCAP chunk compression", choices=tuple(COMPRESSION)),
     "split": {
-        "by_episode": True,    # a new file at each EPISODE "start" event
-        "max_bytes": 0,        # 0 → no size limit per file
-        "max_duration_s": 0.0, # 0 → no duration limit per file
+        "by_episode": Param(True, "a new file at each EPISODE start event"),
+        "max_bytes": Param(0, "largest file (bytes; 0 = no limit)", range=(0, None)),
+        "max_duration_s": Param(0.0, "longest file (s of log time; 0 = no limit)", range=(0.0, None)),
     },
-    "flush_period_s": 0.5,     # chunk closed and flushed to the OS at least this often (crash safety)
-    "reorder_window_s": 0.2,   # messages wait this long to be written in log-time order
-    "metadata_period_s": 1.0,  # metadata.yaml rewritten this often
-    "chunk_bytes": 4194304,
-    "queue_max_bytes": 1073741824,  # backlog beyond this is dropped (and counted), never blocks DDS
-    "qos_depth": 100,
-    "discovery_period_s": 0.2,
-    "diagnostics_period_s": 1.0,  # 0 → no recorder status on /diagnostics
-    "fsync": False,
-    "log_time": "publish",     # MCAP log time: "publish" (DDS source stamp: causal order across
-                               # publishers, latched replays keep their time) or "receive"
-    "labels": {},              # free key → value labels (policy, dimension, level, …) kept in metadata custom_data
+    "flush_period_s": Param(0.5, "the open chunk is closed and flushed to the OS at least this often: what a kill "
+                            "-9 can lose (s)", range=(0.001, None)),
+    "reorder_window_s": Param(0.2, "messages wait this long to be written in log-time order (s)",
+                              range=(0.0, 0.5)),
+    "metadata_period_s": Param(1.0, "metadata.yaml is rewritten this often (s)", range=(0.001, None)),
+    "chunk_bytes": Param(4194304, "MCAP chunk size (bytes)", range=(1, None)),
+    "queue_max_bytes": Param(1073741824, "backlog beyond this is dropped and counted, never blocks DDS (bytes)",
+                             range=(1, None)),
+    "qos_depth": Param(100, "keep-last depth of every subscription", range=(1, None)),
+    "discovery_period_s": Param(0.2, "how often the graph is searched for new publishers (s)", range=(0.001, None)),
+    "diagnostics_period_s": Param(1.0, "period of the recorder status on /diagnostics (s; 0 = none)",
+                                  range=(0.0, None)),
+    "fsync": Param(False, "fsync each flush (slower; survives a power cut, not only a crash)"),
+    "log_time": Param("publish", "MCAP log time: publish (the DDS source stamp: causal order across publishers, "
+                      "latched replays keep their time) or receive", choices=("publish", "receive")),
+    "labels": Param({}, "free key → value labels (policy, dimension, level, ...) kept in the bag's metadata "
+                    "(custom_data)"),
 }
+DEFAULTS = defaults(PARAMS)
 
 _STOP = object()
 
@@ -104,6 +113,29 @@ def _topic_types(table) -> dict[str, str]:
     return out
 
 
+def wanted_topics(cfg: dict) -> tuple[list[str], dict[str, str]]:
+    """The topics to record (in order) and the ``topic_types`` table of a validated config."""
+    typed = _topic_types(cfg["topic_types"])
+    topics = _str_list(cfg["topics"], "topics") or default_topics()
+    excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
+    return [t for t in dict.fromkeys(topics + list(typed)) if t not in excluded], typed
+
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics and service for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them
+    against the running node). Each topic is subscribed with the QoS its publishers offer, as ros2 bag record
+    does (a contract topic already before one shows up)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_srvs.srv import Trigger
+
+    wanted, typed = wanted_topics(cfg)
+    types = {**contract_types(), **typed}
+    out = [subscribes(t, types.get(t, "(as published)"), None, "recorded") for t in wanted]
+    if cfg["diagnostics_period_s"] > 0:
+        out.append(publishes(T.DIAGNOSTICS, DiagnosticArray, 10, "recorder status: received, written, dropped"))
+    return out + [Service("~/split", Trigger, "start a new bag file now (a real robot without EPISODE events)")]
+
+
 def default_bag_name() -> str:
     return time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S", time.localtime())
 
@@ -123,28 +155,9 @@ def _episode_event(raw: bytes) -> dict | None:
 class Recorder(Node):
     def __init__(self, **kwargs):
         super().__init__("recorder", **kwargs)
-        cfg = declare_tree(self, DEFAULTS)
+        cfg = declare_tree(self, PARAMS)
         self.cfg = cfg
-        typed = _topic_types(cfg["topic_types"])
-        topics = _str_list(cfg["topics"], "topics") or default_topics()
-        excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
-        self.wanted = [t for t in dict.fromkeys(topics + list(typed)) if t not in excluded]
-        if cfg["compression"] not in COMPRESSION:
-            raise ConfigError(f"node 'recorder': key 'compression' must be one of none, zstd, lz4, got {cfg['compression']!r}")
-        if not 0 <= cfg["reorder_window_s"] <= 0.5:
-            raise ConfigError(f"node 'recorder': key 'reorder_window_s' must be within 0..0.5 s, got {cfg['reorder_window_s']!r}")
-        for key in ("flush_period_s", "metadata_period_s", "discovery_period_s"):
-            if not cfg[key] > 0:
-                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
-        for key in ("chunk_bytes", "queue_max_bytes", "qos_depth"):
-            if cfg[key] <= 0:
-                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
-        if cfg["split"]["max_bytes"] < 0 or cfg["split"]["max_duration_s"] < 0:
-            raise ConfigError("node 'recorder': keys 'split.max_bytes' and 'split.max_duration_s' must be >= 0")
-        if cfg["log_time"] not in ("publish", "receive"):
-            raise ConfigError(f"node 'recorder': key 'log_time' must be 'publish' or 'receive', got {cfg['log_time']!r}")
-        if cfg["if_exists"] not in ("error", "suffix", "overwrite"):
-            raise ConfigError(f"node 'recorder': key 'if_exists' must be error, suffix or overwrite, got {cfg['if_exists']!r}")
+        self.wanted, typed = wanted_topics(cfg)
         name = cfg["bag_name"] or default_bag_name()
         out = Path(os.path.expanduser(cfg["output_dir"])).absolute() / name
         if out.exists() and (not cfg["bag_name"] or cfg["if_exists"] == "suffix"):
