@@ -1,4 +1,5 @@
 """ament_python package ``wam_policy``: ``colcon build`` on a robot, ``pip install -e .`` elsewhere."""
+import sys
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -16,10 +17,16 @@ NODES = {
 }
 
 
+def colcon_install() -> bool:
+    """``setup.py install`` / ``develop`` as colcon's ament_python build runs it (pip's wheel and editable
+    builds go through bdist_wheel / editable_wheel instead, and get the console script in the venv)."""
+    return any(cmd in sys.argv[1:] for cmd in ("install", "develop"))
+
+
 def config_files():
     out = {}
-    for path in glob("config/**/*", recursive=True):
-        if path.endswith((".yaml", ".xml", ".json", ".txt")):
+    for path in glob("config/**/*", recursive=True) + glob("checkpoints/**/*", recursive=True):
+        if path.endswith((".yaml", ".xml", ".json", ".txt", ".safetensors")):
             folder = path.rsplit("/", 1)[0]
             out.setdefault(f"share/{PACKAGE}/{folder}", []).append(path)
     return sorted(out.items())
@@ -35,6 +42,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         *config_files(),
+        # colcon: `wam-policy` on PATH after `source install/setup.bash` (README, docs/ROBOT.md)
+        *([("bin", ["scripts/wam-policy"])] if colcon_install() else []),
     ],
     include_package_data=True,
     install_requires=["setuptools"],
@@ -42,7 +51,6 @@ setup(
     maintainer="wam_policy developers",
     description="VLA / world-action-model deployment and robustness study on ALOHA over ROS 2",
     license="Apache-2.0",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [f"{name} = {target}" for name, target in NODES.items()]
         + ["wam-policy = wam_apps.cli:main"],

@@ -13,13 +13,27 @@ ARGUMENTS = {
 }
 
 
+def flag(values, name: str) -> bool:
+    """A true/false launch argument; anything else is an error (a typo never arms or disarms silently)."""
+    from wam_common.config import ConfigError
+
+    value = values[name].strip().lower()
+    if value not in ("1", "true", "yes", "0", "false", "no"):
+        raise ConfigError(f"launch argument '{name}' must be true or false, got '{values[name]}'")
+    return value in ("1", "true", "yes")
+
+
 def to_overrides(values):
-    armed = values["armed"].strip().lower() in ("1", "true", "yes")
+    from perturbation_node.profiles import load_profile
+
+    # the robot never runs unperturbed when a profile was asked for: a bad one stops the launch here,
+    # before any node starts (and perturbation_node refuses it too)
+    load_profile(values["profile"])
     out = {
-        "wam_policy_node": {"safety": {"dry_run": not armed}},
+        "wam_policy_node": {"safety": {"dry_run": not flag(values, "armed")}},
         "perturbation_node": {"profile": values["profile"]},
     }
-    if values["use_realsense_ros"].strip().lower() in ("1", "true", "yes"):
+    if flag(values, "use_realsense_ros"):
         out["realsense_cameras"] = {"enabled": False}
     return out
 

@@ -14,8 +14,9 @@ A thin ROS shell over :class:`perturbation_node.engine.Perturber`:
   episode's sim seed, or its index when the event carries no seed);
 - the profile switches at runtime through the ``profile`` parameter (``ros2 param set``, i.e. the
   node's standard ``~/set_parameters`` service) and ``~/reload`` (std_srvs/Trigger: re-read the
-  profile's YAML). An unknown op/level/profile is refused with an error naming it; at start-up
-  the node then runs ``clean`` and says so on ``ACTIVE_PERTURBATION`` (``"error"``);
+  profile's YAML). An unknown op/level/profile is refused with an error naming it: at runtime the
+  running profile stays; at start-up the node does not start (config error, exit 2) — a graph asked
+  to perturb never runs on clean frames instead;
 - background masks (mono8, nonzero = background) from ``background_mask_topic(cam)`` when a
   profile uses ``background``;
 - malformed messages: a throttled warning, counted (``DIAGNOSTICS``), dropped — never a crash.
@@ -27,7 +28,6 @@ import threading
 import time
 
 import numpy as np
-from rcl_interfaces.msg import SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message, serialize_message
@@ -39,25 +39,66 @@ from wam_common.config import ConfigError
 from wam_common.imageio import ImageDecodeError, Stamp, decode_image, encode_image
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
+from wam_common.schema import Param, Service, defaults, publishes, subscribes
 
 from .engine import Perturber, check_device
-from .profiles import Profile, load_profile
+from .profiles import load_profile
 
 NAME = "perturbation_node"
 
-DEFAULTS = {
-    "profile": "clean",  # name[@level] of config/perturbations/<name>.yaml, or a path to one
-    "lockstep": False,  # reliable sensor QoS; frame drops become stale frames; no stamp jitter
-    "cam_low": False,  # also pass cam_low through
-    "device": "",  # "" numpy/OpenCV; "auto" or a torch device ("cuda"): ops with a torch path run there
-    "diagnostics_period_s": 2.0,
-    # OpenCV worker threads per op (0 = OpenCV's default, one per core). A frame is ~1 ms of work:
-    # fanning it out over cores that the cameras, the policy and DDS also need costs more in
-    # contention (p99) than it saves
-    "cv_threads": 1,
+PARAMS = {
+    "profile": Param("clean", "the active profile: name[@level] of config/perturbations/<name>.yaml, or a path to "
+                     "one; switching loads it (a bad one is refused, naming the problem)", dynamic=True),
+    "lockstep": Param(False, "reliable sensor QoS: a frame is never dropped, only late (the sim's lockstep clock)"),
+    "cam_low": Param(False, "also pass cam_low through"),
+    "device": Param("", "where the ops run: \"\" numpy/OpenCV; auto or a torch device (cuda, cuda:N) for the ops "
+                    "with a torch path"),
+    "diagnostics_period_s": Param(2.0, "period of the counters on /diagnostics (s; 0 = none)", range=(0.0, None)),
+    "cv_threads": Param(1, "OpenCV worker threads (0 = OpenCV's default, one per core). A frame is ~1 ms of work: "
+                        "fanning it out over cores the cameras, the policy and DDS also need costs more in "
+                        "contention (p99) than it saves", range=(0, 1024), dynamic=True),
 }
+DEFAULTS = defaults(PARAMS)
 
 _COLOUR = {"rgb8": None, "8UC3": None, "bgr8": "bgr"}
+
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics and service for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them
+    against the running node)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_srvs.srv import Trigger
+
+    sensor = qos.sensor(cfg["lockstep"])
+    cams = list(topics.CAMERAS) + (["cam_low"] if cfg["cam_low"] else [])
+    out = [
+        subscribes(topics.EPISODE, String, qos.EVENTS, "episode events: a start reseeds the per-episode randomness"),
+        subscribes(topics.INSTRUCTION, String, qos.LATCHED, "the task instruction"),
+        publishes(topics.perturbed(topics.INSTRUCTION), String, qos.LATCHED,
+                  "the instruction after the profile's language ops (again at each episode start)"),
+        publishes(topics.ACTIVE_PERTURBATION, String, qos.LATCHED, "JSON: the active profile, its ops and seeds"),
+    ]
+    for cam in cams:
+        src = topics.camera_topic(cam)
+        out += [subscribes(src, Image, sensor, f"camera {cam}"),
+                publishes(topics.perturbed(src), Image, sensor, f"camera {cam} after the profile's image ops"),
+                subscribes(mask_topic(cam), Image, qos.SENSOR, f"background mask of {cam} (mono8, nonzero = "
+                           "background) for the background op")]
+    for arm in topics.ARMS:
+        src = topics.joint_state_topic(arm)
+        out += [subscribes(src, JointState, sensor, f"the {arm} arm's joint states"),
+                publishes(topics.perturbed(src), JointState, sensor, f"the {arm} arm's joint states after the "
+                          "profile's state ops")]
+    if cfg["diagnostics_period_s"] > 0:
+        out.append(publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "message counters and profile errors"))
+    return out + [Service("~/reload", Trigger, "re-read the active profile's YAML")]
+
+
+def _cv_threads(n: int) -> None:
+    """OpenCV's worker threads: n, or its default for 0."""
+    import cv2
+
+    cv2.setNumThreads(n if n > 0 else -1)
 
 
 def mask_topic(cam: str) -> str:
@@ -68,26 +109,20 @@ def mask_topic(cam: str) -> str:
 class PerturbationNode(Node):
     def __init__(self, **kwargs):
         super().__init__(NAME, **kwargs)
-        self.cfg = declare_tree(self, DEFAULTS)
+        self.cfg = declare_tree(self, PARAMS, on_set=self._on_params)
         self.lockstep = bool(self.cfg["lockstep"])
-        if int(self.cfg["cv_threads"]) < 0:
-            raise ConfigError(f"node 'perturbation_node': key 'cv_threads' must be >= 0, got {self.cfg['cv_threads']}")
-        if int(self.cfg["cv_threads"]) > 0:
-            import cv2
-
-            cv2.setNumThreads(int(self.cfg["cv_threads"]))
+        _cv_threads(int(self.cfg["cv_threads"]))
         self.cameras = list(topics.CAMERAS) + (["cam_low"] if self.cfg["cam_low"] else [])
         self.counts = {"malformed": 0, "unsupported_encoding": 0, "published": 0, "passthrough": 0}
         self._warned: dict[str, float] = {}
         self._lock = threading.Lock()
-        self.error: str | None = None
         self.device = str(self.cfg["device"] or "")
         try:
             self.device = check_device(self.device)
         except ConfigError as exc:
             self.get_logger().error(f"parameter 'device': {exc} — running the ops on the CPU")
             self.device = ""
-        self.perturber = self._build(str(self.cfg["profile"]), startup=True)
+        self.perturber = self._build(str(self.cfg["profile"]))  # ConfigError: the node does not start
         self._instruction: str | None = None
         self._masks: dict[str, np.ndarray] = {}
         self._shapes: dict[str, tuple] = {}  # last frame shape per camera (warm-up at episode start)
@@ -115,7 +150,6 @@ class PerturbationNode(Node):
             pub = self.create_publisher(JointState, topics.perturbed(src), sensor)
             self.create_subscription(JointState, src, lambda raw, a=arm, p=pub: self._on_joints(a, raw, p), sensor,
                                      raw=True, callback_group=group)
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         from std_srvs.srv import Trigger
 
         self.create_service(Trigger, "~/reload", self._on_reload, callback_group=misc)
@@ -132,26 +166,20 @@ class PerturbationNode(Node):
 
     # ------------------------------------------------------------ profiles
 
-    def _build(self, ref: str, startup: bool = False) -> Perturber:
-        try:
-            p = Perturber(load_profile(ref), self.lockstep, self.device)
-            self.error = None
-            idle = sorted({c for q in (p.profile.suite or [p.profile]) for c in q.cameras}
-                          - {"all"} - set(self.cameras))
-            if idle:
-                self.get_logger().warning(f"profile '{ref}' targets {', '.join(idle)}, which this node does not "
-                                          f"pass through (cameras: {', '.join(self.cameras)}; cam_low needs cam_low: true)")
-            return p
-        except ConfigError as exc:
-            if not startup:
-                raise
-            self.error = str(exc)
-            self.get_logger().error(f"{exc} — passing clean frames")
-            return Perturber(Profile(name="clean", ref="clean", dimension="clean"), self.lockstep, self.device)
+    def _build(self, ref: str) -> Perturber:
+        """Load profile ``ref``; ConfigError naming what is wrong with it."""
+        p = Perturber(load_profile(ref), self.lockstep, self.device)
+        idle = sorted({c for q in (p.profile.suite or [p.profile]) for c in q.cameras} - {"all"} - set(self.cameras))
+        if idle:
+            self.get_logger().warning(f"profile '{ref}' targets {', '.join(idle)}, which this node does not "
+                                      f"pass through (cameras: {', '.join(self.cameras)}; cam_low needs cam_low: true)")
+        return p
 
     def switch(self, ref: str) -> Perturber:
         """Load ``ref`` and make it active (keeping the episode index); ConfigError if it is bad."""
-        new = self._build(ref)
+        return self._activate(ref, self._build(ref))
+
+    def _activate(self, ref: str, new: Perturber) -> Perturber:
         old = self.perturber
         new.start_episode(old.episode, old.episode_key, old.episode_start_ns)
         new.counts = old.counts  # diagnostics count over the node's life, not per profile
@@ -162,17 +190,17 @@ class PerturbationNode(Node):
         self._republish_instruction()
         return new
 
-    def _on_set_parameters(self, params) -> SetParametersResult:
-        for prm in params:
-            if prm.name == "profile":
-                try:
-                    self.switch(str(prm.value))
-                except ConfigError as exc:
-                    self.get_logger().error(f"profile not switched: {exc}")
-                    return SetParametersResult(successful=False, reason=str(exc))
-            elif prm.name in ("lockstep", "cam_low", "device"):
-                return SetParametersResult(successful=False, reason=f"parameter '{prm.name}' is read-only at runtime")
-        return SetParametersResult(successful=True)
+    def _on_params(self, cfg: dict, changed: set[str]):
+        """``ros2 param set`` (wam_common.params): a new ``profile`` is loaded here (a bad one raises: refused)
+        and made active once set; ``cv_threads`` applies at once."""
+        new = self._build(cfg["profile"]) if "profile" in changed else None
+
+        def apply() -> None:
+            if new is not None:
+                self._activate(cfg["profile"], new)
+            _cv_threads(int(cfg["cv_threads"]))
+
+        return apply
 
     def _on_reload(self, request, response):
         try:
@@ -184,7 +212,6 @@ class PerturbationNode(Node):
 
     def _publish_active(self) -> None:
         d = self.perturber.active(self.cameras)
-        d["error"] = self.error
         d["device"] = self.device or "cpu"
         d["stamp_ns"] = self.get_clock().now().nanoseconds
         self._pub_active.publish(String(data=json.dumps(d)))
@@ -314,11 +341,10 @@ class PerturbationNode(Node):
 
         c = dict(self.counts)
         c.update({f"engine_{k}": v for k, v in self.perturber.counts.items()})
-        level = DiagnosticStatus.ERROR if self.error else (
-            DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] or c["engine_mask_missing"]
-            else DiagnosticStatus.OK)
+        level = (DiagnosticStatus.WARN if c["malformed"] or c["engine_op_errors"] or c["engine_mask_missing"]
+                 else DiagnosticStatus.OK)
         st = DiagnosticStatus(level=level, name=f"{NAME}: perturbation", hardware_id=self.get_name(),
-                              message=self.error or f"profile {self.perturber.profile.ref}",
+                              message=f"profile {self.perturber.profile.ref}",
                               values=[KeyValue(key=k, value=str(v)) for k, v in c.items()])
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

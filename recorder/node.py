@@ -19,7 +19,8 @@ receive time): episode boundaries, latched replays and obs→command latencies t
 in which things were published (one host, one clock); MCAP publish time = the source stamp.
 Files split on each EPISODE ``start`` event (``split.by_episode``), by size
 (``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
-cleanly; after ``kill -9`` everything older than ``flush_period_s`` is on disk
+cleanly, however many arrive (the first stops the node after ``DRAIN_S`` more callbacks, the others
+are ignored: :mod:`wam_common.node_main`); after ``kill -9`` everything older than ``flush_period_s`` is on disk
 (see :mod:`wam_common.bag.repair`).
 """
 from __future__ import annotations
@@ -29,12 +30,10 @@ import heapq
 import json
 import os
 import queue
-import sys
 import threading
 import time
 from pathlib import Path
 
-import rclpy
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
@@ -42,38 +41,47 @@ from wam_common import topics as T
 from wam_common.config import ConfigError
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
+from wam_common.schema import Param, Service, defaults, publishes, subscribes
 from wam_common.bag.msgdefs import UnknownTypeError, message_class, message_definition
 from recorder.topics import contract_qos, contract_types, default_topics
 from wam_common.bag.writer import BagError, BagWriter, COMPRESSION, QosSpec
 
-DEFAULTS = {
-    "output_dir": "runs/bags",
-    "bag_name": "",            # "" → rosbag2_YYYY_MM_DD-HH_MM_SS
-    "if_exists": "error",      # the bag exists already: error (as ros2 bag record) | suffix (_1, _2 …) | overwrite
-    "topics": [],              # [] → the graph contract's topics (raw and /perturbed)
-    "exclude_topics": [],
-    "topic_types": {},         # topic → message type ("/tf": tf2_msgs/msg/TFMessage): topics beyond the
-                               # contract, recorded too and subscribed before a publisher shows up;
-                               # a type that cannot be found is a config error naming the key
-    "compression": "none",     # none | zstd | lz4 (MCAP chunk compression)
+PARAMS = {
+    "output_dir": Param("runs/bags", "the folder the bag is created in"),
+    "bag_name": Param("", "the bag's folder name (\"\" = rosbag2_YYYY_MM_DD-HH_MM_SS)"),
+    "if_exists": Param("error", "when the bag exists already: error (as ros2 bag record), suffix (_1, _2 ...) or "
+                       "overwrite", choices=("error", "suffix", "overwrite")),
+    "topics": Param([], "the topics to record ([] = the graph contract's topics, raw and /perturbed)",
+                    kind="string[]"),
+    "exclude_topics": Param([], "topics not to record", kind="string[]"),
+    "topic_types": Param({}, "topic → message type (\"/tf\": tf2_msgs/msg/TFMessage): topics beyond the contract, "
+                         "recorded too and subscribed before a publisher shows up; a type that cannot be found is "
+                         "a config error naming the key"),
+    "compression": Param("none", "MCAP chunk compression", choices=tuple(COMPRESSION)),
     "split": {
-        "by_episode": True,    # a new file at each EPISODE "start" event
-        "max_bytes": 0,        # 0 → no size limit per file
-        "max_duration_s": 0.0, # 0 → no duration limit per file
+        "by_episode": Param(True, "a new file at each EPISODE start event"),
+        "max_bytes": Param(0, "largest file (bytes; 0 = no limit)", range=(0, None)),
+        "max_duration_s": Param(0.0, "longest file (s of log time; 0 = no limit)", range=(0.0, None)),
     },
-    "flush_period_s": 0.5,     # chunk closed and flushed to the OS at least this often (crash safety)
-    "reorder_window_s": 0.2,   # messages wait this long to be written in log-time order
-    "metadata_period_s": 1.0,  # metadata.yaml rewritten this often
-    "chunk_bytes": 4194304,
-    "queue_max_bytes": 1073741824,  # backlog beyond this is dropped (and counted), never blocks DDS
-    "qos_depth": 100,
-    "discovery_period_s": 0.2,
-    "diagnostics_period_s": 1.0,  # 0 → no recorder status on /diagnostics
-    "fsync": False,
-    "log_time": "publish",     # MCAP log time: "publish" (DDS source stamp: causal order across
-                               # publishers, latched replays keep their time) or "receive"
-    "labels": {},              # free key → value labels (policy, dimension, level, …) kept in metadata custom_data
+    "flush_period_s": Param(0.5, "the open chunk is closed and flushed to the OS at least this often: what a kill "
+                            "-9 can lose (s)", range=(0.001, None)),
+    "reorder_window_s": Param(0.2, "messages wait this long to be written in log-time order (s)",
+                              range=(0.0, 0.5)),
+    "metadata_period_s": Param(1.0, "metadata.yaml is rewritten this often (s)", range=(0.001, None)),
+    "chunk_bytes": Param(4194304, "MCAP chunk size (bytes)", range=(1, None)),
+    "queue_max_bytes": Param(1073741824, "backlog beyond this is dropped and counted, never blocks DDS (bytes)",
+                             range=(1, None)),
+    "qos_depth": Param(100, "keep-last depth of every subscription", range=(1, None)),
+    "discovery_period_s": Param(0.2, "how often the graph is searched for new publishers (s)", range=(0.001, None)),
+    "diagnostics_period_s": Param(1.0, "period of the recorder status on /diagnostics (s; 0 = none)",
+                                  range=(0.0, None)),
+    "fsync": Param(False, "fsync each flush (slower; survives a power cut, not only a crash)"),
+    "log_time": Param("publish", "MCAP log time: publish (the DDS source stamp: causal order across publishers, "
+                      "latched replays keep their time) or receive", choices=("publish", "receive")),
+    "labels": Param({}, "free key → value labels (policy, dimension, level, ...) kept in the bag's metadata "
+                    "(custom_data)"),
 }
+DEFAULTS = defaults(PARAMS)
 
 _STOP = object()
 
@@ -105,6 +113,29 @@ def _topic_types(table) -> dict[str, str]:
     return out
 
 
+def wanted_topics(cfg: dict) -> tuple[list[str], dict[str, str]]:
+    """The topics to record (in order) and the ``topic_types`` table of a validated config."""
+    typed = _topic_types(cfg["topic_types"])
+    topics = _str_list(cfg["topics"], "topics") or default_topics()
+    excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
+    return [t for t in dict.fromkeys(topics + list(typed)) if t not in excluded], typed
+
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics and service for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them
+    against the running node). Each topic is subscribed with the QoS its publishers offer, as ros2 bag record
+    does (a contract topic already before one shows up)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from std_srvs.srv import Trigger
+
+    wanted, typed = wanted_topics(cfg)
+    types = {**contract_types(), **typed}
+    out = [subscribes(t, types.get(t, "(as published)"), None, "recorded") for t in wanted]
+    if cfg["diagnostics_period_s"] > 0:
+        out.append(publishes(T.DIAGNOSTICS, DiagnosticArray, 10, "recorder status: received, written, dropped"))
+    return out + [Service("~/split", Trigger, "start a new bag file now (a real robot without EPISODE events)")]
+
+
 def default_bag_name() -> str:
     return time.strftime("rosbag2_%Y_%m_%d-%H_%M_%S", time.localtime())
 
@@ -124,30 +155,11 @@ def _episode_event(raw: bytes) -> dict | None:
 class Recorder(Node):
     def __init__(self, **kwargs):
         super().__init__("recorder", **kwargs)
-        cfg = declare_tree(self, DEFAULTS)
+        cfg = declare_tree(self, PARAMS)
         self.cfg = cfg
-        typed = _topic_types(cfg["topic_types"])
-        topics = _str_list(cfg["topics"], "topics") or default_topics()
-        excluded = set(_str_list(cfg["exclude_topics"], "exclude_topics"))
-        self.wanted = [t for t in dict.fromkeys(topics + list(typed)) if t not in excluded]
-        if cfg["compression"] not in COMPRESSION:
-            raise ConfigError(f"node 'recorder': key 'compression' must be one of none, zstd, lz4, got {cfg['compression']!r}")
-        if not 0 <= cfg["reorder_window_s"] <= 0.5:
-            raise ConfigError(f"node 'recorder': key 'reorder_window_s' must be within 0..0.5 s, got {cfg['reorder_window_s']!r}")
-        for key in ("flush_period_s", "metadata_period_s", "discovery_period_s"):
-            if not cfg[key] > 0:
-                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
-        for key in ("chunk_bytes", "queue_max_bytes", "qos_depth"):
-            if cfg[key] <= 0:
-                raise ConfigError(f"node 'recorder': key '{key}' must be > 0, got {cfg[key]!r}")
-        if cfg["split"]["max_bytes"] < 0 or cfg["split"]["max_duration_s"] < 0:
-            raise ConfigError("node 'recorder': keys 'split.max_bytes' and 'split.max_duration_s' must be >= 0")
-        if cfg["log_time"] not in ("publish", "receive"):
-            raise ConfigError(f"node 'recorder': key 'log_time' must be 'publish' or 'receive', got {cfg['log_time']!r}")
-        if cfg["if_exists"] not in ("error", "suffix", "overwrite"):
-            raise ConfigError(f"node 'recorder': key 'if_exists' must be error, suffix or overwrite, got {cfg['if_exists']!r}")
+        self.wanted, typed = wanted_topics(cfg)
         name = cfg["bag_name"] or default_bag_name()
-        out = Path(os.path.expanduser(cfg["output_dir"])) / name
+        out = Path(os.path.expanduser(cfg["output_dir"])).absolute() / name
         if out.exists() and (not cfg["bag_name"] or cfg["if_exists"] == "suffix"):
             k = 1
             while out.exists():
@@ -204,14 +216,11 @@ class Recorder(Node):
 
             self.create_service(Trigger, "~/split", self._on_split)
             self._discover()
-        except Exception:  # noqa: BLE001
-            if self.context.ok():
-                self.close()
-                raise
-            # SIGINT/SIGTERM during start-up: the node spins no more; close() finishes the bag
-            print("[recorder] interrupted during start-up", flush=True)
-            return
-        self.get_logger().info(f"recording {len(self.wanted)} topics to {out}")
+        except Exception:
+            self.close()  # the bag is finished even when the start-up fails
+            raise
+        self.get_logger().info(f"recording {len(self.wanted)} topics to {out} (output_dir "
+                               f"{cfg['output_dir']!r}: relative paths start at the working directory)")
 
     # -- discovery and subscriptions ---------------------------------------------------------
     def _eager(self) -> None:
@@ -483,16 +492,14 @@ class Recorder(Node):
               f"{st['dropped']} dropped, {st['duplicates']} duplicates", flush=True)
 
 
+#: after SIGINT/SIGTERM, callbacks are served this much longer: messages published before the signal
+#: and already on their way (in DDS, not yet taken) still reach the bag
+DRAIN_S = 0.3
+
+
 def main(args=None) -> int:
-    try:
-        return run_node(Recorder, "recorder", args)
-    except Exception as exc:  # noqa: BLE001
-        # a signal during start-up shuts the context down under run_node's executor; the bag was
-        # closed in run_node's finally (Recorder.close) — report it as the clean stop it is
-        if "context" in str(exc) and not rclpy.ok():
-            print("[recorder] stopped during start-up", file=sys.stderr, flush=True)
-            return 0
-        raise
+    # not interruptible during start-up: the bag is created there, and close() must finish it
+    return run_node(Recorder, "recorder", args, drain_s=DRAIN_S, interruptible_start=False)
 
 
 if __name__ == "__main__":

@@ -28,29 +28,61 @@ import numpy as np
 
 from wam_common import aloha, topics
 from wam_common.config import ConfigError
+from wam_common.schema import Param, defaults, publishes, subscribes
 
 NAME = "interbotix_adapter"
 
 OUTPUTS = ("interbotix", "float64")
 
-DEFAULTS = {
-    "arms": ["left", "right"],  # follower arms that receive commands
-    # interbotix: JointGroupCommand + JointSingleCommand (needs interbotix_xs_msgs);
-    # float64: one Float64MultiArray [6 joints rad, gripper joint rad] per arm (a ros2_control
-    # forward_position_controller per arm; works without Interbotix packages)
-    "output": "interbotix",
-    "command_topic": topics.COMMAND,
-    "arm_topic": "/follower_{side}/commands/joint_group",
-    "gripper_topic": "/follower_{side}/commands/joint_single",
-    "float64_topic": "/follower_{side}/forward_position_controller/commands",
-    "reject_tolerance": 0.2,  # rad beyond a joint limit → the command is dropped; within it → clipped
-    "follow_estop": True,  # drop commands while /wam_policy/estop is true
-    # a command whose arm joints are further than this from the measured follower joint state
-    # (/follower_{side}/joint_states) is dropped and the arm holds; 0 disables the guard
-    "max_deviation_rad": 0.5,
-    "state_timeout_s": 0.5,  # with the guard on, no joint state this recent → commands dropped
-    "diagnostics_period_s": 1.0,
+PARAMS = {
+    "arms": Param(["left", "right"], "the follower arms that receive commands", choices=topics.ARMS),
+    "output": Param("interbotix", "interbotix: JointGroupCommand + JointSingleCommand per arm (needs "
+                    "interbotix_xs_msgs); float64: one Float64MultiArray [6 joints rad, gripper joint rad] per arm "
+                    "(a ros2_control forward_position_controller per arm; standard messages only)", choices=OUTPUTS),
+    "command_topic": Param(topics.COMMAND, "the 14-joint command topic"),
+    "arm_topic": Param("/follower_{side}/commands/joint_group", "output interbotix: the arm joints' topic"),
+    "gripper_topic": Param("/follower_{side}/commands/joint_single", "output interbotix: the gripper's topic"),
+    "float64_topic": Param("/follower_{side}/forward_position_controller/commands", "output float64: the "
+                           "per-arm topic"),
+    "reject_tolerance": Param(0.2, "a joint beyond its limit by more than this → the command is dropped; within "
+                              "it → clipped (rad)", range=(0.0, None), dynamic=True),
+    "follow_estop": Param(True, "drop commands while /wam_policy/estop is true"),
+    "max_deviation_rad": Param(0.5, "a command whose arm joints are further than this from the measured follower "
+                               "joint state is dropped and the arm holds (rad; 0 disables the guard)",
+                               range=(0.0, None)),
+    "state_timeout_s": Param(0.5, "with the guard on, commands are dropped when no joint state is this recent (s)",
+                             range=(0.001, None), dynamic=True),
+    "diagnostics_period_s": Param(1.0, "period of the status on /diagnostics (s)", range=(0.001, None)),
 }
+DEFAULTS = defaults(PARAMS)
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them against the
+    running node)."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import JointState
+    from std_msgs.msg import Bool, Float64MultiArray
+
+    from wam_common import qos
+
+    out = [subscribes(cfg["command_topic"], Float64MultiArray, qos.COMMAND, "the 14-joint command")]
+    for side in cfg["arms"]:
+        if cfg["output"] == "interbotix":
+            out += [publishes(cfg["arm_topic"].format(side=side), "interbotix_xs_msgs/msg/JointGroupCommand",
+                              qos.COMMAND, f"the {side} arm's 6 joints (name 'arm')"),
+                    publishes(cfg["gripper_topic"].format(side=side), "interbotix_xs_msgs/msg/JointSingleCommand",
+                              qos.COMMAND, f"the {side} gripper joint (name 'gripper')")]
+        else:
+            out.append(publishes(cfg["float64_topic"].format(side=side), Float64MultiArray, qos.COMMAND,
+                                 f"the {side} arm: 6 joints and the gripper joint (rad)"))
+        if cfg["max_deviation_rad"] > 0:
+            out.append(subscribes(topics.joint_state_topic(side), JointState, qos.SENSOR,
+                                  f"the {side} follower's joint states (the deviation guard)"))
+    if cfg["follow_estop"]:
+        out.append(subscribes(topics.ESTOP, Bool, qos.LATCHED, "e-stop: commands are dropped while it is true"))
+    return out + [publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "sent and dropped commands, e-stop, the "
+                            "last error")]
+
 
 MISSING_MSGS = (
     "interbotix_xs_msgs is not importable, so commands cannot reach the Interbotix arms. Source the "
@@ -133,15 +165,10 @@ def make_node():
     class InterbotixAdapter(Node):
         def __init__(self):
             super().__init__(NAME)
-            cfg = declare_tree(self, DEFAULTS)
+            cfg = declare_tree(self, PARAMS, on_set=self._on_params)
             arms = [str(s) for s in cfg["arms"]]
-            for s in arms:
-                if s not in topics.ARMS:
-                    raise ConfigError(f"node '{NAME}': parameter 'arms' has unknown arm '{s}' (known: left, right)")
             if not arms:
                 raise ConfigError(f"node '{NAME}': parameter 'arms' is empty")
-            if cfg["output"] not in OUTPUTS:
-                raise ConfigError(f"node '{NAME}': parameter 'output' is '{cfg['output']}', not one of {', '.join(OUTPUTS)}")
             self.cfg, self.arms = cfg, arms
             self.estop = False
             self.sent = self.dropped = 0
@@ -181,6 +208,14 @@ def make_node():
             self._DiagnosticArray, self._DiagnosticStatus, self._KeyValue = DiagnosticArray, DiagnosticStatus, KeyValue
             self.create_timer(float(cfg["diagnostics_period_s"]), self._publish_diagnostics)
             self.get_logger().info(f"{cfg['command_topic']} → {where} for arms {', '.join(arms)}")
+
+        def _on_params(self, cfg: dict, changed: set[str]):
+            """``ros2 param set`` (wam_common.params): ``state_timeout_s`` applies at once, ``reject_tolerance`` is
+            read live."""
+            def apply() -> None:
+                self.state_timeout_ns = int(float(cfg["state_timeout_s"]) * 1e9)
+
+            return apply
 
         def _on_estop(self, msg) -> None:
             if bool(msg.data) != self.estop:

@@ -28,31 +28,49 @@ from wam_common.config import ConfigError
 from wam_common.imageio import Stamp, encode_image
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
+from wam_common.schema import Param, check, defaults, publishes
 
 from .realsense import CameraStatus, CameraWorker, FrameSource, discover
 
 NAME = "realsense_cameras"
 
-DEFAULTS = {
-    # serial number per camera (quote it in YAML: "0123..." must stay a string); cam_low is
-    # optional ("" → not started). None accepts a bare number too.
-    "serials": {"cam_high": None, "cam_left_wrist": None, "cam_right_wrist": None, "cam_low": None},
-    "width": 640,
-    "height": 480,
-    "fps": 30,
-    "auto_exposure": False,  # ALOHA runs with fixed exposure
-    "exposure_us": 0.0,  # manual exposure when > 0 (auto exposure off); 0 keeps the device's value
-    "lost_after_s": 1.0,  # no frame this long → the camera counts as unplugged
-    "reconnect_s": 1.0,  # how often an unplugged / missing camera is looked for again
-    "playback_dir": "",  # a folder of RealSense recordings (.db3) to stream instead of USB cameras
-    "playback_loop": False,  # a recording that ends restarts at once (False: it counts as unplugged)
-    "diagnostics_period_s": 1.0,
+PARAMS = {
+    "serials": {cam: Param(None, f"serial number of {cam} (quote it in YAML: \"0123...\" must stay a string; a bare "
+                                 "number is taken too)" + (" — \"\" = not started" if cam in topics.OPTIONAL_CAMERAS
+                                                           else ""), kind="string")
+                for cam in topics.CAMERAS + topics.OPTIONAL_CAMERAS},
+    "width": Param(640, "colour image width (px)", range=(1, 1920)),
+    "height": Param(480, "colour image height (px)", range=(1, 1080)),
+    "fps": Param(30, "frame rate the cameras are opened with", range=(1, 90)),
+    "auto_exposure": Param(False, "auto exposure (ALOHA runs with fixed exposure)"),
+    "exposure_us": Param(0.0, "manual exposure when > 0 (auto exposure off; µs); 0 keeps the device's value",
+                         range=(0.0, None)),
+    "lost_after_s": Param(1.0, "no frame this long → the camera counts as unplugged (s)", range=(0.001, None)),
+    "reconnect_s": Param(1.0, "how often an unplugged or missing camera is looked for again (s)",
+                         range=(0.001, None)),
+    "playback_dir": Param("", "a folder of RealSense recordings (.db3, one per serial) streamed instead of USB "
+                          "cameras"),
+    "playback_loop": Param(False, "a recording that ends restarts at once (false: it counts as unplugged)"),
+    "diagnostics_period_s": Param(1.0, "period of the camera status on /diagnostics (s)", range=(0.001, None)),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 def camera_info_topic(cam: str) -> str:
     """realsense2_camera's ``/<cam>/camera/color/camera_info``."""
     return topics.camera_topic(cam).rsplit("/", 1)[0] + "/camera_info"
+
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them against the
+    running node): one image and one camera_info topic per camera (cam_low when it has a serial)."""
+    out = []
+    for cam in [*topics.CAMERAS, *(c for c in topics.OPTIONAL_CAMERAS if cfg["serials"][c] not in (None, ""))]:
+        out += [publishes(topics.camera_topic(cam), Image, qos.sensor(False), f"camera {cam} (rgb8, hardware "
+                          "timestamps on ROS time)"),
+                publishes(camera_info_topic(cam), CameraInfo, qos.sensor(False), f"intrinsics of {cam} (same stamp)")]
+    return out + [publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "per camera: state, fps, reconnects, clock "
+                            "offset")]
 
 
 def camera_info(intr, frame_id: str) -> CameraInfo:
@@ -88,23 +106,14 @@ def validate(cfg: dict, connected: dict | None = None) -> dict[str, str]:
             raise ConfigError(f"node '{NAME}': parameters 'serials.{seen[serial]}' and 'serials.{cam}' "
                               f"are the same serial {serial}")
         seen[serial] = cam
-    for key in ("width", "height", "fps"):
-        if int(cfg[key]) <= 0:
-            raise ConfigError(f"node '{NAME}': parameter '{key}' must be > 0, got {cfg[key]}")
-    for key in ("lost_after_s", "reconnect_s", "diagnostics_period_s"):
-        if not float(cfg[key]) > 0:
-            raise ConfigError(f"node '{NAME}': parameter '{key}' must be > 0, got {cfg[key]}")
+    check(PARAMS, cfg, f"node '{NAME}'")
     return cams
 
 
 class RealsenseNode(Node):
     def __init__(self):
         super().__init__(NAME, automatically_declare_parameters_from_overrides=False)
-        cfg = declare_tree(self, DEFAULTS)
-        extra = sorted(set(cfg["serials"]) - set(topics.CAMERAS) - set(topics.OPTIONAL_CAMERAS))
-        if extra:
-            raise ConfigError(f"node '{NAME}': unknown camera 'serials.{extra[0]}' "
-                              f"(known: {', '.join(topics.CAMERAS + topics.OPTIONAL_CAMERAS)})")
+        cfg = declare_tree(self, PARAMS)
         playback = cfg["playback_dir"] or None
         if playback and not os.path.isdir(playback):
             raise ConfigError(f"node '{NAME}': parameter 'playback_dir': no such folder {playback}")

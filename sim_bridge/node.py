@@ -28,69 +28,76 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Float64MultiArray, String
 
 from wam_common import aloha, qos, topics
-from wam_common.config import ConfigError
 from wam_common.imageio import Stamp, encode_image
 from wam_common.node_main import run_node
 from wam_common.params import declare_tree
+from wam_common.schema import Param, defaults, publishes, subscribes
 
-DEFAULTS = {
-    "task": "transfer_cube",        # a name in sim_bridge.tasks.TASKS
-    "backend": "mujoco",            # mujoco | sapien (PhysX on CPU; its cameras need a Vulkan device)
-    "clock": "lockstep",            # lockstep | realtime
-    "seed": 0,                      # episode i uses seed + i
-    "episodes": 1,                  # 0 = run episodes forever
-    "max_steps": 0,                 # 0 = the task's time limit
-    "end_on_success": True,         # end the episode at the first success (as gym-aloha terminates)
-    "physical": {},                 # physical perturbations {dimension: level 0..5}, e.g. {light: 3, camera: 2}
-    "start_wait_s": 30.0,           # before the first episode: wait (at most this long) for a COMMAND
-                                    # publisher and joint-state subscribers, ...
-    "start_delay_s": 0.5,           # ... and for the matched endpoints to stay unchanged this long
-    "start_wait_nodes": [""],       # ... and for these nodes to be up (e.g. [recorder, wam_policy_node])
+from .env import BACKENDS, RENDER_QUALITY, SimEnv
+from .tasks import TASKS
+
+PARAMS = {
+    "task": Param("transfer_cube", "the sim task (sim_bridge/tasks.py)", choices=tuple(TASKS)),
+    "backend": Param("mujoco", "physics: mujoco, or sapien (PhysX on CPU; its cameras need a Vulkan device)",
+                     choices=BACKENDS),
+    "clock": Param("lockstep", "lockstep: each step waits for its command (sim time stands still); realtime: "
+                   "physics paced by the wall clock, the newest command applied", choices=("lockstep", "realtime")),
+    "seed": Param(0, "episode i uses seed + i", range=(0, None)),
+    "episodes": Param(1, "episodes to run, then idle (0 = forever)", range=(0, None)),
+    "max_steps": Param(0, "steps per episode (0 = the task's time limit)", range=(0, None)),
+    "end_on_success": Param(True, "end an episode at its first success (as gym-aloha terminates)", dynamic=True),
+    "physical": Param({}, "physical perturbations {dimension: level 0..5}, e.g. {light: 3, camera: 2} "
+                      "(docs/sim_bridge.md)"),
+    "start_wait_s": Param(30.0, "before the first episode: wait at most this long for a COMMAND publisher, "
+                          "joint-state subscribers and start_wait_nodes (s)", range=(0.0, None)),
+    "start_delay_s": Param(0.5, "before the first episode: the matched endpoints must stay unchanged this long (s)",
+                           range=(0.0, None)),
+    "start_wait_nodes": Param([""], "before the first episode: wait for these nodes to be up (e.g. [recorder, "
+                              "wam_policy_node]; \"\" = none)"),
     "render": {
-        "enabled": True,            # false: no cameras (physics only, e.g. sapien without Vulkan)
-        "width": 320,
-        "height": 240,
-        "camera_every": 2,          # cameras at episode steps k with k % camera_every == 0
-        "quality": "gym_aloha",     # gym_aloha (the XML's 4x MSAA, 4096 shadows) | fast (~10x cheaper on CPU)
-        "cameras": list(topics.CAMERAS),
+        "enabled": Param(True, "false: no cameras (physics only, e.g. sapien without Vulkan)"),
+        "width": Param(320, "camera image width (px)", range=(8, 1920)),
+        "height": Param(240, "camera image height (px)", range=(8, 1080)),
+        "camera_every": Param(2, "cameras at episode steps k with k % camera_every == 0", range=(1, None)),
+        "quality": Param("gym_aloha", "gym_aloha: the scene XML's 4x MSAA and 4096 px shadows; fast: ~10x cheaper "
+                         "on a CPU", choices=tuple(RENDER_QUALITY)),
+        "cameras": Param(list(topics.CAMERAS), "the cameras rendered and published",
+                         choices=topics.CAMERAS + topics.OPTIONAL_CAMERAS),
     },
     "lockstep": {
-        "resend_s": 1.0,
-        "give_up_s": 30.0,
+        "resend_s": Param(1.0, "republish a step that got no command after this long (wall s; from the next "
+                          "episode on when set at run time)", range=(0.001, None), dynamic=True),
+        "give_up_s": Param(30.0, "end the episode (policy_timeout) when a step got no command for this long (wall "
+                           "s; from the next episode on when set at run time)", range=(0.001, None), dynamic=True),
     },
     "realtime": {
-        "speed": 1.0,               # sim seconds per wall second
+        "speed": Param(1.0, "sim seconds per wall second (from the next episode on when set at run time)",
+                       range=(0.001, None), dynamic=True),
     },
 }
+DEFAULTS = defaults(PARAMS)
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them against the
+    running node)."""
+    sensor = qos.sensor(cfg["clock"] == "lockstep")
+    cams = cfg["render"]["cameras"] if cfg["render"]["enabled"] else []
+    return [
+        publishes(topics.CLOCK, Clock, 10, "sim time, one tick per control step"),
+        *[publishes(topics.camera_topic(cam), Image, sensor, f"camera {cam} (rgb8, every render.camera_every steps)")
+          for cam in cams],
+        *[publishes(topics.joint_state_topic(arm), JointState, sensor, f"the {arm} arm's joint states (each step; "
+                    "they close the step)") for arm in topics.ARMS],
+        publishes(topics.PRIVILEGED_STATE, String, sensor, "JSON: the step's full sim state (expert backend)"),
+        publishes(topics.INSTRUCTION, String, qos.LATCHED, "the task prompt"),
+        publishes(topics.EPISODE, String, qos.EVENTS, "JSON episode events: start, end, done"),
+        publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "rejected commands"),
+        subscribes(topics.COMMAND, Float64MultiArray, qos.COMMAND, "the 14-joint command applied to the arms"),
+    ]
+
 
 T0_NS = 1_000_000_000  # sim time of the very first step (1 s: 0 means "no clock yet" to rclpy)
 DT_NS = int(round(topics.DT * 1e9))
-
-
-def validate(cfg: dict) -> dict:
-    from .tasks import TASKS
-
-    if cfg["task"] not in TASKS:
-        raise ConfigError(f"sim_bridge: key 'task' is '{cfg['task']}', not one of {', '.join(sorted(TASKS))}")
-    if cfg["clock"] not in ("lockstep", "realtime"):
-        raise ConfigError(f"sim_bridge: key 'clock' must be 'lockstep' or 'realtime', got '{cfg['clock']}'")
-    r = cfg["render"]
-    if not (8 <= int(r["width"]) <= 1920 and 8 <= int(r["height"]) <= 1080):
-        raise ConfigError(f"sim_bridge: key 'render.width/height' out of range ({r['width']}x{r['height']})")
-    if int(r["camera_every"]) < 1:
-        raise ConfigError(f"sim_bridge: key 'render.camera_every' must be >= 1, got {r['camera_every']}")
-    for cam in r["cameras"]:
-        if cam not in topics.CAMERAS + topics.OPTIONAL_CAMERAS:
-            raise ConfigError(f"sim_bridge: key 'render.cameras' has unknown camera '{cam}'")
-    if int(cfg["episodes"]) < 0 or int(cfg["max_steps"]) < 0:
-        raise ConfigError("sim_bridge: keys 'episodes' and 'max_steps' must be >= 0")
-    if cfg["lockstep"]["resend_s"] <= 0 or cfg["lockstep"]["give_up_s"] <= 0:
-        raise ConfigError("sim_bridge: keys 'lockstep.resend_s' and 'lockstep.give_up_s' must be > 0")
-    if cfg["start_wait_s"] < 0 or cfg["start_delay_s"] < 0:
-        raise ConfigError("sim_bridge: keys 'start_wait_s' and 'start_delay_s' must be >= 0")
-    if cfg["realtime"]["speed"] <= 0:
-        raise ConfigError("sim_bridge: key 'realtime.speed' must be > 0")
-    return cfg
 
 
 def latency_summary(samples_ms: list[float]) -> dict:
@@ -114,9 +121,7 @@ def parse_command(data) -> np.ndarray:
 class SimBridge(Node):
     def __init__(self, **kwargs):
         super().__init__("sim_bridge", **kwargs)
-        self.cfg = validate(declare_tree(self, DEFAULTS))
-        from .env import SimEnv
-
+        self.cfg = declare_tree(self, PARAMS)
         c = self.cfg
         self.lockstep = c["clock"] == "lockstep"
         self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"], backend=c["backend"],
@@ -276,6 +281,8 @@ class SimBridge(Node):
                                      "stamp_ns": self.t_ns})
                 self.get_logger().info(f"done: {succ}/{len(self.results)} successes; idle")
         except Exception as exc:  # noqa: BLE001 - keep the node (and the graph) alive, say why
+            if self._stop.is_set():  # shutting down: nothing is published any more
+                return
             self.get_logger().error(f"episode loop failed: {type(exc).__name__}: {exc}")
             self._publish_event({"event": "error", "error": f"{type(exc).__name__}: {exc}", "stamp_ns": self.t_ns})
 
@@ -299,7 +306,8 @@ class SimBridge(Node):
                "success": bool(env.success or (reason == "success")), "steps": steps, "reason": reason,
                "max_reward": int(env.best_reward), "latency_ms": latency_summary(lat),
                "physical": physical, **extra}
-        self._publish_event(res)
+        if not self._stop.is_set():  # an episode aborted by close() ends in the log only
+            self._publish_event(res)
         self.get_logger().info(f"episode {i} seed {seed}: {reason} after {steps} steps "
                                f"(max reward {env.best_reward}, latency p50 {res['latency_ms']['p50']} ms)")
         return res
@@ -406,6 +414,8 @@ class SimBridge(Node):
         return reason, steps, lat, {"rtf": round(steps * topics.DT / max(wall, 1e-9), 3), "late_steps": late}
 
     def close(self) -> None:
+        """Stop the episode loop (it publishes nothing more), then the physics; run_node calls this
+        while the ROS context is still valid."""
         self._stop.set()
         with self._cond:
             self._cond.notify_all()

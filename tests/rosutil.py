@@ -95,6 +95,19 @@ class Probe:
         with self._lock:
             return len(self.msgs[topic])
 
+    def wait_count(self, topic: str, n: int, timeout: float) -> bool:
+        """At least ``n`` messages on ``topic`` within ``timeout`` s."""
+        return wait_for(lambda: self.count(topic) >= n, timeout)
+
+    def raw(self, topic: str) -> list[bytes]:
+        """The raw (CDR) messages received on ``topic`` so far."""
+        with self._lock:
+            return [raw for _, raw in self.msgs[topic]]
+
+    def clear(self) -> None:
+        with self._lock:
+            self.msgs.clear()
+
     def decoded(self, topic: str, msg_type) -> list:
         from rclpy.serialization import deserialize_message
 

@@ -3,8 +3,9 @@
 Each test starts ``python -m perturbation_node.node`` (via GraphRunner, its own ROS_DOMAIN_ID)
 and talks to it with a probe node: cameras, joint states and the instruction pass through
 byte for byte under ``clean`` in both QoS modes; a perturbing profile changes pixels but not
-stamps/frame_id and matches the pure engine bit for bit; profiles switch at runtime; bad
-profiles and malformed messages never stop the cameras.
+stamps/frame_id and matches the pure engine bit for bit; profiles switch at runtime (a bad one is
+refused, the running one stays); malformed messages never stop the cameras; an unknown profile at
+start-up is a config error (exit 2): the node never runs clean in its place.
 """
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_clean_passes_everything_through_unchanged(domain_id, probe, tmp_path, l
     try:
         rig = Rig(probe, lockstep)
         active = rig.wait_up(runner)
-        assert active["name"] == "clean" and active["error"] is None
+        assert active["name"] == "clean" and "error" not in active
         assert all(v == [] for v in active["cameras"].values()) and set(active["cameras"]) == set(CAMS)
         rig.instr_pub.publish(String(data="Pick up the red cube with the right arm."))
         for k in range(3):
@@ -134,12 +135,25 @@ def test_clean_passes_everything_through_unchanged(domain_id, probe, tmp_path, l
         runner.stop()
 
 
-def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, tmp_path):
-    runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True, cam_low=True)
+def test_unknown_profile_at_startup_is_a_config_error(domain_id, tmp_path):
+    """A graph asked to perturb never runs on clean frames instead: the node does not start."""
+    runner = _start(domain_id, tmp_path, profile="no_such_profile@3", lockstep=True)
+    try:
+        assert wait_for(runner.dead, 30), runner.log("perturbation_node")
+    finally:
+        runner.stop()
+    assert runner.dead() == {"perturbation_node": 2}
+    lines = runner.log("perturbation_node").strip().splitlines()
+    assert lines[-1].startswith("[perturbation_node] config error: unknown perturbation profile 'no_such_profile' "
+                                "(known: "), lines
+    assert "Traceback" not in runner.log("perturbation_node")
+
+
+def test_malformed_messages_are_dropped_and_the_node_keeps_going(domain_id, probe, tmp_path):
+    runner = _start(domain_id, tmp_path, profile="clean", lockstep=True, cam_low=True)
     try:
         rig = Rig(probe, True, CAMS + ["cam_low"])
-        active = rig.wait_up(runner)
-        assert "no_such_profile" in (active["error"] or ""), active
+        rig.wait_up(runner)
         img, raw, stamp = _image("cam_high", 1)
         assert rig.send_until("cam_high", raw, stamp) == raw
         # malformed images: dropped and counted, the node keeps going
@@ -161,7 +175,6 @@ def test_unknown_profile_at_startup_passes_clean_and_names_it(domain_id, probe, 
         for r in rig.received(topics.perturbed(topics.joint_state_topic("left"))):
             deserialize_message(r, JointState)
         assert not runner.dead()
-        assert "no_such_profile" in runner.log("perturbation_node")
     finally:
         runner.stop()
 
@@ -208,7 +221,7 @@ def test_profile_applies_matches_engine_and_switches(domain_id, probe, tmp_path)
         rig = Rig(probe, True)
         probe.listen(topics.DIAGNOSTICS, __import__("diagnostic_msgs.msg", fromlist=["DiagnosticArray"]).DiagnosticArray)
         active = rig.wait_up(runner)
-        assert active["error"] is None and active["name"] == "node_test"
+        assert active["name"] == "node_test"
         rig.ev_pub.publish(String(data=json.dumps({"event": "start", "episode": 2, "task": "transfer_cube",
                                                     "seed": 0, "stamp_ns": 0})))
         assert wait_for(lambda: any(a.get("episode") == 2 for a in rig.active()), 10), rig.active()

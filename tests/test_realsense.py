@@ -367,5 +367,5 @@ def test_validate_serials():
     assert validate(cfg) == {"cam_high": "130322270001", "cam_left_wrist": "2", "cam_right_wrist": "3"}
     with pytest.raises(ConfigError, match="'serials.cam_high' must be a serial number string"):
         validate(dict(cfg, serials={**cfg["serials"], "cam_high": True}))
-    with pytest.raises(ConfigError, match="'fps' must be > 0"):
+    with pytest.raises(ConfigError, match="'fps' must be within 1..90"):
         validate(dict(cfg, fps=0))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import importlib
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,21 @@ def test_real_graph_is_dry_run_by_default_and_armed_by_flag():
     assert len(theirs.nodes) == len(g.nodes) - 1
     noisy = _launch_graph("aloha.launch.py", {"profile": "noise"})
     assert noisy.node("perturbation_node").parameters["profile"] == "noise"
+
+
+@pytest.mark.parametrize("values,error", [
+    ({"profile": "nosuch"}, "unknown perturbation profile 'nosuch'"),
+    ({"profile": "light@9"}, "level 9 is not one of 1..5"),
+    ({"armed": "ture"}, "launch argument 'armed' must be true or false, got 'ture'"),
+    ({"use_realsense_ros": "maybe"}, "launch argument 'use_realsense_ros' must be true or false"),
+])
+def test_bad_launch_arguments_are_config_errors(values, error):
+    """What the launch file's OpaqueFunction raises: ros2 launch prints it as one line and exits 1
+    (tests/test_ros2_launch.py runs the real one)."""
+    from wam_common.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(error)):
+        _launch_graph("aloha.launch.py", values)
 
 
 def test_executables_match_setup_py():

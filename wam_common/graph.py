@@ -91,14 +91,15 @@ class Graph:
         return env
 
 
-def parse_set(items: list[str]) -> dict:
-    """``['wam_policy_node.backend.type=lerobot', ...]`` → nested overrides (values parsed as YAML)."""
+def parse_set(items: list[str], option: str = "--set ") -> dict:
+    """``['wam_policy_node.backend.type=lerobot', ...]`` → nested overrides (values parsed as YAML);
+    ``option``: how the user wrote them, for the error message (``--set `` or ``set:=``)."""
     import yaml
 
     out: dict = {}
     for item in items:
         if "=" not in item:
-            raise ConfigError(f"--set '{item}': expected NODE.KEY=VALUE")
+            raise ConfigError(f"{option}'{item}': expected NODE.KEY=VALUE")
         key, raw = item.split("=", 1)
         try:
             val = yaml.safe_load(raw)
@@ -107,7 +108,7 @@ def parse_set(items: list[str]) -> dict:
         node = out
         parts = key.strip().split(".")
         if len(parts) < 2:
-            raise ConfigError(f"--set '{item}': expected NODE.KEY=VALUE")
+            raise ConfigError(f"{option}'{item}': expected NODE.KEY=VALUE")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
         node[parts[-1]] = val

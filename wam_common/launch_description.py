@@ -18,7 +18,7 @@ from .graph import Graph, load_graph, parse_set
 
 def graph_from_arguments(config: str, sets: str, extra: Mapping[str, dict] | None = None) -> Graph:
     items = [s.strip() for s in sets.split(";") if s.strip()]
-    overrides = parse_set(items)
+    overrides = parse_set(items, "set:=")
     for node, params in (extra or {}).items():
         from .config import deep_merge
 

@@ -1,9 +1,19 @@
 """The entry wrapper every node's ``main()`` uses.
 
-Starts rclpy, builds the node, spins it (nothing polls with ``spin_once``), and turns a configuration error
-into one clear line on stderr and exit status 2. SIGINT/SIGTERM shut the node down cleanly
-(rclpy's own SIGINT/SIGTERM handlers shut the context down; the node's ``close()`` then
-runs, so the recorder closes its bag).
+Starts rclpy, builds the node, spins it (nothing polls: the executor waits until there is work), and
+turns a configuration error into one clear line on stderr and exit status 2.
+
+Shutdown (:class:`StopSignals`): the first SIGINT or SIGTERM asks the node to stop; it shuts down in
+order — the executor stops serving callbacks (after ``drain_s`` more of them: the recorder takes the
+messages already on their way), the node's ``close()`` runs while the ROS context is still valid
+(sim_bridge stops its episode thread, the recorder finishes its bag), the node is destroyed, then
+the context is shut down. Every further SIGINT/SIGTERM is noted on stderr and ignored, so that
+``close()`` always finishes: ``ros2 launch`` signals its nodes itself when stdin is not a terminal,
+so a Ctrl-C or ``kill -INT`` to the process group reaches each node twice, and a person may press
+Ctrl-C again. (rclpy's own handlers are not installed: they shut the context down at once, under
+threads that still publish, and re-raise KeyboardInterrupt in the middle of ``close()``.) A signal
+while the node is being built interrupts the start-up (KeyboardInterrupt out of the factory, exit
+0) unless the node passes ``interruptible_start=False`` (the recorder: its bag is created there).
 
 Executor: single-threaded unless a node's ``main`` passes ``threads``. rclpy's multi-threaded executor
 keeps its main thread busy taking the GIL, which starved the other threads: a GPU forward in
@@ -15,11 +25,16 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Callable
 
 import rclpy
+from rclpy.exceptions import InvalidHandle
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor, SingleThreadedExecutor
+from rclpy.signals import SignalHandlerOptions
 
 from .config import ConfigError
 
@@ -95,10 +110,83 @@ def normal_scheduling() -> None:
               "SCHED_OTHER (the executor would busy-wait)", file=sys.stderr, flush=True)
 
 
+class StopSignals:
+    """SIGINT/SIGTERM handling of a node process (see the module docstring).
+
+    Python runs signal handlers in the main thread, and only while it executes Python code: not while
+    the executor waits (rcl_wait, in C). Python's wakeup fd (``signal.set_wakeup_fd``, written by the
+    C-level handler in whichever thread the signal lands) wakes a watcher thread, which triggers a
+    guard condition of the node: the executor serves it, returns to Python, the handler runs and marks
+    the stop, and :meth:`spin` sees it."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, name: str, interruptible_start: bool = True):
+        self.name = name
+        self.interruptible_start = interruptible_start
+        self.requested = False  # a stop was asked for: every later signal is only noted
+        self.starting = True    # the node is being built
+        self._guard = None
+        read_fd, write_fd = os.pipe()
+        os.set_blocking(write_fd, False)
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+        threading.Thread(target=self._watch, args=(read_fd,), name="stop-signals", daemon=True).start()
+
+    def _on_signal(self, signum, _frame) -> None:
+        if self.requested:
+            # os.write: a print() could re-enter the stream the main thread is writing
+            os.write(2, f"[{self.name}] {signal.Signals(signum).name} again: ignored, finishing the shutdown\n".encode())
+            return
+        self.requested = True
+        if self.starting and self.interruptible_start:
+            raise KeyboardInterrupt
+        self.wake()  # the handler may run inside spin_once, before it waits: wake that wait too
+
+    def ignore(self) -> None:
+        """From now on (the process is exiting) ignore the signals: at finalization Python resets the
+        signals it handles to their default action, and one landing then would kill the process."""
+        for sig in self.SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+
+    def _watch(self, read_fd: int) -> None:
+        while os.read(read_fd, 64):
+            self.wake()
+
+    def wake(self) -> None:
+        guard = self._guard
+        if guard is not None:
+            try:
+                guard.trigger()
+            except InvalidHandle:  # destroyed meanwhile: spin() has returned
+                pass
+
+    def spin(self, node, executor, drain_s: float = 0.0) -> None:
+        """Serve ``node``'s callbacks until a stop is asked for, then ``drain_s`` seconds more."""
+        self._guard = node.create_guard_condition(lambda: None)  # wakes the executor after a signal
+        self.starting = False
+        try:
+            while not self.requested:
+                executor.spin_once()
+            end = time.monotonic() + drain_s
+            while (left := end - time.monotonic()) > 0:
+                executor.spin_once(timeout_sec=left)
+        except ExternalShutdownException:  # someone else shut the context down
+            pass
+        finally:
+            guard, self._guard = self._guard, None
+            node.destroy_guard_condition(guard)
+
+
 def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str] | None = None,
-             threads: int = 1) -> int:
+             threads: int = 1, drain_s: float = 0.0, interruptible_start: bool = True) -> int:
+    """``drain_s``: after the stop request, serve callbacks this much longer before ``close()``;
+    ``interruptible_start``: whether a signal interrupts building the node (else the node is built,
+    then stopped)."""
     normal_scheduling()
-    rclpy.init(args=args if args is not None else sys.argv)
+    stop = StopSignals(name, interruptible_start)
+    rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
     try:
         try:
@@ -106,20 +194,22 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str
         except ConfigError as exc:
             print(f"[{name}] config error: {exc}", file=sys.stderr, flush=True)
             return 2
+        except KeyboardInterrupt:
+            print(f"[{name}] stopped during start-up", file=sys.stderr, flush=True)
+            return 0
         # threads <= 1: a SingleThreadedExecutor (about half the per-callback CPU of the
         # multi-threaded one in rclpy, and no spinning main thread taking the GIL: see above)
         executor = SingleThreadedExecutor() if threads <= 1 else MultiThreadedExecutor(num_threads=threads)
         executor.add_node(node)
-        try:
-            executor.spin()
-        except (KeyboardInterrupt, ExternalShutdownException):
-            pass
+        stop.spin(node, executor, drain_s)
+        executor.shutdown()
         return 0
     finally:
+        stop.requested = True  # from here on, signals are only noted
         if node is not None:
             close = getattr(node, "close", None)
             if callable(close):
                 close()
             node.destroy_node()
-        if rclpy.ok():
-            rclpy.try_shutdown()
+        rclpy.try_shutdown()
+        stop.ignore()

@@ -113,11 +113,13 @@ class PolicyController:
                 f"key 'runtime.strategy': backend '{backend.name}' runs a streaming model that assumes each chunk is "
                 f"executed to its end as predicted: use runtime.strategy: sync and runtime.execute_steps: 0 "
                 f"(have {runtime.strategy}, execute_steps {runtime.execute_steps})")
-        self.backend, self.runtime, self.safety = backend, runtime, safety
+        self.backend, self.runtime = backend, runtime
+        self.set_safety(safety)
+        if stale_obs_s is not None:
+            self.stale_obs_ns = int(float(stale_obs_s) * 1e9)
+        if inference_timeout_s is not None:
+            self.inference_timeout_s = float(inference_timeout_s)
         self.clock_ns = clock_ns or time.monotonic_ns
-        self.stale_obs_ns = int(float(stale_obs_s if stale_obs_s is not None else safety.cfg["stale_obs_s"]) * 1e9)
-        self.inference_timeout_s = float(inference_timeout_s if inference_timeout_s is not None
-                                         else safety.cfg["inference_timeout_s"])
         self.horizon_hint = horizon_hint
         self.estop = False
         self.last_cmd: np.ndarray | None = None
@@ -148,6 +150,12 @@ class PolicyController:
 
     def set_estop(self, on: bool) -> None:
         self.estop = bool(on)
+
+    def set_safety(self, safety: SafetyFilter) -> None:
+        """New limits (a run-time parameter change): the filter and its hold timeouts, from the next step on."""
+        self.safety = safety
+        self.stale_obs_ns = int(float(safety.cfg["stale_obs_s"]) * 1e9)
+        self.inference_timeout_s = float(safety.cfg["inference_timeout_s"])
 
     # -- inference -----------------------------------------------------------------------
     def _observe(self, obs: Observation | None, missing: Hold | None, status: dict) -> None:

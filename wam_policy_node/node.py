@@ -38,6 +38,7 @@ from wam_common.config import ConfigError
 from wam_common.imageio import ImageDecodeError, decode_image, to_rgb
 from wam_common.node_main import forward_logging, run_node, stop_forwarding
 from wam_common.params import declare_tree
+from wam_common.schema import Param, Service, defaults, publishes, subscribes
 
 from . import backends, observation, runtime, safety
 from .backends import Observation
@@ -48,7 +49,8 @@ from .observation import ObservationMap, state14
 from .timesync import ApproximateTimeSync
 
 
-def _backend_defaults() -> dict:
+def _backend_params() -> dict:
+    """``backend.<name>.*``: the ``PARAMS`` of each built-in backend that imports here."""
     import importlib
 
     out = {}
@@ -57,31 +59,63 @@ def _backend_defaults() -> dict:
             mod = importlib.import_module(f"wam_policy_node.backends.{name}")
         except ImportError:
             continue
-        out[name] = dict(getattr(mod, "DEFAULTS", {}))
+        out[name] = mod.PARAMS
     return out
 
 
-DEFAULTS = {
-    "lockstep": False,
-    "rate_hz": 50.0,  # realtime command rate
-    "backend": {"type": "expert", **_backend_defaults()},
-    "observation": dict(observation.DEFAULTS, expected_size=[0, 0]),  # [h, w] of camera frames; 0 = any
-    "runtime": dict(runtime.DEFAULTS),
-    "safety": dict(safety.DEFAULTS),
+PARAMS = {
+    "lockstep": Param(False, "answer each sim step's joint states with exactly one command (the sim's lockstep "
+                      "clock; reliable sensor QoS); false: a rate_hz timer on ROS time, as on hardware"),
+    "rate_hz": Param(50.0, "realtime: command rate (Hz)", range=(1.0, 1000.0)),
+    "backend": {"type": Param("expert", "the policy backend (wam_policy_node/backends)", choices=backends.BUILTIN),
+                **_backend_params()},
+    "observation": dict(observation.PARAMS, expected_size=Param(
+        [0, 0], "[height, width] every camera frame must have; [0, 0] = any (sizes announced by the sim's "
+                "EPISODE start event, or learnt, are enforced then)")),
+    "runtime": runtime.PARAMS,
+    "safety": safety.PARAMS,
     "sync": {
-        "slop_s": 0.025,  # realtime approximate-time slop between cameras and joint states
-        "queue_size": 10,
-        "lockstep_wait_s": 5.0,  # lockstep: longest wait for a step's frames/privileged state (wall)
-        "camera_every": 1,  # lockstep: used until an EPISODE start event says otherwise
-        # lockstep: a step the sim resends this long after we answered it gets the same command
-        # again (our command was lost); resends that crossed our answer are ignored (0 = never)
-        "reanswer_after_s": 0.5,
+        "slop_s": Param(0.025, "realtime: largest stamp spread between the cameras and joint states of one "
+                        "observation (s)", range=(0.0, None), dynamic=True),
+        "queue_size": Param(10, "realtime: messages queued per input while matching stamps", range=(1, None)),
+        "lockstep_wait_s": Param(5.0, "lockstep: longest wait for a step's frames and privileged state (wall s)",
+                                 range=(0.0, None), dynamic=True),
+        "camera_every": Param(1, "lockstep: cameras come every n steps; used until an EPISODE start event says "
+                              "otherwise", range=(1, None)),
+        "reanswer_after_s": Param(0.5, "lockstep: a step the sim resends this long after we answered it gets the "
+                                  "same command again (ours was lost); resends that crossed our answer are "
+                                  "ignored (0 = never)", range=(0.0, None), dynamic=True),
     },
-    "status_every": 1,  # publish POLICY_STATUS every n commands
+    "status_every": Param(1, "publish POLICY_STATUS every n commands (and at every hold)", range=(1, None),
+                          dynamic=True),
 }
+DEFAULTS = defaults(PARAMS)
 
 STATUS_QOS = qos.STATUS  # the contract's POLICY_STATUS QoS: reliable, depth 50, volatile
 COLOUR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "8UC3")
+
+
+def endpoints(cfg: dict) -> list:
+    """The node's topics and service for a validated config (docs/NODES.md; tests/test_ros2_params.py holds them
+    against the running node)."""
+    prefix, sensor = cfg["observation"]["input_prefix"] or "", qos.sensor(cfg["lockstep"])
+    dry = cfg["safety"]["dry_run"]
+    return [
+        *[subscribes(prefix + topics.joint_state_topic(arm), JointState, sensor, f"the {arm} arm's joint states")
+          for arm in topics.ARMS],
+        *[subscribes(prefix + topics.camera_topic(cam), Image, sensor, f"camera {cam} (raw, decoded in place)")
+          for cam in cfg["observation"]["cameras"]],
+        subscribes(prefix + topics.INSTRUCTION, String, qos.LATCHED, "the task instruction (the prompt)"),
+        subscribes(topics.EPISODE, String, qos.EVENTS, "episode events: a start resets the policy"),
+        subscribes(topics.PRIVILEGED_STATE, String, sensor, "the sim's privileged state (backends that need it)"),
+        subscribes(topics.ESTOP, Bool, qos.LATCHED, "e-stop: true engages it (latched), false releases it"),
+        publishes(topics.SHADOW_COMMAND if dry else topics.COMMAND, Float64MultiArray, qos.COMMAND,
+                  "the 14-joint command (SHADOW_COMMAND with safety.dry_run)"),
+        publishes(topics.POLICY_STATUS, String, STATUS_QOS, "one JSON status per command (every status_every)"),
+        publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "safety status: holds, e-stop, counts (1 Hz and at "
+                  "every change)"),
+        Service("~/estop", SetBool, "engage (true) or release (false) the e-stop"),
+    ]
 
 
 def _guarded(fn):
@@ -128,7 +162,7 @@ class WamPolicyNode(Node):
             raise
 
     def _setup(self) -> None:
-        self.cfg = cfg = declare_tree(self, DEFAULTS)
+        self.cfg = cfg = declare_tree(self, PARAMS, on_set=self._on_params)
         self.lockstep = bool(cfg["lockstep"])
         try:
             self.obs_map = ObservationMap.from_config(cfg["observation"])
@@ -141,8 +175,6 @@ class WamPolicyNode(Node):
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"node 'wam_policy_node': {exc}") from None
-        if cfg["rate_hz"] <= 0:
-            raise ConfigError("node 'wam_policy_node': key 'rate_hz' must be > 0")
         self.controller = PolicyController(
             self.backend, self.runtime, self.safety, clock_ns=lambda: self.get_clock().now().nanoseconds,
             realtime=not self.lockstep, horizon_hint=int(bcfg.get("horizon", 50) or 50))
@@ -210,6 +242,20 @@ class WamPolicyNode(Node):
         self.get_logger().info(
             f"backend={self.backend.name} strategy={self.runtime.strategy} mode={'lockstep' if self.lockstep else 'realtime'}"
             f" cameras={self.cams if self.needs_images else []} output={self.cmd_topic}")
+
+    def _on_params(self, cfg: dict, changed: set[str]):
+        """``ros2 param set`` of the dynamic parameters (wam_common.params): the safety limits and timeouts, the
+        sync tolerances; ``status_every`` is read live. A bad combination (gripper_min >= gripper_max) is refused."""
+        filt = safety.SafetyFilter(cfg["safety"])
+        sync = cfg["sync"]
+
+        def apply() -> None:
+            self.safety = filt
+            self.controller.set_safety(filt)
+            self._sync.slop_ns, self._sync.max_age_ns = int(sync["slop_s"] * 1e9), self.controller.stale_obs_ns
+            self.lock.wait_s, self.lock.reanswer_after_s = sync["lockstep_wait_s"], sync["reanswer_after_s"]
+
+        return apply
 
     # -- helpers ---------------------------------------------------------------------------
     def _warn(self, key: str, msg: str, every_s: float = 2.0) -> None:

@@ -10,15 +10,21 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from wam_common.schema import Param, defaults
 from wam_common.topics import CAMERAS
 
-DEFAULTS = {
-    "input_prefix": "/perturbed",  # read topics under this prefix ("" = raw sensor topics)
-    "cameras": list(CAMERAS),  # topic camera names the policy uses
-    "image_keys": list(CAMERAS),  # model image key for each camera (same order)
-    "resize": [0, 0],  # [height, width] with pad; [0, 0] = as published
-    "state_layout": "aloha14",  # [left 6, left gripper 0..1, right 6, right gripper 0..1]
+LAYOUTS = ("aloha14",)
+
+PARAMS = {
+    "input_prefix": Param("/perturbed", "read the camera, joint-state and instruction topics under this prefix "
+                          "(\"\" = the raw sensor topics)"),
+    "cameras": Param(list(CAMERAS), "the cameras (topic names) the policy uses"),
+    "image_keys": Param(list(CAMERAS), "the model's image key for each camera, in the same order"),
+    "resize": Param([0, 0], "[height, width] the frames are resized to with padding; [0, 0] = as published"),
+    "state_layout": Param("aloha14", "the state vector: [left 6 joints, left gripper 0..1, right 6, right gripper "
+                          "0..1]", choices=LAYOUTS),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 def resize_with_pad(img: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -57,8 +63,9 @@ class ObservationMap:
         size = [int(v) for v in c["resize"]]
         if len(size) != 2 or min(size) < 0:
             raise ValueError(f"key 'observation.resize' must be [height, width], got {c['resize']}")
-        if c["state_layout"] != "aloha14":
-            raise ValueError(f"key 'observation.state_layout': unknown layout '{c['state_layout']}' (known: aloha14)")
+        if c["state_layout"] not in LAYOUTS:
+            raise ValueError(f"key 'observation.state_layout': unknown layout '{c['state_layout']}' "
+                             f"(known: {', '.join(LAYOUTS)})")
         return cls(cams, keys, tuple(size) if min(size) > 0 else None)
 
     def images(self, frames: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

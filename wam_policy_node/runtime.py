@@ -23,20 +23,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from wam_common.schema import Param, defaults
 from wam_common.topics import DT
 
 from .backends import ActionChunk
 
 STRATEGIES = ("sync", "temporal_ensemble", "rtc")
 
-DEFAULTS = {
-    "strategy": "rtc",
-    "execute_steps": 0,  # sync: actions of a chunk executed before the next inference (0 = all)
-    "replan_steps": 10,  # rtc: start a new inference this many steps after the newest chunk's obs
-    "ensemble_k": 0.01,  # temporal_ensemble: w_i = exp(-k i), i = 0 oldest
-    "ensemble_every": 1,  # temporal_ensemble: steps between inferences (in lockstep)
-    "blend_steps": 10,  # rtc: steps over which the new chunk takes over (0 = the whole overlap; longer = smoother, laggier)
+PARAMS = {
+    "strategy": Param("rtc", "how chunks become commands (see wam_policy_node/runtime.py)", choices=STRATEGIES),
+    "execute_steps": Param(0, "sync: actions of a chunk executed before the next inference (0 = all)",
+                           range=(0, None)),
+    "replan_steps": Param(10, "rtc: start a new inference this many steps after the newest chunk's observation",
+                          range=(1, None)),
+    "ensemble_k": Param(0.01, "temporal_ensemble: weight exp(-k i) of the i-th oldest chunk", range=(0.0, None)),
+    "ensemble_every": Param(1, "temporal_ensemble: steps between inferences (lockstep)", range=(1, None)),
+    "blend_steps": Param(10, "rtc: steps over which a new chunk takes over (0 = the whole overlap; longer = "
+                         "smoother, laggier)", range=(0, None)),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 def rtc_weights(n: int) -> np.ndarray:

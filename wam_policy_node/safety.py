@@ -17,20 +17,29 @@ from enum import StrEnum
 import numpy as np
 
 from wam_common import aloha
+from wam_common.schema import Param, defaults
 from wam_common.topics import DT, STATE_DIM
 
-DEFAULTS = {
-    "enabled": True,
-    "dry_run": False,  # publish to SHADOW_COMMAND only
-    "max_joint_velocity": 6.0,  # rad/s per joint
-    "max_gripper_velocity": 12.0,  # normalised units/s
-    "gripper_min": 0.0,
-    "gripper_max": 1.0,
-    "limit_margin": 0.0,  # rad kept inside the URDF limits
-    "reject_tolerance": 0.2,  # beyond a limit by more than this → reject the chunk
-    "stale_obs_s": 0.5,  # realtime: newest synced observation older than this → hold
-    "inference_timeout_s": 2.0,  # an inference running longer than this, with no action left → hold
+PARAMS = {
+    "enabled": Param(True, "clip commands to the joint limits, rate-limit them and reject bad chunks "
+                     "(false: only NaN/inf chunks are rejected)"),
+    "dry_run": Param(False, "publish the commands on SHADOW_COMMAND only: the arms never move"),
+    "max_joint_velocity": Param(6.0, "largest arm joint speed a command may ask for (rad/s per joint)",
+                                range=(0.0, None), dynamic=True),
+    "max_gripper_velocity": Param(12.0, "largest gripper speed a command may ask for (normalised units/s)",
+                                  range=(0.0, None), dynamic=True),
+    "gripper_min": Param(0.0, "lowest gripper command (normalised units, 0..1)", dynamic=True),
+    "gripper_max": Param(1.0, "highest gripper command (normalised units, 0..1)", dynamic=True),
+    "limit_margin": Param(0.0, "margin kept inside the vx300s joint limits when clipping (rad)", range=(0.0, None),
+                          dynamic=True),
+    "reject_tolerance": Param(0.2, "a chunk with a joint beyond its limit by more than this is rejected and the arm "
+                              "holds (rad; normalised units for the grippers)", range=(0.0, None), dynamic=True),
+    "stale_obs_s": Param(0.5, "realtime: hold when the newest synced observation is older than this (s)",
+                         range=(0.0, None), dynamic=True),
+    "inference_timeout_s": Param(2.0, "realtime: hold when an inference runs longer than this with no action "
+                                 "left (s)", range=(0.0, None), dynamic=True),
 }
+DEFAULTS = defaults(PARAMS)
 
 ARM = np.arange(STATE_DIM) % 7 != 6
 GRIP = ~ARM
@@ -57,6 +66,9 @@ class SafetyFilter:
     def __init__(self, cfg: dict | None = None, dt: float = DT):
         c = dict(DEFAULTS)
         c.update(cfg or {})
+        if c["gripper_min"] >= c["gripper_max"]:
+            raise ValueError(f"key 'safety.gripper_min' ({c['gripper_min']}) must be below 'safety.gripper_max' "
+                             f"({c['gripper_max']})")
         self.cfg = c
         self.enabled = bool(c["enabled"])
         m = float(c["limit_margin"])

@@ -29,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preflight": ("wam_apps.robot.preflight", "pre-flight checks before arming a real robot"),
     "operator": ("wam_apps.robot.operator", "real-robot evaluation: start/stop/label episodes from the keyboard or a topic"),
     "cameras": ("wam_apps.robot.cameras", "list connected RealSense cameras (serials for config/aloha.yaml)"),
+    "nodes-doc": ("wam_apps.nodes_doc", "print docs/NODES.md: every node's topics, services and parameters, from the code"),
 }
 
 

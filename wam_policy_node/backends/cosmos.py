@@ -15,20 +15,24 @@ import time
 import numpy as np
 
 from wam_common.config import ConfigError
+from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 from ..observation import resize_with_pad
 
-DEFAULTS = {
-    "url": "http://127.0.0.1:8777/act",
-    "image_map": ["cam_high:primary_image", "cam_left_wrist:left_wrist_image",
-                  "cam_right_wrist:right_wrist_image"],  # node image key : server key
-    "image_size": [0, 0],  # [h, w] resize-with-pad before sending; [0, 0] = as received
-    "timeout_s": 10.0,
-    "connect_timeout_s": 3.0,
-    "n_actions": 0,
-    "double_encode": True,
+PARAMS = {
+    "url": Param("http://127.0.0.1:8777/act", "the Cosmos-Policy server's act endpoint"),
+    "image_map": Param(["cam_high:primary_image", "cam_left_wrist:left_wrist_image",
+                        "cam_right_wrist:right_wrist_image"], "node image key : server image key, per camera sent"),
+    "image_size": Param([0, 0], "[height, width] the images are resized to with padding before sending; "
+                        "[0, 0] = as received"),
+    "timeout_s": Param(10.0, "timeout of one request (s)", range=(0.0, None)),
+    "connect_timeout_s": Param(3.0, "connection timeout (s)", range=(0.0, None)),
+    "n_actions": Param(0, "keep the first n actions of each chunk (0 = all)", range=(0, None)),
+    "double_encode": Param(True, "send the payload json_numpy-encoded inside {\"encoded\": ...} (the server's "
+                           "deploy.py)"),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 @register_backend("cosmos")

@@ -9,10 +9,15 @@ from __future__ import annotations
 import time
 
 from sim_bridge.experts import make_expert  # the one node→node import (tests/test_layers.py)
+from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
-DEFAULTS = {"horizon": 50, "task": ""}  # task "" → the task named in the privileged state
+PARAMS = {
+    "horizon": Param(50, "actions per chunk", range=(1, None)),
+    "task": Param("", "the task whose scripted plan runs (\"\" = the task named in the privileged state)"),
+}
+DEFAULTS = defaults(PARAMS)
 
 
 @register_backend("expert")

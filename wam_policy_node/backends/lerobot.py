@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from wam_common.config import ConfigError
+from wam_common.schema import Param, defaults
 from wam_common.topics import DT, STATE_DIM
 
 from ..checkpoint import local_tokenizer_overrides, local_vlm_overrides, load_checkpoint, zoo_checkpoint
@@ -43,26 +44,28 @@ from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
 log = logging.getLogger("wam_policy.backend.lerobot")  # the node forwards it to its ROS logger
 
-DEFAULTS = {
-    "path": "",  # local pretrained directory (config.json, model.safetensors, policy_*processor*.json)
-    "device": "auto",  # auto | cpu | cuda | cuda:N
-    "dtype": "auto",  # auto (bf16 autocast on cuda) | float32 | bfloat16
-    "n_actions": 0,  # keep the first n actions of each chunk (0 = all)
-    "rtc": False,  # pass RTC guidance inputs when the policy supports it
-    # π0/π0.5/SmolVLA/FastWAM/LingBot-VA (engines.FAST_TYPES): "auto" runs wam_policy_node.engines' fast
-    # engine (CUDA graphs; π/SmolVLA: static KV cache, bf16; the WAMs: LeRobot's own modules) on CUDA unless
-    # rtc is asked for; "fast" forces it (CPU too); "eager" = LeRobot
-    "engine": "auto",
-    # eager path: torch.compile the policy's predict_action_chunk ("" = no; default |
-    # reduce-overhead (CUDA graphs) | max-autotune); the warm-up pays the compile at load
-    "compile": "",
-    "warmup": 1,  # dummy inferences at load (first-call allocations, cudnn autotune)
-    "torch_threads": 0,  # CPU intra-op threads for the inferring thread (0 = torch's default)
-    # a random-weight architecture from wam_policy_node.zoo instead of a trained checkpoint: {kind, size,
-    # seed, cameras, image_size, chunk} (save_random_policy's arguments), written on first use into
-    # ``path``, or when that is "" into $XDG_CACHE_HOME/wam_policy/zoo/<kind>-<hash of the spec>
-    "zoo": {},
+ENGINES = ("auto", "fast", "eager")
+DTYPES = ("auto", "float32", "bfloat16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+PARAMS = {
+    "path": Param("", "local pretrained directory (config.json, model.safetensors, policy_*processor*.json)"),
+    "device": Param("auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
+    "dtype": Param("auto", "auto: bf16 autocast on CUDA, float32 on CPU", choices=DTYPES),
+    "n_actions": Param(0, "keep the first n actions of each chunk (0 = all)", range=(0, None)),
+    "rtc": Param(False, "pass LeRobot's RTC guidance inputs (eager engine; the policy must support RTC)"),
+    "engine": Param("auto", "π0/π0.5/SmolVLA/FastWAM/LingBot-VA (engines.FAST_TYPES): auto runs wam_policy_node.engines' "
+                    "fast engine (CUDA graphs) on CUDA unless rtc is asked for; fast forces it (CPU too); eager = "
+                    "LeRobot's own", choices=ENGINES),
+    "compile": Param("", "eager engine: torch.compile mode of predict_action_chunk (\"\" = no compile); the "
+                     "warm-up pays the compile at load", choices=("",) + COMPILE_MODES),
+    "warmup": Param(1, "dummy inferences at load (first-call allocations, cudnn autotune, compiles)", range=(0, None)),
+    "torch_threads": Param(0, "CPU intra-op threads of the inferring thread (0 = torch's default)", range=(0, None)),
+    "zoo": Param({}, "a random-weight architecture of wam_policy_node.zoo instead of a trained checkpoint: {kind, "
+                 "size, seed, cameras, image_size, chunk}, written on first use into path, or when that is \"\" "
+                 "into $XDG_CACHE_HOME/wam_policy/zoo/<kind>-<hash of the spec>"),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 def _images_untouched(pipeline) -> bool:
@@ -164,7 +167,6 @@ class _LingBotVA:
 
 
 STREAMING = {"lingbot_va": _LingBotVA}  # policy type → its observe/infer adapter
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass(frozen=True)
@@ -188,7 +190,7 @@ def resolve_options(cfg: dict, policy_type: str, device_type: str) -> Options:
     from .. import engines
 
     want, rtc, cuda = str(cfg["engine"]), bool(cfg["rtc"]), device_type == "cuda"
-    if want not in ("auto", "fast", "eager"):
+    if want not in ENGINES:
         raise ConfigError(f"key 'backend.lerobot.engine' must be auto, fast or eager, got '{want}'")
     if want == "fast":
         if not engines.supports(policy_type):

@@ -24,25 +24,28 @@ import time
 import numpy as np
 
 from wam_common.config import ConfigError
+from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 from . import msgpack_numpy
 from ..observation import resize_with_pad
 
-DEFAULTS = {
-    "host": "127.0.0.1",
-    "port": 8000,
-    "api_key": "",
-    "image_size": [224, 224],  # [h, w] resize-with-pad before sending; [0, 0] = as received
-    "channels_first": True,  # openpi's ALOHA examples send CHW
-    "connect_timeout_s": 3.0,
-    "timeout_s": 10.0,  # per request
-    "reconnect_s": 1.0,  # least time between connection attempts
-    "n_actions": 0,  # keep the first n actions (0 = all)
-    "actions_key": "actions",
-    "images": True,  # the node gathers the cameras for each request (false: a served expert)
-    "privileged": False,  # the node waits for the sim's privileged state and sends it (our server only)
+PARAMS = {
+    "host": Param("127.0.0.1", "the policy server's host, or a ws:// / wss:// URI"),
+    "port": Param(8000, "the server's port (0 = the one in host, or none)", range=(0, 65535)),
+    "api_key": Param("", "sent as 'Authorization: Api-Key <key>' when set"),
+    "image_size": Param([224, 224], "[height, width] the images are resized to with padding before sending; "
+                        "[0, 0] = as received"),
+    "channels_first": Param(True, "send images CHW (openpi's ALOHA examples), else HWC"),
+    "connect_timeout_s": Param(3.0, "connection timeout (s)", range=(0.0, None)),
+    "timeout_s": Param(10.0, "timeout of one request (s)", range=(0.0, None)),
+    "reconnect_s": Param(1.0, "least time between connection attempts (s)", range=(0.0, None)),
+    "n_actions": Param(0, "keep the first n actions of each chunk (0 = all)", range=(0, None)),
+    "actions_key": Param("actions", "the reply's key holding the action chunk"),
+    "images": Param(True, "the node gathers the cameras for each request (false: a served expert)"),
+    "privileged": Param(False, "the node waits for the sim's privileged state and sends it (wam-policy serve only)"),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 @register_backend("openpi")

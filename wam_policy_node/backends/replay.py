@@ -14,15 +14,18 @@ import numpy as np
 
 from wam_common import topics
 from wam_common.config import ConfigError
+from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
-DEFAULTS = {
-    "bag": "",  # rosbag2 directory or .mcap file
-    "topic": topics.COMMAND,
-    "episode": -1,  # -1 = the live episode's index (mod the recorded count); n = always episode n
-    "horizon": 50,
+PARAMS = {
+    "bag": Param("", "the rosbag2 directory or .mcap file to replay"),
+    "topic": Param(topics.COMMAND, "the recorded command topic"),
+    "episode": Param(-1, "the recorded episode to play (-1 = the live episode's index, modulo the number "
+                     "recorded)", range=(-1, None)),
+    "horizon": Param(50, "actions per chunk", range=(1, None)),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 def read_commands(path: str, topic: str = topics.COMMAND) -> list[np.ndarray]:

@@ -14,22 +14,26 @@ import time
 
 import numpy as np
 
+from wam_common.schema import Param, defaults
 from wam_common.topics import DT
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
-DEFAULTS = {
-    "latency_ms": 0.0,
-    "jitter_ms": 0.0,
-    "horizon": 50,
-    "amplitude": 0.1,
-    "period_s": 2.0,
-    "chunk_noise": 0.0,
-    "seed": 0,
-    "needs_images": True,
-    "inject": "",  # "", "nan_chunk", "out_of_limits", "error"
-    "inject_every": 0,  # 0 = never; n = chunks n, 2n, ...
+INJECT = ("", "nan_chunk", "out_of_limits", "error")
+
+PARAMS = {
+    "latency_ms": Param(0.0, "wall time each inference takes (ms)", range=(0.0, None)),
+    "jitter_ms": Param(0.0, "random change of each inference's time, uniform within ±jitter_ms (ms)", range=(0.0, None)),
+    "horizon": Param(50, "actions per chunk", range=(1, None)),
+    "amplitude": Param(0.1, "amplitude of the sine trajectory around the first state (rad)"),
+    "period_s": Param(2.0, "period of the sine trajectory (s)", range=(0.001, None)),
+    "chunk_noise": Param(0.0, "random offset per chunk, to make chunk boundaries visible (rad)", range=(0.0, None)),
+    "seed": Param(0, "seed of the jitter and the chunk noise"),
+    "needs_images": Param(True, "the node gathers the cameras for each inference (as a vision policy)"),
+    "inject": Param("", "the fault put into every inject_every-th chunk", choices=INJECT),
+    "inject_every": Param(0, "inject into chunks n, 2n, ... (0 = never)", range=(0, None)),
 }
+DEFAULTS = defaults(PARAMS)
 
 
 @register_backend("synthetic")
