@@ -39,5 +39,12 @@ $PIP install -q -r requirements.txt -c constraints.txt
 echo "[install] SAPIEN backend (no deps: its metadata would replace opencv-python-headless)"
 $PIP install -q --no-deps -r requirements-sapien.txt
 $PIP install -q --no-deps --no-build-isolation -e .
+# the upstream ROS 2 tools (colcon, ros2 launch/param/node/topic) for the real-tools tests, where this
+# machine has no ROS 2 install of its own: the jazzy wheels beside the repository (../shared/ros2-jazzy-tools)
+TOOLS=../shared/ros2-jazzy-tools
+if [ ! -f "/opt/ros/${ROS_DISTRO:-jazzy}/setup.bash" ] && [ -f "$TOOLS/install.sh" ]; then
+  echo "[install] ROS 2 jazzy tools from $TOOLS"
+  bash "$TOOLS/install.sh" .venv/bin/python
+fi
 touch .venv/.installed
 echo "[install] done: $(.venv/bin/python --version), $(.venv/bin/python -c 'import torch, rclpy, mujoco; print("torch", torch.__version__, "mujoco", mujoco.__version__)')"

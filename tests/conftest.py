@@ -139,3 +139,10 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     finally:
         _running_unit.clear()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Name the ROS 2 tools the real-tools tier used (tests/ros2_tools.py), also under ``-q``."""
+    import ros2_tools
+
+    terminalreporter.write_line(f"ROS 2 tools: {ros2_tools.describe() if not ros2_tools.missing() else ros2_tools.missing()}")
