@@ -142,6 +142,15 @@ def assert_commands_kept(before: list[int], bag: Path) -> None:
     assert not missing, f"{len(missing)} of {len(before)} commands sent before the first SIGINT missing: {missing[:5]}"
 
 
+def assert_stopped_keeping(p, code: int, out: Path, before: list[int]) -> None:
+    """The launch exited 0 with every node stopped cleanly, and its one bag holds the commands ``before``."""
+    log = rt.read_log(p)
+    assert code == 0, log[-4000:]
+    assert_clean_stop(log)
+    (bag,) = [d for d in out.iterdir() if d.is_dir()]
+    assert_commands_kept(before, bag)
+
+
 @pytest.mark.parametrize("when", ["idle", "mid_episode"])
 def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(launch, ws_probe, tmp_path, when):
     """Ctrl-C in a terminal: SIGINT to ros2 launch, which passes it on to every node once. After the
@@ -160,11 +169,7 @@ def test_sim_launch_runs_an_episode_and_stops_cleanly_on_ctrl_c(launch, ws_probe
     finally:
         p.send_signal(signal.SIGINT)  # ros2 launch alone (a terminal's Ctrl-C reaches the group: see below)
         code = rt.wait_exit(p, 60)
-    log = rt.read_log(p)
-    assert code == 0, log[-4000:]
-    assert_clean_stop(log)
-    (bag,) = [d for d in out.iterdir() if d.is_dir()]
-    assert_commands_kept(before, bag)
+    assert_stopped_keeping(p, code, out, before)
     if when == "idle":
         assert len(before) >= 100, len(before)
 
@@ -182,12 +187,8 @@ def test_double_sigint_to_the_process_group_closes_every_bag(launch, ws_probe, t
     rt.signal_group(p)
     time.sleep(0.3)  # the point of the test: a second SIGINT 0.3 s into shutdown
     rt.signal_group(p)
-    code = rt.wait_exit(p, 60)
-    log = rt.read_log(p)
-    assert code == 0, log[-4000:]
-    assert_clean_stop(log)
-    (bag,) = [d for d in out.iterdir() if d.is_dir()]
-    assert_commands_kept(before, bag)
+    assert_stopped_keeping(p, rt.wait_exit(p, 60), out, before)
+
 
 def test_real_graph_without_hardware_runs_the_rest(ws, launch):
     """`ros2 launch wam_policy aloha.launch.py` on a machine without the robot: the two hardware nodes
