@@ -3,8 +3,9 @@
 Every test graph runs on its own domain (file-locked lease) with loopback-only discovery, so
 parallel tests (pytest -n) never cross-talk.
 
-Tiers (markers registered in pyproject.toml): every test is ``unit`` or ``ros``, which collection
-checks — a test without a tier, or a ``unit`` test asking for a ROS fixture, is a usage error.
+Tiers (markers registered in pyproject.toml): ``unit`` (pure, fast) or ``ros`` (DDS, subprocesses);
+a test in both, or a ``unit`` test asking for a ROS fixture, is a usage error. Pure tests that build
+models on the CPU or start worker processes have neither (``make test`` runs them; their module says why).
 ``gpu`` tests are skipped where torch sees no CUDA device.
 """
 from __future__ import annotations

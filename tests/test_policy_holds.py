@@ -164,23 +164,3 @@ def test_resolved_options(cfg, ptype, device, want):
 def test_option_clashes_are_config_errors(cfg, ptype, device, text):
     with pytest.raises(ConfigError, match=f"^{re.escape(text)}$"):
         resolve_options({**DEFAULTS, **cfg}, ptype, device)
-
-
-@pytest.fixture(scope="module")
-def act_dir(tmp_path_factory):
-    from wam_policy_node.zoo import save_random_policy
-
-    return save_random_policy("act", tmp_path_factory.mktemp("zoo") / "act", size="tiny")
-
-
-def test_a_loaded_backend_runs_its_options(act_dir):
-    from wam_policy_node.backends.lerobot import LeRobotBackend
-
-    b = LeRobotBackend({"path": str(act_dir), "device": "cpu", "warmup": 0})
-    assert b.options == Options("eager", False, False, "", "float32", None) and b.engine == "eager"
-    assert not b.use_rtc and not b.supports_rtc and b.autocast_dtype is None and b._stream is None
-    assert b._predict_fn == b.policy.predict_action_chunk and b._prefetch is None
-    text = ("key 'backend.lerobot.rtc': policy type 'act' has no RTC guidance (SmolVLA, π0, π0.5 have); "
-            "set rtc: false")
-    with pytest.raises(ConfigError, match=f"^{re.escape(text)}$"):
-        LeRobotBackend({"path": str(act_dir), "device": "cpu", "warmup": 0, "rtc": True})

@@ -4,6 +4,7 @@ compared with LeRobot's own inference path, and driven through the real node pro
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -173,3 +174,24 @@ def test_lerobot_backend_drives_the_node(probe, domain_id, tmp_path):
         assert not np.allclose(cmds[0], cmds[10])  # the policy's actions, not a hold
     finally:
         runner.stop()
+
+
+@pytest.fixture(scope="module")
+def act_dir(tmp_path_factory):
+    from wam_policy_node.zoo import save_random_policy
+
+    return save_random_policy("act", tmp_path_factory.mktemp("zoo") / "act", size="tiny")
+
+
+def test_a_loaded_backend_runs_its_options(act_dir):
+    """The options record of a loaded checkpoint (tests/test_policy_holds.py has the pure cases)."""
+    from wam_policy_node.backends.lerobot import LeRobotBackend, Options
+
+    b = LeRobotBackend({"path": str(act_dir), "device": "cpu", "warmup": 0})
+    assert b.options == Options("eager", False, False, "", "float32", None) and b.engine == "eager"
+    assert not b.use_rtc and not b.supports_rtc and b.autocast_dtype is None and b._stream is None
+    assert b._predict_fn == b.policy.predict_action_chunk and b._prefetch is None
+    text = ("key 'backend.lerobot.rtc': policy type 'act' has no RTC guidance (SmolVLA, π0, π0.5 have); "
+            "set rtc: false")
+    with pytest.raises(ConfigError, match=f"^{re.escape(text)}$"):
+        LeRobotBackend({"path": str(act_dir), "device": "cpu", "warmup": 0, "rtc": True})
