@@ -137,9 +137,11 @@ def check_node(ws, probe, node: str, module: str, params: dict, use_sim_time: bo
             continue
         q = QoSProfile(depth=t.qos) if isinstance(t.qos, int) else t.qos
         infos = (probe.node.get_publishers_info_by_topic if t.direction == "publishes"
-                 else probe.node.get_subscriptions_info_by_topic)(t.name)
-        mine = [i.qos_profile for i in infos if i.node_name == node]
-        assert mine, (node, t.name)
+                 else probe.node.get_subscriptions_info_by_topic)
+        mine: list = []
+        # the probe's own discovery of the endpoint can lag `ros2 node info`'s (seen under load)
+        assert wait_for(lambda: mine.extend(i.qos_profile for i in infos(t.name) if i.node_name == node) or mine,
+                        30), (node, t.name)
         assert {(p.reliability, p.durability) for p in mine} == {(q.reliability, q.durability)}, (node, t.name, mine)
         assert q.reliability in (ReliabilityPolicy.RELIABLE, ReliabilityPolicy.BEST_EFFORT)
         assert q.durability in (DurabilityPolicy.VOLATILE, DurabilityPolicy.TRANSIENT_LOCAL)
