@@ -41,6 +41,20 @@ def domain_id():
     lease.release()
 
 
+@pytest.fixture(scope="session")
+def ros2_ws(tmp_path_factory):
+    """One colcon workspace of this package, built once per run, on its own leased domain, for the
+    real-tools tests (tests/ros2_tools.py); skipped where the tools are missing."""
+    import ros2_tools
+    from wam_common.launcher import DomainLease
+
+    if ros2_tools.missing() is not None:
+        pytest.skip(str(ros2_tools.missing()))
+    lease = DomainLease()
+    yield ros2_tools.Workspace(tmp_path_factory.mktemp("ws"), lease.domain_id)
+    lease.release()
+
+
 @pytest.fixture
 def ros_context(domain_id):
     import rclpy
@@ -62,7 +76,7 @@ def probe(ros_context):
 
 
 TIERS = ("unit", "ros")
-ROS_FIXTURES = {"domain_id", "ros_context", "probe"}  # a unit test uses none of these
+ROS_FIXTURES = {"domain_id", "ros_context", "probe", "ros2_ws"}  # a unit test uses none of these
 
 
 def pytest_collection_modifyitems(config, items):

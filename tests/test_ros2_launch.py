@@ -17,12 +17,9 @@ SIM_ARGS = "set:='sim_bridge.episodes=1;recorder.output_dir={out}'"  # the scrip
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    from wam_common.launcher import DomainLease
-
-    lease = DomainLease()
-    yield rt.Workspace(tmp_path_factory.mktemp("ws"), lease.domain_id)
-    lease.release()
+def ws(ros2_ws):
+    """The run's colcon workspace (tests/conftest.py)."""
+    return ros2_ws
 
 
 @pytest.fixture

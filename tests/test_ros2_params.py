@@ -33,14 +33,9 @@ CLI = "--no-daemon --spin-time 3"
 
 
 @pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    if rt.missing() is not None:
-        pytest.skip(str(rt.missing()))
-    from wam_common.launcher import DomainLease
-
-    lease = DomainLease()
-    yield rt.Workspace(tmp_path_factory.mktemp("ws"), lease.domain_id)
-    lease.release()
+def ws(ros2_ws):
+    """The run's colcon workspace (tests/conftest.py)."""
+    return ros2_ws
 
 
 @pytest.fixture(scope="module")
