@@ -79,3 +79,43 @@ def test_repeated_signals_never_interrupt_closing_the_bag(probe, domain_id, tmp_
     assert len(before) > 100, (len(before), len(sent))
     missing = [k for k in before if k not in got]
     assert not missing, f"{len(missing)} of {len(before)} messages sent before the first signal missing: {missing[:10]}"
+
+
+STUCK_EXIT = """
+import sys, threading
+from rclpy.node import Node
+from wam_common.node_main import StopSignals, run_node
+
+def stuck_forever():
+    threading.Event().wait()
+
+class Stuck(Node):
+    def __init__(self):
+        super().__init__("stuck")
+        # a library thread nobody joins: the interpreter's finalization waits for it for ever
+        threading.Thread(target=stuck_forever, name="never-ends", daemon=False).start()
+        print("ready", flush=True)
+
+StopSignals.FINISH_S = 1.0
+sys.exit(run_node(Stuck, "stuck"))
+"""
+
+
+def test_a_stuck_exit_is_reported_with_its_stacks_not_left_to_sigkill(domain_id, tmp_path):
+    """After the node's own shutdown, the interpreter's finalization gets StopSignals.FINISH_S: a
+    process that would hang there (a non-daemon thread that never ends) prints every thread's stack and
+    exits 1, instead of ignoring SIGTERM until `ros2 launch` kills it (which says nothing of where)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTHONPATH=str(ROOT), ROS_DOMAIN_ID=str(domain_id))
+    p = subprocess.Popen([sys.executable, "-c", STUCK_EXIT], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stdout.readline().strip() == "ready"
+        p.send_signal(INT)
+        out, err = p.communicate(timeout=60)
+    finally:
+        p.kill()
+    assert p.returncode == 1, (p.returncode, err)
+    assert "Timeout (0:00:01)!" in err and "stuck_forever" in err, err

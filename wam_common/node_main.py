@@ -1,7 +1,7 @@
 """The entry wrapper every node's ``main()`` uses.
 
-Starts rclpy, builds the node, spins it (nothing polls: the executor waits until there is work), and
-turns a configuration error into one clear line on stderr and exit status 2.
+Starts rclpy, builds the node, spins it (the executor waits until there is work, at most
+``StopSignals.POLL_S`` at a time), and turns a configuration error into one clear line on stderr and exit status 2.
 
 Shutdown (:class:`StopSignals`): the first SIGINT or SIGTERM asks the node to stop; it shuts down in
 order — the executor stops serving callbacks (after ``drain_s`` more of them: the recorder takes the
@@ -23,6 +23,7 @@ overwritten before it was taken (docs/RECORDING.md).
 """
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import signal
@@ -120,6 +121,8 @@ class StopSignals:
     the stop, and :meth:`spin` sees it."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    POLL_S = 1.0       # the longest the executor waits before it looks at the stop flag again
+    FINISH_S = 10.0    # after the orderly shutdown, the interpreter's own finalization gets this long
 
     def __init__(self, name: str, interruptible_start: bool = True):
         self.name = name
@@ -127,6 +130,7 @@ class StopSignals:
         self.requested = False  # a stop was asked for: every later signal is only noted
         self.starting = True    # the node is being built
         self._guard = None
+        self._executor = None
         read_fd, write_fd = os.pipe()
         os.set_blocking(write_fd, False)
         signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
@@ -146,36 +150,48 @@ class StopSignals:
 
     def ignore(self) -> None:
         """From now on (the process is exiting) ignore the signals: at finalization Python resets the
-        signals it handles to their default action, and one landing then would kill the process."""
+        signals it handles to their default action, and one landing then would kill the process.
+
+        The node's own shutdown is done here (``close()`` finished, the node destroyed, the context
+        shut down); what is left is the interpreter's finalization (thread joins, library destructors).
+        Should that not end within ``FINISH_S`` (between ``ros2 launch``'s SIGTERM at 5 s and its
+        SIGKILL at 15 s), every thread's stack is printed to stderr and the process exits with status 1:
+        a stuck exit is reported with where it stuck instead of being killed without a word."""
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+        sys.stderr.flush()
+        faulthandler.dump_traceback_later(self.FINISH_S, exit=True)
 
     def _watch(self, read_fd: int) -> None:
         while os.read(read_fd, 64):
             self.wake()
 
     def wake(self) -> None:
-        guard = self._guard
+        guard, executor = self._guard, self._executor
         if guard is not None:
             try:
                 guard.trigger()
             except InvalidHandle:  # destroyed meanwhile: spin() has returned
                 pass
+        if executor is not None:
+            executor.wake()  # its own guard is in every wait set, whatever the node's callback groups do
 
     def spin(self, node, executor, drain_s: float = 0.0) -> None:
         """Serve ``node``'s callbacks until a stop is asked for, then ``drain_s`` seconds more."""
         self._guard = node.create_guard_condition(lambda: None)  # wakes the executor after a signal
+        self._executor = executor
         self.starting = False
         try:
             while not self.requested:
-                executor.spin_once()
+                # bounded wait: should a wake-up ever be lost, the stop is still seen within POLL_S
+                executor.spin_once(timeout_sec=self.POLL_S)
             end = time.monotonic() + drain_s
             while (left := end - time.monotonic()) > 0:
                 executor.spin_once(timeout_sec=left)
         except ExternalShutdownException:  # someone else shut the context down
             pass
         finally:
-            guard, self._guard = self._guard, None
+            guard, self._guard, self._executor = self._guard, None, None
             node.destroy_guard_condition(guard)
 
 
@@ -185,6 +201,9 @@ def run_node(factory: Callable[[], "rclpy.node.Node"], name: str, args: list[str
     ``interruptible_start``: whether a signal interrupts building the node (else the node is built,
     then stopped)."""
     normal_scheduling()
+    # `kill -USR1 <pid>` prints every thread's Python stack to stderr (also while the main thread is
+    # blocked in C): how a node that does not stop is diagnosed (docs/TROUBLESHOOTING.md)
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     stop = StopSignals(name, interruptible_start)
     rclpy.init(args=args if args is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
     node = None
