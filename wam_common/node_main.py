@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import faulthandler
 import logging
+import math
 import os
 import signal
 import sys
@@ -156,11 +157,16 @@ class StopSignals:
         shut down); what is left is the interpreter's finalization (thread joins, library destructors).
         Should that not end within ``FINISH_S`` (between ``ros2 launch``'s SIGTERM at 5 s and its
         SIGKILL at 15 s), every thread's stack is printed to stderr and the process exits with status 1:
-        a stuck exit is reported with where it stuck instead of being killed without a word."""
+        a stuck exit is reported with where it stuck instead of being killed without a word. Python
+        cancels that timer late in its finalization, before the C libraries' own exit handlers (DDS,
+        OpenCV's thread pool) run: a hang there ends 2 s later by SIGALRM's default action (the
+        kernel's, which no finalization undoes; ``run_node`` is a process's entry point, never called
+        inside another program)."""
         for sig in self.SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
         sys.stderr.flush()
         faulthandler.dump_traceback_later(self.FINISH_S, exit=True)
+        signal.alarm(math.ceil(self.FINISH_S) + 2)
 
     def _watch(self, read_fd: int) -> None:
         while os.read(read_fd, 64):
