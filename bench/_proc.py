@@ -16,7 +16,7 @@ def cpu_seconds(pid: int) -> float:
 
 #: zoo kinds that resize camera frames themselves, on their device (π0/π0.5 and SmolVLA with pad,
 #: FastWAM per camera): the node's ``observation.resize: [0, 0]`` sends frames as published
-SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam")
+SELF_RESIZING = ("pi0", "pi05", "smolvla", "fastwam", "xvla")  # xvla: resize_imgs_with_padding on its device
 
 
 def lerobot_mode(mode: str) -> dict:

@@ -4,6 +4,7 @@ fast engines both start from. (A policy *config* — ``config/policies/<name>.ya
 
 - :func:`load_checkpoint`: LeRobot's ``from_pretrained`` onto a device, with the frozen parts a WAM
   checkpoint carries;
+- :func:`config_only_backbones`: VLA-JEPA's Qwen3-VL / V-JEPA 2 built from a config-only directory;
 - :func:`zoo_checkpoint`: ``backend.lerobot.zoo`` — a random-weight checkpoint of a real architecture,
   written on first use.
 """
@@ -100,7 +101,7 @@ def load_checkpoint(path, *, device: str, config=None):
     # LeRobot builds the model (random init) before it reads the checkpoint over it: on a GPU, build it
     # there — a multi-billion-parameter init on the host takes minutes, on the GPU under a second
     where = torch.device(device) if torch.device(device).type == "cuda" else contextlib.nullcontext()
-    with _local_wan(path, pcfg), where:
+    with _local_wan(path, pcfg), _local_vla_jepa(path, pcfg), where:
         policy = get_policy_class(pcfg.type).from_pretrained(str(path), config=pcfg)
     return policy.to(device).eval()
 
@@ -134,3 +135,58 @@ def _local_wan(path: Path, pcfg):
         yield
     finally:
         components.WAN22_DIFFUSERS_MODEL_ID = hub
+
+
+def _has_weights(name) -> bool:
+    d = Path(str(name)).expanduser()
+    return not d.is_dir() or any(d.glob("*.safetensors")) or any(d.glob("*.bin"))
+
+
+@contextlib.contextmanager
+def config_only_backbones(device: str | None = None):
+    """Within the block, VLA-JEPA's backbones (``Qwen3VLForConditionalGeneration.from_pretrained`` of
+    ``qwen_model_name``, ``AutoModel.from_pretrained`` of ``jepa_encoder_name``) are built from the named
+    directory's config when it holds no weights: the policy's own ``model.safetensors`` carries every one
+    of their parameters (LeRobot loads it over them right after), so the Hub's weights are not needed.
+    ``device``: where those built from config are made (``"meta"`` to count parameters)."""
+    import torch
+    from lerobot.policies.vla_jepa import modeling_vla_jepa, qwen_interface
+    from transformers import AutoConfig
+
+    qwen_cls, auto = qwen_interface.Qwen3VLForConditionalGeneration, modeling_vla_jepa.AutoModel
+
+    def from_config(cls, name, kw):
+        if _has_weights(name):
+            return cls.from_pretrained(name, **kw)
+        make = getattr(cls, "from_config", None) or cls._from_config  # AutoModel / a model class
+        with torch.device(device) if device else contextlib.nullcontext():
+            return make(AutoConfig.from_pretrained(name), dtype=kw.get("torch_dtype") or kw.get("dtype"))
+
+    class Qwen:
+        from_pretrained = staticmethod(lambda name, **kw: from_config(qwen_cls, name, kw))
+
+    class Auto:
+        from_pretrained = staticmethod(lambda name, **kw: from_config(auto, name, kw))
+
+    qwen_interface.Qwen3VLForConditionalGeneration, modeling_vla_jepa.AutoModel = Qwen, Auto
+    try:
+        yield
+    finally:
+        qwen_interface.Qwen3VLForConditionalGeneration, modeling_vla_jepa.AutoModel = qwen_cls, auto
+
+
+@contextlib.contextmanager
+def _local_vla_jepa(path: Path, pcfg):
+    """A VLA-JEPA checkpoint may carry its backbones' configs and processors (no weights: the zoo's do, and a
+    real one can get them copied in) in ``<dir>/qwen`` and ``<dir>/jepa_encoder``: where the config's names
+    are not directories here (a moved checkpoint, or Hub ids on an offline robot), use those; build the
+    backbones from config (:func:`config_only_backbones`)."""
+    if pcfg.type != "vla_jepa":
+        yield
+        return
+    root = path.resolve()
+    for attr, sub in (("qwen_model_name", "qwen"), ("jepa_encoder_name", "jepa_encoder")):
+        if (root / sub / "config.json").is_file() and not Path(str(getattr(pcfg, attr))).expanduser().is_dir():
+            setattr(pcfg, attr, str(root / sub))
+    with config_only_backbones():
+        yield

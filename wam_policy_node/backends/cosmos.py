@@ -67,35 +67,11 @@ class CosmosBackend(Backend):
         return out
 
     def infer(self, obs: Observation) -> ActionChunk:
-        import json_numpy
-
         t0 = time.perf_counter()
-        payload = self.payload(obs)
-        body = {"encoded": json_numpy.dumps(payload)} if self.cfg["double_encode"] else json.loads(json_numpy.dumps(payload))
-        try:
-            r = self.session.post(self.cfg["url"], json=body,
-                                  timeout=(float(self.cfg["connect_timeout_s"]), float(self.cfg["timeout_s"])))
-        except self.requests.Timeout:
-            raise BackendError(f"cosmos: no reply from {self.cfg['url']} within {self.cfg['timeout_s']} s") from None
-        except self.requests.RequestException as exc:
-            raise BackendError(f"cosmos: cannot reach {self.cfg['url']}: {type(exc).__name__}") from None
-        if r.status_code != 200:
-            raise BackendError(f"cosmos: HTTP {r.status_code} from {self.cfg['url']}: {r.text[:200]}")
-        try:
-            reply = r.json()
-            if isinstance(reply, str):
-                if reply.strip() == "error":
-                    raise BackendError("cosmos: server error (it answered 'error'; see the server log)")
-                reply = json_numpy.loads(reply)
-            elif isinstance(reply, dict):
-                reply = json_numpy.loads(json.dumps(reply))
-            actions = np.asarray(reply["actions"], dtype=np.float64)
-        except BackendError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise BackendError(f"cosmos: malformed reply ({type(exc).__name__}: {exc})") from None
-        if actions.ndim != 2 or actions.shape[1] != 14:
-            raise BackendError(f"cosmos: reply 'actions' has shape {actions.shape}, want (H, 14)")
+        reply = post_act(self, "cosmos", self.payload(obs))
+        if not isinstance(reply, dict) or "actions" not in reply:
+            raise BackendError(f"cosmos: malformed reply (no 'actions': {type(reply).__name__})")
+        actions = chunk14("cosmos", reply["actions"], "'actions'")
         n = int(self.cfg["n_actions"])
         if n > 0:
             actions = actions[:n]
@@ -105,3 +81,46 @@ class CosmosBackend(Backend):
 
     def close(self) -> None:
         self.session.close()
+
+
+def post_act(backend, name: str, payload: dict):
+    """POST ``payload`` json_numpy-encoded to ``backend.cfg["url"]`` as OpenVLA-OFT's ``deploy.py`` (and
+    Cosmos-Policy's, derived from it) take it — ``{"encoded": json_numpy.dumps(obs)}`` with
+    ``double_encode``, else the plain json_numpy body their ``json_numpy.patch()`` decodes — and return the
+    decoded reply. The server's ``"error"`` string, an HTTP error, a timeout, a refused connection and a
+    reply that is not JSON are :class:`BackendError`."""
+    import json_numpy
+
+    cfg = backend.cfg
+    body = {"encoded": json_numpy.dumps(payload)} if cfg["double_encode"] else json.loads(json_numpy.dumps(payload))
+    try:
+        r = backend.session.post(cfg["url"], json=body,
+                                 timeout=(float(cfg["connect_timeout_s"]), float(cfg["timeout_s"])))
+    except backend.requests.Timeout:
+        raise BackendError(f"{name}: no reply from {cfg['url']} within {cfg['timeout_s']} s") from None
+    except backend.requests.RequestException as exc:
+        raise BackendError(f"{name}: cannot reach {cfg['url']}: {type(exc).__name__}") from None
+    if r.status_code != 200:
+        raise BackendError(f"{name}: HTTP {r.status_code} from {cfg['url']}: {r.text[:200]}")
+    try:
+        reply = r.json()
+        if isinstance(reply, str):
+            if reply.strip() == "error":
+                raise BackendError(f"{name}: server error (it answered 'error'; see the server log)")
+            return json_numpy.loads(reply)  # double-encoded
+        return json_numpy.loads(json.dumps(reply))
+    except BackendError:
+        raise
+    except Exception as exc:  # noqa: BLE001
+        raise BackendError(f"{name}: malformed reply ({type(exc).__name__}: {exc})") from None
+
+
+def chunk14(name: str, value, what: str) -> np.ndarray:
+    """A reply's action chunk as an (H, 14) float64 array, or :class:`BackendError` naming its shape."""
+    try:
+        actions = np.asarray(value, dtype=np.float64)
+    except Exception as exc:  # noqa: BLE001
+        raise BackendError(f"{name}: malformed reply {what} ({type(exc).__name__}: {exc})") from None
+    if actions.ndim != 2 or actions.shape[1] != 14 or len(actions) == 0:
+        raise BackendError(f"{name}: reply {what} has shape {actions.shape}, want (H, 14)")
+    return actions

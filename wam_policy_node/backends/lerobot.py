@@ -4,7 +4,9 @@ Loads exactly as LeRobot does: ``PreTrainedConfig.from_pretrained(dir)``,
 ``get_policy_class(cfg.type).from_pretrained(dir, config=cfg)`` (config.json +
 model.safetensors) and ``make_pre_post_processors(cfg, pretrained_path=dir)`` (the saved
 processor pipelines: normalisation stats, tokenizer, ...). Works for ACT, Diffusion, SmolVLA,
-π0/π0.5, and the WAMs fastwam / lingbot_va — whatever ``get_policy_class`` knows.
+π0/π0.5, X-VLA (``xvla``), VLA-JEPA (``vla_jepa``: its Qwen3-VL / V-JEPA 2 from ``<dir>/qwen`` and
+``<dir>/jepa_encoder`` when the checkpoint carries them, ``checkpoint.py``), and the WAMs fastwam /
+lingbot_va — whatever ``get_policy_class`` knows.
 
 Observation → batch as LeRobot's own inference path (``prepare_observation_for_inference``):
 images HWC uint8 → float CHW in [0, 1] under ``observation.images.<key>`` (the node's

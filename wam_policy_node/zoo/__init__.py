@@ -60,7 +60,7 @@ def kinds() -> list[str]:
 def _load_all() -> None:
     import importlib
 
-    for mod in ("classic", "pi", "smolvla", "wam"):
+    for mod in ("classic", "pi", "smolvla", "wam", "xvla", "vla_jepa"):
         importlib.import_module(f"{__name__}.{mod}")
 
 
