@@ -94,7 +94,7 @@ def _scalar(where: str, val, default: float, lo: float = 0.0) -> float:
     return x
 
 
-@dataclass
+@dataclass(eq=False)
 class World:
     name: str = "nominal"
     description: str = ""
@@ -172,9 +172,14 @@ class World:
         }}
 
     # ----------------------------------------------------------------- what differs
+    def params(self) -> dict:
+        """What the world sets (its config less name and description): compare worlds with this."""
+        d = self.to_dict()["world"]
+        return {k: v for k, v in d.items() if k not in ("name", "description")}
+
     @property
     def is_nominal(self) -> bool:
-        return self == World(name=self.name, description=self.description)
+        return self.params() == World().params()
 
     @property
     def edits_dynamics(self) -> bool:

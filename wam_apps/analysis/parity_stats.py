@@ -216,8 +216,8 @@ def ppi_mean(sim_unpaired, sim_paired, real_paired, alpha: float = 0.05, lam: fl
     ``real_paired``: the n paired episodes (same spec in both worlds, same order). The two sets
     must be disjoint episodes (PPI's variance assumes independent samples). ``lam``: 1 (PPI), a
     number in [0, 1], or ``"tuned"`` (PPI++'s λ̂ = Cov(real, sim)/((1 + n/N)·Var(sim)) on the paired
-    episodes, clipped to [0, 1], and 1 when the paired sim outcomes do not vary; λ = 0 is
-    real-only's mean)."""
+    episodes, clipped to [0, 1], and 1 when the paired sim or real outcomes do not vary; λ = 0 is
+    real-only's mean). The estimate and interval are clipped to [0, 1] (a success rate)."""
     f_all = _binary("sim_unpaired", sim_unpaired)
     f_p, y_p = _binary("sim_paired", sim_paired), _binary("real_paired", real_paired)
     if f_p.size != y_p.size:
@@ -227,10 +227,14 @@ def ppi_mean(sim_unpaired, sim_paired, real_paired, alpha: float = 0.05, lam: fl
         raise ValueError(f"ppi_mean: needs ≥ 2 paired and ≥ 2 unpaired sim episodes, got n={n}, N={N}")
     z = _z(alpha)
     if lam == "tuned":
-        vf = float(f_p.var(ddof=1)) if n > 1 else 0.0
-        cov = float(np.cov(y_p, f_p, ddof=1)[0, 1]) if vf > 0 else 0.0
-        # no spread in the paired sim outcomes (e.g. 10/10 sim successes): nothing to tune λ on, keep PPI's 1
-        lam_v = float(np.clip(cov / ((1 + n / N) * vf), 0.0, 1.0)) if vf > 0 else 1.0
+        vf, vy = float(f_p.var(ddof=1)), float(y_p.var(ddof=1))
+        # no spread in the paired sim or real outcomes (e.g. 10/10 successes): nothing to estimate the
+        # covariance from, keep PPI's λ = 1
+        if vf > 0 and vy > 0:
+            cov = float(np.cov(y_p, f_p, ddof=1)[0, 1])
+            lam_v = float(np.clip(cov / ((1 + n / N) * vf), 0.0, 1.0))
+        else:
+            lam_v = 1.0
         method = "PPI++"
     else:
         lam_v = float(lam)
@@ -245,7 +249,8 @@ def ppi_mean(sim_unpaired, sim_paired, real_paired, alpha: float = 0.05, lam: fl
         var_f = float(f_all.var(ddof=1))
     var_d = _paired_variance(f_p, y_p, lam_v, small_sample)
     half = z * np.sqrt(lam_v ** 2 * var_f / N + var_d / n)
-    return MeanEstimate(method, float(est), max(0.0, est - half), min(1.0, est + half), n, N, lam_v)
+    return MeanEstimate(method, float(np.clip(est, 0.0, 1.0)), float(np.clip(est - half, 0.0, 1.0)),
+                        float(np.clip(est + half, 0.0, 1.0)), n, N, lam_v)
 
 
 def rectifier(sim_paired, real_paired, alpha: float = 0.05, small_sample: bool = True) -> Interval:
