@@ -111,11 +111,11 @@ def bootstrap_parity(sim_outcomes: list, real_outcomes: list, n_boot: int = 2000
                      alpha: float = 0.05) -> dict[str, Interval]:
     """Pearson r and MMRV with percentile-bootstrap intervals.
 
-    ``sim_outcomes[i]`` / ``real_outcomes[i]``: policy i's 0/1 episode outcomes in each world.
-    Each replicate resamples every policy's episodes with replacement, independently per world
-    (a paired study resamples the same indices in both worlds: pass equal-length lists and
-    ``paired`` episodes line up, which :func:`bootstrap_parity` keeps by drawing one index set per
-    policy when the two worlds have the same count). Replicates where r is undefined are dropped."""
+    ``sim_outcomes[i]`` / ``real_outcomes[i]``: policy i's 0/1 episode outcomes in each world. Each
+    replicate resamples every policy's episodes with replacement; when a policy has as many
+    episodes in both worlds (a paired study, the same order), the same indices are drawn in both,
+    so a pair stays a pair; otherwise each world is resampled independently. Replicates where r is
+    undefined (one world gives every policy the same rate) are left out of r's interval."""
     if len(sim_outcomes) != len(real_outcomes) or len(sim_outcomes) < 2:
         raise ValueError("bootstrap_parity: needs the same ≥ 2 policies in both worlds")
     sims = [_binary(f"sim[{i}]", x) for i, x in enumerate(sim_outcomes)]
