@@ -130,7 +130,8 @@ def test_pairing_and_bad_input_name_the_episode():
     assert list(pairs) == ["a", "b"] and len(pairs["a"]["paired"]) == 4 and len(pairs["a"]["unpaired_sim"]) == 2
     assert pairs["a"]["paired"][0] == (0, 1)  # seed 0: sim failed, real succeeded
     res = study(pairs, n_real=2, subsamples=20, n_boot=50)
-    assert res["policies"]["a"]["sim"]["episodes"] == 6 and res["policies"]["a"]["real"]["episodes"] == 4
+    assert res["policies"]["a"]["sim_all"]["episodes"] == 6 and res["policies"]["a"]["sim"]["episodes"] == 4
+    assert res["policies"]["a"]["real"]["episodes"] == 4
     assert res["policies"]["a"]["at_n"]["N"] == 4 and res["policies"]["a"]["coverage"]["reps"] == 20
     with pytest.raises(ConfigError, match="policy=b configuration=clean task=transfer_cube seed=9"):
         pair(sim, real + [_row("b", 9, True, world="cousin")])

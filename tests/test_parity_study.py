@@ -56,7 +56,7 @@ def test_paired_runs_give_a_parity_report(runs, tmp_path):
     assert res["worlds"] == {"sim": "nominal", "real": "cousin"}
     for r in sim:
         row = res["policies"][r["policy"]]
-        assert row["paired_episodes"] == 2 and row["sim"]["episodes"] == 2
+        assert row["paired_episodes"] == 2 and row["sim"]["episodes"] == row["sim_all"]["episodes"] == 2
     for pol in ("expert_noise_000", "expert_noise_060"):
         want = sum(r["success"] for r in real if r["policy"] == pol)
         assert res["policies"][pol]["real"]["successes"] == want
