@@ -155,10 +155,38 @@ def interpolate(traj: list[Waypoint], t: float) -> tuple[np.ndarray, np.ndarray,
     return w["xyz"], w["quat"], w["gripper"]
 
 
-class ScriptedExpert:
-    """Plans at :meth:`reset`; :meth:`actions` slices the planned joint trajectory."""
+#: control steps between the knots of the expert's action noise (linearly interpolated between knots)
+NOISE_KNOT_STEPS = 50
 
-    def __init__(self, task: str):
+
+def action_noise(seed: int, noise_seed: int, std: float, steps: int) -> np.ndarray:
+    """(steps, 14) smooth joint-target noise: every arm joint gets N(0, std) rad knots every
+    NOISE_KNOT_STEPS steps, linearly interpolated (a slow drift, not white noise a position
+    controller would average away); grippers get none. Seeded by (episode seed, noise_seed), so
+    the same episode spec gets the same noise in every world."""
+    out = np.zeros((steps, 14))
+    if std <= 0 or steps <= 0:
+        return out
+    rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(noise_seed) & 0xFFFFFFFF, 0xAC7])
+    n_knots = steps // NOISE_KNOT_STEPS + 2
+    knots = rng.normal(0.0, std, (n_knots, 12))
+    t = np.arange(steps) / NOISE_KNOT_STEPS
+    arm = np.stack([np.interp(t, np.arange(n_knots), knots[:, j]) for j in range(12)], axis=1)
+    out[:, :6], out[:, 7:13] = arm[:, :6], arm[:, 6:]
+    return out
+
+
+class ScriptedExpert:
+    """Plans at :meth:`reset`; :meth:`actions` slices the planned joint trajectory.
+
+    ``action_noise`` > 0 (rad) adds :func:`action_noise` to the arm joints: a graded family of
+    weaker "policies" whose success falls with the noise (config/policies/expert_noise_*.yaml)."""
+
+    def __init__(self, task: str, action_noise: float = 0.0, noise_seed: int = 0):
+        if not np.isfinite(action_noise) or action_noise < 0:
+            raise ValueError(f"expert: action_noise must be ≥ 0 rad, got {action_noise}")
+        self.noise_std = float(action_noise)
+        self.noise_seed = int(noise_seed)
         self.task = get_task(task)
         if task not in PLANS:
             raise KeyError(f"no scripted expert for task '{task}' (have: {', '.join(sorted(PLANS))})")
@@ -186,6 +214,11 @@ class ScriptedExpert:
         objects = {k: np.asarray(v, float) for k, v in objects.items()}
         steps = int(privileged.get("max_steps") or self.task.max_steps)
         self.trajectory = self.rollout(objects, steps)
+        if self.noise_std > 0:
+            seed = privileged.get("seed")
+            if seed is None:
+                raise ValueError("expert: action_noise needs the episode 'seed' in the privileged state")
+            self.trajectory = self.trajectory + action_noise(int(seed), self.noise_seed, self.noise_std, steps)
 
     def rollout(self, objects: dict[str, np.ndarray], steps: int) -> np.ndarray:
         """Run the waypoint plan in the end-effector twin; return (steps, 14) joint commands."""
@@ -232,5 +265,5 @@ class ScriptedExpert:
             self._ee.close()
 
 
-def make_expert(task: str) -> ScriptedExpert:
-    return ScriptedExpert(task)
+def make_expert(task: str, action_noise: float = 0.0, noise_seed: int = 0) -> ScriptedExpert:
+    return ScriptedExpert(task, action_noise=action_noise, noise_seed=noise_seed)

@@ -73,6 +73,10 @@ class AlohaSim:
         self.nominal = {k: getattr(model, k).copy() for k in (
             "light_diffuse", "light_specular", "light_dir", "light_pos", "light_castshadow",
             "cam_mode", "cam_pos", "cam_quat", "cam_fovy", "geom_rgba")}
+        # nominal dynamics, restored before a world's edits (sim_bridge/world.py)
+        self.nominal_dynamics = {k: getattr(model, k).copy() for k in (
+            "actuator_gainprm", "actuator_biasprm", "dof_damping", "dof_frictionloss", "body_mass",
+            "body_inertia", "geom_friction")}
         self.nominal_headlight = (model.vis.headlight.ambient.copy(), model.vis.headlight.diffuse.copy())
         self.nominal_camera = self._camera_poses()
 
@@ -190,10 +194,11 @@ class AlohaSim:
             self._renderers[key] = r
         return r
 
-    def render(self, cam: str, height: int, width: int) -> np.ndarray:
-        """RGB uint8 HxWx3 from the ROS camera ``cam`` (or a MuJoCo camera name)."""
+    def render(self, cam: str, height: int, width: int, data: mujoco.MjData | None = None) -> np.ndarray:
+        """RGB uint8 HxWx3 from the ROS camera ``cam`` (or a MuJoCo camera name); ``data``: another
+        state of this model to render (e.g. a delayed one), default the live state."""
         r = self.renderer(height, width)
-        r.update_scene(self.data, camera=CAMERA_MAP.get(cam, cam))
+        r.update_scene(self.data if data is None else data, camera=CAMERA_MAP.get(cam, cam))
         return r.render()
 
     def close(self) -> None:

@@ -46,6 +46,8 @@ PARAMS = {
     "episodes": Param(1, "episodes to run, then idle (0 = forever)", range=(0, None)),
     "max_steps": Param(0, "steps per episode (0 = the task's time limit)", range=(0, None)),
     "end_on_success": Param(True, "end an episode at its first success (as gym-aloha terminates)", dynamic=True),
+    "world": Param("nominal", "the world simulated: a config/worlds/<name>.yaml name or a path (nominal; cousin = the "
+                   "same ALOHA with a documented reality gap; docs/sim_bridge.md → Worlds)"),
     "physical": Param({}, "physical perturbations {dimension: level 0..5}, e.g. {light: 3, camera: 2} "
                       "(docs/sim_bridge.md)"),
     "start_wait_s": Param(30.0, "before the first episode: wait at most this long for a COMMAND publisher, "
@@ -125,7 +127,7 @@ class SimBridge(Node):
         c = self.cfg
         self.lockstep = c["clock"] == "lockstep"
         self.env = SimEnv(c["task"], dict(c["physical"]) or None, c["max_steps"], backend=c["backend"],
-                          render=bool(c["render"]["enabled"]), quality=c["render"]["quality"])
+                          render=bool(c["render"]["enabled"]), quality=c["render"]["quality"], world=c["world"])
         self.cameras = list(c["render"]["cameras"]) if c["render"]["enabled"] else []
         self.h, self.w = int(c["render"]["height"]), int(c["render"]["width"])
         self.every = int(c["render"]["camera_every"])
@@ -159,7 +161,8 @@ class SimBridge(Node):
         self._thread = threading.Thread(target=self._run, name="sim_bridge_loop", daemon=True)
         self._thread.start()
         self.get_logger().info(
-            f"task={c['task']} backend={c['backend']} clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
+            f"task={c['task']} world={self.env.world.name} backend={c['backend']}"
+            f" clock={c['clock']} episodes={c['episodes']} seed={c['seed']} "
             f"render={self.w}x{self.h} every {self.every} physical={dict(c['physical'])}")
 
     # ------------------------------------------------------------------ commands
@@ -224,7 +227,7 @@ class SimBridge(Node):
         priv = self.env.privileged(episode, k, t, episode_start_ns)
         out.append((self.pub_priv, String(data=json.dumps(priv))))
         for arm in topics.ARMS:
-            pos, vel, eff = self.env.sim.arm_joint_state(arm)
+            pos, vel, eff = self.env.arm_joint_state(arm)
             js = JointState()
             js.header.stamp = stamp
             js.name = list(aloha.JOINT_STATE_NAMES)
@@ -297,14 +300,15 @@ class SimBridge(Node):
         self._publish_event({
             "event": "start", "episode": i, "task": task.name, "seed": seed, "stamp_ns": t_start,
             "instruction": task.prompt, "physical": physical, "camera_every": self.every,
-            "max_steps": env.max_steps, "clock": c["clock"], "backend": c["backend"], "width": self.w, "height": self.h,
+            "max_steps": env.max_steps, "world": env.world.name,
+            "clock": c["clock"], "backend": c["backend"], "width": self.w, "height": self.h,
             "cameras": self.cameras,
         })
         step_fn = self._lockstep_episode if self.lockstep else self._realtime_episode
         reason, steps, lat, extra = step_fn(i, t_start)
         res = {"event": "end", "episode": i, "task": task.name, "seed": seed, "stamp_ns": self.t_ns,
                "success": bool(env.success or (reason == "success")), "steps": steps, "reason": reason,
-               "max_reward": int(env.best_reward), "latency_ms": latency_summary(lat),
+               "max_reward": int(env.best_reward), "latency_ms": latency_summary(lat), "world": env.world.name,
                "physical": physical, **extra}
         if not self._stop.is_set():  # an episode aborted by close() ends in the log only
             self._publish_event(res)

@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("wam_policy_node.server", "serve a policy config's backend to many clients (openpi's websocket protocol)"),
     "analyze": ("wam_apps.analysis.cli_analyze", "per-episode and per-perturbation tables and plots from bags"),
     "parity": ("wam_apps.analysis.cli_parity", "sim-vs-real parity report from two bags"),
+    "parity-study": ("wam_apps.analysis.cli_parity_study", "sim-vs-real success over a policy family: Pearson, MMRV, "
+                     "prediction-powered real success from paired eval runs"),
     "export-lerobot": ("wam_apps.export_lerobot", "bags → LeRobotDataset (v3)"),
     "collect": ("wam_apps.training.collect", "scripted-expert demos → LeRobotDataset"),
     "train": ("wam_apps.training.train", "train ACT / Diffusion Policy with LeRobot"),

@@ -4,6 +4,7 @@
     wam-policy eval --policy expert --policy act_sim --suite paper --workers 2
     wam-policy eval ... --ray local          # or --ray auto / --ray HOST:PORT for a Ray cluster
     wam-policy eval --policy act_sim --workers 4 --serve   # ONE model (in this process) for all workers
+    wam-policy eval --suite parity --policy expert_noise_025 --world cousin   # the same episodes, another world
 
 Results go to ``--out`` (default ``runs/eval/<suite>_<task>``): ``episodes.jsonl`` (one row per
 episode, written as it ends: rerunning the same command resumes, finished episodes are not
@@ -35,6 +36,9 @@ def add_arguments(p) -> None:
     p.add_argument("--task", default=None, help="sim task (default: the suite's)")
     p.add_argument("--episodes", type=int, default=None, help="episodes per configuration (default: the suite's)")
     p.add_argument("--seed", type=int, default=None, help="first seed (default: the suite's)")
+    p.add_argument("--world", default="nominal",
+                   help="the sim world (config/worlds/<name>.yaml or a path; default nominal): run the same episodes "
+                        "in --world cousin for a parity study (wam-policy parity-study)")
     p.add_argument("--clock", choices=["lockstep", "realtime"], default="lockstep",
                    help="lockstep: deterministic; realtime: the policy's true latency is in the loop")
     p.add_argument("--realtime", action="store_const", const="realtime", dest="clock", help="same as --clock realtime")
@@ -69,9 +73,14 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     names = [n for n, _ in policies]
     if len(set(names)) != len(names):
         raise ConfigError(f"--policy: two policies share the name '{sorted(n for n in names if names.count(n) > 1)[0]}'")
-    out = Path(args.out or f"runs/eval/{suite.name}_{task}")
+    from sim_bridge.world import load_world
+
+    world = load_world(args.world)  # a bad world config fails here, before any graph starts
+    suffix = "" if world.name == "nominal" else f"_{world.name}"
+    out = Path(args.out or f"runs/eval/{suite.name}_{task}{suffix}")
     if args.fresh and out.exists():
         shutil.rmtree(out)
+    _check_world(out, args.world, world.name)
     store = ResultStore(out)
     done = store.done()
     wanted: list[tuple] = []
@@ -83,13 +92,23 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
             todo = [s for s in seeds if (pname, conf.name, task, s) not in done]
             for run in contiguous_runs(todo, max(1, args.episodes_per_graph)):
                 jobs.append(Job(pname, pov, conf.name, conf.dimension, conf.level, conf.sim, task, run,
-                                clock=args.clock, bags=args.bags, out_dir=str(out)))
+                                clock=args.clock, bags=args.bags, out_dir=str(out), world=str(args.world)))
     (out / "manifest.json").write_text(json.dumps({
         "suite": suite.name, "task": task, "episodes": episodes, "seed": seed0, "clock": args.clock,
+        "world": world.name, "world_config": world.to_dict()["world"],
         "policies": dict(policies), "configurations": [c.name for c in suite.configurations],
         "command": " ".join(["wam-policy", "eval"] + sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
     }, indent=1))
     return jobs, wanted, out, suite.name
+
+
+def _check_world(out: Path, spec: str, name: str) -> None:
+    """Resuming into a folder that holds another world's episodes would mix the worlds: refuse."""
+    store = ResultStore(out)
+    other = sorted({r.get("world", "nominal") for r in store.rows()} - {name})
+    if other:
+        raise ConfigError(f"--out {out} holds episodes of world '{other[0]}', not '{name}' (--world {spec}): "
+                          f"use another --out, or --fresh")
 
 
 def run_on_robot(args) -> int:

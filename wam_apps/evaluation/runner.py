@@ -38,6 +38,7 @@ class Job:
     out_dir: str = "runs/eval"
     graph: str = "aloha_sim"
     timeout_per_episode_s: float = 900.0
+    world: str = "nominal"  # sim_bridge's world (config/worlds): the sim, or the cousin standing in for a robot
 
     @property
     def job_id(self) -> str:
@@ -64,7 +65,7 @@ def contiguous_runs(seeds: list[int], max_len: int) -> list[list[int]]:
 
 def graph_overrides(job: Job) -> dict:
     lockstep = job.clock == "lockstep"
-    sim = {"task": job.task, "seed": job.seeds[0], "episodes": len(job.seeds), "clock": job.clock}
+    sim = {"task": job.task, "seed": job.seeds[0], "episodes": len(job.seeds), "clock": job.clock, "world": job.world}
     if lockstep:
         # lockstep is about determinism: a slow (loaded) machine must not become a "policy_timeout"
         # failure, so the sim waits long for each command; a dead policy still ends the job (dead node)
@@ -79,6 +80,11 @@ def graph_overrides(job: Job) -> dict:
     ov = deep_merge(ov, job.sim_overrides)
     if job.bags == "none":
         ov["recorder"] = {"enabled": False}
+        # no recorder in the graph: the sim must not wait start_wait_s for it
+        waits = ov["sim_bridge"].get("start_wait_nodes")
+        if waits is None:
+            waits = load_graph(job.graph).node("sim_bridge").parameters.get("start_wait_nodes", [""])
+        ov["sim_bridge"]["start_wait_nodes"] = [n for n in waits if n.strip("/") != "recorder"] or [""]
     else:
         bag_dir = Path(job.out_dir).resolve() / "bags" / job.policy / job.configuration
         name, attempt = f"{job.task}_seed{job.seeds[0]}", 1
@@ -185,7 +191,7 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                     "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
                     "success": bool(ev["success"]), "steps": int(ev.get("steps", 0)),
-                    "reason": ev.get("reason", ""), "clock": job.clock,
+                    "reason": ev.get("reason", ""), "clock": job.clock, "world": ev.get("world", job.world),
                     "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": None}),
                     "bag": None if job.bags == "none" else str(Path(g.node("recorder").parameters["output_dir"])
                                                               / g.node("recorder").parameters["bag_name"]),

@@ -16,6 +16,11 @@ from . import ActionChunk, Backend, BackendError, Observation, register_backend
 PARAMS = {
     "horizon": Param(50, "actions per chunk", range=(1, None)),
     "task": Param("", "the task whose scripted plan runs (\"\" = the task named in the privileged state)"),
+    "action_noise": Param(0.0, "std (rad) of a smooth noise added to the arm joint targets, seeded by the episode "
+                          "seed and noise_seed (a graded family of weaker policies; 0 = the exact expert)",
+                          range=(0.0, 1.0)),
+    "noise_seed": Param(0, "second seed of the action noise (policies with the same action_noise and noise_seed "
+                        "make the same noise for the same episode seed)", range=(0, None)),
 }
 DEFAULTS = defaults(PARAMS)
 
@@ -30,6 +35,10 @@ class ExpertBackend(Backend):
         merged.update({k: v for k, v in dict(cfg).items() if v is not None})
         super().__init__(merged)
         self.horizon = int(self.cfg["horizon"])
+        self.noise = float(self.cfg["action_noise"])
+        self.noise_seed = int(self.cfg["noise_seed"])
+        if not 0.0 <= self.noise <= 1.0:
+            raise BackendError(f"expert: action_noise must be in 0..1 rad, got {self.noise}")
         self._expert = None
         self._task = None
         self._episode = None
@@ -46,10 +55,13 @@ class ExpertBackend(Backend):
         if not task:
             raise BackendError("expert: privileged state names no 'task'")
         if self._expert is None or task != self._task:
-            self._expert, self._task, self._episode = make_expert(task), task, None
+            self._expert, self._task, self._episode = make_expert(task, self.noise, self.noise_seed), task, None
         episode_key = (priv.get("episode"), priv.get("episode_start_ns"), priv.get("seed"))
         if episode_key != self._episode:
-            self._expert.reset(priv)
+            try:
+                self._expert.reset(priv)
+            except ValueError as exc:
+                raise BackendError(f"expert: {exc}") from None
             self._episode = episode_key
         step = priv.get("step", obs.step)
         if step is None:
