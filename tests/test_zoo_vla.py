@@ -135,12 +135,12 @@ def test_xvla_full_size_on_meta_device():
 
 
 @pytest.mark.ros
-def test_tiny_xvla_drives_the_node(ckpts, probe, domain_id, tmp_path):
+@pytest.mark.parametrize("kind,h", [("xvla", 32), ("vla_jepa", 7)])
+def test_tiny_build_drives_the_node(ckpts, probe, domain_id, tmp_path, kind, h):
     """The real node (ROS 2, lockstep with the test's sim driver) with the `lerobot` backend on the tiny
-    X-VLA checkpoint: one inference per chunk, no hold, the policy's actions as commands (safety filter off).
-    (VLA-JEPA goes through the same backend and controller path above; its node start-up — importing
-    Qwen3-VL and V-JEPA 2 — took over 90 s on the loaded 2-core machine, too slow for the suite.)"""
-    kind = "xvla"
+    checkpoint: one inference per chunk (X-VLA 32 actions, VLA-JEPA 7), no hold, the policy's actions as
+    commands (safety filter off). VLA-JEPA's node start-up imports Qwen3-VL and V-JEPA 2: over 90 s on the
+    2-core machine at load 20, hence the long wait for the node's subscriptions."""
     import json
 
     from std_msgs.msg import String
@@ -159,9 +159,8 @@ def test_tiny_xvla_drives_the_node(ckpts, probe, domain_id, tmp_path):
                                       # random weights over random normalisation stats act beyond the joint
                                       # limits: the filter would (rightly) reject every chunk
                                       "safety": {"enabled": False}}, tmp_path)
-    h = 32
     try:
-        assert sim.wait_matched(120), runner.log("wam_policy_node")[-3000:]
+        assert sim.wait_matched(240), runner.log("wam_policy_node")[-3000:]
         n = h + 2
         cmds = sim.run_episode(0, n, give_up_s=90)
         assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= n, 10)
