@@ -11,7 +11,8 @@ from wam_common.schema import check, defaults, find
 pytestmark = pytest.mark.unit
 
 CONFIGS = ("xvla_random", "vla_jepa_random", "pi0_random", "pi05_random", "fastwam_random", "lingbot_va_random",
-           "openvla_oft", "cosmos_policy", "openpi_aloha")
+           "openvla_oft", "cosmos_policy", "openpi_aloha",
+           "dreamzero_droid")
 
 
 def _leaves(d: dict, prefix: str = ""):

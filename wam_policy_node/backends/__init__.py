@@ -92,7 +92,7 @@ class Backend:
 
 
 _REGISTRY: dict[str, type[Backend]] = {}
-BUILTIN = ("synthetic", "expert", "lerobot", "openpi", "cosmos", "openvla_oft", "replay")
+BUILTIN = ("synthetic", "expert", "lerobot", "openpi", "cosmos", "openvla_oft", "dreamzero", "replay")
 
 
 def register_backend(name: str) -> Callable[[type[Backend]], type[Backend]]:

@@ -80,7 +80,7 @@ class OpenPIBackend(Backend):
 
         now = time.monotonic()
         if now - self._last_attempt < float(self.cfg["reconnect_s"]):
-            raise BackendError(f"openpi: not connected to {self.uri} (next attempt in "
+            raise BackendError(f"{self.name}: not connected to {self.uri} (next attempt in "
                                f"{float(self.cfg['reconnect_s']) - (now - self._last_attempt):.1f} s)")
         self._last_attempt = now
         headers = {"Authorization": f"Api-Key {self.cfg['api_key']}"} if self.cfg["api_key"] else None
@@ -90,11 +90,20 @@ class OpenPIBackend(Backend):
             meta = ws.recv(timeout=float(self.cfg["connect_timeout_s"]))
             self.metadata = msgpack_numpy.unpackb(meta) if isinstance(meta, bytes) else {"raw": meta}
         except Exception as exc:  # noqa: BLE001 - refused, timeout, handshake rejected (401), ...
-            raise BackendError(f"openpi: cannot connect to {self.uri}: {type(exc).__name__}: {exc}") from None
+            raise BackendError(f"{self.name}: cannot connect to {self.uri}: {type(exc).__name__}: {exc}") from None
         self._ws = ws
         self.connects += 1
         self.ours = isinstance(self.metadata, dict) and isinstance(self.metadata.get("wam_policy"), dict)
         self._reset_pending = False  # a new connection is a new episode on the server
+        try:
+            self.check_metadata(self.metadata)
+        except BackendError:
+            self._drop()
+            raise
+
+    def check_metadata(self, metadata) -> None:
+        """The server's first frame, checked before any request (a protocol subclass refuses a server that
+        wants another observation). openpi's metadata is free-form: nothing to check."""
 
     def reset(self, episode=None) -> None:
         self._episode = dict(episode) if episode else None
@@ -124,6 +133,25 @@ class OpenPIBackend(Backend):
                 req["privileged"] = obs.privileged
         return req
 
+    def start_episode(self) -> None:
+        """Called on the open connection before the first request of an episode (``reset`` was called):
+        against ``wam-policy serve``, the ``episode_start`` control message."""
+        if self.ours:
+            ack = self._roundtrip({"__ctrl__": "episode_start", "__episode__": self._episode or {}})
+            if isinstance(ack, str):
+                raise BackendError(f"openpi: server refused the episode start: {ack.strip()}")
+
+    def actions(self, out, obs: Observation) -> tuple[np.ndarray, dict]:
+        """The decoded reply → ((H, 14) actions, chunk info). openpi: ``out[actions_key]``."""
+        try:
+            actions = np.asarray(out[self.cfg["actions_key"]], dtype=np.float64)
+        except Exception as exc:  # noqa: BLE001
+            raise BackendError(f"openpi: malformed reply ({type(exc).__name__}: {exc})") from None
+        if actions.ndim != 2 or actions.shape[1] < 14:
+            raise BackendError(f"openpi: reply '{self.cfg['actions_key']}' has shape {actions.shape}, want (H, 14)")
+        timing = out.get("server_timing") or {}
+        return actions[:, :14], {"server_infer_ms": timing.get("infer_ms")}
+
     def _roundtrip(self, msg: dict):
         self._ws.send(self._packer.pack(msg))
         return self._ws.recv(timeout=float(self.cfg["timeout_s"]))
@@ -133,35 +161,29 @@ class OpenPIBackend(Backend):
         if self._ws is None:
             self._connect()
         try:
-            if self._reset_pending and self.ours:
-                ack = self._roundtrip({"__ctrl__": "episode_start", "__episode__": self._episode or {}})
-                if isinstance(ack, str):
-                    raise BackendError(f"openpi: server refused the episode start: {ack.strip()}")
+            if self._reset_pending:
+                self.start_episode()
             self._reset_pending = False
             reply = self._roundtrip(self.request(obs))
         except BackendError:
             raise
         except TimeoutError:
             self._drop()
-            raise BackendError(f"openpi: no reply from {self.uri} within {self.cfg['timeout_s']} s") from None
+            raise BackendError(f"{self.name}: no reply from {self.uri} within {self.cfg['timeout_s']} s") from None
         except Exception as exc:  # noqa: BLE001 - connection closed / reset
             self._drop()
-            raise BackendError(f"openpi: connection to {self.uri} failed: {type(exc).__name__}: {exc}") from None
+            raise BackendError(f"{self.name}: connection to {self.uri} failed: {type(exc).__name__}: {exc}") from None
         if isinstance(reply, str):
             if not self.ours:
                 self._drop()  # openpi closes after an error
-            raise BackendError(f"openpi: server error: {reply.strip().splitlines()[-1] if reply.strip() else reply}")
+            raise BackendError(f"{self.name}: server error: "
+                               f"{reply.strip().splitlines()[-1] if reply.strip() else reply}")
         try:
             out = msgpack_numpy.unpackb(reply)
-            actions = np.asarray(out[self.cfg["actions_key"]], dtype=np.float64)
         except Exception as exc:  # noqa: BLE001
-            raise BackendError(f"openpi: malformed reply ({type(exc).__name__}: {exc})") from None
-        if actions.ndim != 2 or actions.shape[1] < 14:
-            raise BackendError(f"openpi: reply '{self.cfg['actions_key']}' has shape {actions.shape}, want (H, 14)")
-        actions = actions[:, :14]
+            raise BackendError(f"{self.name}: malformed reply ({type(exc).__name__}: {exc})") from None
+        actions, info = self.actions(out, obs)
         n = int(self.cfg["n_actions"])
         if n > 0:
             actions = actions[:n]
-        timing = out.get("server_timing") or {}
-        return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
-                           {"server_infer_ms": timing.get("infer_ms")})
+        return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t0) * 1e3, info)
