@@ -200,7 +200,9 @@ class ChunkChecker:
             self.data = _mujoco().MjData(self.model)  # private: only this checker's thread uses it
 
     # -- dynamics ----------------------------------------------------------------------------
-    def _dynamics(self, a: np.ndarray, v: Verdict) -> None:
+    def _dynamics(self, a: np.ndarray, v: Verdict, start: int = 0) -> None:
+        """Finite differences of the path from ``start`` on (a difference reaching back before it is not played:
+        the seam test covers the step from the executed command to action ``start``)."""
         dt = self.dt
         for order, lim, mask, what, unit in ((1, self.max_vel, None, "velocity", "/s"),
                                              (2, self.max_acc, ARM, "acceleration", "/s^2"),
@@ -209,7 +211,7 @@ class ChunkChecker:
                 break
             d = np.abs(np.diff(a, n=order, axis=0)) / dt ** order
             over = d > lim if mask is None else (d > lim) & mask
-            rows = np.flatnonzero(over.any(axis=1))
+            rows = np.flatnonzero(over[start:].any(axis=1)) + start
             for r in rows:
                 i = int(r) + order  # the action that completes the offending difference
                 if v.codes[i] == OK:
@@ -315,8 +317,7 @@ class ChunkChecker:
         v = Verdict(np.zeros(len(a), np.int8), start=int(start))
         if not self.enabled:
             return v
-        self._dynamics(a, v)
-        v.codes[:start] = OK
+        self._dynamics(a, v, start)
         if self.model is not None:
             self._collide(a, v, start)
         return v
