@@ -259,13 +259,12 @@ class PolicyController:
 
     def _track(self, t_ns: int, state) -> Hold | None:
         """The tracking watchdog on this step's measured state (against the command sent before it). A trip holds
-        at the measured pose (no pushing on into what blocks the arm) and latches."""
+        the last command (not the measured pose: a frozen sensor's pose can be far from the arm) and latches."""
         if self.tracking_trip is None:
             trip = self.watchdog.update(t_ns, state, self.last_cmd)
             if trip is None:
                 return None
             self.tracking_trip = trip
-            self.last_cmd = self.safety.hold(None, state)
             self.last_error, self.last_error_detail = Hold.TRACKING_ERROR, trip.describe()
         return Hold.TRACKING_ERROR
 

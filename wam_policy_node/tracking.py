@@ -3,8 +3,9 @@
 A joint whose measured position stays further than ``threshold`` from the command sent before the
 measurement, for longer than ``window_s`` without a break, trips the watchdog: a blocked arm, a dead
 or overloaded motor, a wrong calibration, or a joint state that froze while the commands moved on.
-The controller then holds (:attr:`~.safety.Hold.TRACKING_ERROR`, naming the joint) at the measured
-pose, latched until the next episode or an e-stop release.
+The controller then holds (:attr:`~.safety.Hold.TRACKING_ERROR`, naming the joint) its last command —
+not the measured pose, which a frozen sensor can put far from the arm: a jump there would be the
+fast move the safety filter exists to prevent — latched until the next episode or an e-stop release.
 
 Grippers have their own threshold and window and count only one way: a gripper commanded *more open*
 than it is (it cannot open: blocked, dead). Commanded more closed than it is, it is closing on an
