@@ -24,7 +24,10 @@ are, penetration over 1 cm; fingers of the two grippers may touch). Each fault's
 controller's status said within its window (from the step it took effect: a chunk fault at the next
 inference, which a hold can delay; a dead motor until the episode ends): a hold, a rejected or a trimmed
 chunk with the expected reason; anything else is listed. A chunk fault whose window passes with no
-inference (the arm held throughout) is counted as not applied and another is drawn.
+inference (the arm held throughout) is counted as not applied and another is drawn. A frozen joint
+state or a dead motor during which the measured joints never left the commands by the watchdog's
+threshold for its window is ``not_observable`` (there was nothing to see, and nothing unsafe: the
+oracle checks those commands like all others).
 
     .venv/bin/python bench/fault_campaign.py [--faults 1000] [--seed 0] [--nominal 6]
 """
@@ -182,15 +185,19 @@ class Fault:
     step: int
     end: int  # last step of its window
     applied: bool = False  # a chunk fault waits for the next inference
+    run: int = 0  # frozen_state / dead_motor: steps in a row an arm joint has been off its command (> threshold)
+    longest: int = 0  # ... the longest such run: shorter than the watchdog's window = nothing to see
     seen: list = field(default_factory=list)  # (what, reason) from the statuses in the window
 
 
-def _classify(f: Fault) -> str:
+def _classify(f: Fault, window_steps: int) -> str:
     want = EXPECTED[f.kind]
     got = {what for what, reason in f.seen if reason in want}
     for what in ("hold", "trimmed", "rejected"):
         if what in got:
             return what
+    if f.kind in ("frozen_state", "dead_motor") and f.longest < window_steps:
+        return "not_observable"  # the joint state never left the commands by the threshold for the window
     return "missed"
 
 
@@ -198,6 +205,8 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     rng = np.random.default_rng(seed)
     safety = SafetyFilter()
     oracle = Oracle(safety.max_step)
+    threshold = float(safety.tracking["threshold"])
+    window_steps = int(round(float(safety.tracking["window_s"]) * 1e9 / DT_NS))
     envs = {t: SimEnv(t, render=False) for t in TASKS}
     done: list[Fault] = []
     unsafe: list[dict] = []
@@ -268,6 +277,12 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
             else:
                 obs = stale_obs = Observation(t, {}, state, privileged=priv, step=k)
             missing = "missing_camera" if k < missing_until else None
+            if ctl.last_cmd is not None and state is not None:
+                off = bool(np.any(np.abs(state - ctl.last_cmd)[np.arange(14) % 7 != 6] > threshold))
+                for f in active:
+                    if f.kind in ("frozen_state", "dead_motor"):
+                        f.run = f.run + 1 if off else 0
+                        f.longest = max(f.longest, f.run)
             if realtime:
                 cmd, st = ctl.tick(t, obs, missing)
                 while ctl._worker is not None and ctl._worker.busy:  # an inference faster than one tick
@@ -327,9 +342,10 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     table: dict[str, Counter] = defaultdict(Counter)
     missed = []
     applied = [f for f in done if f.applied][:faults]
+    observable = [f for f in applied if _classify(f, window_steps) != "not_observable"]
     not_applied = Counter(f.kind for f in done if not f.applied)
     for f in applied:
-        outcome = _classify(f)
+        outcome = _classify(f, window_steps)
         table[f.kind][outcome] += 1
         if outcome == "missed":
             missed.append({"kind": f.kind, "episode": f.episode, "step": f.step,
@@ -338,7 +354,7 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     return {
         "bench": "fault_campaign", "seed": seed, "faults": n_faults, "episodes": episodes, "steps": steps,
         "commands_to_sim": commands, "unsafe_commands": len(unsafe), "unsafe_examples": unsafe[:10],
-        "handled": n_faults - len(missed), "missed": len(missed), "missed_examples": missed[:20],
+        "observable": len(observable), "handled": len(observable) - len(missed), "missed": len(missed), "missed_examples": missed[:20],
         "outcomes": {k: dict(table[k]) for k in FAULTS if k in table},
         "not_applied": dict(not_applied),  # chunk faults whose window passed with no inference (the arm held)
         "nominal": {**nominal_stats, "holds": dict(nominal_stats["holds"])} if nominal else None,

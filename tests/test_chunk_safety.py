@@ -229,7 +229,7 @@ def test_a_dead_motor_in_the_sim_trips_the_watchdog_naming_the_joint():
     m.actuator_biasprm[elbow, 2] = 0.0
     ctl = PolicyController(make_backend("expert", {}), ChunkRuntime("rtc"), SafetyFilter())
     ctl.reset_episode({"episode": 0})
-    trip_step, held = None, []
+    trip_step, held, last = None, [], None
     for k in range(env.max_steps):
         t = T + k * DT_NS
         state = env.qpos14()
