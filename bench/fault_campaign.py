@@ -354,7 +354,8 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     return {
         "bench": "fault_campaign", "seed": seed, "faults": n_faults, "episodes": episodes, "steps": steps,
         "commands_to_sim": commands, "unsafe_commands": len(unsafe), "unsafe_examples": unsafe[:10],
-        "observable": len(observable), "handled": len(observable) - len(missed), "missed": len(missed), "missed_examples": missed[:20],
+        "observable": len(observable), "handled": len(observable) - len(missed), "missed": len(missed),
+        "missed_examples": missed[:20],
         "outcomes": {k: dict(table[k]) for k in FAULTS if k in table},
         "not_applied": dict(not_applied),  # chunk faults whose window passed with no inference (the arm held)
         "nominal": {**nominal_stats, "holds": dict(nominal_stats["holds"])} if nominal else None,
