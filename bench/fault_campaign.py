@@ -229,12 +229,12 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
         ctl = PolicyController(backend, ChunkRuntime("rtc"), safety, clock_ns=lambda: vclock[0], realtime=realtime)
         ctl.reset_episode({"episode": ep})
         active: list[Fault] = []
-        # fault times: every 20..60 steps after a 30-step start
+        # fault times: every 15..45 steps after a 30-step start
         plan, k = [], 30
         while not is_nominal and k < env.max_steps - 40:
             kinds = FAULTS if realtime else tuple(f for f in FAULTS if f != "stale_obs")
             plan.append((k, str(rng.choice(kinds))))
-            k += int(rng.integers(20, 61))
+            k += int(rng.integers(15, 46))
         frozen_state = None
         stale_obs = None
         frozen_until = stale_until = missing_until = estop_until = -1
