@@ -272,3 +272,16 @@ def test_nominal_expert_episodes_never_trip_nor_trim():
             env.step(cmd)
         assert env.best_reward == env.task.max_reward, task
         env.close()
+
+
+def test_bad_model_or_frame_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="safety.chunk.model.*no MJCF file"):
+        ChunkChecker({"model": str(tmp_path / "none.xml")})
+    bad = tmp_path / "bad.xml"
+    bad.write_text("<mujoco><worldbody><body name='x'/></worldbody></mujoco>")
+    with pytest.raises(ValueError, match="safety.chunk.model.*no body 'vx300s_left'"):
+        ChunkChecker({"model": str(bad)})
+    with pytest.raises(ValueError, match="safety.chunk.frame"):
+        ChunkChecker({"frame": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]})
+    with pytest.raises(ValueError, match="safety.chunk.policy"):
+        ChunkChecker({"policy": "ignore"})

@@ -116,10 +116,13 @@ def _collision_model(path: str, frame: tuple[float, ...], allow_fingers: bool = 
     table, the frame and each other only; every other geom (task objects) off. Returns (model, meta)."""
     mujoco = _mujoco()
     if not Path(path).is_file():
-        raise FileNotFoundError(f"safety.chunk.model: no MJCF file at '{path}'")
-    spec = mujoco.MjSpec.from_file(path)
+        raise ValueError(f"key 'safety.chunk.model': no MJCF file at '{path}'")
+    try:
+        spec = mujoco.MjSpec.from_file(path)
+    except Exception as exc:  # noqa: BLE001 - mujoco's parse errors: one clear config error
+        raise ValueError(f"key 'safety.chunk.model': cannot load '{path}': {exc}") from None
     if frame and (len(frame) != 6 or not all(frame[i] < frame[i + 3] for i in range(3))):
-        raise ValueError(f"safety.chunk.frame must be [x0, y0, z0, x1, y1, z1] with x0 < x1, y0 < y1, z0 < z1, "
+        raise ValueError(f"key 'safety.chunk.frame' must be [x0, y0, z0, x1, y1, z1] with x0 < x1, y0 < y1, z0 < z1, "
                          f"got {list(frame)}")
     m = spec.compile()
     _static_meshes_as_boxes(spec, m)
@@ -136,7 +139,7 @@ def _collision_model(path: str, frame: tuple[float, ...], allow_fingers: bool = 
             ("right", False): (4, 1 | 2 | 8), ("right", True): (16, fr)}
     for arm in ARMS:
         if f"vx300s_{arm}" not in root:
-            raise ValueError(f"safety.chunk.model '{path}': no body 'vx300s_{arm}' (the {arm} arm)")
+            raise ValueError(f"key 'safety.chunk.model': '{path}' has no body 'vx300s_{arm}' (the {arm} arm)")
     for i in range(m.ngeom):
         was = bool(m.geom_contype[i] or m.geom_conaffinity[i])
         rid = int(m.body_rootid[m.geom_bodyid[i]])

@@ -234,7 +234,8 @@ class PolicyController:
     def _check_path(self, chunk: ActionChunk, arrival_ns: int, state) -> tuple[ActionChunk | None, Hold | None, str]:
         """The whole-chunk check (safety.chunk): the seam from the command being executed (or the measured state
         before the first command) to the first action the runtime will play, then dynamics and collisions of the
-        path from there. Returns (the chunk, its safe prefix or None, the reason or None, a description)."""
+        path from there. Returns (the chunk to use: whole, its safe prefix, or None when rejected; the reason or
+        None; a description)."""
         chk = self.safety.chunk
         if not chk.enabled:
             return chunk, None, ""
