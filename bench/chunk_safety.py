@@ -4,7 +4,8 @@ Prints one JSON object: for real expert chunks (the sim's scripted plans, 50 act
 step of the episodes, as the rtc runtime asks for them), a smooth synthetic chunk and a chunk whose
 path ends in the table, the time of ``ChunkChecker.check`` (dynamics + collisions of every action)
 and of the seam test: min / median / p90 over the repeats, and the parts (dynamics, one action's
-forward kinematics + collision). No subsampling: ``collision_stride`` 1 (every action checked).
+forward kinematics + collision). No subsampling: ``collision_stride`` 1 (every action checked); for
+comparison the expert chunks with ``collision_stride`` 2 too.
 
     .venv/bin/python bench/chunk_safety.py [--repeats 200] [--seeds 2]
 """
@@ -78,6 +79,7 @@ def main(argv=None) -> int:
         "smooth": timed(chk.check, [smooth], args.repeats),
         "colliding_at_the_end": {"first_bad": chk.check(colliding).first(), **timed(chk.check, [colliding],
                                                                                      args.repeats)},
+        "expert_chunks_stride_2": timed(ChunkChecker({"collision_stride": 2}).check, experts, 3),
         "parts": {
             "dynamics": timed(lambda a: chk._dynamics(a, Verdict(np.zeros(len(a), np.int8))), [smooth],
                               args.repeats),

@@ -192,6 +192,9 @@ class ChunkChecker:
         self.policy = c["policy"]
         self.max_vel = np.where(ARM, float(c["max_velocity"]), float(c["max_gripper_velocity"]))
         self.max_acc, self.max_jerk = float(c["max_acceleration"]), float(c["max_jerk"])
+        # the limits as bounds on the plain n-th differences of the path (limit * dt^n); inf: not checked
+        self._lim = (self.max_vel * self.dt, np.where(ARM, self.max_acc, np.inf) * self.dt ** 2,
+                     np.where(ARM, self.max_jerk, np.inf) * self.dt ** 3)
         self.max_seam = np.where(ARM, float(c["max_seam"]), float(c["max_gripper_seam"]))
         self.margin = float(c["collision_margin"])
         self.stride = max(1, int(c["collision_stride"]))
@@ -206,23 +209,27 @@ class ChunkChecker:
     def _dynamics(self, a: np.ndarray, v: Verdict, start: int = 0) -> None:
         """Finite differences of the path from ``start`` on (a difference reaching back before it is not played:
         the seam test covers the step from the executed command to action ``start``)."""
-        dt = self.dt
-        for order, lim, mask, what, unit in ((1, self.max_vel, None, "velocity", "/s"),
-                                             (2, self.max_acc, ARM, "acceleration", "/s^2"),
-                                             (3, self.max_jerk, ARM, "jerk", "/s^3")):
-            if len(a) <= order:
+        if len(a) - start < 2:
+            return
+        # limits per difference order as (14,) arrays (acceleration and jerk: arm joints only), one pass each
+        d = a[start:]
+        for order, lim, what, unit in ((1, self._lim[0], "velocity", "/s"), (2, self._lim[1], "acceleration", "/s^2"),
+                                       (3, self._lim[2], "jerk", "/s^3")):
+            # a difference of order n reaching back before ``start`` is not played: only those within the path
+            d = np.diff(d, axis=0)
+            if not len(d):
                 break
-            d = np.abs(np.diff(a, n=order, axis=0)) / dt ** order
-            over = d > lim if mask is None else (d > lim) & mask
-            rows = np.flatnonzero(over[start:].any(axis=1)) + start
-            for r in rows:
-                i = int(r) + order  # the action that completes the offending difference
+            over = np.abs(d) > lim
+            if not over.any():
+                continue
+            for r in np.flatnonzero(over.any(axis=1)):
+                i = int(r) + order + start  # the action that completes the offending difference
                 if v.codes[i] == OK:
-                    j = int(np.argmax(np.where(over[r], d[r] / np.broadcast_to(lim, d[r].shape), 0)))
-                    limit = float(np.broadcast_to(lim, (STATE_DIM,))[j])
+                    rate = np.abs(d[r]) / lim
+                    j = int(np.argmax(np.where(over[r], rate, 0)))
                     v.codes[i] = DYNAMICS
-                    v.details[i] = (f"{what} of {JOINT_NAMES[j]} at action {i}: {d[r, j]:.3g} "
-                                    f"{'rad' if ARM[j] else 'units'}{unit} > {limit:.3g}")
+                    v.details[i] = (f"{what} of {JOINT_NAMES[j]} at action {i}: {abs(d[r, j]) / self.dt ** order:.3g} "
+                                    f"{'rad' if ARM[j] else 'units'}{unit} > {lim[j] / self.dt ** order:.3g}")
 
     # -- collisions --------------------------------------------------------------------------
     def qpos(self, actions: np.ndarray) -> np.ndarray:
