@@ -198,6 +198,10 @@ def _classify(f: Fault, window_steps: int) -> str:
             return what
     if f.kind in ("frozen_state", "dead_motor") and f.longest < window_steps:
         return "not_observable"  # the joint state never left the commands by the threshold for the window
+    if any(reason for _, reason in f.seen):
+        # the faulty chunk was refused or cut for another reason first (a seam before its too-fast part, a
+        # collision before its blip), or the arm was already in a latched hold (tracking, seam) when it came
+        return "other_reason"
     return "missed"
 
 
@@ -304,7 +308,7 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
             if is_nominal:
                 nominal_stats["chunks"] += int(bool(st.get("inferred")))
                 if check:
-                    nominal_stats[check["result"]] += 1
+                    nominal_stats[check["result"]] = nominal_stats.get(check["result"], 0) + 1
                 if st["hold"]:
                     nominal_stats["holds"][str(st["hold"])] += 1
             if cmd is not None:
@@ -340,13 +344,16 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     for env in envs.values():
         env.close()
     table: dict[str, Counter] = defaultdict(Counter)
-    missed = []
+    missed, other = [], []
     applied = [f for f in done if f.applied][:faults]
     observable = [f for f in applied if _classify(f, window_steps) != "not_observable"]
     not_applied = Counter(f.kind for f in done if not f.applied)
     for f in applied:
         outcome = _classify(f, window_steps)
         table[f.kind][outcome] += 1
+        if outcome == "other_reason":
+            other.append({"kind": f.kind, "episode": f.episode, "step": f.step,
+                          "seen": sorted({f"{w}:{r}" for w, r in f.seen})})
         if outcome == "missed":
             missed.append({"kind": f.kind, "episode": f.episode, "step": f.step,
                            "seen": sorted({f"{w}:{r}" for w, r in f.seen})})
@@ -354,7 +361,8 @@ def run(faults: int, seed: int = 0, nominal: int = 0, realtime_every: int = 4, l
     return {
         "bench": "fault_campaign", "seed": seed, "faults": n_faults, "episodes": episodes, "steps": steps,
         "commands_to_sim": commands, "unsafe_commands": len(unsafe), "unsafe_examples": unsafe[:10],
-        "observable": len(observable), "handled": len(observable) - len(missed), "missed": len(missed),
+        "observable": len(observable), "handled": len(observable) - len(missed) - len(other),
+        "other_reason": len(other), "other_reason_examples": other[:10], "missed": len(missed),
         "missed_examples": missed[:20],
         "outcomes": {k: dict(table[k]) for k in FAULTS if k in table},
         "not_applied": dict(not_applied),  # chunk faults whose window passed with no inference (the arm held)

@@ -285,3 +285,19 @@ def test_bad_model_or_frame_is_a_clear_error(tmp_path):
         ChunkChecker({"frame": [1.0, 0.0, 0.0, 0.0, 1.0, 1.0]})
     with pytest.raises(ValueError, match="safety.chunk.policy"):
         ChunkChecker({"policy": "ignore"})
+
+
+def test_the_backstop_holds_a_command_the_chunk_check_never_saw():
+    """What is sent is not always a checked action (an RTC blend, the ensemble average, the clamp catching up
+    after a hold): each command is checked once more before it goes out."""
+    assert "table" in ChunkChecker().command_collision(INTO_TABLE)
+    assert ChunkChecker().command_collision(HOME) is None
+    assert ChunkChecker({"collision": False}).command_collision(INTO_TABLE) is None
+    ctl = _controller(_ramp(_pose(l_shoulder=-0.5)))
+    ctl.step_lockstep(T, Observation(T, {}, HOME))
+    # a plan that reached the runtime without the check (as a blend of two checked plans can): into the table
+    ctl.runtime.add(ActionChunk(np.repeat(INTO_TABLE[None], 10, axis=0), T + DT_NS, 1.0))
+    ctl.safety.max_step[:] = 10.0  # no clamp: the whole jump in one step
+    cmd, st = ctl.step_lockstep(T + DT_NS, Observation(T + DT_NS, {}, HOME))
+    assert st["hold"] is Hold.COLLISION_CHUNK and "command not sent: " in st["chunk_check"]["detail"]
+    assert not ChunkChecker().collisions(cmd) and ctl.chunk_issues["held.collision_chunk"] == 1

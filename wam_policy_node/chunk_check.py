@@ -274,6 +274,17 @@ class ChunkChecker:
             hits += [(self._meta["names"][g[i]], "frame", float(out[i])) for i in np.flatnonzero(out > self.margin)]
         return hits
 
+    def command_collision(self, command: np.ndarray) -> str | None:
+        """The one command about to be sent, checked like a chunk's action: a description of its deepest contact
+        (or of leaving the frame), else None. None too when the collision check is off."""
+        if not self.enabled or self.model is None:
+            return None
+        hits = self.collisions(command)
+        if not hits:
+            return None
+        g1, g2, depth = max(hits, key=lambda h: h[2])
+        return f"{g1} with {g2} ({depth * 1e3:.0f} mm deep)"
+
     def _collide(self, a: np.ndarray, v: Verdict, start: int) -> None:
         """Walk the path from ``start``; stop at the first colliding action (the chunk is cut there). The frame
         test runs on all the walked poses at once."""

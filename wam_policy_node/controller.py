@@ -290,6 +290,15 @@ class PolicyController:
             ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
             cmd, clamped = self.safety.filter(action, ref)
             status["clamped"] = clamped
+            # the backstop: what is sent is not always a checked chunk's action (the RTC blend of two plans,
+            # the temporal ensemble's average, the velocity clamp catching up after a hold take other paths)
+            hit = self.safety.chunk.command_collision(cmd)
+            if hit:
+                hold = Hold.COLLISION_CHUNK
+                self.last_error, self.last_error_detail = hold, f"command not sent: {hit}"
+                status["chunk_check"] = {"result": "held", "reason": hold, "detail": f"command not sent: {hit}"}
+                self.chunk_issues["held.collision_chunk"] = self.chunk_issues.get("held.collision_chunk", 0) + 1
+                cmd = self.safety.hold(self.last_cmd, state)
         status["hold"] = hold
         if hold is Hold.TRACKING_ERROR and self.tracking_trip is not None:
             status["tracking"] = {"joint": self.tracking_trip.joint, "error": self.tracking_trip.error}
