@@ -74,8 +74,11 @@ OK, DYNAMICS, COLLISION = 0, 1, 2
 
 def default_model_path() -> Path:
     """The MJCF the sim loads for the ALOHA (gym-aloha's transfer_cube scene: both vx300s arms and the table)."""
-    import gym_aloha
-
+    try:
+        import gym_aloha
+    except ImportError:
+        raise ValueError("key 'safety.chunk.model': gym_aloha (whose ALOHA MJCF is the default model) is not "
+                         "installed: set the path of the robot's MJCF, or safety.chunk.collision: false") from None
     return Path(gym_aloha.__file__).resolve().parent / "assets" / "bimanual_viperx_transfer_cube.xml"
 
 
