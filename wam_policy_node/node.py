@@ -444,9 +444,11 @@ class WamPolicyNode(Node):
                 status["error"] = self.controller.last_error_detail.splitlines()[0][:300]
         check = status.get("chunk_check")
         if check:  # a chunk trimmed or rejected by the whole-chunk check: said at once, on the log and /diagnostics
-            self._last_chunk_check = f"{check['result']} ({check['reason']}): {check['detail']}"[:300]
-            self._warn(f"chunk_{check['result']}_{check['reason']}", f"chunk {self._last_chunk_check}", every_s=1.0)
-            if hold == self._last_hold:
+            text = f"{check['result']} ({check['reason']}): {check['detail']}"[:300]
+            new = text != self._last_chunk_check
+            self._last_chunk_check = text
+            self._warn(f"chunk_{check['result']}_{check['reason']}", f"chunk {text}", every_s=1.0)
+            if hold == self._last_hold and new:  # (a hold change publishes below; the 1 Hz timer repeats it)
                 self._publish_diag()
         if hold != self._last_hold:
             if hold:
