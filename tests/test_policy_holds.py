@@ -86,14 +86,35 @@ def _stale() -> dict:
         return ctl.tick(T + 1_000_000_000, _obs())[1]  # 1 s old, stale_obs_s 0.5
 
 
+def _chunk_fault(inject: str) -> dict:
+    """A chunk the whole-chunk check refuses (safety.chunk.policy reject: the arm holds with its reason)."""
+    backend = make_backend("synthetic", {"needs_images": False, "inject": inject, "inject_every": 1})
+    ctl = PolicyController(backend, ChunkRuntime("sync"), SafetyFilter({"chunk": {"policy": "reject"}}))
+    return ctl.step_lockstep(T, _obs())[1]
+
+
+def _tracking() -> dict:
+    """A joint far from its command for longer than the window (0 here): the watchdog holds."""
+    ctl = PolicyController(make_backend("synthetic", {"needs_images": False}), ChunkRuntime("sync"),
+                           SafetyFilter({"tracking": {"window_s": 0.0}}))
+    ctl.step_lockstep(T, _obs())
+    blocked = HOME.copy()
+    blocked[2] += 1.0
+    return ctl.step_lockstep(T + 20_000_000, _obs(blocked, T + 20_000_000))[1]
+
+
 SCENARIOS = {  # hold → a status of a controller driven into it
     Hold.ESTOP: _estop,
     Hold.BAD_STATE: lambda: _lockstep().step_lockstep(T, _obs(np.full(14, np.nan)))[1],
+    Hold.TRACKING_ERROR: _tracking,
     Hold.STALE_OBS: _stale,
     # the node passes the reason as a string: the status has the member
     Hold.MISSING_CAMERA: lambda: _lockstep().step_lockstep(T, _obs(), missing="missing_camera")[1],
     Hold.NAN_CHUNK: lambda: _lockstep(inject="nan_chunk", inject_every=1).step_lockstep(T, _obs())[1],
     Hold.OUT_OF_LIMITS_CHUNK: lambda: _lockstep(inject="out_of_limits", inject_every=1).step_lockstep(T, _obs())[1],
+    Hold.SEAM_JUMP: lambda: _chunk_fault("seam_jump"),
+    Hold.DYNAMICS_CHUNK: lambda: _chunk_fault("too_fast"),
+    Hold.COLLISION_CHUNK: lambda: _chunk_fault("collision"),
     Hold.INFERENCE_ERROR: lambda: _lockstep(inject="error", inject_every=1).step_lockstep(T, _obs())[1],
     Hold.OBSERVE_ERROR: lambda: _first_tick(observe_error=True),
     Hold.INFERENCE_TIMEOUT: lambda: _first_tick(inference_timeout_s=-1.0),  # any running inference is overdue
@@ -103,9 +124,10 @@ SCENARIOS = {  # hold → a status of a controller driven into it
 
 def test_every_hold_has_a_scenario():
     assert list(SCENARIOS) == list(Hold)
-    assert [h.value for h in Hold] == ["estop", "bad_state", "stale_obs", "missing_camera", "nan_chunk",
-                                       "out_of_limits_chunk", "inference_error", "observe_error",
-                                       "inference_timeout", "no_action"]
+    assert [h.value for h in Hold] == ["estop", "bad_state", "tracking_error", "stale_obs", "missing_camera",
+                                       "nan_chunk", "out_of_limits_chunk", "seam_jump", "dynamics_chunk",
+                                       "collision_chunk", "inference_error", "observe_error", "inference_timeout",
+                                       "no_action"]
 
 
 @pytest.mark.parametrize("hold", list(Hold), ids=str)
@@ -115,7 +137,8 @@ def test_each_hold_is_reached_and_reads_as_its_string(hold):
     assert str(st["hold"]) == f"{st['hold']}" == hold.value
     assert json.loads(json.dumps(st))["hold"] == hold.value
     assert json.dumps({"hold": hold}) == f'{{"hold": "{hold.value}"}}'
-    if hold in (Hold.NAN_CHUNK, Hold.OUT_OF_LIMITS_CHUNK, Hold.INFERENCE_ERROR):
+    if hold in (Hold.NAN_CHUNK, Hold.OUT_OF_LIMITS_CHUNK, Hold.INFERENCE_ERROR, Hold.SEAM_JUMP, Hold.DYNAMICS_CHUNK,
+                Hold.COLLISION_CHUNK):
         assert st["rejected"] is hold and st["inferred"]
 
 

@@ -144,6 +144,45 @@ def test_bad_chunks_hold(sim, probe, domain_id, tmp_path, inject, reason):
         runner.stop()
 
 
+@pytest.mark.parametrize("policy", ["reject", "trim"])
+def test_a_colliding_chunk_is_rejected_or_trimmed_and_said_on_diagnostics(sim, probe, domain_id, tmp_path, policy):
+    """Every 2nd synthetic chunk drives the left gripper down through the table (a smooth path: only the collision
+    check can tell). reject: the chunk is dropped and the arm holds (collision_chunk); trim: its safe prefix runs.
+    Either way no command sent puts an arm into the table, and /diagnostics says what happened."""
+    from wam_policy_node.chunk_check import ChunkChecker
+
+    runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {
+        "horizon": 20, "inject": "collision", "inject_every": 2}}, "runtime": {"strategy": "sync"},
+        "safety": {"chunk": {"policy": policy}}}, tmp_path)
+    try:
+        assert sim.wait_matched(), runner.log("wam_policy_node")
+        cmds = np.array(sim.run_episode(0, 26, camera_every=1))
+        assert wait_for(lambda: probe.count(topics.POLICY_STATUS) >= 26, 10)
+        st = [s for s in statuses(probe) if s.get("published")]
+        checked = [s for s in st if s.get("chunk_check")]
+        assert checked and checked[0]["step"] == 20, [(s["step"], s["hold"], s.get("chunk_check")) for s in st]
+        first = checked[0]
+        assert first["chunk_check"]["reason"] == "collision_chunk" and "table" in first["chunk_check"]["detail"]
+        if policy == "reject":
+            assert first["hold"] == "collision_chunk" and first["rejected"] == "collision_chunk"
+            np.testing.assert_array_equal(cmds[20], cmds[19])  # the hold repeats the last command
+        else:
+            assert first["hold"] is None and first["trimmed"] == "collision_chunk"
+            assert first["chunk_check"]["result"] == "trimmed" and "trimmed to its first" in first["chunk_check"]["detail"]
+        chk = ChunkChecker()
+        assert [i for i, c in enumerate(cmds) if chk.collisions(c)] == []
+        key = f"chunks.{'rejected' if policy == 'reject' else 'trimmed'}.collision_chunk"
+        assert wait_for(lambda: int(safety_diag(probe).get(key, 0)) >= 1, 5), safety_diag(probe)
+        assert "table" in safety_diag(probe)["last_chunk_check"]
+        if policy == "reject":
+            diags = probe.decoded(topics.DIAGNOSTICS, DiagnosticArray)
+            assert any(st_.message == "HOLD: collision_chunk" for d in diags for st_ in d.status)
+        assert f"chunk {'rejected' if policy == 'reject' else 'trimmed'} (collision_chunk)" in runner.log("wam_policy_node")
+        assert runner.dead() == {}
+    finally:
+        runner.stop()
+
+
 def test_estop_latches_via_topic_and_service(sim, probe, domain_id, tmp_path):
     runner = start_policy(domain_id, {"backend": {"type": "synthetic", "synthetic": {"horizon": 50}}}, tmp_path)
     estop = probe.publisher(topics.ESTOP, Bool, latched=True)

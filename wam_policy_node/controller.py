@@ -26,8 +26,10 @@ import numpy as np
 from wam_common.config import ConfigError
 
 from .backends import ActionChunk, Backend, Observation
+from .chunk_check import COLLISION
 from .runtime import ChunkRuntime
 from .safety import Hold, SafetyFilter
+from .tracking import Trip, TrackingWatchdog
 
 
 class Inference(NamedTuple):
@@ -127,6 +129,8 @@ class PolicyController:
         self.last_error_detail: str = ""
         self.last_infer_ms: float | None = None
         self.last_chunk_stamp: int | None = None
+        self.tracking_trip: Trip | None = None  # latched until the next episode or an e-stop release
+        self.chunk_issues: dict[str, int] = {}  # "trimmed.<reason>" / "rejected.<reason>" -> count
         self.episode: dict | None = None
         self._gen = 0
         self._observed_ns: int | None = None  # stamp of the newest observation handed to backend.observe
@@ -146,14 +150,20 @@ class PolicyController:
         self._observed_ns = None
         self.last_cmd = None
         self.last_error = None
+        self.tracking_trip = None
+        self.watchdog.reset()
         self.episode = dict(episode) if episode else None
 
     def set_estop(self, on: bool) -> None:
+        if self.estop and not on:  # the operator released the e-stop: a latched tracking hold goes with it
+            self.tracking_trip = None
+            self.watchdog.reset()
         self.estop = bool(on)
 
     def set_safety(self, safety: SafetyFilter) -> None:
         """New limits (a run-time parameter change): the filter and its hold timeouts, from the next step on."""
         self.safety = safety
+        self.watchdog = TrackingWatchdog(safety.tracking)
         self.stale_obs_ns = int(float(safety.cfg["stale_obs_s"]) * 1e9)
         self.inference_timeout_s = float(safety.cfg["inference_timeout_s"])
 
@@ -192,9 +202,26 @@ class PolicyController:
             return Inference(None, reason, f"chunk rejected ({reason}), shape {chunk.actions.shape}")
         return Inference(chunk)
 
-    def _accept(self, inference: Inference, arrival_ns: int) -> Hold | None:
-        """Add the inference's chunk to the runtime, or keep its error (the hold reason, returned)."""
+    def _accept(self, inference: Inference, arrival_ns: int, state=None, status: dict | None = None) -> Hold | None:
+        """Check the inference's chunk as a trajectory from its first future action (:meth:`_check_path`) and add
+        what is safe of it to the runtime, or keep its error (the hold reason, returned)."""
         chunk = inference.chunk
+        if chunk is not None:
+            chunk, reason, detail = self._check_path(chunk, arrival_ns, state)
+            if reason is not None:
+                what = "trimmed" if chunk is not None else "rejected"
+                key = f"{what}.{reason}"
+                self.chunk_issues[key] = self.chunk_issues.get(key, 0) + 1
+                if status is not None:
+                    status["chunk_check"] = {"result": what, "reason": reason, "detail": detail}
+                    if chunk is not None:
+                        status["trimmed"] = reason
+                if chunk is None:
+                    try:
+                        self.backend.rejected(inference.chunk, reason)
+                    except Exception:  # noqa: BLE001 - bookkeeping only: the hold below is what matters
+                        pass
+                    inference = Inference(None, reason, f"chunk rejected ({reason}): {detail}")
         if chunk is None:
             self.last_error, self.last_error_detail = inference.error, inference.detail
             return inference.error
@@ -203,6 +230,44 @@ class PolicyController:
         self.last_infer_ms = chunk.infer_ms
         self.last_chunk_stamp = chunk.stamp_ns
         return None
+
+    def _check_path(self, chunk: ActionChunk, arrival_ns: int, state) -> tuple[ActionChunk | None, Hold | None, str]:
+        """The whole-chunk check (safety.chunk): the seam from the command being executed (or the measured state
+        before the first command) to the first action the runtime will play, then dynamics and collisions of the
+        path from there. Returns (the chunk to use: whole, its safe prefix, or None when rejected; the reason or
+        None; a description)."""
+        chk = self.safety.chunk
+        if not chk.enabled:
+            return chunk, None, ""
+        a = chunk.actions
+        d = self.runtime.first_future(chunk.stamp_ns, arrival_ns)
+        if d >= len(a):
+            return chunk, None, ""  # all in the past: the runtime never plays it
+        ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
+        seam = chk.seam(a[d], ref)
+        if seam:
+            return None, Hold.SEAM_JUMP, f"{seam} (action {d})"
+        verdict = chk.check(a, start=d)
+        k = verdict.first(d)
+        if k is None:
+            return chunk, None, ""
+        reason = Hold.COLLISION_CHUNK if verdict.codes[k] == COLLISION else Hold.DYNAMICS_CHUNK
+        detail = verdict.details[k]
+        if chk.policy == "reject" or k <= d:
+            return None, reason, detail
+        return (ActionChunk(a[:k], chunk.stamp_ns, chunk.infer_ms, chunk.info), reason,
+                f"{detail}; trimmed to its first {k} actions")
+
+    def _track(self, t_ns: int, state) -> Hold | None:
+        """The tracking watchdog on this step's measured state (against the command sent before it). A trip holds
+        the last command (not the measured pose: a frozen sensor's pose can be far from the arm) and latches."""
+        if self.tracking_trip is None:
+            trip = self.watchdog.update(t_ns, state, self.last_cmd)
+            if trip is None:
+                return None
+            self.tracking_trip = trip
+            self.last_error, self.last_error_detail = Hold.TRACKING_ERROR, trip.describe()
+        return Hold.TRACKING_ERROR
 
     def _prepare(self, obs: Observation, t_ns: int) -> Observation:
         if self.backend.supports_rtc:
@@ -225,7 +290,18 @@ class PolicyController:
             ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
             cmd, clamped = self.safety.filter(action, ref)
             status["clamped"] = clamped
+            # the backstop: what is sent is not always a checked chunk's action (the RTC blend of two plans,
+            # the temporal ensemble's average, the velocity clamp catching up after a hold take other paths)
+            hit = self.safety.chunk.command_collision(cmd)
+            if hit:
+                hold = Hold.COLLISION_CHUNK
+                self.last_error, self.last_error_detail = hold, f"command not sent: {hit}"
+                status["chunk_check"] = {"result": "held", "reason": hold, "detail": f"command not sent: {hit}"}
+                self.chunk_issues["held.collision_chunk"] = self.chunk_issues.get("held.collision_chunk", 0) + 1
+                cmd = self.safety.hold(self.last_cmd, state)
         status["hold"] = hold
+        if hold is Hold.TRACKING_ERROR and self.tracking_trip is not None:
+            status["tracking"] = {"joint": self.tracking_trip.joint, "error": self.tracking_trip.error}
         if cmd is not None:
             self.last_cmd = cmd
         return cmd
@@ -253,12 +329,14 @@ class PolicyController:
             hold = Hold.ESTOP
         elif not self.safety.state_ok(state):
             hold = Hold.BAD_STATE
+        elif self._track(t_ns, state):
+            hold = Hold.TRACKING_ERROR
         elif self.runtime.should_infer(t_ns):
             if missing:
                 hold = missing
             else:
                 t0 = time.perf_counter()
-                reason = self._accept(self._infer(self._prepare(obs, t_ns)), t_ns)
+                reason = self._accept(self._infer(self._prepare(obs, t_ns)), t_ns, state, status)
                 status["inferred"] = True
                 status["infer_ms"] = (time.perf_counter() - t0) * 1e3
                 if reason:
@@ -277,7 +355,7 @@ class PolicyController:
         if self._worker is not None:
             done = self._worker.take()
             if done is not None and done.gen == self._gen:
-                status["rejected"] = self._accept(done.inference, done.arrival_ns)
+                status["rejected"] = self._accept(done.inference, done.arrival_ns, obs.state if obs else None, status)
                 status["inferred"] = True  # an inference finished: its own infer_ms below
                 if done.inference.chunk is not None:
                     status["infer_ms"] = done.inference.chunk.infer_ms
@@ -292,6 +370,8 @@ class PolicyController:
             hold = Hold.BAD_STATE
         elif t_ns - obs.stamp_ns > self.stale_obs_ns:
             hold = missing or Hold.STALE_OBS
+        elif self._track(t_ns, state):
+            hold = Hold.TRACKING_ERROR
         else:
             fresh = self.runtime.last_obs_ns is None or obs.stamp_ns > self.runtime.last_obs_ns
             if self.runtime.should_infer(t_ns) and fresh:
@@ -300,7 +380,7 @@ class PolicyController:
                     status["rejected"] = missing
                 elif self._worker is None:  # sync baseline: block, like openpi's broker
                     t0 = time.perf_counter()
-                    reason = self._accept(self._infer(self._prepare(obs, t_ns)), self.clock_ns())
+                    reason = self._accept(self._infer(self._prepare(obs, t_ns)), self.clock_ns(), state, status)
                     status["inferred"] = True
                     status["infer_ms"] = (time.perf_counter() - t0) * 1e3
                     status["rejected"] = reason or status["rejected"]

@@ -112,8 +112,8 @@ def endpoints(cfg: dict) -> list:
         publishes(topics.SHADOW_COMMAND if dry else topics.COMMAND, Float64MultiArray, qos.COMMAND,
                   "the 14-joint command (SHADOW_COMMAND with safety.dry_run)"),
         publishes(topics.POLICY_STATUS, String, STATUS_QOS, "one JSON status per command (every status_every)"),
-        publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "safety status: holds, e-stop, counts (1 Hz and at "
-                  "every change)"),
+        publishes(topics.DIAGNOSTICS, DiagnosticArray, 10, "safety status: holds, e-stop, counts, chunks trimmed / "
+                  "rejected and why, the joint that stopped tracking (1 Hz and at every change)"),
         Service("~/estop", SetBool, "engage (true) or release (false) the e-stop"),
     ]
 
@@ -196,6 +196,7 @@ class WamPolicyNode(Node):
         self._n_cmd = 0
         self._hold_counts: dict[str, int] = {}
         self._last_hold: str | None = None
+        self._last_chunk_check = ""  # the last chunk the whole-chunk check trimmed or rejected, and why
         self._warned: dict[str, float] = {}
         self.rejected_images = 0
         self._sync = ApproximateTimeSync(
@@ -441,6 +442,14 @@ class WamPolicyNode(Node):
             self._hold_counts[hold] = self._hold_counts.get(hold, 0) + 1
             if self.controller.last_error_detail and hold == self.controller.last_error:
                 status["error"] = self.controller.last_error_detail.splitlines()[0][:300]
+        check = status.get("chunk_check")
+        if check:  # a chunk trimmed or rejected by the whole-chunk check: said at once, on the log and /diagnostics
+            text = f"{check['result']} ({check['reason']}): {check['detail']}"[:300]
+            new = text != self._last_chunk_check
+            self._last_chunk_check = text
+            self._warn(f"chunk_{check['result']}_{check['reason']}", f"chunk {text}", every_s=1.0)
+            if hold == self._last_hold and new:  # (a hold change publishes below; the 1 Hz timer repeats it)
+                self._publish_diag()
         if hold != self._last_hold:
             if hold:
                 self.get_logger().warning(f"HOLD ({hold}) at t={status.get('t_ns')}"
@@ -459,12 +468,21 @@ class WamPolicyNode(Node):
         st.name = f"{self.get_name()}: safety"
         st.hardware_id = "wam_policy"
         hold = "estop" if self.controller.estop else self._last_hold
-        st.level = DiagnosticStatus.ERROR if hold == "estop" else (DiagnosticStatus.WARN if hold else DiagnosticStatus.OK)
+        trip = self.controller.tracking_trip
+        st.level = (DiagnosticStatus.ERROR if hold in ("estop", "tracking_error")
+                    else DiagnosticStatus.WARN if hold else DiagnosticStatus.OK)
         st.message = f"HOLD: {hold}" if hold else "ok"
+        if hold == "tracking_error" and trip is not None:
+            st.message += f" ({trip.joint} does not follow its command)"
         vals = {"hold": hold or "", "commands": self._n_cmd, "rejected_images": self.rejected_images,
                 "estop": self.controller.estop, "backend": self.backend.name, "strategy": self.runtime.strategy,
                 "dry_run": self.dry_run}
         vals.update({f"holds.{k}": v for k, v in self._hold_counts.items()})
+        vals.update({f"chunks.{k}": v for k, v in self.controller.chunk_issues.items()})
+        if self._last_chunk_check:
+            vals["last_chunk_check"] = self._last_chunk_check
+        if trip is not None:
+            vals["tracking_joint"], vals["tracking_error"] = trip.joint, f"{trip.error:+.3f}"
         st.values = [KeyValue(key=k, value=str(v)) for k, v in vals.items()]
         arr = DiagnosticArray()
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -121,6 +121,13 @@ class ChunkRuntime:
             self._chunks = [self._merge_rtc(cid, chunk, acts, now_ns)]
         return cid
 
+    def first_future(self, stamp_ns: int, now_ns: int) -> int:
+        """Index of the first action of a chunk (observation ``stamp_ns``, available at ``now_ns``) that will be
+        played: ``sync`` plays a chunk from its first action; the others skip what is already in the past."""
+        if self.strategy == "sync":
+            return 0
+        return max(0, math.ceil((int(now_ns) - int(stamp_ns)) / self.dt_ns - 1e-9))
+
     def _ceil_step(self, now_ns: int, base_ns: int) -> int:
         k = math.ceil((now_ns - base_ns) / self.dt_ns - 1e-9)
         return base_ns + k * self.dt_ns

@@ -5,6 +5,12 @@
   rejected and the arm holds (:attr:`Hold.NAN_CHUNK` / :attr:`Hold.OUT_OF_LIMITS_CHUNK`);
 - commands: clipped to the joint limits (minus ``limit_margin``) and the gripper range, and the
   per-step change limited to ``max_joint_velocity`` / ``max_gripper_velocity`` × dt;
+- whole chunks as trajectories (``chunk.*``, :mod:`.chunk_check`): velocity / acceleration / jerk,
+  the seam to the command being executed and a collision check of the commanded path with the
+  robot's MuJoCo model → the chunk is trimmed to its safe prefix or rejected
+  (:attr:`Hold.SEAM_JUMP` / :attr:`Hold.DYNAMICS_CHUNK` / :attr:`Hold.COLLISION_CHUNK`);
+- tracking (``tracking.*``, :mod:`.tracking`): the measured joints far from the command for too long
+  (blocked arm, dead motor) → :attr:`Hold.TRACKING_ERROR` naming the joint, latched for the episode;
 - holds (repeat the last command, or the measured state before the first one): e-stop (latched),
   bad state, stale observation, missing camera, inference error / timeout, rejected chunk, no
   action available (:class:`Hold`, the one list of reasons). The node logs each hold and publishes it
@@ -19,6 +25,8 @@ import numpy as np
 from wam_common import aloha
 from wam_common.schema import Param, defaults
 from wam_common.topics import DT, STATE_DIM
+
+from . import chunk_check, tracking
 
 PARAMS = {
     "enabled": Param(True, "clip commands to the joint limits, rate-limit them and reject bad chunks "
@@ -38,6 +46,8 @@ PARAMS = {
                          range=(0.0, None), dynamic=True),
     "inference_timeout_s": Param(2.0, "realtime: hold when an inference runs longer than this with no action "
                                  "left (s)", range=(0.0, None), dynamic=True),
+    "chunk": chunk_check.PARAMS,
+    "tracking": tracking.PARAMS,
 }
 DEFAULTS = defaults(PARAMS)
 
@@ -52,10 +62,14 @@ class Hold(StrEnum):
 
     ESTOP = "estop"  # the e-stop is engaged (latched until released)
     BAD_STATE = "bad_state"  # the joint state is missing, not (14,) or not finite
+    TRACKING_ERROR = "tracking_error"  # a joint far from its command for longer than tracking.window_s (latched)
     STALE_OBS = "stale_obs"  # realtime: no synced observation, or the newest is older than stale_obs_s
     MISSING_CAMERA = "missing_camera"  # the caller has no (fresh) frame of a camera the backend needs
     NAN_CHUNK = "nan_chunk"  # the chunk holds a NaN/inf: rejected
     OUT_OF_LIMITS_CHUNK = "out_of_limits_chunk"  # a joint beyond its limit by > reject_tolerance, or not (H, 14)
+    SEAM_JUMP = "seam_jump"  # the chunk's first future action jumps from the command being executed: rejected
+    DYNAMICS_CHUNK = "dynamics_chunk"  # the chunk asks for a velocity / acceleration / jerk over chunk.*: trimmed
+    COLLISION_CHUNK = "collision_chunk"  # the commanded path hits the table, the other arm or the frame: trimmed
     INFERENCE_ERROR = "inference_error"  # backend.infer raised, or returned no ActionChunk
     OBSERVE_ERROR = "observe_error"  # backend.observe raised (a hold while no chunk covers the step)
     INFERENCE_TIMEOUT = "inference_timeout"  # realtime: an inference runs past inference_timeout_s, no action left
@@ -77,6 +91,12 @@ class SafetyFilter:
         self.lower, self.upper = lo, hi
         self.max_step = np.where(ARM, float(c["max_joint_velocity"]), float(c["max_gripper_velocity"])) * dt
         self.tol = float(c["reject_tolerance"])
+        # whole-chunk checks and the tracking watchdog belong to the limits: off with safety.enabled false
+        self.chunk = chunk_check.ChunkChecker({**(c["chunk"] or {}), **({} if self.enabled else {"enabled": False})},
+                                              dt)
+        self.tracking = dict(tracking.DEFAULTS, **(c["tracking"] or {}))
+        if not self.enabled:
+            self.tracking["enabled"] = False
 
     def check_chunk(self, actions: np.ndarray) -> Hold | None:
         """None if the chunk may be used, else the hold reason."""

@@ -5,8 +5,10 @@ of wall time per inference, then ``horizon`` actions of ``anchor + amplitude * s
 where ``t`` is the action's own time since the episode's first observation, so chunks computed at
 different times agree where they overlap (plus ``chunk_noise`` rad of per-chunk offset, to make
 chunk boundaries visible). ``anchor`` is the first state seen after a reset. ``inject`` puts a
-fault into every ``inject_every``-th chunk (``nan_chunk``, ``out_of_limits``, ``error``), to exercise
-the safety filter end to end.
+fault into every ``inject_every``-th chunk (``nan_chunk``, ``out_of_limits``, ``error``; for the whole-chunk
+check ``seam_jump``: the left shoulder 0.8 rad off; ``too_fast``: the left waist swinging ±0.7 rad per step
+from mid-chunk; ``collision``: the left arm reaching smoothly down through the table), to exercise the
+safety filter end to end.
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from wam_common.topics import DT
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
-INJECT = ("", "nan_chunk", "out_of_limits", "error")
+INJECT = ("", "nan_chunk", "out_of_limits", "error", "seam_jump", "too_fast", "collision")
 
 PARAMS = {
     "latency_ms": Param(0.0, "wall time each inference takes (ms)", range=(0.0, None)),
@@ -81,4 +83,12 @@ class SyntheticBackend(Backend):
                 actions[:, 1] = 10.0
             elif c["inject"] == "error":
                 raise BackendError("synthetic: injected inference error")
+            elif c["inject"] == "seam_jump":
+                actions[:, 1] += 0.8
+            elif c["inject"] == "too_fast":
+                actions[self.horizon // 2:, 0] += 0.7 * (-1.0) ** np.arange(self.horizon - self.horizon // 2)
+            elif c["inject"] == "collision":  # shoulder forward, elbow open: the gripper goes through the table
+                ramp = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, self.horizon))
+                actions[:, 1] += ramp * (0.9 - actions[0, 1])
+                actions[:, 2] += ramp * (0.3 - actions[0, 2])
         return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t_start) * 1e3)
