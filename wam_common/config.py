@@ -55,9 +55,14 @@ def load_yaml(path: str | os.PathLike) -> dict:
     """Load a YAML mapping; malformed YAML or a non-mapping top level is a ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line "
+                          f"{raw[:exc.start].count(b'\n') + 1}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -65,6 +70,8 @@ def load_yaml(path: str | os.PathLike) -> dict:
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

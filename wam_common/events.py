@@ -50,4 +50,6 @@ def parse_episode_event(text: Any) -> dict:
     _int(ev, "stamp_ns")
     _int(ev, "width", 1, MAX_SIDE, none_ok=True)
     _int(ev, "height", 1, MAX_SIDE, none_ok=True)
+    if (ev.get("width") is None) != (ev.get("height") is None):
+        raise EventError("keys 'width' and 'height' come together (the render size), got one of them")
     return ev
