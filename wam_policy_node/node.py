@@ -298,7 +298,7 @@ class WamPolicyNode(Node):
         self.inputs.add_frame(cam, t, rgb)
         if self.lockstep:
             self._answer(self.lock.poll())
-        else:
+        elif self.needs_images:  # the synchroniser has no camera streams for a backend without images
             self._sync_add(cam, t, rgb)
 
     @_guarded
