@@ -29,8 +29,9 @@ chunk insert/delete/duplicate, a 32-bit word set to a huge size (0x7fffffff, 0xf
 for msgpack/JSON/YAML inputs also structural mutations on the parsed value (a field replaced by another
 type, a huge array header, deep nesting) re-encoded. Outcomes: ``accepted``, ``rejected`` (a clean
 exception, with its message), ``crash`` (any other exception: listed with its traceback tail) or
-``hang`` (over ``--timeout`` seconds; SIGALRM interrupts Python code, and a C call that returns late
-counts too).
+``hang`` (over ``--timeout`` seconds of CPU time, ``--file-timeout`` for the YAML and bag targets, or
+``WALL_FACTOR`` times that of wall time; the timers' signals interrupt Python code, and a C call that
+returns late counts too).
 
     PYTHONPATH=. .venv/bin/python bench/fuzz.py [--total 100000] [--seed 0] [--timeout 2]
 """
@@ -62,11 +63,12 @@ import numpy as np  # noqa: E402
 SHARES = {"image_raw": 0.23, "image_compressed": 0.10, "joint_state": 0.16, "instruction": 0.06,
           "episode_event": 0.14, "policy_request": 0.17, "policy_reply": 0.08, "graph_yaml": 0.015,
           "policy_yaml": 0.015, "suite_yaml": 0.015, "bag": 0.01}
+WALL_FACTOR = 15  # wall-time backstop: this many timeouts (the 2-core machine ran at load ~20)
 HUGE = (0x7FFFFFFF, 0xFFFFFFFF, 1 << 28, 1 << 31, 0x10000, 0xFFFF)
 
 
-class Hang(Exception):
-    pass
+class Hang(BaseException):
+    """Raised by the timers (a BaseException: no ``except Exception`` of the code under test swallows it)."""
 
 
 @dataclass
@@ -76,11 +78,13 @@ class Target:
     run: Callable[[bytes], Any]
     clean: tuple[type[BaseException], ...]
     structured: str = ""  # "msgpack" | "json_cdr" | "yaml": also mutate the parsed value
+    slow: bool = False  # a file through pure-Python parsers (YAML, rosbags): --file-timeout applies
     quiet: bool = False  # silence C libraries' stderr (libjpeg warnings) while it runs
     counts: dict = field(default_factory=lambda: {"accepted": 0, "rejected": 0, "crash": 0, "hang": 0})
     crashes: list = field(default_factory=list)
     messages: dict = field(default_factory=dict)  # rejection message (digits blanked) → count
-    max_ms: float = 0.0
+    max_ms: float = 0.0  # wall
+    max_cpu_ms: float = 0.0
 
 
 # -- seeds ----------------------------------------------------------------------------------------
@@ -337,11 +341,11 @@ def targets(tmp: Path) -> list[Target]:
         Target("episode_event", event_seeds(), run_episode_event, (RMWError, EventError), structured="json_cdr"),
         Target("policy_request", request_seeds(), run_policy_request, (RequestError,), structured="msgpack"),
         Target("policy_reply", reply_seeds(), run_policy_reply, (BackendError,), structured="msgpack"),
-        Target("graph_yaml", yaml_seeds(""), _yaml_runner(tmp, load_graph), (ConfigError,), structured="yaml"),
+        Target("graph_yaml", yaml_seeds(""), _yaml_runner(tmp, load_graph), (ConfigError,), structured="yaml", slow=True),
         Target("policy_yaml", yaml_seeds("policies"), _yaml_runner(tmp, load_policy_config), (ConfigError,),
-               structured="yaml"),
-        Target("suite_yaml", yaml_seeds("suites"), _yaml_runner(tmp, load_suite), (ConfigError,), structured="yaml"),
-        Target("bag", bag_seeds(tmp), _bag_runner(tmp), (BagReadError,)),
+               structured="yaml", slow=True),
+        Target("suite_yaml", yaml_seeds("suites"), _yaml_runner(tmp, load_suite), (ConfigError,), structured="yaml", slow=True),
+        Target("bag", bag_seeds(tmp), _bag_runner(tmp), (BagReadError,), slow=True),
     ]
 
 
@@ -474,8 +478,12 @@ def _key(msg: str) -> str:
 
 
 def run_one(t: Target, data: bytes, how: str, timeout: float) -> None:
-    signal.setitimer(signal.ITIMER_REAL, timeout)
-    t0 = time.perf_counter()
+    """One input: a hang is over ``timeout`` s of this process's CPU time (SIGPROF: robust to a loaded
+    machine, where wall time is mostly waiting for a core) or over ``WALL_FACTOR`` x that of wall time
+    (SIGALRM: a decoder that blocks)."""
+    signal.setitimer(signal.ITIMER_PROF, timeout)
+    signal.setitimer(signal.ITIMER_REAL, timeout * WALL_FACTOR)
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         t.run(data)
         outcome, exc = "accepted", None
@@ -488,10 +496,11 @@ def run_one(t: Target, data: bytes, how: str, timeout: float) -> None:
             raise
         outcome, exc = "crash", e
     finally:
+        signal.setitimer(signal.ITIMER_PROF, 0)
         signal.setitimer(signal.ITIMER_REAL, 0)
-    ms = (time.perf_counter() - t0) * 1e3
-    t.max_ms = max(t.max_ms, ms)
-    if outcome != "hang" and ms > timeout * 1e3:
+    ms, cpu_ms = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+    t.max_ms, t.max_cpu_ms = max(t.max_ms, ms), max(t.max_cpu_ms, cpu_ms)
+    if outcome != "hang" and (cpu_ms > timeout * 1e3 or ms > timeout * WALL_FACTOR * 1e3):
         outcome = "hang"
     t.counts[outcome] += 1
     if outcome == "rejected":
@@ -504,16 +513,16 @@ def run_one(t: Target, data: bytes, how: str, timeout: float) -> None:
                               "input_hex": data[:64].hex()})
     elif outcome in ("crash", "hang") and len(t.crashes) < 20:
         tb = traceback.format_exception(exc) if exc is not None else ["(timeout)"]
-        t.crashes.append({"mutation": how, "outcome": outcome, "ms": round(ms, 1),
+        t.crashes.append({"mutation": how, "outcome": outcome, "ms": round(ms, 1), "cpu_ms": round(cpu_ms, 1),
                           "error": f"{type(exc).__name__}: {str(exc)[:200]}" if exc else "hang",
                           "where": "".join(tb[-6:])[-1500:], "input_hex": data[:64].hex(), "size": len(data),
                           **({"input_b64": base64.b64encode(data).decode()} if len(data) <= 4096 else {})})
 
 
 def campaign(total: int, seed: int = 0, timeout: float = 2.0, only: list[str] | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, file_timeout: float = 5.0) -> dict:
     t_start = time.perf_counter()
-    old = signal.signal(signal.SIGALRM, _alarm)
+    old = signal.signal(signal.SIGALRM, _alarm), signal.signal(signal.SIGPROF, _alarm)
     with tempfile.TemporaryDirectory(prefix="wam_fuzz_") as tmp:
         ts = [t for t in targets(Path(tmp)) if not only or t.name in only]
         pool = [s for t in ts for s in t.seeds]
@@ -523,9 +532,10 @@ def campaign(total: int, seed: int = 0, timeout: float = 2.0, only: list[str] | 
             n = max(len(t.seeds) + 1, int(round(total * shares[t.name] / norm)))
             rng = random.Random(f"{seed}:{t.name}")
             t0 = time.perf_counter()
+            limit = file_timeout if t.slow else timeout
             with _quiet_stderr(t.quiet):
                 for s in t.seeds:  # the seeds themselves must be accepted
-                    run_one(t, s, "seed", timeout)
+                    run_one(t, s, "seed", limit)
                 for i in range(n - len(t.seeds)):
                     base = rng.choice(t.seeds)
                     m = mutate_structure(rng, t.structured, base) if t.structured and rng.random() < 0.35 else None
@@ -533,13 +543,15 @@ def campaign(total: int, seed: int = 0, timeout: float = 2.0, only: list[str] | 
                         m = mutate_bytes(rng, base, pool if rng.random() < 0.5 else t.seeds)
                         if rng.random() < 0.25:  # stacked mutations
                             m = (m[0] + "+", mutate_bytes(rng, m[1], t.seeds)[1])
-                    run_one(t, m[1], m[0], timeout)
+                    run_one(t, m[1], m[0], limit)
             if progress:
                 print(f"{t.name}: {n} inputs in {time.perf_counter() - t0:.1f} s {t.counts}", file=sys.stderr,
                       flush=True)
             t.seconds = time.perf_counter() - t0
-    signal.signal(signal.SIGALRM, old)
-    out = {"seed": seed, "timeout_s": timeout, "inputs": 0, "accepted": 0, "rejected": 0, "crash": 0, "hang": 0,
+    signal.signal(signal.SIGALRM, old[0])
+    signal.signal(signal.SIGPROF, old[1])
+    out = {"seed": seed, "timeout_s": timeout, "file_timeout_s": file_timeout,
+           "inputs": 0, "accepted": 0, "rejected": 0, "crash": 0, "hang": 0,
            "targets": {}}
     for t in ts:
         n = sum(t.counts.values())
@@ -548,7 +560,8 @@ def campaign(total: int, seed: int = 0, timeout: float = 2.0, only: list[str] | 
             out[k] += v
         top = sorted(t.messages.items(), key=lambda kv: -kv[1])[:5]
         out["targets"][t.name] = {"inputs": n, **t.counts, "seconds": round(t.seconds, 1),
-                                  "max_ms": round(t.max_ms, 1), "top_rejections": dict(top),
+                                  "max_ms": round(t.max_ms, 1), "max_cpu_ms": round(t.max_cpu_ms, 1),
+                                  "top_rejections": dict(top),
                                   "crashes": t.crashes}
     out["seconds"] = round(time.perf_counter() - t_start, 1)
     return out
@@ -559,10 +572,13 @@ def main() -> int:
     ap.add_argument("--total", type=int, default=100_000, help="inputs over all targets (shared by SHARES)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=2.0, help="seconds per input before it counts as a hang")
+    ap.add_argument("--file-timeout", type=float, default=5.0,
+                    help="the same for the file targets (YAML, bags: pure-Python parsers; PyYAML's SafeLoader takes "
+                         "~0.3 s of CPU for a 100 kB file)")
     ap.add_argument("--only", nargs="*", help="these targets only")
     ap.add_argument("--progress", action="store_true", help="one line per target on stderr")
     args = ap.parse_args()
-    res = campaign(args.total, args.seed, args.timeout, args.only, args.progress)
+    res = campaign(args.total, args.seed, args.timeout, args.only, args.progress, args.file_timeout)
     print(json.dumps(res, indent=1))
     return 0 if res["crash"] == 0 and res["hang"] == 0 else 1
 
