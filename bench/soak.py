@@ -13,11 +13,15 @@ CPU). During ``--duration-s``:
   (``soak_NNN``); the last one is stopped with SIGINT at the end.
 
 Figures: every bag opened and read to its end with ``wam_common.bag.reader.Bag`` (a killed bag is repaired
-first, ``wam_common.bag.repair``): ``readable``; per kill, ``lost_s`` = kill time − the log time of the last
-message that made it into the killed bag (what the recorder had received and not yet written: its
-``flush_period_s`` + ``reorder_window_s`` bound it), and ``unrecorded_s`` = the gap to the first message
-of the next bag (the restart: nobody records); per server kill, the longest gap between two commands
-after it (the node's hold until the new server answers); RSS (MB) per node at the start (after
+first, ``wam_common.bag.repair``): ``readable``; per kill, ``lost_s`` = the span of the left arm's joint
+states that a probe on the same domain received before the kill and the killed bag lacks (what the
+recorder had taken and not yet written: its ``flush_period_s`` + ``reorder_window_s`` bound it on an idle
+machine), in the data's own time (header stamps: sim time), ``lost_messages`` their count,
+``since_last_s`` = kill time − the bag's last log time (an upper bound), and ``unrecorded_s`` = the gap
+from the kill to the next bag's first joint state (the restart: nobody records); per server kill, the
+node's hold reason and the time from the kill to its first recorded status without a hold once the new
+server is up (``policy_back_after_s``, a recorder restart can delay its sighting); RSS (MB) per
+node at the start (after
 ``--warmup-s``) and at the end, restarted processes per incarnation (first and last).
 
     PYTHONPATH=. .venv/bin/python bench/soak.py --duration-s 1800          # the full figure: 30 min
@@ -32,6 +36,7 @@ import os
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -49,6 +54,9 @@ from wam_common.graph import load_graph  # noqa: E402
 from wam_common.launcher import GraphRunner, node_command, params_yaml  # noqa: E402
 
 
+STREAM = T.joint_state_topic("left")  # 50 Hz from the sim, never latched: where a bag's stream starts
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -57,6 +65,39 @@ def rss_mb(pid: int) -> float | None:
     except OSError:
         return None
     return None
+
+
+class Probe:
+    """A subscriber on the graph's domain (its own thread) noting each raw joint state of the left arm (its
+    arrival wall time and header stamp): what was published, to compare with what a killed recorder kept."""
+
+    def __init__(self, domain_id: int):
+        import threading
+
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from sensor_msgs.msg import JointState
+
+        from wam_common import qos
+
+        os.environ["ROS_DOMAIN_ID"] = str(domain_id)
+        self.ctx = rclpy.Context()
+        rclpy.init(context=self.ctx)
+        self.node = rclpy.create_node("soak_probe", context=self.ctx)
+        self.got: list[tuple[int, int]] = []  # (wall ns at arrival, header stamp ns)
+        self.node.create_subscription(
+            JointState, STREAM, lambda m: self.got.append(
+                (time.time_ns(), m.header.stamp.sec * 1_000_000_000 + m.header.stamp.nanosec)), qos.SENSOR)
+        self.ex = SingleThreadedExecutor(context=self.ctx)
+        self.ex.add_node(self.node)
+        self.thread = threading.Thread(target=self.ex.spin, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.ex.shutdown()
+        self.node.destroy_node()
+        self.ctx.try_shutdown()
+        self.thread.join(5)
 
 
 def free_port() -> int:
@@ -119,32 +160,36 @@ def graph_overrides(port: int, meta: dict, bag_dir: Path, cameras: list[str]) ->
                                 "host": "127.0.0.1", "port": port, "image_size": [0, 0],
                                 "images": bool(flags.get("needs_images", True)),
                                 "privileged": bool(flags.get("needs_privileged", False)),
-                                "timeout_s": 2.0, "connect_timeout_s": 1.0, "reconnect_s": 0.5}}},
+                                "timeout_s": 10.0, "connect_timeout_s": 3.0, "reconnect_s": 0.5}}},
         "recorder": {"output_dir": str(bag_dir), "bag_name": "soak_000"},
     }
-
-
-STREAM = T.joint_state_topic("left")  # 50 Hz from the sim, never latched: where a bag's stream starts
 
 
 def read_bag(path: Path) -> dict:
     """Open (repairing a killed bag) and read every message: counts, first/last log time, the first joint
     state's log time (latched topics replay older messages at a recorder's start), command stamps."""
-    from wam_common.bag.reader import Bag, BagReadError
+    from wam_common.bag.reader import Bag, BagReadError, json_event
 
     out = {"bag": path.name, "readable": False}
     t0 = time.monotonic()
     try:
         with Bag(path) as bag:
-            n, first, last, cmds = 0, None, None, []
+            n, first, last, stamps, cmds, holds = 0, None, None, set(), [], []
             for m in bag.messages():
                 n += 1
                 if m.topic == STREAM:
                     first = m.log_ns if first is None else min(first, m.log_ns)
+                    sec, nsec = struct.unpack_from("<iI", m.data, 4)  # CDR: header.stamp after the encapsulation
+                    stamps.add(sec * 1_000_000_000 + nsec)
                 last = m.log_ns if last is None else max(last, m.log_ns)
                 if m.topic == T.COMMAND:
                     cmds.append(m.log_ns)
-        out.update(readable=True, messages=n, first_stream_ns=first, last_ns=last, commands=cmds)
+                elif m.topic == T.POLICY_STATUS:
+                    st = json_event(m)
+                    if st is not None:
+                        holds.append((m.log_ns, st.get("hold")))
+        out.update(readable=True, messages=n, first_stream_ns=first, stream_stamps=stamps, last_ns=last,
+                   commands=cmds, holds=holds)
     except (BagReadError, OSError) as exc:
         out["error"] = str(exc)
     out["read_s"] = round(time.monotonic() - t0, 2)
@@ -162,6 +207,7 @@ def soak(duration_s: float, recorder_every_s: float, server_every_s: float, poli
     meta = server.metadata()
     g = load_graph("aloha_sim", graph_overrides(server.port, meta, bag_dir, cameras))
     runner = GraphRunner(g, log_dir=log_dir)
+    probe = Probe(runner.domain_id)
     rec_spec = next(n for n in g.nodes if n.name == "recorder")
     rss: dict[str, list] = {}
     kills: list[dict] = []
@@ -235,6 +281,7 @@ def soak(duration_s: float, recorder_every_s: float, server_every_s: float, poli
             except subprocess.TimeoutExpired:
                 kill_group(server.proc, signal.SIGKILL)
                 server.proc.wait()
+        probe.close()
     wall_s = time.monotonic() - started
 
     # -- the bags ----------------------------------------------------------------------------------
@@ -246,21 +293,38 @@ def soak(duration_s: float, recorder_every_s: float, server_every_s: float, poli
         nxt = names[names.index(k["bag"]) + 1] if k["bag"] in names and names.index(k["bag"]) + 1 < len(names) else None
         row = {"bag": k["bag"], "readable": b["readable"], "messages": b.get("messages")}
         if b.get("last_ns") is not None:
-            row["lost_s"] = round((k["kill_ns"] - b["last_ns"]) / 1e9, 3)
+            row["since_last_s"] = round((k["kill_ns"] - b["last_ns"]) / 1e9, 3)
+        if b.get("stream_stamps"):
+            # joint states the probe had before the kill, published after this bag's first one, not in it: lost
+            kept = b["stream_stamps"]
+            missed = sorted(st for wall, st in probe.got if wall <= k["kill_ns"] and st > min(kept) and st not in kept)
+            row["lost_messages"] = len(missed)
+            # in the data's own time (header stamps, sim time): from the last kept to the last lost
+            row["lost_s"] = round((missed[-1] - max(x for x in kept if x < missed[-1])) / 1e9, 3) if missed else 0.0
         if nxt and bags[nxt].get("first_stream_ns") is not None:
             row["unrecorded_s"] = round((bags[nxt]["first_stream_ns"] - k["kill_ns"]) / 1e9, 3)
         per_kill.append(row)
     cmds = sorted(t for b in bags.values() for t in b.get("commands") or [])
+    holds = sorted(h for b in bags.values() for h in b.get("holds") or [])
     for sk in server_kills:
-        after = [t for t in cmds if t >= sk["kill_ns"] - int(1e9)]
-        gaps = [(b - a) / 1e9 for a, b in zip(after, after[1:]) if a <= sk["kill_ns"] + int(120e9)]
-        sk["longest_command_gap_s"] = round(max(gaps), 3) if gaps else None
-        sk["commands_after"] = sum(1 for t in cmds if t > sk["kill_ns"])
+        # the node holds (repeats its last command) from the failed request on; back to the policy's
+        # commands at the first recorded status without a hold after the new server is up
+        up_ns = sk["kill_ns"] + int(sk["restart_s"] * 1e9)
+        held = [(t, h) for t, h in holds if t >= sk["kill_ns"]]
+        first_hold = next(((t, h) for t, h in held if h), None)
+        back = next((t for t, h in held if not h and t >= up_ns), None)
+        sk["hold_reason"] = first_hold[1] if first_hold else None
+        sk["policy_back_after_s"] = round((back - sk["kill_ns"]) / 1e9, 2) if back else None
     lost = [r["lost_s"] for r in per_kill if "lost_s" in r]
+    since = [r["since_last_s"] for r in per_kill if "since_last_s" in r]
+    walls = [w for w, _ in probe.got]
+    stream_hz = (len(walls) - 1) / ((walls[-1] - walls[0]) / 1e9) if len(walls) > 1 else 0
     unrec = [r["unrecorded_s"] for r in per_kill if "unrecorded_s" in r]
     bag_read_s = [b["read_s"] for b in bags.values()]
     for b in bags.values():
         b.pop("commands", None)
+        b.pop("holds", None)
+        b["stream_messages"] = len(b.pop("stream_stamps", ()) or ())
 
     def first_last(series):
         vals = [v for _, v in series if v is not None]
@@ -281,7 +345,10 @@ def soak(duration_s: float, recorder_every_s: float, server_every_s: float, poli
         "recorder_kills": len(kills), "server_kills": len(server_kills),
         "bags": len(bags), "bags_readable": sum(b["readable"] for b in bags.values()),
         "lost_s": {"max": max(lost), "mean": round(statistics.mean(lost), 3)} if lost else None,
+        "lost_messages": sum(r.get("lost_messages", 0) for r in per_kill),
+        "since_last_message_s": {"max": max(since), "mean": round(statistics.mean(since), 3)} if since else None,
         "unrecorded_s": {"max": max(unrec), "mean": round(statistics.mean(unrec), 3)} if unrec else None,
+        "joint_state_hz": round(stream_hz, 1), "load_avg_end": os.getloadavg(),
         "bag_read_s_max": max(bag_read_s) if bag_read_s else None,
         "commands_recorded": len(cmds),
         "server": server_kills,
