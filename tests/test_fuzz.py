@@ -15,10 +15,10 @@ pytestmark = pytest.mark.unit
 
 
 def test_a_ci_sized_campaign_finds_no_crash_and_no_hang():
-    res = fuzz.campaign(3000, seed=7, timeout=2.0)
+    res = fuzz.campaign(2500, seed=7, timeout=2.0)
     bad = {n: t["crashes"] for n, t in res["targets"].items() if t["crashes"]}
     assert res["crash"] == 0 and res["hang"] == 0, bad
-    assert res["inputs"] >= 2900 and set(res["targets"]) == set(fuzz.SHARES)
+    assert res["inputs"] >= 2400 and set(res["targets"]) == set(fuzz.SHARES)
     for name, t in res["targets"].items():  # every decoder saw both sides: its seeds pass, mutations are refused
         assert t["accepted"] >= 1 and t["rejected"] >= 1, (name, t)
 
