@@ -267,7 +267,7 @@ def test_cli_serve_until_interrupted(act, tmp_path):
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 0, out
-    assert f"on ws://127.0.0.1:{port}" in out and "stopped (1 requests, 0 errors)" in out
+    assert f"on ws://127.0.0.1:{port}" in out and "stopped (1 requests, 0 errors, 0 refused)" in out
 
 
 @pytest.mark.ros
@@ -306,3 +306,81 @@ def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path)
     assert {s: [r[k] for k in keys] for s, r in rows.items()} == {s: [r[k] for k in keys] for s, r in ref_rows.items()}
     for s in rows:
         np.testing.assert_array_equal(cmds[s], ref_cmds[s])
+
+
+# -- input checks (issue 23): the image size the checkpoint was trained at, error texts, refused keys -----
+
+TRAINED = ROOT / "checkpoints" / "act_transfer_cube"  # ACT trained at cam_high 240x320
+
+
+@pytest.fixture(scope="module")
+def trained_act():
+    cfg = {"path": str(TRAINED), "device": "cpu", "engine": "eager", "warmup": 0}
+    return cfg, make_backend("lerobot", cfg)
+
+
+def _request(img: np.ndarray, state: np.ndarray) -> bytes:
+    """What openpi's WebsocketClientPolicy sends: CHW uint8 images (its clients resize with pad to 224),
+    float32 state, a prompt."""
+    return msgpack_numpy.packb({"state": state.astype(np.float32), "prompt": "transfer the cube",
+                                "images": {"cam_high": np.ascontiguousarray(img.transpose(2, 0, 1))}})
+
+
+def test_an_image_of_another_size_than_trained_is_resized_with_pad_or_refused_per_config(trained_act, caplog):
+    from wam_policy_node.observation import resize_with_pad
+
+    cfg, local = trained_act
+    assert local.image_sizes == {"observation.images.cam_high": (240, 320)}
+    rng = np.random.default_rng(7)
+    small = rng.integers(0, 255, (224, 224, 3), dtype=np.uint8)
+    state = rng.uniform(-0.3, 0.3, 14).astype(np.float32).astype(np.float64)
+    # what the checkpoint gets on resize: the 224x224 frame fitted into 240x320 (240x240, 40 px black each side)
+    padded = resize_with_pad(small, 240, 320)
+    assert padded.shape == (240, 320, 3) and not padded[:, :40].any() and not padded[:, -40:].any()
+    want = local.infer(Observation(0, {"cam_high": padded}, state, "transfer the cube")).actions
+
+    caplog.set_level("INFO", logger="wam_policy")
+    with PolicyServer("lerobot", cfg, port=0, image_mismatch="resize") as srv:
+        ws, meta = raw_client(srv.port)
+        assert meta["wam_policy"]["image_sizes"] == {"observation.images.cam_high": [240, 320]}
+        assert meta["wam_policy"]["image_mismatch"] == "resize"
+        ws.send(_request(small, state))
+        reply = msgpack_numpy.unpackb(ws.recv(timeout=60))
+        np.testing.assert_allclose(reply["actions"], want, rtol=0, atol=1e-5)
+        ws.close()
+    assert "image 'cam_high' is 224x224, the checkpoint's observation.images.cam_high is 320x240: resized" in caplog.text
+
+    with PolicyServer("lerobot", cfg, port=0, image_mismatch="refuse") as srv:
+        ws, meta = raw_client(srv.port)
+        assert meta["wam_policy"]["image_mismatch"] == "refuse"
+        ws.send(_request(small, state))
+        reply = ws.recv(timeout=60)
+        assert isinstance(reply, str) and "image 'cam_high' is 224x224" in reply and "trained at 320x240" in reply, reply
+        ws.send(_request(padded, state))  # the trained size passes, on the same connection
+        np.testing.assert_allclose(msgpack_numpy.unpackb(ws.recv(timeout=60))["actions"], want, rtol=0, atol=1e-5)
+        ws.close()
+        assert srv.errors == 1 and srv.requests == 1
+
+
+def test_error_texts_name_the_nan_and_the_bytes_and_refused_keys_are_logged(act, caplog):
+    cfg, _ = act
+    caplog.set_level("INFO", logger="wam_policy")
+    state = np.zeros(14)
+    state[3], state[11] = np.nan, np.inf
+    bad_array = msgpack_numpy.packb({"state": np.zeros(14)})
+    bad_array = bad_array.replace(b"<f8", b"<f4")  # the header's dtype no longer fits its 112 bytes
+    with PolicyServer("lerobot", cfg, port=0, api_key="s3cret") as srv:
+        ws, _ = raw_client(srv.port, "s3cret")
+        ws.send(msgpack_numpy.packb({"state": state}))
+        assert ws.recv(timeout=30) == "RequestError: 'state' must be 14 finite numbers: state[3] = nan, state[11] = inf"
+        ws.send(bad_array)
+        reply = ws.recv(timeout=30)
+        assert "not msgpack-numpy" in reply and "shape (14,) needs 56 bytes, got 112" in reply, reply
+        ws.close()
+        for key in (None, "wrong"):
+            with pytest.raises(Exception, match="401"):
+                raw_client(srv.port, key)
+        assert srv.refused == 2
+    refused = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused ")]
+    assert len(refused) == 2 and all(m.startswith("refused 127.0.0.1:") for m in refused), refused
+    assert "no API key" in refused[0] and "a wrong API key" in refused[1]

@@ -47,18 +47,25 @@ def arm_state_from_joint_state(names, positions) -> np.ndarray:
     """7-dim [6 joints, normalised gripper] from one arm's JointState (names may be in any order).
 
     Raises ValueError naming the missing joint."""
+    names = list(names)
+    if len(positions) < len(names):
+        raise ValueError(f"JointState has {len(names)} names but {len(positions)} positions")
     idx = {n: i for i, n in enumerate(names)}
+
+    def pos(name: str) -> float:  # a non-finite position passes: the controller holds on it (BAD_STATE)
+        return float(positions[idx[name]])
+
     out = np.empty(7)
     for j, name in enumerate(ARM_JOINTS):
         if name not in idx:
-            raise ValueError(f"joint '{name}' missing from JointState (have {list(names)})")
-        out[j] = positions[idx[name]]
+            raise ValueError(f"joint '{name}' missing from JointState (have {names[:16]})")
+        out[j] = pos(name)
     if "left_finger" in idx:
-        out[6] = gripper_position_normalize(positions[idx["left_finger"]])
+        out[6] = gripper_position_normalize(pos("left_finger"))
     elif "gripper" in idx:
-        out[6] = gripper_joint_normalize(positions[idx["gripper"]])
+        out[6] = gripper_joint_normalize(pos("gripper"))
     else:
-        raise ValueError(f"neither 'left_finger' nor 'gripper' in JointState (have {list(names)})")
+        raise ValueError(f"neither 'left_finger' nor 'gripper' in JointState (have {names[:16]})")
     return out
 
 

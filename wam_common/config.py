@@ -55,16 +55,28 @@ def load_yaml(path: str | os.PathLike) -> dict:
     """Load a YAML mapping; malformed YAML or a non-mapping top level is a ConfigError."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}, line "
+                          f"{raw[:exc.start].count(b'\n') + 1}: {exc.reason})") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1} column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
+        if not mark and isinstance(getattr(exc, "position", None), int):  # the reader: a character YAML forbids
+            ch = getattr(exc, "character", "")
+            code = ord(ch) if isinstance(ch, str) and len(ch) == 1 else ch if isinstance(ch, int) else None
+            where = f" at character {exc.position}" + (f" (#x{code:04x})" if code is not None else "")
+        problem = (getattr(exc, "problem", None) or getattr(exc, "reason", None)
+                   or (str(exc).strip().splitlines() or ["invalid YAML"])[0])
         raise ConfigError(f"{path}: malformed YAML{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: malformed YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

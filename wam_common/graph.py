@@ -140,7 +140,7 @@ def load_graph(name_or_path: str | Path = "aloha_sim", overrides: Mapping[str, A
         exe = raw.get("executable")
         if not isinstance(name, str) or not name:
             raise ConfigError(f"{where}: key 'name' must be a non-empty string")
-        if exe not in EXECUTABLES:
+        if not isinstance(exe, str) or exe not in EXECUTABLES:
             raise ConfigError(f"{where}: key 'executable' is '{exe}', not one of {', '.join(EXECUTABLES)}")
         if name in seen:
             raise ConfigError(f"{where}: duplicate node name '{name}'")
@@ -161,9 +161,15 @@ def load_graph(name_or_path: str | Path = "aloha_sim", overrides: Mapping[str, A
         raise ConfigError(f"{path}: override for unknown node '{bad}' (nodes: {', '.join(sorted(seen))})")
     profile = g.get("dds_profile")
     prof_path = None
+    if profile and not isinstance(profile, str):
+        raise ConfigError(f"{path}: key 'graph.dds_profile' must be a file path (a string), got {type(profile).__name__}")
     if profile:
         prof_path = (config_dir() / profile) if not Path(profile).is_absolute() else Path(profile)
-        if not prof_path.is_file():
+        try:
+            found = prof_path.is_file()
+        except OSError as exc:  # a name too long for the file system, ...
+            raise ConfigError(f"{path}: key 'graph.dds_profile': {exc.strerror}: {str(prof_path)[:200]}") from None
+        if not found:
             raise ConfigError(f"{path}: key 'graph.dds_profile': no such file {prof_path}")
     return Graph(
         name=str(g.get("name", path.stem)),

@@ -245,15 +245,78 @@ def compressed_to_array(msg: DecodedCompressed) -> tuple[np.ndarray, str]:
     fmt = msg.format.lower()
     if not any(k in fmt for k in ("jpeg", "jpg", "png")):
         raise ImageDecodeError(f"unsupported compressed format '{msg.format}'")
+    w, h = compressed_size(msg.data)  # checked before any pixel is allocated
     buf = np.frombuffer(msg.data, dtype=np.uint8)
     img = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise ImageDecodeError(f"cannot decode {msg.format} payload of {len(buf)} bytes")
+        raise ImageDecodeError(f"cannot decode {msg.format} payload of {len(buf)} bytes ({w}x{h} in its header)")
+    if img.dtype not in (np.uint8, np.uint16) or (img.ndim == 3 and img.dtype != np.uint8):
+        raise ImageDecodeError(f"unsupported {msg.format} pixels: {img.dtype} with {img.shape[2:] or 1} channel(s)")
     if img.ndim == 2:
         return img, ("16UC1" if img.dtype == np.uint16 else "mono8")
     if img.shape[2] == 4:
         img = img[:, :, :3]
+    elif img.shape[2] != 3:
+        raise ImageDecodeError(f"unsupported {msg.format} pixels: {img.shape[2]} channels")
     return np.ascontiguousarray(img[:, :, ::-1]), "rgb8"
+
+
+MAX_PIXELS = 1 << 26  # 67 Mpx (8192x8192): far above any camera; bounds a compressed image's allocation
+_PNG = b"\x89PNG\r\n\x1a\n"
+_JPEG_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _png_chunks(data) -> None:
+    """Every PNG chunk's length fits the payload, up to IEND (a length past the end made libpng spin for
+    seconds on an 860-byte input: found by bench/fuzz.py)."""
+    n, i = len(data), 8
+    while True:
+        if i + 8 > n:
+            raise ImageDecodeError(f"PNG payload ends at offset {n} without an IEND chunk")
+        (length,) = struct.unpack(">I", bytes(data[i:i + 4]))
+        kind = bytes(data[i + 4:i + 8])
+        if i + 12 + length > n:
+            raise ImageDecodeError(f"PNG chunk {kind!r} at offset {i} claims {length} bytes, {n - i - 12} left")
+        if kind == b"IEND":
+            return
+        i += 12 + length
+
+
+def compressed_size(data) -> tuple[int, int]:
+    """(width, height) from a PNG's IHDR or a JPEG's SOF marker, without decoding; ImageDecodeError for a
+    payload that is neither, a truncated header or a size over ``MAX_DIM`` per side / ``MAX_PIXELS``."""
+    b = bytes(data[:65536]) if len(data) > 65536 else bytes(data)
+    if b.startswith(_PNG):
+        if len(b) < 24 or b[12:16] != b"IHDR":
+            raise ImageDecodeError("PNG payload without an IHDR header")
+        w, h = struct.unpack(">II", b[16:24])
+        _png_chunks(data)
+    elif b.startswith(b"\xff\xd8"):
+        i, w, h = 2, None, None
+        while i + 4 <= len(b):
+            if b[i] != 0xFF:
+                raise ImageDecodeError(f"JPEG payload: no marker at offset {i}")
+            marker = b[i + 1]
+            if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7 or marker == 0xFF:
+                i += 1 if marker == 0xFF else 2
+                continue
+            (seg,) = struct.unpack(">H", b[i + 2:i + 4])
+            if marker in _JPEG_SOF:
+                if i + 9 > len(b):
+                    break
+                h, w = struct.unpack(">HH", b[i + 5:i + 9])
+                break
+            if marker == 0xDA or seg < 2:  # scan data before any frame header, or a bad length
+                break
+            i += 2 + seg
+        if w is None:
+            raise ImageDecodeError("JPEG payload without a frame header (SOF) in its first 64 KiB")
+    else:
+        raise ImageDecodeError(f"payload is neither PNG nor JPEG (starts {b[:8].hex() or 'empty'})")
+    if not (0 < w <= MAX_DIM and 0 < h <= MAX_DIM) or w * h > MAX_PIXELS:
+        raise ImageDecodeError(f"compressed image size {w}x{h} is out of range (max {MAX_DIM} per side, "
+                               f"{MAX_PIXELS} pixels)")
+    return int(w), int(h)
 
 
 def to_rgb(img: DecodedImage) -> np.ndarray:

@@ -27,7 +27,7 @@ class FrameSizeGate:
         """An EPISODE start event: its ``height``/``width`` (when given) is the size from now on."""
         try:
             self.announced = (int(ev["height"]), int(ev["width"])) if ev.get("height") else None
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, KeyError, OverflowError):
             self.announced = None
 
     def reset(self) -> None:

@@ -35,6 +35,7 @@ from std_srvs.srv import SetBool
 
 from wam_common import aloha, qos, topics
 from wam_common.config import ConfigError
+from wam_common.events import EventError, parse_episode_event
 from wam_common.imageio import ImageDecodeError, decode_image, to_rgb
 from wam_common.node_main import forward_logging, run_node, stop_forwarding
 from wam_common.params import declare_tree
@@ -298,7 +299,7 @@ class WamPolicyNode(Node):
         self.inputs.add_frame(cam, t, rgb)
         if self.lockstep:
             self._answer(self.lock.poll())
-        else:
+        elif self.needs_images:  # the synchroniser has no camera streams for a backend without images
             self._sync_add(cam, t, rgb)
 
     @_guarded
@@ -308,10 +309,8 @@ class WamPolicyNode(Node):
     @_guarded
     def _on_episode(self, msg: String) -> None:
         try:
-            ev = json.loads(msg.data)
-            if not isinstance(ev, dict) or "event" not in ev:
-                raise ValueError("not an object with key 'event'")
-        except ValueError as exc:
+            ev = parse_episode_event(msg.data)
+        except EventError as exc:
             self._warn("episode", f"rejected EPISODE message: {exc}")
             return
         if ev["event"] == "start":

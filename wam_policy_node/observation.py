@@ -1,7 +1,13 @@
 """Topics → model inputs: which camera feeds which model image key, resize-with-pad, state layout.
 
-``resize_with_pad`` keeps the aspect ratio (never squashes) and pads with black, centred — the
-same result as openpi's ``image_tools.resize_with_pad``.
+``resize_with_pad`` keeps the aspect ratio (never squashes) and pads with black, centred — what
+openpi's ``openpi_client.image_tools.resize_with_pad`` does (there: PIL bilinear, sizes truncated;
+here: OpenCV, area interpolation when shrinking, sizes rounded — a pixel row of difference at most).
+
+``fit_image`` is the check every model input goes through where the checkpoint states the image size it
+was trained at (a LeRobot checkpoint's ``input_features``): a frame of another size is resized with pad
+to it (``image_mismatch: resize``, logged by the caller) or refused with an :class:`ImageSizeError` naming
+the image, both sizes and the option (``refuse``) — never fed to the model at a different resolution.
 """
 from __future__ import annotations
 
@@ -43,6 +49,35 @@ def resize_with_pad(img: np.ndarray, height: int, width: int) -> np.ndarray:
     top, left = (height - nh) // 2, (width - nw) // 2
     out[top : top + nh, left : left + nw] = resized
     return out
+
+
+IMAGE_MISMATCH = ("resize", "refuse")
+
+
+class ImageSizeError(ValueError):
+    """An image whose size or layout is not the one the model takes (the message says which and why)."""
+
+
+def fit_image(key: str, img, want_hw: tuple[int, int] | None, mode: str = "resize") -> tuple[np.ndarray, bool]:
+    """Check one HxWx3 uint8 model input against the (height, width) the checkpoint expects.
+
+    Returns ``(image, resized)``: the image as it is when it has that size (or ``want_hw`` is None), else
+    resized with pad to it (``mode`` "resize"); ``mode`` "refuse" raises :class:`ImageSizeError` instead.
+    A frame that is no HxWx3 uint8 image at all raises :class:`ImageSizeError` in either mode."""
+    a = np.asarray(img)
+    if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+        raise ImageSizeError(f"image '{key}' must be HxWx3 uint8 (RGB), got {a.dtype} {a.shape}")
+    if min(a.shape[:2]) < 1:
+        raise ImageSizeError(f"image '{key}' is empty ({a.shape[1]}x{a.shape[0]})")
+    if want_hw is None or tuple(a.shape[:2]) == tuple(want_hw):
+        return a, False
+    h, w = (int(v) for v in want_hw)
+    if mode == "refuse":
+        raise ImageSizeError(f"image '{key}' is {a.shape[1]}x{a.shape[0]} (WxH) but the checkpoint was trained at "
+                             f"{w}x{h}; refused (image_mismatch: refuse; 'resize' resizes with pad)")
+    if mode != "resize":
+        raise ImageSizeError(f"image_mismatch must be one of {', '.join(IMAGE_MISMATCH)}, got {mode!r}")
+    return resize_with_pad(a, h, w), True
 
 
 @dataclass

@@ -43,6 +43,7 @@ from wam_common.policies import load_policy_config
 from wam_common.topics import STATE_DIM
 
 from .backends import Backend, BackendError, Observation, make_backend, msgpack_numpy
+from .observation import IMAGE_MISMATCH
 
 log = logging.getLogger("wam_policy.server")
 
@@ -64,18 +65,26 @@ def to_observation(msg: Any) -> Observation:
         state = np.asarray(msg["state"], dtype=np.float64)
     except (TypeError, ValueError) as exc:
         raise RequestError(f"'state' is not numeric: {exc}") from None
-    if state.shape != (STATE_DIM,) or not np.all(np.isfinite(state)):
+    if state.shape != (STATE_DIM,):
         raise RequestError(f"'state' must be {STATE_DIM} finite numbers, got shape {state.shape}")
-    images = msg.get("images") or {}
+    bad = np.flatnonzero(~np.isfinite(state))
+    if bad.size:
+        what = ", ".join(f"state[{i}] = {state[i]}" for i in bad[:4]) + (f" (+{bad.size - 4} more)" if bad.size > 4 else "")
+        raise RequestError(f"'state' must be {STATE_DIM} finite numbers: {what}")
+    images = msg.get("images")
+    images = {} if images is None else images
     if not isinstance(images, Mapping):
         raise RequestError(f"'images' must map key → image, got {type(images).__name__}")
     out = {}
     for key, img in images.items():
-        a = np.asarray(img)
+        if not isinstance(img, np.ndarray):
+            raise RequestError(f"image '{key}' must be an array (msgpack-numpy), got {type(img).__name__}")
+        a = img
         if a.dtype != np.uint8 or a.ndim != 3 or 3 not in (a.shape[0], a.shape[2]):
             raise RequestError(f"image '{key}' must be CHW or HWC uint8 with 3 channels, got {a.dtype} {a.shape}")
         out[str(key)] = np.ascontiguousarray(a if a.shape[2] == 3 else a.transpose(1, 2, 0))
-    prompt = msg.get("prompt", "") or ""
+    prompt = msg.get("prompt")
+    prompt = "" if prompt is None else prompt
     priv = msg.get("privileged")
     if not isinstance(prompt, str) or not (priv is None or isinstance(priv, Mapping)):
         raise RequestError("'prompt' must be a string and 'privileged' a map")
@@ -83,8 +92,25 @@ def to_observation(msg: Any) -> Observation:
         step = None if msg.get("step") is None else int(msg["step"])
         return Observation(int(msg.get("stamp_ns", 0)), out, state, prompt, dict(priv) if priv else None, step,
                            inference_delay=int(msg.get("inference_delay", 0)))
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, OverflowError) as exc:
         raise RequestError(f"'stamp_ns', 'step' and 'inference_delay' must be integers: {exc}") from None
+
+
+def read_request(raw: Any) -> Observation | Mapping:
+    """One websocket frame as the server reads it: an :class:`Observation`, or the control map of a
+    ``{"__ctrl__": ...}`` frame; anything else raises :class:`RequestError` naming the problem (what the
+    bytes failed on: msgpack, the array header, a field)."""
+    if not isinstance(raw, (bytes, bytearray)):
+        raise RequestError("expected a binary msgpack frame, got text")
+    try:
+        msg = msgpack_numpy.unpackb(bytes(raw))
+    except Exception as exc:  # noqa: BLE001 - any undecodable payload is the client's error
+        raise RequestError(f"not msgpack-numpy: {type(exc).__name__}: {exc}") from None
+    if isinstance(msg, Mapping) and "__ctrl__" in msg:
+        if not isinstance(msg["__ctrl__"], str):
+            raise RequestError(f"'__ctrl__' must be a string, got {type(msg['__ctrl__']).__name__}")
+        return msg
+    return to_observation(msg)
 
 
 def _get(obj, path: str):
@@ -120,8 +146,12 @@ class PolicyServer:
     ``serve_forever()`` runs it in the calling thread. The backend is built here, before either."""
 
     def __init__(self, btype: str, cfg: Mapping | None = None, host: str = "127.0.0.1", port: int = 8000,
-                 api_key: str = "", name: str = ""):
+                 api_key: str = "", name: str = "", image_mismatch: str | None = None):
         self.btype, self.cfg = btype, dict(cfg or {})
+        if image_mismatch is not None:
+            if image_mismatch not in IMAGE_MISMATCH:
+                raise ConfigError(f"image_mismatch must be one of {', '.join(IMAGE_MISMATCH)}, got {image_mismatch!r}")
+            self.cfg["image_mismatch"] = image_mismatch  # the lerobot backend's option (the others take any size)
         self.host, self.port, self.api_key = host, int(port), api_key
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="policy-server")  # the one inference thread
         template = make_backend(btype, self.cfg)
@@ -134,10 +164,15 @@ class PolicyServer:
         self.shared = template if template.episode_state else None
         if self.shared is None:
             template.close()
+        # the image sizes the checkpoint was trained at (model key → [height, width]) and what happens
+        # to other sizes: a client can resize with pad itself (openpi's clients do, to 224x224)
+        self.image_sizes = {k: [int(v) for v in hw] for k, hw in dict(template.image_sizes).items()}
+        self.image_mismatch = str(getattr(template, "image_mismatch", "")) if self.image_sizes else ""
         self.metadata = {"policy": name or btype, "backend": btype,
-                         "wam_policy": {"protocol": PROTOCOL, "episode_start": True, **self.flags}}
+                         "wam_policy": {"protocol": PROTOCOL, "episode_start": True, **self.flags,
+                                        "image_sizes": self.image_sizes, "image_mismatch": self.image_mismatch}}
         self._owner: _Session | None = None  # whose episode state the shared backend holds
-        self.requests = self.errors = 0
+        self.requests = self.errors = self.refused = 0
         self.connections = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future | None = None
@@ -198,19 +233,14 @@ class PolicyServer:
 
     async def _answer(self, s: _Session, raw) -> dict:
         queued = time.monotonic()
-        if not isinstance(raw, bytes):
-            raise RequestError("expected a binary msgpack frame, got text")
-        try:
-            msg = msgpack_numpy.unpackb(raw)
-        except Exception as exc:  # noqa: BLE001 - any undecodable payload is the client's error
-            raise RequestError(f"not msgpack-numpy: {type(exc).__name__}: {exc}") from None
-        if isinstance(msg, Mapping) and "__ctrl__" in msg:
-            ctrl = msg["__ctrl__"]
+        req = read_request(raw)
+        if not isinstance(req, Observation):
+            ctrl = req["__ctrl__"]
             if ctrl == "episode_start":
-                ep = msg.get("__episode__")
+                ep = req.get("__episode__")
                 await self._call(self._reset, s, dict(ep) if isinstance(ep, Mapping) else None)
             return {"__ack__": ctrl if ctrl in ("episode_start", "episode_end") else "ignored"}
-        obs = to_observation(msg)
+        obs = req
         chunk, queue_ms, infer_ms = await self._call(self._infer, s, obs, queued)
         self.requests += 1
         return {"actions": chunk.actions, "server_timing": {"infer_ms": infer_ms, "queue_ms": queue_ms}}
@@ -250,8 +280,16 @@ class PolicyServer:
     def _process_request(self, conn, request):
         if request.path == "/healthz":
             return conn.respond(http.HTTPStatus.OK, "OK\n")
-        if self.api_key and request.headers.get("Authorization") != f"Api-Key {self.api_key}":
-            return conn.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
+        if self.api_key:
+            got = request.headers.get("Authorization")
+            if got != f"Api-Key {self.api_key}":
+                addr = getattr(conn, "remote_address", None)
+                peer = f"{addr[0]}:{addr[1]}" if addr else "?"
+                self.refused += 1
+                log.warning("refused %s: %s API key (path %s)", peer,
+                            "no" if got is None else "a wrong" if got.startswith("Api-Key ") else "a malformed",
+                            request.path)
+                return conn.respond(http.HTTPStatus.UNAUTHORIZED, "missing or wrong API key\n")
         return None
 
     async def _main(self, started: threading.Event | None = None) -> None:
@@ -263,6 +301,8 @@ class PolicyServer:
                          process_request=self._process_request) as srv:
             self.port = srv.sockets[0].getsockname()[1]
             log.info("serving %s (backend %s) on ws://%s:%d", self.metadata["policy"], self.btype, self.host, self.port)
+            for key, (h, w) in self.image_sizes.items():
+                log.info("image %s: %dx%d (WxH) as trained; other sizes: %s", key, w, h, self.image_mismatch)
             if started is not None:
                 started.set()
             await self._stop
@@ -336,6 +376,10 @@ def add_arguments(p) -> None:
                    help="policy config (config/policies/<name>.yaml or a path): its backend is served")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=8000, help="port (openpi's default 8000; 0 picks a free one)")
+    p.add_argument("--image-mismatch", choices=IMAGE_MISMATCH, default=None,
+                   help="an image of another size than the checkpoint's input features: resize (with pad, keeping "
+                        "the aspect ratio, as openpi's resize_with_pad; logged) or refuse (an error reply naming both "
+                        "sizes); default: the policy config's backend.lerobot.image_mismatch (resize)")
     p.add_argument("--api-key", default=os.environ.get("WAM_POLICY_API_KEY", ""),
                    help="require 'Authorization: Api-Key <key>' (default: $WAM_POLICY_API_KEY; empty: none)")
 
@@ -343,9 +387,10 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    server = from_policy(args.policy, host=args.host, port=args.port, api_key=args.api_key)
+    server = from_policy(args.policy, host=args.host, port=args.port, api_key=args.api_key,
+                         image_mismatch=getattr(args, "image_mismatch", None))
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        log.info("stopped (%d requests, %d errors)", server.requests, server.errors)
+        log.info("stopped (%d requests, %d errors, %d refused)", server.requests, server.errors, server.refused)
     return 0

@@ -130,13 +130,19 @@ def load_suite(name_or_path: str) -> Suite:
                 _subst(_overrides(spec.get("sim"), where + ".sim"), lv),
                 _subst(_overrides(robot, where + ".robot"), lv) if robot is not None else None,
                 _subst(str(spec.get("operator", "")), lv)))
-    for i, raw in enumerate(s.get("configurations") or []):
+    raw_configs = s.get("configurations") or []
+    if not isinstance(raw_configs, list):
+        raise ConfigError(f"{path}: key 'suite.configurations' must be a list")
+    for i, raw in enumerate(raw_configs):
         where = f"{path}: suite.configurations[{i}]"
         if not isinstance(raw, Mapping) or "name" not in raw or "dimension" not in raw:
             raise ConfigError(f"{where}: needs keys 'name' and 'dimension'")
         extra = set(raw) - {"name", "dimension", "level", "sim", "robot", "operator"}
         if extra:
             raise ConfigError(f"{where}: unknown key '{sorted(extra)[0]}'")
+        lv = raw.get("level", 0)
+        if isinstance(lv, bool) or not isinstance(lv, int):
+            raise ConfigError(f"{where}: key 'level' must be an integer, got {lv!r:.40}")
         robot = raw.get("robot")
         configs.append(Configuration(str(raw["name"]), _dimension(str(raw["dimension"]), where),
                                      int(raw.get("level", 0)), _overrides(raw.get("sim"), where + ".sim"),

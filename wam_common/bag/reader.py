@@ -36,12 +36,49 @@ class BagMessage:
     data: bytes
 
 
+def _corrupt() -> tuple[type[BaseException], ...]:
+    """What the MCAP / rosbags readers raise on damaged bytes (a bad record length, a chunk whose CRC
+    fails, a file that ends mid-record, a torn compressed chunk): reported as :class:`BagReadError`."""
+    import struct
+    import zlib
+
+    from mcap.exceptions import McapError
+    from rosbags.highlevel import AnyReaderError
+    from rosbags.rosbag2.errors import ReaderError
+
+    out: list[type[BaseException]] = [McapError, ReaderError, AnyReaderError, struct.error, zlib.error, EOFError,
+                                      ValueError, KeyError, IndexError, UnicodeDecodeError]
+    with _suppress_import():
+        import zstandard
+
+        out.append(zstandard.ZstdError)
+    with _suppress_import():
+        import lz4.frame  # noqa: F401
+
+        out.append(RuntimeError)  # lz4.frame raises RuntimeError on a damaged frame
+    return tuple(out)
+
+
+class _suppress_import:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        return typ is not None and issubclass(typ, ImportError)
+
+
+def _why(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
 def prepare(path: str | os.PathLike, repair: bool = True) -> Path:
     """A bag path ready for rosbags: repairs an unfinished bag (in place) when ``repair``."""
     try:
         return _prepare(Path(path), repair)
-    except (RepairError, OSError, ValueError) as exc:
-        raise BagReadError(f"{path}: cannot read ({exc})") from None
+    except BagReadError:
+        raise
+    except (RepairError, OSError, *_corrupt()) as exc:
+        raise BagReadError(f"{path}: cannot read ({_why(exc)})") from None
 
 
 def _prepare(p: Path, repair: bool) -> Path:
@@ -135,7 +172,14 @@ class Bag:
         conns = [c for c in self.reader.connections if wanted is None or c.topic in wanted]
         if not conns:
             return
-        for c, t, raw in self.reader.messages(connections=conns):
+        it = self.reader.messages(connections=conns)
+        while True:
+            try:
+                c, t, raw = next(it)
+            except StopIteration:
+                return
+            except _corrupt() as exc:  # damaged bytes in a chunk: name the bag, not rosbags' internals
+                raise BagReadError(f"{', '.join(map(str, self.paths))}: corrupt data ({_why(exc)})") from None
             yield BagMessage(c.topic, c.msgtype, t, raw)
 
     def decode(self, msg: BagMessage):

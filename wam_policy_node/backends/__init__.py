@@ -69,6 +69,10 @@ class Backend:
     # server (wam_policy_node/server.py) shares one instance among connections by swapping them;
     # () = the backend is cheap to build and the server builds one per connection
     episode_state: tuple[str, ...] = ()
+    # model image key → (height, width) the checkpoint was trained at (its input features); {} = any size.
+    # A backend that fills it resizes or refuses other sizes (observation.fit_image); a policy server
+    # advertises it in its metadata (wam_policy_node/server.py)
+    image_sizes: Mapping[str, tuple[int, int]] = {}
 
     def __init__(self, cfg: Mapping[str, Any]):
         self.cfg = dict(cfg)

@@ -42,6 +42,7 @@ from wam_common.topics import DT, STATE_DIM
 
 from ..checkpoint import local_tokenizer_overrides, local_vlm_overrides, load_checkpoint, zoo_checkpoint
 from ..memo import lru_memo
+from ..observation import IMAGE_MISMATCH, ImageSizeError, fit_image
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 
 log = logging.getLogger("wam_policy.backend.lerobot")  # the node forwards it to its ROS logger
@@ -63,6 +64,10 @@ PARAMS = {
                      "warm-up pays the compile at load", choices=("",) + COMPILE_MODES),
     "warmup": Param(1, "dummy inferences at load (first-call allocations, cudnn autotune, compiles)", range=(0, None)),
     "torch_threads": Param(0, "CPU intra-op threads of the inferring thread (0 = torch's default)", range=(0, None)),
+    "image_mismatch": Param("resize", "a camera image of another size than the checkpoint's input feature (config.json "
+                            "input_features): resize (with pad, keeping the aspect ratio, as openpi's resize_with_pad; "
+                            "logged once per camera and size) or refuse (the inference fails: a hold, the error names "
+                            "both sizes)", choices=("resize", "refuse")),
     "zoo": Param({}, "a random-weight architecture of wam_policy_node.zoo instead of a trained checkpoint: {kind, "
                  "size, seed, cameras, image_size, chunk}, written on first use into path, or when that is \"\" "
                  "into $XDG_CACHE_HOME/wam_policy/zoo/<kind>-<hash of the spec>"),
@@ -89,13 +94,6 @@ def _images_untouched(pipeline) -> bool:
         elif name not in passive:
             return False
     return True
-
-
-def _frame(obs: Observation, src: str) -> np.ndarray:
-    img = np.asarray(obs.images[src])
-    if img.ndim != 3 or img.shape[2] != 3:
-        raise BackendError(f"lerobot: image '{src}' must be HxWx3, got {img.shape}")
-    return img
 
 
 def _memoize_tokenizer(pipeline, size: int = 64) -> None:
@@ -297,6 +295,13 @@ class LeRobotBackend(Backend):
         _memoize_tokenizer(self.pre)
         self.image_features = list(getattr(pcfg, "image_features", {}) or {})
         self.needs_images = bool(self.image_features)
+        self.image_sizes = {k: (int(f.shape[-2]), int(f.shape[-1])) for k, f in pcfg.image_features.items()
+                            if len(getattr(f, "shape", ())) == 3} if self.image_features else {}
+        self.image_mismatch = str(self.cfg.get("image_mismatch", "resize"))
+        if self.image_mismatch not in IMAGE_MISMATCH:
+            raise ConfigError(f"key 'backend.lerobot.image_mismatch': must be one of {', '.join(IMAGE_MISMATCH)}, "
+                              f"got {self.image_mismatch!r}")
+        self._resized: set[tuple[str, tuple[int, ...]]] = set()  # (key, size) already logged as resized
         self.state_key = "observation.state"
         act = getattr(pcfg, "action_feature", None)
         self.action_dim = int(act.shape[0]) if act is not None else STATE_DIM
@@ -373,6 +378,22 @@ class LeRobotBackend(Backend):
         self._forward(obs, {k: k for k in imgs})
         self.reset()
 
+    def _frame(self, obs: Observation, src: str, dst: str) -> np.ndarray:
+        """The observation's image ``src`` as the model's ``dst`` input: HxWx3 uint8 at the checkpoint's
+        size (resized with pad or refused, ``image_mismatch``), else a BackendError naming the problem."""
+        img = obs.images[src]
+        try:
+            out, resized = fit_image(src, img, self.image_sizes.get(dst), self.image_mismatch)
+        except ImageSizeError as exc:
+            raise BackendError(f"lerobot: {exc}") from None
+        if resized and (src, np.shape(img)) not in self._resized:
+            self._resized.add((src, np.shape(img)))
+            h, w = self.image_sizes[dst]
+            log.warning("lerobot: image '%s' is %dx%d, the checkpoint's %s is %dx%d: resized with pad "
+                        "(image_mismatch: resize; 'refuse' refuses it)", src, np.shape(img)[1], np.shape(img)[0],
+                        dst, w, h)
+        return out
+
     def reset(self, episode=None) -> None:
         self._last_raw = self._prev_raw = None
         self._observed = None
@@ -419,7 +440,7 @@ class LeRobotBackend(Backend):
             self._uploaded.synchronize()  # the last call's copies out of the pinned buffers are over
         batch = {}
         for src, dst in keys.items():
-            img = _frame(obs, src)
+            img = self._frame(obs, src, dst)
             if upload:
                 # uint8 to the GPU through a pinned buffer (a quarter of the bytes of float32), copied
                 # while the host goes on, and the float conversion there (bench/gpu_latency.py: parts_ms)
@@ -452,7 +473,7 @@ class LeRobotBackend(Backend):
         skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched)."""
         with warnings.catch_warnings():  # a frame from a message buffer is read-only: only read here
             warnings.simplefilter("ignore", UserWarning)
-            images = {dst: self.torch.from_numpy(np.require(_frame(obs, src), np.uint8, ["C"])).unsqueeze(0)
+            images = {dst: self.torch.from_numpy(np.require(self._frame(obs, src, dst), np.uint8, ["C"])).unsqueeze(0)
                       for src, dst in keys.items()}
         self._prefetch(images)
         batch = self._preprocess({}, obs)

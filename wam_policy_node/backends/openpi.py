@@ -143,14 +143,8 @@ class OpenPIBackend(Backend):
 
     def actions(self, out, obs: Observation) -> tuple[np.ndarray, dict]:
         """The decoded reply → ((H, 14) actions, chunk info). openpi: ``out[actions_key]``."""
-        try:
-            actions = np.asarray(out[self.cfg["actions_key"]], dtype=np.float64)
-        except Exception as exc:  # noqa: BLE001
-            raise BackendError(f"openpi: malformed reply ({type(exc).__name__}: {exc})") from None
-        if actions.ndim != 2 or actions.shape[1] < 14:
-            raise BackendError(f"openpi: reply '{self.cfg['actions_key']}' has shape {actions.shape}, want (H, 14)")
-        timing = out.get("server_timing") or {}
-        return actions[:, :14], {"server_infer_ms": timing.get("infer_ms")}
+        actions, infer_ms = parse_actions(out, self.cfg["actions_key"], self.name)
+        return actions, {"server_infer_ms": infer_ms}
 
     def _roundtrip(self, msg: dict):
         self._ws.send(self._packer.pack(msg))
@@ -180,10 +174,38 @@ class OpenPIBackend(Backend):
                                f"{reply.strip().splitlines()[-1] if reply.strip() else reply}")
         try:
             out = msgpack_numpy.unpackb(reply)
-        except Exception as exc:  # noqa: BLE001
-            raise BackendError(f"{self.name}: malformed reply ({type(exc).__name__}: {exc})") from None
+        except Exception as exc:  # noqa: BLE001 - any undecodable payload is the server's error
+            raise BackendError(f"{self.name}: malformed reply (not msgpack-numpy: {type(exc).__name__}: {exc})") from None
         actions, info = self.actions(out, obs)
         n = int(self.cfg["n_actions"])
         if n > 0:
             actions = actions[:n]
         return ActionChunk(actions, obs.stamp_ns, (time.perf_counter() - t0) * 1e3, info)
+
+
+def read_reply(reply: bytes, actions_key: str = "actions") -> tuple[np.ndarray, float | None]:
+    """A server's binary reply → ((H, 14) float64 actions, the server's infer_ms or None); anything else
+    (not msgpack-numpy, no such key, not an (H, >=14) numeric array) is a BackendError naming it; non-finite
+    actions pass to the safety filter, which refuses the chunk."""
+    try:
+        out = msgpack_numpy.unpackb(reply)
+    except Exception as exc:  # noqa: BLE001 - any undecodable payload is the server's error
+        raise BackendError(f"openpi: malformed reply (not msgpack-numpy: {type(exc).__name__}: {exc})") from None
+    return parse_actions(out, actions_key)
+
+
+def parse_actions(out, actions_key: str = "actions", name: str = "openpi") -> tuple[np.ndarray, float | None]:
+    """A decoded openpi reply → ((H, 14) float64 actions, the server's infer_ms or None), or a BackendError
+    naming what is wrong."""
+    if not isinstance(out, dict) or actions_key not in out:
+        keys = sorted(map(str, out)) if isinstance(out, dict) else type(out).__name__
+        raise BackendError(f"{name}: malformed reply (no '{actions_key}'; got {keys})")
+    try:
+        actions = np.asarray(out[actions_key], dtype=np.float64)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BackendError(f"{name}: malformed reply ('{actions_key}' is not numeric: {exc})") from None
+    if actions.ndim != 2 or actions.shape[1] < 14 or actions.shape[0] < 1:
+        raise BackendError(f"{name}: reply '{actions_key}' has shape {actions.shape}, want (H, 14)")
+    timing = out.get("server_timing")
+    infer_ms = timing.get("infer_ms") if isinstance(timing, dict) else None
+    return actions[:, :14], float(infer_ms) if isinstance(infer_ms, (int, float)) else None
