@@ -149,15 +149,30 @@ def test_a_colliding_chunk_is_trimmed_to_its_safe_prefix_or_rejected(policy):
         return
     assert st["hold"] is None and st["trimmed"] is Hold.COLLISION_CHUNK
     assert ctl.runtime.remaining(T) == k  # the safe prefix, nothing after it
-    sent = [cmd]
+    sent, holds = [cmd], []
     state = cmd
     for i in range(1, k + 3):
         cmd, st = ctl.step_lockstep(T + i * DT_NS, Observation(T + i * DT_NS, {}, state))
         sent.append(cmd)
+        holds.append(st["hold"])
         state = cmd
-    # after the prefix the next chunk (the same path, from its start) jumps back: a seam, rejected; the arm holds
-    assert st["hold"] in (Hold.SEAM_JUMP, Hold.COLLISION_CHUNK)
+    # after the prefix the next chunk (the same path, from its start) jumps back while the prefix's last command
+    # is being executed: a seam between plans, rejected, the arm holds; the chunk after that starts from the
+    # held command (no plan executing: no seam), ramped by the velocity clamp and trimmed again
+    assert holds[k - 1] is Hold.SEAM_JUMP and holds[k] is None, holds
     assert all(not ChunkChecker().collisions(c) for c in sent)
+
+
+def test_the_first_chunk_and_one_after_a_hold_have_no_seam():
+    """A seam is a jump between plans. The episode's first chunk (measured pose → first action: what the
+    trained ACT's first chunk does at 0.77 rad) and a chunk after a hold are not rejected for it — rejecting
+    would hold for ever, as the policy answers the same state the same way; the velocity clamp ramps there."""
+    far = _ramp(_pose(l_shoulder=-0.5))
+    far[:, 1] -= 0.8  # the first action is 0.8 rad from the pose
+    ctl = _controller(far, "reject")
+    cmd, st = ctl.step_lockstep(T, Observation(T, {}, HOME))
+    assert st["hold"] is None and "chunk_check" not in st
+    assert abs(cmd[1] - HOME[1]) < 0.8  # the clamp, not the jump
 
 
 def test_a_smooth_chunk_passes_untouched():
@@ -177,6 +192,7 @@ def test_realtime_checks_from_the_first_future_action():
 
     assert ctl._accept(Inference(ActionChunk(path, T, 1.0)), T + 5 * DT_NS, HOME, {}) is None
     ctl2 = PolicyController(_Fixed(path), ChunkRuntime("rtc"), SafetyFilter({"chunk": {"policy": "reject"}}))
+    ctl2.last_cmd, ctl2.last_from_chunk = HOME.copy(), True  # a plan is being executed: seams count
     st: dict = {}
     assert ctl2._accept(Inference(ActionChunk(path, T, 1.0)), T + 2 * DT_NS, HOME, st) is Hold.SEAM_JUMP
     assert "(action 2)" in st["chunk_check"]["detail"]

@@ -93,6 +93,19 @@ def _chunk_fault(inject: str) -> dict:
     return ctl.step_lockstep(T, _obs())[1]
 
 
+def _seam() -> dict:
+    """A seam is a jump between plans: the second chunk jumps away from the first one being executed."""
+    backend = make_backend("synthetic", {"needs_images": False, "inject": "seam_jump", "inject_every": 2})
+    ctl = PolicyController(backend, ChunkRuntime("sync"), SafetyFilter({"chunk": {"policy": "reject"}}))
+    state = HOME
+    for i in range(200):
+        cmd, st = ctl.step_lockstep(T + i * 20_000_000, _obs(state, T + i * 20_000_000))
+        if st["hold"] is not None:
+            return st
+        state = cmd
+    return st
+
+
 def _tracking() -> dict:
     """A joint far from its command for longer than the window (0 here): the watchdog holds."""
     ctl = PolicyController(make_backend("synthetic", {"needs_images": False}), ChunkRuntime("sync"),
@@ -112,7 +125,7 @@ SCENARIOS = {  # hold → a status of a controller driven into it
     Hold.MISSING_CAMERA: lambda: _lockstep().step_lockstep(T, _obs(), missing="missing_camera")[1],
     Hold.NAN_CHUNK: lambda: _lockstep(inject="nan_chunk", inject_every=1).step_lockstep(T, _obs())[1],
     Hold.OUT_OF_LIMITS_CHUNK: lambda: _lockstep(inject="out_of_limits", inject_every=1).step_lockstep(T, _obs())[1],
-    Hold.SEAM_JUMP: lambda: _chunk_fault("seam_jump"),
+    Hold.SEAM_JUMP: lambda: _seam(),
     Hold.DYNAMICS_CHUNK: lambda: _chunk_fault("too_fast"),
     Hold.COLLISION_CHUNK: lambda: _chunk_fault("collision"),
     Hold.INFERENCE_ERROR: lambda: _lockstep(inject="error", inject_every=1).step_lockstep(T, _obs())[1],

@@ -125,6 +125,7 @@ class PolicyController:
         self.horizon_hint = horizon_hint
         self.estop = False
         self.last_cmd: np.ndarray | None = None
+        self.last_from_chunk = False  # the last command sent was a chunk's action (not a hold)
         self.last_error: Hold | None = None
         self.last_error_detail: str = ""
         self.last_infer_ms: float | None = None
@@ -149,6 +150,7 @@ class PolicyController:
         self.backend.reset(episode)
         self._observed_ns = None
         self.last_cmd = None
+        self.last_from_chunk = False
         self.last_error = None
         self.tracking_trip = None
         self.watchdog.reset()
@@ -243,8 +245,10 @@ class PolicyController:
         d = self.runtime.first_future(chunk.stamp_ns, arrival_ns)
         if d >= len(a):
             return chunk, None, ""  # all in the past: the runtime never plays it
-        ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
-        seam = chk.seam(a[d], ref)
+        # the seam is a jump between plans: against the command a chunk is executing. With none (the episode's
+        # first chunk, or after a hold) there is no seam: the velocity clamp ramps from the held command or the
+        # measured pose, and rejecting would hold for ever (the policy answers the same state the same way)
+        seam = chk.seam(a[d], self.last_cmd if self.last_from_chunk else None)
         if seam:
             return None, Hold.SEAM_JUMP, f"{seam} (action {d})"
         verdict = chk.check(a, start=d)
@@ -304,6 +308,7 @@ class PolicyController:
             status["tracking"] = {"joint": self.tracking_trip.joint, "error": self.tracking_trip.error}
         if cmd is not None:
             self.last_cmd = cmd
+            self.last_from_chunk = hold is None
         return cmd
 
     def _status(self, t_ns: int, obs: Observation | None) -> dict:
