@@ -19,13 +19,13 @@ import sys
 import threading
 from pathlib import Path
 
-from wam_common.config import ConfigError
+from wam_common.config import ConfigError, deep_merge
 from wam_common.progress import Progress
 from wam_apps.evaluation.results import ResultStore, episode_key
 from wam_apps.evaluation.runner import Job, contiguous_runs, run_jobs
-from wam_apps.evaluation.suites import load_suite
+from wam_apps.evaluation.suites import load_suite, strategy_overrides
 from wam_common.policies import load_policy_config
-from wam_apps.evaluation.table import markdown, write_all
+from wam_apps.evaluation.table import latency_markdown, latency_view, markdown, write_all
 
 
 def add_arguments(p) -> None:
@@ -35,6 +35,10 @@ def add_arguments(p) -> None:
     p.add_argument("--task", default=None, help="sim task (default: the suite's)")
     p.add_argument("--episodes", type=int, default=None, help="episodes per configuration (default: the suite's)")
     p.add_argument("--seed", type=int, default=None, help="first seed (default: the suite's)")
+    p.add_argument("--strategy", action="append", default=None, metavar="LABEL",
+                   help="cross each policy with this runtime strategy: a label of the suite's 'strategies' or "
+                        "sync / temporal_ensemble / rtc; repeat for several (default: the suite's strategies, if any); "
+                        "rows become <policy>+<label>")
     p.add_argument("--clock", choices=["lockstep", "realtime"], default="lockstep",
                    help="lockstep: deterministic; realtime: the policy's true latency is in the loop")
     p.add_argument("--realtime", action="store_const", const="realtime", dest="clock", help="same as --clock realtime")
@@ -66,6 +70,10 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     if episodes < 1:
         raise ConfigError(f"--episodes must be ≥ 1, got {episodes}")
     policies = [load_policy_config(p) for p in (args.policy or ["expert"])]
+    crossed = strategy_overrides(suite, getattr(args, "strategy", None))
+    if crossed:
+        policies = [(f"{n}+{label}", deep_merge(pov, {"runtime": rov})) for n, pov in policies
+                    for label, rov in crossed.items()]
     names = [n for n, _ in policies]
     if len(set(names)) != len(names):
         raise ConfigError(f"--policy: two policies share the name '{sorted(n for n in names if names.count(n) > 1)[0]}'")
@@ -83,7 +91,7 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
             todo = [s for s in seeds if (pname, conf.name, task, s) not in done]
             for run in contiguous_runs(todo, max(1, args.episodes_per_graph)):
                 jobs.append(Job(pname, pov, conf.name, conf.dimension, conf.level, conf.sim, task, run,
-                                clock=args.clock, bags=args.bags, out_dir=str(out)))
+                                clock=args.clock, bags=args.bags, out_dir=str(out), value=conf.value))
     (out / "manifest.json").write_text(json.dumps({
         "suite": suite.name, "task": task, "episodes": episodes, "seed": seed0, "clock": args.clock,
         "policies": dict(policies), "configurations": [c.name for c in suite.configurations],
@@ -168,7 +176,11 @@ def _run(args, jobs: list[Job], wanted: list[tuple], out: Path, suite_name: str)
     rows = [r for r in store.rows() if episode_key(r) in wanted_set]
     table = write_all(rows, out, title=f"{suite_name} · {args.task or ''}".strip(" ·"))
     print(markdown(table))
-    print(f"[eval] results: {out}/results.md (.csv .json .png), episodes: {out}/episodes.jsonl")
+    view = latency_view(rows)
+    if view:
+        print(latency_markdown(view))
+    print(f"[eval] results: {out}/results.md (.csv .json .png){', latency.md (.json .png)' if view else ''}, "
+          f"episodes: {out}/episodes.jsonl")
     missing = len(wanted_set) - len(rows)
     if errors or missing:
         for e in errors:
