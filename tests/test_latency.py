@@ -192,3 +192,45 @@ def test_bad_latency_config_is_a_clear_error():
     b = make_backend("synthetic", {"needs_images": False})
     with pytest.raises(ConfigError, match="latency.*lockstep"):
         PolicyController(b, ChunkRuntime("rtc"), SafetyFilter(), realtime=True, latency=LatencyModel(fixed_s=0.1))
+
+
+def _row(policy: str, conf: str, dim: str, value, success: bool, seed: int, **kw) -> dict:
+    return {"policy": policy, "configuration": conf, "dimension": dim, "level": 0, "task": "t", "seed": seed,
+            "success": success, "value": value, "stall_steps": kw.get("stalls", 0),
+            "seam_jump_max": kw.get("seam", 0.01), "time_to_success_s": 4.0 if success else None}
+
+
+def test_latency_view_finds_where_success_falls_below_80_percent(tmp_path):
+    from wam_apps.evaluation.table import latency_view, write_all
+
+    rows = []
+    # 10 seeds: clean 10/10, 0.1 s 9/10 (90 % ≥ 80 %), 0.4 s 7/10 (< 80 %), 0.8 s 2/10
+    for conf, value, k in (("clean", None, 10), ("latency_2", 0.1, 9), ("latency_4", 0.4, 7), ("latency_5", 0.8, 2)):
+        dim = "Clean" if conf == "clean" else "Latency"
+        rows += [_row("p+sync", conf, dim, value, s < k, s, stalls=3 * s, seam=0.01 * s) for s in range(10)]
+    view = latency_view(rows)
+    v = view["p+sync"]
+    assert [p["latency_s"] for p in v["points"]] == [0.0, 0.1, 0.4, 0.8]
+    assert v["zero_rate"] == 1.0 and v["below_80_s"] == 0.4
+    p = v["points"][1]
+    assert (p["successes"], p["episodes"]) == (9, 10) and p["ci_lo"] < 0.9 < p["ci_hi"]
+    assert p["stall_steps_per_episode"] == pytest.approx(13.5) and p["seam_jump_max"] == pytest.approx(0.09)
+    write_all(rows, tmp_path)
+    md = (tmp_path / "latency.md").read_text()
+    assert "| p+sync | 100.0 [72.2, 100.0] | 90.0 [59.6, 98.2] |" in md and "| 0.4 s |" in md
+    assert (tmp_path / "latency.png").stat().st_size > 0
+    assert latency_view([r for r in rows if r["dimension"] == "Clean"]) == {}
+
+
+def test_latency_suite_and_strategy_crossing():
+    from wam_apps.evaluation.suites import load_suite, strategy_overrides
+
+    s = load_suite("latency")
+    by = {c.name: c for c in s.configurations}
+    assert [by[f"latency_{lv}"].value for lv in range(1, 6)] == [0.05, 0.1, 0.2, 0.4, 0.8]
+    assert by["latency_3"].sim == {"wam_policy_node": {"latency": {"fixed_s": 0.2}}}
+    assert by["latency_pi05-h200"].value == pytest.approx(0.021364) and by["clean"].value == 0.0
+    assert set(strategy_overrides(s, None)) == {"sync", "temporal_ensemble", "rtc"}
+    assert strategy_overrides(s, ["rtc"]) == {"rtc": {"strategy": "rtc", "replan_steps": 10, "blend_steps": 10}}
+    with pytest.raises(ConfigError, match="--strategy fast"):
+        strategy_overrides(s, ["fast"])

@@ -39,6 +39,8 @@ def add_arguments(p) -> None:
                    help="cross each policy with this runtime strategy: a label of the suite's 'strategies' or "
                         "sync / temporal_ensemble / rtc; repeat for several (default: the suite's strategies, if any); "
                         "rows become <policy>+<label>")
+    p.add_argument("--configuration", action="append", default=None, metavar="NAME",
+                   help="run only these configurations of the suite (repeat; default: all)")
     p.add_argument("--clock", choices=["lockstep", "realtime"], default="lockstep",
                    help="lockstep: deterministic; realtime: the policy's true latency is in the loop")
     p.add_argument("--realtime", action="store_const", const="realtime", dest="clock", help="same as --clock realtime")
@@ -69,6 +71,14 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     seed0 = args.seed if args.seed is not None else suite.seed
     if episodes < 1:
         raise ConfigError(f"--episodes must be ≥ 1, got {episodes}")
+    confs = suite.configurations
+    only = getattr(args, "configuration", None)
+    if only:
+        unknown = sorted(set(only) - {c.name for c in confs})
+        if unknown:
+            raise ConfigError(f"--configuration: suite '{suite.name}' has no configuration '{unknown[0]}' (has: "
+                              f"{', '.join(c.name for c in confs)})")
+        confs = [c for c in confs if c.name in only]
     policies = [load_policy_config(p) for p in (args.policy or ["expert"])]
     crossed = strategy_overrides(suite, getattr(args, "strategy", None))
     if crossed:
@@ -85,7 +95,7 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     wanted: list[tuple] = []
     jobs: list[Job] = []
     for pname, pov in policies:
-        for conf in suite.configurations:
+        for conf in confs:
             seeds = [seed0 + j for j in range(episodes)]
             wanted += [(pname, conf.name, task, s) for s in seeds]
             todo = [s for s in seeds if (pname, conf.name, task, s) not in done]
@@ -94,7 +104,7 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
                                 clock=args.clock, bags=args.bags, out_dir=str(out), value=conf.value))
     (out / "manifest.json").write_text(json.dumps({
         "suite": suite.name, "task": task, "episodes": episodes, "seed": seed0, "clock": args.clock,
-        "policies": dict(policies), "configurations": [c.name for c in suite.configurations],
+        "policies": dict(policies), "configurations": [c.name for c in confs],
         "command": " ".join(["wam-policy", "eval"] + sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
     }, indent=1))
     return jobs, wanted, out, suite.name

@@ -239,7 +239,8 @@ def latency_plot(view: dict, path: Path, title: str = "") -> None:
         pts = [p for p in v["points"] if p["latency_s"] is not None and p["rate"] is not None]
         x = [p["latency_s"] for p in pts]
         y = [100 * p["rate"] for p in pts]
-        err = [[100 * (p["rate"] - p["ci_lo"]) for p in pts], [100 * (p["ci_hi"] - p["rate"]) for p in pts]]
+        err = [[max(0.0, 100 * (p["rate"] - p["ci_lo"])) for p in pts],
+               [max(0.0, 100 * (p["ci_hi"] - p["rate"])) for p in pts]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=policy)
     ax.set_xscale("symlog", linthresh=0.02)
     ax.set_xlabel("inference latency (s of sim time; 0 = none)")
