@@ -99,8 +99,8 @@ class _Observer(BackgroundNode):
 
     From the policy's statuses, per episode (the status's ``episode``): ``stall_steps``, the steps
     commanded without a fresh action (a hold: e.g. ``sync`` waiting for a chunk in flight), and
-    ``seam_jump_max``, the largest jump of the runtime's action from the last command at a chunk
-    boundary (arm joints, rad)."""
+    ``seam_jump_max``, at chunk boundaries the largest arm-joint distance of the runtime's new action
+    from the last command sent (rad; it includes any lag of the safety filter's velocity clamp)."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
         from rosgraph_msgs.msg import Clock

@@ -170,6 +170,8 @@ def latency_view(rows: list[dict]) -> dict:
             seams = [r.get("seam_jump_max") for r in rs if r.get("seam_jump_max") is not None]
             points.append({
                 "configuration": conf, "latency_s": value, "level": int(rs[0]["level"]), **cell,
+                # a level of the dimension (its value is the label), else a named configuration (a profile)
+                "dimension_level": rs[0]["dimension"] == CLEAN or str(conf) == f"latency_{rs[0]['level']}",
                 "stall_steps_per_episode": _mean([r.get("stall_steps") for r in rs]),
                 "seam_jump_max": max(seams) if seams else None,
                 "seam_jump_mean": _mean(seams),
@@ -219,9 +221,10 @@ def latency_markdown(view: dict, title: str = "") -> str:
                 f"{_num(p['stall_steps_per_episode'], '.1f')} | {_num(p['seam_jump_max'], '.3f')} / "
                 f"{_num(p['seam_jump_mean'], '.3f')} | {_num(p['time_to_success_s'], '.2f')} |")
     lines += ["", "Stall steps: steps commanded without a fresh action (a hold: the last command repeated). Seam "
-              "jump: the largest jump of the runtime's action from the last command at a chunk boundary (arm "
-              "joints; per episode its maximum; max and mean over episodes). Time to success: sim time of the "
-              "successful episodes."]
+              "jump: at a chunk boundary, the largest arm-joint distance (rad) of the runtime's new action from the "
+              "last command sent (so it includes any lag the safety filter's velocity clamp had built up); per "
+              "episode its maximum, then max and mean over episodes. Time to success: sim time of the successful "
+              "episodes."]
     if not all(p["status_complete"] for v in view.values() for p in v["points"]):
         lines.append("Some episodes' statuses were incomplete (stalls and seams counted from what came).")
     return "\n".join(lines) + "\n"
@@ -234,15 +237,23 @@ def latency_plot(view: dict, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    for policy, v in view.items():
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    n = len(view)
+    ticks: dict[float, str] = {}
+    for i, (policy, v) in enumerate(view.items()):
         pts = [p for p in v["points"] if p["latency_s"] is not None and p["rate"] is not None]
-        x = [p["latency_s"] for p in pts]
+        shift = 0.07 * (i - (n - 1) / 2)  # policies side by side (a relative shift on the log axis)
+        x = [p["latency_s"] * (1 + shift) if p["latency_s"] > 0 else 0.003 * shift for p in pts]
+        for p in pts:
+            ticks[p["latency_s"]] = (f"{p['latency_s']:g}" if p["dimension_level"] else
+                                     p["configuration"].removeprefix("latency_"))
         y = [100 * p["rate"] for p in pts]
         err = [[max(0.0, 100 * (p["rate"] - p["ci_lo"])) for p in pts],
                [max(0.0, 100 * (p["ci_hi"] - p["rate"])) for p in pts]]
         ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=policy)
     ax.set_xscale("symlog", linthresh=0.02)
+    ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)], rotation=35, fontsize=8, ha="right")
+    ax.minorticks_off()
     ax.set_xlabel("inference latency (s of sim time; 0 = none)")
     ax.set_ylabel("success %")
     ax.set_ylim(-3, 105)
