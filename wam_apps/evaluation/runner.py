@@ -209,7 +209,10 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                 written.add(ep)
                 lat = ev.get("latency_ms") or {}
                 steps = int(ev.get("steps", 0))
-                tally = obs.tally(ep, steps, 10.0 if job.clock == "lockstep" else 1.0)
+                if job.clock == "lockstep":  # a status per step: wait for the last one
+                    tally = obs.tally(ep, steps, 10.0)
+                else:  # realtime statuses are per tick, not per sim step: what came so far
+                    tally = {**obs.tally(ep, steps, 0.0), "status_complete": None}
                 row = {
                     "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),

@@ -176,7 +176,7 @@ def latency_view(rows: list[dict]) -> dict:
                 "seam_jump_max": max(seams) if seams else None,
                 "seam_jump_mean": _mean(seams),
                 "time_to_success_s": _mean([r.get("time_to_success_s") for r in rs if r["success"]]),
-                "status_complete": all(r.get("status_complete", True) for r in rs),
+                "status_complete": all(r.get("status_complete") is not False for r in rs),
             })
         points.sort(key=lambda p: (p["latency_s"] is None, p["latency_s"] or 0.0, p["configuration"]))
         entry: dict = {"points": points}
