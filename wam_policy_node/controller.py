@@ -27,8 +27,9 @@ from wam_common.config import ConfigError
 
 from .backends import ActionChunk, Backend, Observation
 from .chunk_check import COLLISION
+from .latency import LatencyModel
 from .runtime import ChunkRuntime
-from .safety import Hold, SafetyFilter
+from .safety import ARM, Hold, SafetyFilter
 from .tracking import Trip, TrackingWatchdog
 
 
@@ -109,13 +110,20 @@ class PolicyController:
     def __init__(self, backend: Backend, runtime: ChunkRuntime, safety: SafetyFilter,
                  clock_ns: Callable[[], int] | None = None, realtime: bool = False,
                  stale_obs_s: float | None = None, inference_timeout_s: float | None = None,
-                 horizon_hint: int = 50, worker_init: Callable[[], None] | None = None):
+                 horizon_hint: int = 50, worker_init: Callable[[], None] | None = None,
+                 latency: LatencyModel | None = None):
         if getattr(backend, "requires_sync_runtime", False) and (runtime.strategy != "sync" or runtime.execute_steps):
             raise ConfigError(
                 f"key 'runtime.strategy': backend '{backend.name}' runs a streaming model that assumes each chunk is "
                 f"executed to its end as predicted: use runtime.strategy: sync and runtime.execute_steps: 0 "
                 f"(have {runtime.strategy}, execute_steps {runtime.execute_steps})")
+        if latency is not None and realtime:
+            raise ConfigError("key 'latency': the latency model is for lockstep (sim time); in realtime the "
+                              "policy's own latency is in the loop")
         self.backend, self.runtime = backend, runtime
+        self.latency = latency
+        self._in_flight: tuple[int, int, Inference] | None = None  # lockstep latency: (arrival_ns, d, result)
+        self._last_chunk_id: int | None = None  # the chunk of the last command (seam jumps)
         self.set_safety(safety)
         if stale_obs_s is not None:
             self.stale_obs_ns = int(float(stale_obs_s) * 1e9)
@@ -155,6 +163,11 @@ class PolicyController:
         self.tracking_trip = None
         self.watchdog.reset()
         self.episode = dict(episode) if episode else None
+        self._in_flight = None
+        self._last_chunk_id = None
+        if self.latency is not None:
+            seed = (episode or {}).get("seed")
+            self.latency.reset(int(seed) if isinstance(seed, (int, float)) else None)
 
     def set_estop(self, on: bool) -> None:
         if self.estop and not on:  # the operator released the e-stop: a latched tracking hold goes with it
@@ -292,6 +305,11 @@ class PolicyController:
             cmd = self.safety.hold(self.last_cmd, state)
         else:
             ref = self.last_cmd if self.last_cmd is not None else (state if self.safety.state_ok(state) else None)
+            cid = status.get("chunk_id")
+            if cid != self._last_chunk_id and self._last_chunk_id is not None and self.last_cmd is not None:
+                # a chunk boundary: how far the runtime's action jumps from the last command (arm joints, rad)
+                status["seam_jump"] = float(np.max(np.abs(np.asarray(action, dtype=np.float64) - self.last_cmd)[ARM]))
+            self._last_chunk_id = cid
             cmd, clamped = self.safety.filter(action, ref)
             status["clamped"] = clamped
             # the backstop: what is sent is not always a checked chunk's action (the RTC blend of two plans,
@@ -306,6 +324,7 @@ class PolicyController:
         status["hold"] = hold
         if hold is Hold.TRACKING_ERROR and self.tracking_trip is not None:
             status["tracking"] = {"joint": self.tracking_trip.joint, "error": self.tracking_trip.error}
+        status["stall"] = hold is not None  # no fresh action this step: the last command (or the state) is held
         if cmd is not None:
             self.last_cmd = cmd
             self.last_from_chunk = hold is None
@@ -326,6 +345,8 @@ class PolicyController:
         """One lockstep step at sim time ``t_ns``. ``missing`` names a hold the caller found (a
         :class:`Hold` or its string, e.g. ``missing_camera``) that only matters when a new chunk is needed."""
         missing = Hold(missing) if missing else None
+        if self.latency is not None:
+            return self._step_delayed(t_ns, obs, missing)
         status = self._status(t_ns, obs)
         self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
@@ -348,6 +369,60 @@ class PolicyController:
                     status["rejected"] = reason
                     if not self.runtime.covers(t_ns):
                         hold = reason
+        status.setdefault("infer_ms", self.last_infer_ms)
+        status["chunk_stamp_ns"] = self.last_chunk_stamp
+        return self._command(t_ns, state, hold, status), status
+
+    # -- lockstep with a latency model ---------------------------------------------------------
+    def _deliver(self, t_ns: int, status: dict | None = None) -> None:
+        """Hand the runtime the in-flight chunk once its arrival step ``<= t_ns`` has come."""
+        if self._in_flight is None or self._in_flight[0] > t_ns:
+            return
+        arrival_ns, _, inference = self._in_flight
+        self._in_flight = None
+        reason = self._accept(inference, arrival_ns, None, status)
+        if status is not None:
+            status["arrived"] = True
+            if reason:
+                status["rejected"] = reason
+
+    def wants_observation(self, t_ns: int) -> bool:
+        """Lockstep: whether step ``t_ns`` starts an inference (so needs the step's frames)."""
+        if self.latency is None:
+            return self.runtime.should_infer(t_ns)
+        self._deliver(t_ns)  # what arrives by t_ns decides (the step itself would deliver it first)
+        return self._in_flight is None and self.runtime.should_infer(t_ns)
+
+    def _step_delayed(self, t_ns: int, obs: Observation, missing: Hold | None) -> tuple[np.ndarray | None, dict]:
+        """:meth:`step_lockstep` with the latency model: an inference started at ``t`` is computed now (the
+        result does not depend on when) and handed to the runtime at ``t + d`` steps; one at a time."""
+        status = self._status(t_ns, obs)
+        self._observe(obs, missing, status)
+        self._deliver(t_ns, status)
+        state = obs.state if obs is not None else None
+        hold = None
+        if self.estop:
+            hold = Hold.ESTOP
+        elif not self.safety.state_ok(state):
+            hold = Hold.BAD_STATE
+        elif self._in_flight is None and self.runtime.should_infer(t_ns):
+            if missing:
+                hold = missing
+            else:
+                d = self.latency.sample_steps(self.runtime.dt_ns / 1e9)
+                obs = self._prepare(obs, t_ns)
+                if self.backend.supports_rtc:
+                    obs.inference_delay = d
+                t0 = time.perf_counter()
+                inference = self._infer(obs)
+                status["inferred"] = True
+                status["infer_ms"] = (time.perf_counter() - t0) * 1e3
+                status["latency_steps"] = d
+                self._in_flight = (t_ns + d * self.runtime.dt_ns, d, inference)
+                self._deliver(t_ns, status)  # d == 0: available at once
+        status["in_flight"] = self._in_flight is not None
+        if hold is None and status.get("rejected") and not self.runtime.covers(t_ns):
+            hold = status["rejected"]
         status.setdefault("infer_ms", self.last_infer_ms)
         status["chunk_stamp_ns"] = self.last_chunk_stamp
         return self._command(t_ns, state, hold, status), status

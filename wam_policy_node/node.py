@@ -41,7 +41,7 @@ from wam_common.node_main import forward_logging, run_node, stop_forwarding
 from wam_common.params import declare_tree
 from wam_common.schema import Param, Service, defaults, publishes, subscribes
 
-from . import backends, observation, runtime, safety
+from . import backends, latency, observation, runtime, safety
 from .backends import Observation
 from .controller import PolicyController
 from .framesize import FrameSizeError, FrameSizeGate
@@ -74,6 +74,7 @@ PARAMS = {
         [0, 0], "[height, width] every camera frame must have; [0, 0] = any (sizes announced by the sim's "
                 "EPISODE start event, or learnt, are enforced then)")),
     "runtime": runtime.PARAMS,
+    "latency": latency.PARAMS,
     "safety": safety.PARAMS,
     "sync": {
         "slop_s": Param(0.025, "realtime: largest stamp spread between the cameras and joint states of one "
@@ -171,6 +172,7 @@ class WamPolicyNode(Node):
             bcfg = cfg["backend"].get(btype, {}) if isinstance(cfg["backend"].get(btype), dict) else {}
             self.backend = backends.make_backend(btype, bcfg)
             self.runtime = runtime.ChunkRuntime.from_config(cfg["runtime"])
+            self.latency = latency.LatencyModel.from_config(cfg["latency"])
             self.safety = safety.SafetyFilter(cfg["safety"])
         except ConfigError:
             raise
@@ -178,7 +180,7 @@ class WamPolicyNode(Node):
             raise ConfigError(f"node 'wam_policy_node': {exc}") from None
         self.controller = PolicyController(
             self.backend, self.runtime, self.safety, clock_ns=lambda: self.get_clock().now().nanoseconds,
-            realtime=not self.lockstep, horizon_hint=int(bcfg.get("horizon", 50) or 50))
+            realtime=not self.lockstep, horizon_hint=int(bcfg.get("horizon", 50) or 50), latency=self.latency)
         self.dry_run = bool(cfg["safety"]["dry_run"])
         self.cams = list(self.obs_map.cameras)
         self.needs_images = bool(self.backend.needs_images)
@@ -189,7 +191,7 @@ class WamPolicyNode(Node):
         self.lock = Lockstep(
             self.inputs, self.obs_map, needs_images=self.needs_images,
             needs_privileged=bool(self.backend.needs_privileged), streams=bool(self.backend.streams_observations),
-            should_infer=self.runtime.should_infer,
+            should_infer=self.controller.wants_observation,
             privileged_published=lambda: self.count_publishers(topics.PRIVILEGED_STATE) > 0,
             on_episode=self._start_episode, wait_s=cfg["sync"]["lockstep_wait_s"],
             reanswer_after_s=cfg["sync"]["reanswer_after_s"])
@@ -243,6 +245,7 @@ class WamPolicyNode(Node):
         self.create_timer(1.0, self._publish_diag, callback_group=self._ctl, clock=steady)
         self.get_logger().info(
             f"backend={self.backend.name} strategy={self.runtime.strategy} mode={'lockstep' if self.lockstep else 'realtime'}"
+            + (f" latency={self.latency.describe()}" if self.latency is not None else "") +
             f" cameras={self.cams if self.needs_images else []} output={self.cmd_topic}")
 
     def _on_params(self, cfg: dict, changed: set[str]):

@@ -20,13 +20,13 @@ import sys
 import threading
 from pathlib import Path
 
-from wam_common.config import ConfigError
+from wam_common.config import ConfigError, deep_merge
 from wam_common.progress import Progress
 from wam_apps.evaluation.results import ResultStore, episode_key
 from wam_apps.evaluation.runner import Job, contiguous_runs, run_jobs
-from wam_apps.evaluation.suites import load_suite
+from wam_apps.evaluation.suites import load_suite, strategy_overrides
 from wam_common.policies import load_policy_config
-from wam_apps.evaluation.table import markdown, write_all
+from wam_apps.evaluation.table import latency_markdown, latency_view, markdown, write_all
 
 
 def add_arguments(p) -> None:
@@ -39,6 +39,12 @@ def add_arguments(p) -> None:
     p.add_argument("--world", default="nominal",
                    help="the sim world (config/worlds/<name>.yaml or a path; default nominal): run the same episodes "
                         "in --world cousin for a parity study (wam-policy parity-study)")
+    p.add_argument("--strategy", action="append", default=None, metavar="LABEL",
+                   help="cross each policy with this runtime strategy: a label of the suite's 'strategies' or "
+                        "sync / temporal_ensemble / rtc; repeat for several (default: the suite's strategies, if any); "
+                        "rows become <policy>+<label>")
+    p.add_argument("--configuration", action="append", default=None, metavar="NAME",
+                   help="run only these configurations of the suite (repeat; default: all)")
     p.add_argument("--clock", choices=["lockstep", "realtime"], default="lockstep",
                    help="lockstep: deterministic; realtime: the policy's true latency is in the loop")
     p.add_argument("--realtime", action="store_const", const="realtime", dest="clock", help="same as --clock realtime")
@@ -69,7 +75,19 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     seed0 = args.seed if args.seed is not None else suite.seed
     if episodes < 1:
         raise ConfigError(f"--episodes must be ≥ 1, got {episodes}")
+    confs = suite.configurations
+    only = getattr(args, "configuration", None)
+    if only:
+        unknown = sorted(set(only) - {c.name for c in confs})
+        if unknown:
+            raise ConfigError(f"--configuration: suite '{suite.name}' has no configuration '{unknown[0]}' (has: "
+                              f"{', '.join(c.name for c in confs)})")
+        confs = [c for c in confs if c.name in only]
     policies = [load_policy_config(p) for p in (args.policy or ["expert"])]
+    crossed = strategy_overrides(suite, getattr(args, "strategy", None))
+    if crossed:
+        policies = [(f"{n}+{label}", deep_merge(pov, {"runtime": rov})) for n, pov in policies
+                    for label, rov in crossed.items()]
     names = [n for n, _ in policies]
     if len(set(names)) != len(names):
         raise ConfigError(f"--policy: two policies share the name '{sorted(n for n in names if names.count(n) > 1)[0]}'")
@@ -86,17 +104,18 @@ def plan(args) -> tuple[list[Job], list[tuple], Path, str]:
     wanted: list[tuple] = []
     jobs: list[Job] = []
     for pname, pov in policies:
-        for conf in suite.configurations:
+        for conf in confs:
             seeds = [seed0 + j for j in range(episodes)]
             wanted += [(pname, conf.name, task, s) for s in seeds]
             todo = [s for s in seeds if (pname, conf.name, task, s) not in done]
             for run in contiguous_runs(todo, max(1, args.episodes_per_graph)):
                 jobs.append(Job(pname, pov, conf.name, conf.dimension, conf.level, conf.sim, task, run,
-                                clock=args.clock, bags=args.bags, out_dir=str(out), world=str(args.world)))
+                                clock=args.clock, bags=args.bags, out_dir=str(out), world=str(args.world),
+                                value=conf.value))
     (out / "manifest.json").write_text(json.dumps({
         "suite": suite.name, "task": task, "episodes": episodes, "seed": seed0, "clock": args.clock,
         "world": world.name, "world_config": world.to_dict()["world"],
-        "policies": dict(policies), "configurations": [c.name for c in suite.configurations],
+        "policies": dict(policies), "configurations": [c.name for c in confs],
         "command": " ".join(["wam-policy", "eval"] + sys.argv[2:]) if sys.argv[1:2] == ["eval"] else None,
     }, indent=1))
     return jobs, wanted, out, suite.name
@@ -187,7 +206,11 @@ def _run(args, jobs: list[Job], wanted: list[tuple], out: Path, suite_name: str)
     rows = [r for r in store.rows() if episode_key(r) in wanted_set]
     table = write_all(rows, out, title=f"{suite_name} · {args.task or ''}".strip(" ·"))
     print(markdown(table))
-    print(f"[eval] results: {out}/results.md (.csv .json .png), episodes: {out}/episodes.jsonl")
+    view = latency_view(rows)
+    if view:
+        print(latency_markdown(view))
+    print(f"[eval] results: {out}/results.md (.csv .json .png){', latency.md (.json .png)' if view else ''}, "
+          f"episodes: {out}/episodes.jsonl")
     missing = len(wanted_set) - len(rows)
     if errors or missing:
         for e in errors:

@@ -39,6 +39,7 @@ class Job:
     graph: str = "aloha_sim"
     timeout_per_episode_s: float = 900.0
     world: str = "nominal"  # sim_bridge's world (config/worlds): the sim, or the cousin standing in for a robot
+    value: float | None = None  # what the configuration's level stands for (Latency: seconds)
 
     @property
     def job_id(self) -> str:
@@ -100,7 +101,12 @@ class _Observer(BackgroundNode):
 
     Command times are read on the sim's ``/clock`` (the robot's time: a sim slowed by
     ``realtime.speed``, or one that cannot keep real time on a loaded machine, is not a policy
-    stall); a stall is a gap of more than 1.5 control periods between commands."""
+    stall); a stall is a gap of more than 1.5 control periods between commands.
+
+    From the policy's statuses, per episode (the status's ``episode``): ``stall_steps``, the steps
+    commanded without a fresh action (a hold: e.g. ``sync`` waiting for a chunk in flight), and
+    ``seam_jump_max``, at chunk boundaries the largest arm-joint distance of the runtime's new action
+    from the last command sent (rad; it includes any lag of the safety filter's velocity clamp)."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
         from rosgraph_msgs.msg import Clock
@@ -117,6 +123,7 @@ class _Observer(BackgroundNode):
         self.cur_cmd_t: list[float] = []
         self.clock_s: float | None = None
         self.per_episode: dict[int, dict] = {}
+        self.tallies: dict[int, dict] = {}  # episode → stall_steps, seam_jump_max, last step seen
         # created before the command subscription: when both are ready, the clock is read first
         self.node.create_subscription(Clock, topics.CLOCK, self._on_clock, 10)
         self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
@@ -147,9 +154,29 @@ class _Observer(BackgroundNode):
         except ValueError:
             return
         ms = st.get("infer_ms")
-        if isinstance(ms, (int, float)) and ms > 0:
-            with self.lock:
+        with self.lock:
+            if isinstance(ms, (int, float)) and ms > 0:
                 self.cur_infer.append(float(ms))
+            ep = st.get("episode")
+            if isinstance(ep, int) and st.get("published", True):
+                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "last_step": -1})
+                t["stall_steps"] += bool(st.get("stall"))
+                if isinstance(st.get("seam_jump"), (int, float)):
+                    t["seam_jump_max"] = max(t["seam_jump_max"], float(st["seam_jump"]))
+                if isinstance(st.get("step"), int):
+                    t["last_step"] = max(t["last_step"], st["step"])
+                self.lock.notify_all()
+
+    def tally(self, episode: int, steps: int, timeout_s: float) -> dict:
+        """The episode's status tallies once the status of its last step (``steps - 1``) came (lockstep: every
+        step has one), at most ``timeout_s``; ``status_complete`` says whether it did."""
+        deadline = time.monotonic() + timeout_s
+        with self.lock:
+            while self.tallies.get(episode, {}).get("last_step", -1) < steps - 1 and time.monotonic() < deadline:
+                self.lock.wait(timeout=0.1)
+            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "last_step": -1}))
+        t["status_complete"] = t.pop("last_step") >= steps - 1
+        return t
 
     def _on_clock(self, msg):
         with self.lock:
@@ -187,12 +214,19 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                 ep = int(ev["episode"])
                 written.add(ep)
                 lat = ev.get("latency_ms") or {}
+                steps = int(ev.get("steps", 0))
+                if job.clock == "lockstep":  # a status per step: wait for the last one
+                    tally = obs.tally(ep, steps, 10.0)
+                else:  # realtime statuses are per tick, not per sim step: what came so far
+                    tally = {**obs.tally(ep, steps, 0.0), "status_complete": None}
                 row = {
                     "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
                     "success": bool(ev["success"]), "steps": int(ev.get("steps", 0)),
                     "reason": ev.get("reason", ""), "clock": job.clock, "world": ev.get("world", job.world),
                     "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": None}),
+                    "value": job.value, **tally,
+                    "time_to_success_s": round(steps * topics.DT, 4) if ev["success"] else None,
                     "bag": None if job.bags == "none" else str(Path(g.node("recorder").parameters["output_dir"])
                                                               / g.node("recorder").parameters["bag_name"]),
                 }

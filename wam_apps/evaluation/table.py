@@ -1,9 +1,17 @@
 """The study's robustness table with Wilson 95 % intervals: Markdown, CSV, JSON and a PNG chart.
 
 Rows are policies; columns Clean, then the study's dimensions (Camera, Robot, Language, Light,
-Background, Noise, Layout) — each the success rate over all its levels and seeds — and Total
-(all perturbed episodes, as in LIBERO-Plus). Next to success: mean inference ms and stalls
-(command gaps > 1.5 control periods of the sim's clock), which ``--clock realtime`` makes meaningful.
+Background, Noise, Layout), then Latency when run — each the success rate over all its levels and
+seeds — and Total (all perturbed episodes, as in LIBERO-Plus). Next to success: mean inference ms
+and stalls (command gaps > 1.5 control periods of the sim's clock), which ``--clock realtime``
+makes meaningful.
+
+When the rows hold a Latency dimension (``config/suites/latency.yaml``), :func:`latency_view` adds
+success vs latency per policy (per ``<policy>+<strategy>``): the clean run is latency 0, each
+Latency configuration its ``value`` in seconds; per point the Wilson interval, stall steps per
+episode (steps commanded without a fresh action), the largest seam jump (rad) and the mean time
+to success; and the first latency where success falls below 80 % of the zero-latency success.
+Written as ``latency.{md,json,png}`` next to the results.
 """
 from __future__ import annotations
 
@@ -14,9 +22,11 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
-from wam_apps.evaluation.suites import CLEAN, DIMENSIONS
+from wam_apps.evaluation.suites import CLEAN, DIMENSIONS, EXTRA_DIMENSIONS
 
-COLUMNS = (CLEAN,) + DIMENSIONS + ("Total",)
+COLUMNS = (CLEAN,) + DIMENSIONS + EXTRA_DIMENSIONS + ("Total",)
+LATENCY = "Latency"
+DROP = 0.8  # "falls below 80 % of its zero-latency success"
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -134,8 +144,130 @@ def bar_chart(table: dict, path: Path, title: str = "") -> None:
     plt.close(fig)
 
 
+def _mean(xs: list) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return (sum(xs) / len(xs)) if xs else None
+
+
+def latency_view(rows: list[dict]) -> dict:
+    """policy → {"points": [...] sorted by latency, "below_80_s": first latency with success < 80 % of the
+    zero-latency success (None: never; absent without a clean run)}; {} when no row is a Latency one."""
+    if not any(r["dimension"] == LATENCY for r in rows):
+        return {}
+    by_policy: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        if r["dimension"] in (CLEAN, LATENCY):
+            by_policy[r["policy"]].append(r)
+    out = {}
+    for policy in sorted(by_policy):
+        confs: dict[str, list[dict]] = defaultdict(list)
+        for r in by_policy[policy]:
+            confs[r["configuration"]].append(r)
+        points = []
+        for conf, rs in confs.items():
+            value = 0.0 if rs[0]["dimension"] == CLEAN else rs[0].get("value")
+            cell = _cell(rs)
+            seams = [r.get("seam_jump_max") for r in rs if r.get("seam_jump_max") is not None]
+            points.append({
+                "configuration": conf, "latency_s": value, "level": int(rs[0]["level"]), **cell,
+                # a level of the dimension (its value is the label), else a named configuration (a profile)
+                "dimension_level": rs[0]["dimension"] == CLEAN or str(conf) == f"latency_{rs[0]['level']}",
+                "stall_steps_per_episode": _mean([r.get("stall_steps") for r in rs]),
+                "seam_jump_max": max(seams) if seams else None,
+                "seam_jump_mean": _mean(seams),
+                "time_to_success_s": _mean([r.get("time_to_success_s") for r in rs if r["success"]]),
+                "status_complete": all(r.get("status_complete") is not False for r in rs),
+            })
+        points.sort(key=lambda p: (p["latency_s"] is None, p["latency_s"] or 0.0, p["configuration"]))
+        entry: dict = {"points": points}
+        zero = [p for p in points if p["latency_s"] == 0.0]
+        if zero and zero[0]["rate"] is not None:
+            base = zero[0]["rate"]
+            entry["zero_rate"] = base
+            entry["below_80_s"] = next((p["latency_s"] for p in points if p["latency_s"] and p["rate"] is not None
+                                        and p["rate"] < DROP * base), None)
+        out[policy] = entry
+    return out
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def latency_markdown(view: dict, title: str = "") -> str:
+    lines = [f"### {title}", ""] if title else []
+    lats = sorted({(p["latency_s"], p["configuration"]) for v in view.values() for p in v["points"]},
+                  key=lambda x: (x[0] is None, x[0] or 0.0, x[1]))
+    head = [f"{c} ({_num(s, 'g')} s)" if s else c for s, c in lats]
+    lines.append("| Policy + strategy | " + " | ".join(head) + " | below 80 % of 0-latency success at |")
+    lines.append("|---|" + "---|" * (len(lats) + 1))
+    for policy, v in view.items():
+        by = {p["configuration"]: p for p in v["points"]}
+        cells = [("—" if c not in by or by[c]["rate"] is None else
+                  f"{_pct(by[c]['rate'])} [{_pct(by[c]['ci_lo'])}, {_pct(by[c]['ci_hi'])}]") for _, c in lats]
+        if "zero_rate" not in v:
+            drop = "— (no clean run)"
+        else:
+            drop = "never (in this range)" if v["below_80_s"] is None else f"{v['below_80_s']:g} s"
+        lines.append(f"| {policy} | " + " | ".join(cells) + f" | {drop} |")
+    lines += ["", "Success % [Wilson 95 %].", "",
+              "| Policy + strategy | configuration | latency (s) | success | n | stall steps / episode | "
+              "seam jump max / mean (rad) | time to success (s) |", "|---|---|---|---|---|---|---|---|"]
+    for policy, v in view.items():
+        for p in v["points"]:
+            lines.append(
+                f"| {policy} | {p['configuration']} | {_num(p['latency_s'], 'g')} | {_pct(p['rate'])} "
+                f"[{_pct(p['ci_lo'])}, {_pct(p['ci_hi'])}] | {p['episodes']} | "
+                f"{_num(p['stall_steps_per_episode'], '.1f')} | {_num(p['seam_jump_max'], '.3f')} / "
+                f"{_num(p['seam_jump_mean'], '.3f')} | {_num(p['time_to_success_s'], '.2f')} |")
+    lines += ["", "Stall steps: steps commanded without a fresh action (a hold: the last command repeated). Seam "
+              "jump: at a chunk boundary, the largest arm-joint distance (rad) of the runtime's new action from the "
+              "last command sent (so it includes any lag the safety filter's velocity clamp had built up); per "
+              "episode its maximum, then max and mean over episodes. Time to success: sim time of the successful "
+              "episodes."]
+    if not all(p["status_complete"] for v in view.values() for p in v["points"]):
+        lines.append("Some episodes' statuses were incomplete (stalls and seams counted from what came).")
+    return "\n".join(lines) + "\n"
+
+
+def latency_plot(view: dict, path: Path, title: str = "") -> None:
+    """Success vs latency (symlog x axis, seconds) per policy + strategy, with Wilson intervals."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.8))
+    n = len(view)
+    ticks: dict[float, str] = {}
+    for i, (policy, v) in enumerate(view.items()):
+        pts = [p for p in v["points"] if p["latency_s"] is not None and p["rate"] is not None]
+        shift = 0.07 * (i - (n - 1) / 2)  # policies side by side (a relative shift on the log axis)
+        x = [p["latency_s"] * (1 + shift) if p["latency_s"] > 0 else 0.003 * shift for p in pts]
+        for p in pts:
+            ticks[p["latency_s"]] = (f"{p['latency_s']:g}" if p["dimension_level"] else
+                                     p["configuration"].removeprefix("latency_"))
+        y = [100 * p["rate"] for p in pts]
+        err = [[max(0.0, 100 * (p["rate"] - p["ci_lo"])) for p in pts],
+               [max(0.0, 100 * (p["ci_hi"] - p["rate"])) for p in pts]]
+        ax.errorbar(x, y, yerr=err, marker="o", capsize=3, label=policy)
+    ax.set_xscale("symlog", linthresh=0.02)
+    ax.set_xticks(sorted(ticks), [ticks[k] for k in sorted(ticks)], rotation=35, fontsize=8, ha="right")
+    ax.minorticks_off()
+    ax.set_xlabel("inference latency (s of sim time; 0 = none)")
+    ax.set_ylabel("success %")
+    ax.set_ylim(-3, 105)
+    ax.set_title(title or "success vs inference latency (Wilson 95 % CI)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def write_all(rows: list[dict], out_dir: Path, title: str = "") -> dict:
-    """results.json, results.csv, results.md, results.png in ``out_dir``; returns the table."""
+    """results.json, results.csv, results.md, results.png in ``out_dir`` (and latency.{md,json,png} when the
+    rows hold a Latency dimension); returns the table."""
     table = build(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "results.json").write_text(json.dumps(table, indent=1, sort_keys=True))
@@ -143,4 +275,9 @@ def write_all(rows: list[dict], out_dir: Path, title: str = "") -> dict:
     (out_dir / "results.md").write_text(markdown(table, title))
     if table:
         bar_chart(table, out_dir / "results.png", title)
+    view = latency_view(rows)
+    if view:
+        (out_dir / "latency.json").write_text(json.dumps(view, indent=1, sort_keys=True))
+        (out_dir / "latency.md").write_text(latency_markdown(view, title))
+        latency_plot(view, out_dir / "latency.png", title)
     return table
