@@ -200,3 +200,19 @@ def test_resolved_options(cfg, ptype, device, want):
 def test_option_clashes_are_config_errors(cfg, ptype, device, text):
     with pytest.raises(ConfigError, match=f"^{re.escape(text)}$"):
         resolve_options({**DEFAULTS, **cfg}, ptype, device)
+
+
+def test_the_watchdog_and_the_estop_hold_with_a_latency_model_too():
+    """The lockstep step with a latency model (wam_policy_node.latency) goes through the same gate: e-stop,
+    bad state, tracking watchdog."""
+    from wam_policy_node.latency import LatencyModel
+
+    ctl = PolicyController(make_backend("synthetic", {"needs_images": False}), ChunkRuntime("rtc"),
+                           SafetyFilter({"tracking": {"window_s": 0.0}}), latency=LatencyModel(fixed_s=0.1))
+    ctl.step_lockstep(T, _obs())
+    blocked = HOME.copy()
+    blocked[2] += 1.0
+    st = ctl.step_lockstep(T + 20_000_000, _obs(blocked, T + 20_000_000))[1]
+    assert st["hold"] is Hold.TRACKING_ERROR and st["tracking"]["joint"] == "left/elbow"
+    ctl.set_estop(True)
+    assert ctl.step_lockstep(T + 40_000_000, _obs(blocked, T + 40_000_000))[1]["hold"] is Hold.ESTOP

@@ -275,6 +275,15 @@ class PolicyController:
         return (ActionChunk(a[:k], chunk.stamp_ns, chunk.infer_ms, chunk.info), reason,
                 f"{detail}; trimmed to its first {k} actions")
 
+    def _gate(self, t_ns: int, state) -> Hold | None:
+        """The holds a lockstep step checks before anything else, with or without a latency model: the e-stop,
+        a bad measured state, the tracking watchdog."""
+        if self.estop:
+            return Hold.ESTOP
+        if not self.safety.state_ok(state):
+            return Hold.BAD_STATE
+        return self._track(t_ns, state)
+
     def _track(self, t_ns: int, state) -> Hold | None:
         """The tracking watchdog on this step's measured state (against the command sent before it). A trip holds
         the last command (not the measured pose: a frozen sensor's pose can be far from the arm) and latches."""
@@ -350,14 +359,8 @@ class PolicyController:
         status = self._status(t_ns, obs)
         self._observe(obs, missing, status)
         state = obs.state if obs is not None else None
-        hold = None
-        if self.estop:
-            hold = Hold.ESTOP
-        elif not self.safety.state_ok(state):
-            hold = Hold.BAD_STATE
-        elif self._track(t_ns, state):
-            hold = Hold.TRACKING_ERROR
-        elif self.runtime.should_infer(t_ns):
+        hold = self._gate(t_ns, state)
+        if hold is None and self.runtime.should_infer(t_ns):
             if missing:
                 hold = missing
             else:
@@ -400,12 +403,8 @@ class PolicyController:
         self._observe(obs, missing, status)
         self._deliver(t_ns, status)
         state = obs.state if obs is not None else None
-        hold = None
-        if self.estop:
-            hold = Hold.ESTOP
-        elif not self.safety.state_ok(state):
-            hold = Hold.BAD_STATE
-        elif self._in_flight is None and self.runtime.should_infer(t_ns):
+        hold = self._gate(t_ns, state)
+        if hold is None and self._in_flight is None and self.runtime.should_infer(t_ns):
             if missing:
                 hold = missing
             else:
