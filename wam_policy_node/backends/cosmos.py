@@ -45,12 +45,7 @@ class CosmosBackend(Backend):
 
         self.requests = requests
         self.session = requests.Session()
-        self.image_map = {}
-        for item in self.cfg["image_map"]:
-            if ":" not in str(item):
-                raise ConfigError(f"key 'backend.cosmos.image_map': '{item}' is not 'node_key:server_key'")
-            a, b = str(item).split(":", 1)
-            self.image_map[a] = b
+        self.image_map = image_map(self.cfg["image_map"], "backend.cosmos.image_map")
         size = [int(v) for v in self.cfg["image_size"]]
         self.size = tuple(size) if len(size) == 2 and min(size) > 0 else None
         self.last_value: float | None = None
@@ -81,6 +76,17 @@ class CosmosBackend(Backend):
 
     def close(self) -> None:
         self.session.close()
+
+
+def image_map(items, key: str) -> dict[str, str]:
+    """``["node_key:server_key", ...]`` → {node_key: server_key}; a malformed item is a ConfigError naming ``key``."""
+    out = {}
+    for item in items:
+        if ":" not in str(item):
+            raise ConfigError(f"key '{key}': '{item}' is not 'node_key:server_key'")
+        a, b = str(item).split(":", 1)
+        out[a] = b
+    return out
 
 
 def post_act(backend, name: str, payload: dict):

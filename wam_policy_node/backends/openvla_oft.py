@@ -30,7 +30,7 @@ from wam_common.config import ConfigError
 from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
-from .cosmos import chunk14, post_act
+from .cosmos import chunk14, image_map, post_act
 from ..observation import resize_with_pad
 
 PARAMS = {
@@ -64,12 +64,7 @@ class OpenVLAOFTBackend(Backend):
 
         self.requests = requests
         self.session = requests.Session()
-        self.image_map = {}
-        for item in self.cfg["image_map"]:
-            if ":" not in str(item):
-                raise ConfigError(f"key 'backend.openvla_oft.image_map': '{item}' is not 'node_key:request_key'")
-            a, b = str(item).split(":", 1)
-            self.image_map[a] = b
+        self.image_map = image_map(self.cfg["image_map"], "backend.openvla_oft.image_map")
         size = [int(v) for v in self.cfg["image_size"]]
         if len(size) != 2 or min(size) < 0:
             raise ConfigError(f"key 'backend.openvla_oft.image_size': {size} is not [height, width]")
