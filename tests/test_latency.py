@@ -165,7 +165,8 @@ def _at(data, path):
 
 def test_profiles_carry_the_numbers_of_their_source():
     names = profile_names()
-    assert {"pi05-h200", "smolvla-h200", "fastwam-h200", "lingbot-h200"} <= set(names)
+    assert {"pi05-h200", "smolvla-h200", "fastwam-h200", "lingbot-h200", "pi05-h100", "xvla-h100",
+            "vla_jepa-h100"} <= set(names)
     for name in names:
         p = load_profile(name)
         src = ROOT / p.source
