@@ -146,6 +146,26 @@ def pytest_configure(config):
     rclpy.init = _guard("starts DDS (rclpy.init)", rclpy.init)
 
 
+_sigint_leaks: list[str] = []
+
+
+def _sigint_state() -> tuple[bool, bool]:
+    """(ignored, blocked) for SIGINT in this thread, as the kernel has it (/proc): a C library can change it
+    without Python's signal module knowing."""
+    import re
+    import signal
+    from pathlib import Path
+
+    try:
+        txt = Path("/proc/thread-self/status").read_text()
+    except OSError:
+        return False, False
+    bit = 1 << (signal.SIGINT - 1)
+    ign = int(re.search(r"SigIgn:\s*([0-9a-f]+)", txt).group(1), 16)
+    blk = int(re.search(r"SigBlk:\s*([0-9a-f]+)", txt).group(1), 16)
+    return bool(ign & bit), bool(blk & bit)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     if item.get_closest_marker("unit"):
@@ -154,6 +174,16 @@ def pytest_runtest_protocol(item, nextitem):
         return (yield)
     finally:
         _running_unit.clear()
+        # SIGINT ignored or blocked in the test process is inherited by every subprocess started after it
+        # (a Python child then installs no KeyboardInterrupt handler, bash keeps it ignored for `ros2 launch`):
+        # Ctrl-C tests of later modules would fail for a reason not theirs. Restore it, and name the test.
+        ignored, blocked = _sigint_state()
+        if ignored or blocked:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            _sigint_leaks.append(f"{item.nodeid} ({'ignored' if ignored else ''}{' blocked' if blocked else ''})")
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -161,3 +191,5 @@ def pytest_terminal_summary(terminalreporter):
     import ros2_tools
 
     terminalreporter.write_line(f"ROS 2 tools: {ros2_tools.describe() if not ros2_tools.missing() else ros2_tools.missing()}")
+    for leak in _sigint_leaks:
+        terminalreporter.write_line(f"SIGINT left ignored/blocked in the test process (restored) after: {leak}")

@@ -110,7 +110,7 @@ def test_expert_is_blind_to_stream_level_perturbations(smoke):
 def test_interrupt_and_resume_gives_the_same_table(tmp_path, mini_suite, mini_sequential):
     out = tmp_path / "resumed"
     cmd = [sys.executable, "-m", "wam_apps.cli", "eval", "--suite", str(mini_suite), "--out", str(out),
-           "--bags", "none", "--episodes-per-graph", "2"]
+           "--bags", "none", "--episodes-per-graph", "1"]  # a graph per episode: the interrupt lands between two
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     store = ResultStore(out)
