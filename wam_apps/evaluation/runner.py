@@ -79,13 +79,16 @@ def graph_overrides(job: Job) -> dict:
     if lockstep:  # likewise the policy waits for a step's frames instead of holding
         ov["wam_policy_node"] = deep_merge({"sync": {"lockstep_wait_s": 300.0}}, ov["wam_policy_node"])
     ov = deep_merge(ov, job.sim_overrides)
+    # the sim starts the first episode once these nodes are up: the eval's own observer (it tallies every step's
+    # policy status, so it must hear the first one), and the recorder unless there is none (then the sim must not
+    # wait start_wait_s for it)
+    waits = ov["sim_bridge"].get("start_wait_nodes")
+    if waits is None:
+        waits = load_graph(job.graph).node("sim_bridge").parameters.get("start_wait_nodes", [""])
+    waits = [n for n in waits if n.strip("/") and not (job.bags == "none" and n.strip("/") == "recorder")]
+    ov["sim_bridge"]["start_wait_nodes"] = waits + [OBSERVER_NODE]
     if job.bags == "none":
         ov["recorder"] = {"enabled": False}
-        # no recorder in the graph: the sim must not wait start_wait_s for it
-        waits = ov["sim_bridge"].get("start_wait_nodes")
-        if waits is None:
-            waits = load_graph(job.graph).node("sim_bridge").parameters.get("start_wait_nodes", [""])
-        ov["sim_bridge"]["start_wait_nodes"] = [n for n in waits if n.strip("/") != "recorder"] or [""]
     else:
         bag_dir = Path(job.out_dir).resolve() / "bags" / job.policy / job.configuration
         name, attempt = f"{job.task}_seed{job.seeds[0]}", 1
@@ -94,6 +97,9 @@ def graph_overrides(job: Job) -> dict:
             name = f"{job.task}_seed{job.seeds[0]}_try{attempt}"
         ov["recorder"] = {"output_dir": str(bag_dir), "bag_name": name}
     return ov
+
+
+OBSERVER_NODE = "wam_policy_eval_observer"
 
 
 class _Observer(BackgroundNode):
@@ -114,7 +120,7 @@ class _Observer(BackgroundNode):
 
         from wam_common import qos, topics
 
-        super().__init__("wam_policy_eval_observer", domain_id)
+        super().__init__(OBSERVER_NODE, domain_id)
         self.dt = dt
         self.count_stalls = count_stalls  # command gaps mean something only in realtime
         self.lock = threading.Condition()
