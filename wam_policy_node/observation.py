@@ -58,6 +58,19 @@ class ImageSizeError(ValueError):
     """An image whose size or layout is not the one the model takes (the message says which and why)."""
 
 
+def resize_to(img, hw: tuple[int, int] | None, mode: str = "pad", interpolation: int = cv2.INTER_AREA) -> np.ndarray:
+    """A uint8 HxWx3 image at ``hw`` = (height, width): as it is when it has that size (or ``hw`` is None), else
+    ``mode`` "pad" (:func:`resize_with_pad`) or "stretch" (a plain resize with ``interpolation``) — how a remote
+    model's published client sizes its images."""
+    img = np.asarray(img, np.uint8)
+    if hw is None or img.shape[:2] == tuple(hw):
+        return np.ascontiguousarray(img)
+    h, w = hw
+    if mode == "pad":
+        return resize_with_pad(img, h, w)
+    return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=interpolation)
+
+
 def fit_image(key: str, img, want_hw: tuple[int, int] | None, mode: str = "resize") -> tuple[np.ndarray, bool]:
     """Check one HxWx3 uint8 model input against the (height, width) the checkpoint expects.
 

@@ -48,7 +48,7 @@ from wam_common.topics import DT
 
 from . import BackendError, Observation, register_backend
 from . import openpi as _openpi
-from ..observation import resize_with_pad
+from ..observation import resize_to
 
 PARAMS = {
     "host": Param("127.0.0.1", "the server's host, or a ws:// / wss:// URI (vLLM-Omni: "
@@ -171,13 +171,7 @@ class DreamZeroBackend(_openpi.OpenPIBackend):
     def _image(self, key: str, obs: Observation) -> np.ndarray:
         if key not in obs.images:
             raise BackendError(f"dreamzero: no image '{key}' in the observation (have {sorted(obs.images)})")
-        img = np.asarray(obs.images[key], np.uint8)
-        if self.resolution is None or img.shape[:2] == self.resolution:
-            return np.ascontiguousarray(img)
-        if self.cfg["resize"] == "pad":
-            return resize_with_pad(img, *self.resolution)
-        h, w = self.resolution
-        return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_AREA)
+        return resize_to(obs.images[key], self.resolution, self.cfg["resize"], cv2.INTER_AREA)
 
     def request(self, obs: Observation) -> dict:
         sc = self.server_config or {}

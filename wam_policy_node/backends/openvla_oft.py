@@ -31,7 +31,7 @@ from wam_common.schema import Param, defaults
 
 from . import ActionChunk, Backend, BackendError, Observation, register_backend
 from .cosmos import chunk14, image_map, post_act
-from ..observation import resize_with_pad
+from ..observation import resize_to
 
 PARAMS = {
     "url": Param("http://127.0.0.1:8777/act", "the OpenVLA-OFT server's act endpoint (deploy.py --port; 8777 "
@@ -71,13 +71,7 @@ class OpenVLAOFTBackend(Backend):
         self.size = tuple(size) if min(size) > 0 else None
 
     def _image(self, img: np.ndarray) -> np.ndarray:
-        img = np.asarray(img, np.uint8)
-        if self.size is None or img.shape[:2] == self.size:
-            return np.ascontiguousarray(img)
-        if self.cfg["resize"] == "pad":
-            return resize_with_pad(img, *self.size)
-        h, w = self.size
-        return cv2.resize(np.ascontiguousarray(img), (w, h), interpolation=cv2.INTER_LANCZOS4)
+        return resize_to(img, self.size, self.cfg["resize"], cv2.INTER_LANCZOS4)
 
     def payload(self, obs: Observation) -> dict:
         out = {}
