@@ -193,7 +193,7 @@ def _synthetic(path: Path, name: str, latency_ms: float) -> Path:
 def test_realtime_table_shows_inference_time_and_stalls(tmp_path):
     """``eval --realtime``: the table's "infer ms | stalls" columns are the policies' own. With the sync
     strategy the robot waits for every chunk: 700 ms wall = 3.5 control periods of the sim's clock, a
-    stall per chunk (10 chunks in 100 steps); an instant policy never leaves a gap."""
+    stall per chunk (10 chunks in 100 steps); an instant policy leaves a gap only when the machine pauses it."""
     suite = tmp_path / "realtime.yaml"
     suite.write_text(REALTIME)
     out = tmp_path / "rt"
@@ -205,7 +205,10 @@ def test_realtime_table_shows_inference_time_and_stalls(tmp_path):
     slow, fast = rows["slow"], rows["fast"]
     assert slow["infer_ms_mean"] >= 700 and fast["infer_ms_mean"] < 50
     assert slow["stalls"] >= 5, slow
-    assert fast["stalls"] <= 1, fast
+    # the instant policy's gaps are the machine's, not its own: on a loaded 2-core CI runner a process can miss
+    # a control period (300 ms wall here) now and then (CI once saw 2 in 100 steps); the slow policy misses one
+    # per chunk, every chunk
+    assert fast["stalls"] * 3 <= slow["stalls"], (fast, slow)
     md = (out / "results.md").read_text()
     assert "| infer ms | stalls |" in md
     table = json.loads((out / "results.json").read_text())

@@ -52,7 +52,7 @@ def test_latency_eval_table_over_dds(tmp_path):
     assert set(rows) == {"latency_2", "latency_5"}
     for conf, d in (("latency_2", 5), ("latency_5", 40)):
         r = rows[conf]
-        assert r["policy"] == "expert+sync" and r["status_complete"]
+        assert r["policy"] == "expert+sync" and r["status_complete"], r
         assert r["stall_steps"] == _sync_stalls(r["steps"], d), conf
         assert r["seam_jump_max"] > 0
         assert (r["time_to_success_s"] is not None) == r["success"]

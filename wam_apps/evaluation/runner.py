@@ -100,10 +100,27 @@ def graph_overrides(job: Job) -> dict:
 
 
 OBSERVER_NODE = "wam_policy_eval_observer"
+STATUS_DEPTH = 5000  # statuses kept for the observer until its callback takes them (100 s of 50 Hz steps)
+
+
+def _status_qos():
+    from rclpy.qos import QoSProfile
+
+    from wam_common import qos
+
+    q = QoSProfile(depth=STATUS_DEPTH)
+    q.history, q.reliability, q.durability = qos.STATUS.history, qos.STATUS.reliability, qos.STATUS.durability
+    return q
 
 
 class _Observer(BackgroundNode):
     """Episode events, policy status and command timing on one job's domain.
+
+    The sim starts the first episode once a node named :data:`OBSERVER_NODE` is up; the observer creates
+    that node (beside its listening node) only once its subscriptions have matched the sim's clock and event
+    publishers and the policy's status publisher. A node is listed before its endpoints are matched: waiting
+    for the listening node's own name lost the first steps' statuses (25 in one run here) when discovery was
+    slow — a late reader of a volatile topic gets nothing of what came before.
 
     Command times are read on the sim's ``/clock`` (the robot's time: a sim slowed by
     ``realtime.speed``, or one that cannot keep real time on a loaded machine, is not a policy
@@ -120,7 +137,7 @@ class _Observer(BackgroundNode):
 
         from wam_common import qos, topics
 
-        super().__init__(OBSERVER_NODE, domain_id)
+        super().__init__(OBSERVER_NODE + "_listener", domain_id)
         self.dt = dt
         self.count_stalls = count_stalls  # command gaps mean something only in realtime
         self.lock = threading.Condition()
@@ -130,12 +147,42 @@ class _Observer(BackgroundNode):
         self.clock_s: float | None = None
         self.per_episode: dict[int, dict] = {}
         self.tallies: dict[int, dict] = {}  # episode → stall_steps, seam_jump_max, last step seen
-        # created before the command subscription: when both are ready, the clock is read first
-        self.node.create_subscription(Clock, topics.CLOCK, self._on_clock, 10)
-        self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS)
-        self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, qos.STATUS)
-        self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND)
+        # created before the command subscription: when both are ready, the clock is read first; statuses
+        # with a deep history: a lockstep sim without cameras steps hundreds of times a second, faster than
+        # this process's Python thread may take them when it is busy
+        self._subs = [
+            self.node.create_subscription(Clock, topics.CLOCK, self._on_clock, 10),
+            self.node.create_subscription(String, topics.EPISODE, self._on_event, qos.EVENTS),
+            self.node.create_subscription(String, topics.POLICY_STATUS, self._on_status, _status_qos()),
+            self.node.create_subscription(Float64MultiArray, topics.COMMAND, self._on_command, qos.COMMAND),
+        ]
+        self.ready_node = None
+        self._closing = threading.Event()
         self.start()
+        self._announcer = threading.Thread(target=self._announce, daemon=True)
+        self._announcer.start()
+
+    def _announce(self) -> None:
+        """Create the :data:`OBSERVER_NODE` the sim waits for once the clock, event and status subscriptions
+        each have a matched publisher (this reader matched the writer; the writer's side of the same pairwise
+        exchange follows within milliseconds, and the sim waits ``start_delay_s`` more)."""
+        import rclpy
+
+        while not self._closing.is_set():
+            try:
+                if all(sub.get_publisher_count() > 0 for sub in self._subs[:3]):
+                    self.ready_node = rclpy.create_node(OBSERVER_NODE, context=self.ctx)
+                    return
+            except Exception:  # noqa: BLE001 - closed meanwhile
+                return
+            self._closing.wait(0.02)
+
+    def close(self) -> None:
+        self._closing.set()
+        self._announcer.join(timeout=2)
+        if self.ready_node is not None:
+            self.ready_node.destroy_node()
+        super().close()
 
     def _on_event(self, msg):
         try:
@@ -165,23 +212,30 @@ class _Observer(BackgroundNode):
                 self.cur_infer.append(float(ms))
             ep = st.get("episode")
             if isinstance(ep, int) and st.get("published", True):
-                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "last_step": -1})
+                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "last_step": -1,
+                                                 "steps_seen": set()})
                 t["stall_steps"] += bool(st.get("stall"))
                 if isinstance(st.get("seam_jump"), (int, float)):
                     t["seam_jump_max"] = max(t["seam_jump_max"], float(st["seam_jump"]))
                 if isinstance(st.get("step"), int):
                     t["last_step"] = max(t["last_step"], st["step"])
+                    t["steps_seen"].add(st["step"])
                 self.lock.notify_all()
 
     def tally(self, episode: int, steps: int, timeout_s: float) -> dict:
         """The episode's status tallies once the status of its last step (``steps - 1``) came (lockstep: every
-        step has one), at most ``timeout_s``; ``status_complete`` says whether it did."""
+        step has one), at most ``timeout_s``; ``status_complete`` says whether the status of every step
+        ``0 .. steps - 1`` came (statuses arrive in order: none can come after the last one)."""
         deadline = time.monotonic() + timeout_s
         with self.lock:
             while self.tallies.get(episode, {}).get("last_step", -1) < steps - 1 and time.monotonic() < deadline:
                 self.lock.wait(timeout=0.1)
-            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "last_step": -1}))
-        t["status_complete"] = t.pop("last_step") >= steps - 1
+            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "last_step": -1,
+                                                "steps_seen": set()}))
+        t.pop("last_step")
+        missing = sorted(set(range(steps)) - t.pop("steps_seen"))
+        t["status_complete"] = not missing
+        t["status_missing_first"] = missing[0] if missing else None  # where to look when a tally is short
         return t
 
     def _on_clock(self, msg):
@@ -224,7 +278,7 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                 if job.clock == "lockstep":  # a status per step: wait for the last one
                     tally = obs.tally(ep, steps, 10.0)
                 else:  # realtime statuses are per tick, not per sim step: what came so far
-                    tally = {**obs.tally(ep, steps, 0.0), "status_complete": None}
+                    tally = {**obs.tally(ep, steps, 0.0), "status_complete": None, "status_missing_first": None}
                 row = {
                     "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
