@@ -166,6 +166,26 @@ def _sigint_state() -> tuple[bool, bool]:
     return bool(ign & bit), bool(blk & bit)
 
 
+def _restore_sigint() -> tuple[bool, bool]:
+    ignored, blocked = _sigint_state()
+    if ignored or blocked:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    return ignored, blocked
+
+
+def pytest_sessionstart(session):
+    """A suite started as a background job of a non-interactive shell (``make test &``, nohup, a CI step
+    that backgrounds it) gets SIGINT ignored from that shell (POSIX), and every node and ``ros2 launch``
+    it starts inherits that: the Ctrl-C tests would fail for a reason not theirs. Give it back."""
+    ignored, blocked = _restore_sigint()
+    if ignored or blocked:
+        _sigint_leaks.append(f"the start of the session ({'ignored' if ignored else ''}{' blocked' if blocked else ''}: "
+                             "inherited from the shell that started pytest)")
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item, nextitem):
     if item.get_closest_marker("unit"):
@@ -177,12 +197,8 @@ def pytest_runtest_protocol(item, nextitem):
         # SIGINT ignored or blocked in the test process is inherited by every subprocess started after it
         # (a Python child then installs no KeyboardInterrupt handler, bash keeps it ignored for `ros2 launch`):
         # Ctrl-C tests of later modules would fail for a reason not theirs. Restore it, and name the test.
-        ignored, blocked = _sigint_state()
+        ignored, blocked = _restore_sigint()
         if ignored or blocked:
-            import signal
-
-            signal.signal(signal.SIGINT, signal.default_int_handler)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
             _sigint_leaks.append(f"{item.nodeid} ({'ignored' if ignored else ''}{' blocked' if blocked else ''})")
 
 
@@ -192,4 +208,4 @@ def pytest_terminal_summary(terminalreporter):
 
     terminalreporter.write_line(f"ROS 2 tools: {ros2_tools.describe() if not ros2_tools.missing() else ros2_tools.missing()}")
     for leak in _sigint_leaks:
-        terminalreporter.write_line(f"SIGINT left ignored/blocked in the test process (restored) after: {leak}")
+        terminalreporter.write_line(f"SIGINT ignored/blocked in the test process (restored) after: {leak}")
