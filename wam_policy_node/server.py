@@ -228,7 +228,7 @@ class PolicyServer:
         self.requests = self.errors = self.refused = 0
         self.connections = 0
         self.open = 0  # connections open now (admission, and the batch window: all of them waiting)
-        self.batches: dict[int, int] = {}  # forward batch size → how many ran (batched mode)
+        self.batches: dict[int, int] = {}  # batch size → how many ran (batched mode; 1: a lone request)
         self._pending: list[tuple] = []  # (session, observation, queued, future) waiting for a batch
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -282,6 +282,8 @@ class PolicyServer:
         """A batch of (session, observation, queued, future): one ``infer_batch`` forward (batched mode,
         two or more) or one request after the other (each on its session's episode state); per item
         (chunk, queue_ms, infer_ms) or the exception its inference raised."""
+        if self.batch_mode == "batched":
+            self.batches[len(items)] = self.batches.get(len(items), 0) + 1
         if len(items) == 1 or self.batch_mode != "batched":
             out = []
             for s, obs, queued, _ in items:
@@ -293,7 +295,6 @@ class PolicyServer:
         t0 = time.monotonic()
         chunks = self.shared.infer_batch([obs for _, obs, _, _ in items])
         infer_ms = (time.monotonic() - t0) * 1e3
-        self.batches[len(items)] = self.batches.get(len(items), 0) + 1
         return [c if isinstance(c, Exception) else (c, (t0 - queued) * 1e3, infer_ms)
                 for c, (_, _, queued, _) in zip(chunks, items)]
 
@@ -377,7 +378,11 @@ class PolicyServer:
         self.open += 1
         log.info("connection from %s opened", peer)
         packer = msgpack_numpy.Packer()
-        s = await self._call(self._open, peer)
+        try:
+            s = await self._call(self._open, peer)
+        except BaseException:
+            self.open -= 1
+            raise
         try:
             await ws.send(packer.pack(self.metadata))
             prev_total = None
