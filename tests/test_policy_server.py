@@ -271,6 +271,7 @@ def test_cli_serve_until_interrupted(act, tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.timeout(900)  # three evals (plain, served, served + batched): 419 s measured at load 5-7
 def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path):
     """The trained ACT loaded once in a policy server, two parallel graphs using it, against the plain
     sequential run: the same outcomes and, lockstep being deterministic, the very same commands; with
