@@ -271,9 +271,11 @@ def test_cli_serve_until_interrupted(act, tmp_path):
 
 
 @pytest.mark.ros
+@pytest.mark.timeout(900)  # three evals (plain, served, served + batched): 419 s measured at load 5-7
 def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path):
     """The trained ACT loaded once in a policy server, two parallel graphs using it, against the plain
-    sequential run: the same outcomes and, lockstep being deterministic, the very same commands."""
+    sequential run: the same outcomes and, lockstep being deterministic, the very same commands; with
+    batching on, the same outcomes."""
     from wam_apps.evaluation.results import ResultStore
     from wam_policy_node.backends.replay import read_commands
 
@@ -306,6 +308,15 @@ def test_eval_serve_with_two_workers_gives_the_same_table_and_commands(tmp_path)
     assert {s: [r[k] for k in keys] for s, r in rows.items()} == {s: [r[k] for k in keys] for s, r in ref_rows.items()}
     for s in rows:
         np.testing.assert_array_equal(cmds[s], ref_cmds[s])
+
+    # batching on (issue 22): the workers' waiting requests share forwards; the same table, the commands
+    # equal within float tolerance (a batched forward is not bitwise the single one)
+    out, rows, cmds = run(tmp_path / "batched", "--workers", "2", "--episodes-per-graph", "1", "--serve",
+                          "--serve-batch", "2")
+    assert "--serve: act_sim batch sizes (size: forwards): {" in out
+    assert {s: [r[k] for k in keys] for s, r in rows.items()} == {s: [r[k] for k in keys] for s, r in ref_rows.items()}
+    for s in rows:
+        np.testing.assert_allclose(cmds[s], ref_cmds[s], rtol=0, atol=1e-3)
 
 
 # -- input checks (issue 23): the image size the checkpoint was trained at, error texts, refused keys -----

@@ -17,7 +17,24 @@ client only when present): requests may carry ``privileged`` (the sim's privileg
 shape an openpi fork's client uses); after an error the connection stays open (openpi closes it), so
 the connection's episode state survives a held step.
 
-Many clients, one model: requests run one at a time on a single inference thread, in arrival order.
+Many clients, one model: requests run on a single inference thread, in arrival order, one at a time
+unless batching is on. With ``batch.max_size`` > 1 (``--batch-max-size``) requests of different clients
+that are waiting together go into ONE forward (``Backend.infer_batch``: the LeRobot backend stacks their
+pre-processed batches along dim 0; the fast π engines keep one CUDA graph per batch size, captured at
+start-up): after the first request of a batch arrives, the server waits at most ``batch.window_ms`` for
+others, and not at all once every connected client has a request waiting (a lone client never waits)
+or ``max_size`` are in; requests arriving while a forward runs form the next batch. A lone request runs
+exactly as without batching. A backend whose inference reads per-client state (Diffusion's queues, RTC,
+streaming) or that is built per connection runs the batch one request after the other, and says so (a
+log line; the metadata's ``wam_policy.batching``). Batching is off by default: a batched forward is not
+bitwise the single one (other GEMM shapes; float tolerance), which would break lockstep replays that
+compare commands exactly, and each batch size costs the fast engine its own buffers and CUDA graph.
+
+Admission: ``max_clients`` (``--max-clients``; 0 = no limit) connections at a time; one more is
+accepted and at once closed with code 1013 (try again later) and the reason (``server full: ...``),
+which openpi's client raises on its first ``recv`` (and our ``openpi`` backend reports); the server logs
+it and counts it in ``refused``.
+
 Episode state is per connection: a backend that loads a model (``lerobot``) is built once and the
 per-episode attributes its ``reset`` re-creates (``Backend.episode_state``: RTC's last chunk,
 Diffusion's observation queues) are swapped in for the connection whose request runs; a model-free backend
@@ -49,6 +66,27 @@ log = logging.getLogger("wam_policy.server")
 
 PROTOCOL = 1
 _MISSING = object()
+BATCH_DEFAULTS = {"max_size": 1, "window_ms": 2.0}  # batching off; the window once it is on
+FULL_CODE = 1013  # websocket close code "try again later" (RFC 6455 registry)
+
+
+def batch_config(batch: Mapping | None) -> dict:
+    """``batch`` settings (``max_size`` ≥ 1: requests per forward, 1 = off; ``window_ms`` ≥ 0: the most a
+    batch waits for more requests) with the defaults, or a ConfigError naming the bad key."""
+    cfg = dict(BATCH_DEFAULTS)
+    for k, v in dict(batch or {}).items():
+        if k not in cfg:
+            raise ConfigError(f"key 'batch.{k}': unknown (known: {', '.join(cfg)})")
+        cfg[k] = v
+    try:
+        size, window = int(cfg["max_size"]), float(cfg["window_ms"])
+    except (TypeError, ValueError):
+        raise ConfigError(f"key 'batch': max_size must be an integer and window_ms a number, got {cfg}") from None
+    if size < 1 or size != cfg["max_size"]:
+        raise ConfigError(f"key 'batch.max_size': an integer ≥ 1 (1 = no batching), got {cfg['max_size']!r}")
+    if not (0.0 <= window <= 60_000.0):
+        raise ConfigError(f"key 'batch.window_ms': 0 to 60000 ms, got {cfg['window_ms']!r}")
+    return {"max_size": size, "window_ms": window}
 
 
 class RequestError(ValueError):
@@ -146,8 +184,13 @@ class PolicyServer:
     ``serve_forever()`` runs it in the calling thread. The backend is built here, before either."""
 
     def __init__(self, btype: str, cfg: Mapping | None = None, host: str = "127.0.0.1", port: int = 8000,
-                 api_key: str = "", name: str = "", image_mismatch: str | None = None):
+                 api_key: str = "", name: str = "", image_mismatch: str | None = None,
+                 batch: Mapping | None = None, max_clients: int = 0):
         self.btype, self.cfg = btype, dict(cfg or {})
+        self.batch = batch_config(batch)
+        if int(max_clients) < 0 or int(max_clients) != max_clients:
+            raise ConfigError(f"key 'max_clients': an integer ≥ 0 (0 = no limit), got {max_clients!r}")
+        self.max_clients = int(max_clients)
         if image_mismatch is not None:
             if image_mismatch not in IMAGE_MISMATCH:
                 raise ConfigError(f"image_mismatch must be one of {', '.join(IMAGE_MISMATCH)}, got {image_mismatch!r}")
@@ -168,12 +211,26 @@ class PolicyServer:
         # to other sizes: a client can resize with pad itself (openpi's clients do, to 224x224)
         self.image_sizes = {k: [int(v) for v in hw] for k, hw in dict(template.image_sizes).items()}
         self.image_mismatch = str(getattr(template, "image_mismatch", "")) if self.image_sizes else ""
+        # batching: "off" (max_size 1), "batched" (one forward per batch) or "sequential" (why: the reason)
+        self.batch_mode, self.batch_why = "off", ""
+        if self.batch["max_size"] > 1:
+            why = (f"backend '{btype}' is built per connection (no shared model)" if self.shared is None
+                   else self.shared.batch_unsupported())
+            self.batch_mode, self.batch_why = ("sequential", why) if why else ("batched", "")
+            if self.batch_mode == "batched":
+                self.shared.warm_batches(range(2, self.batch["max_size"] + 1))
         self.metadata = {"policy": name or btype, "backend": btype,
                          "wam_policy": {"protocol": PROTOCOL, "episode_start": True, **self.flags,
-                                        "image_sizes": self.image_sizes, "image_mismatch": self.image_mismatch}}
+                                        "image_sizes": self.image_sizes, "image_mismatch": self.image_mismatch,
+                                        "batching": {"mode": self.batch_mode, **self.batch, "why": self.batch_why},
+                                        "max_clients": self.max_clients}}
         self._owner: _Session | None = None  # whose episode state the shared backend holds
         self.requests = self.errors = self.refused = 0
         self.connections = 0
+        self.open = 0  # connections open now (admission, and the batch window: all of them waiting)
+        self.batches: dict[int, int] = {}  # batch size → how many ran (batched mode; 1: a lone request)
+        self._pending: list[tuple] = []  # (session, observation, queued, future) waiting for a batch
+        self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Future | None = None
         self._thread: threading.Thread | None = None
@@ -221,6 +278,26 @@ class PolicyServer:
         chunk = s.backend.infer(obs)
         return chunk, (t0 - queued) * 1e3, (time.monotonic() - t0) * 1e3
 
+    def _infer_many(self, items: list[tuple]) -> list:
+        """A batch of (session, observation, queued, future): one ``infer_batch`` forward (batched mode,
+        two or more) or one request after the other (each on its session's episode state); per item
+        (chunk, queue_ms, infer_ms) or the exception its inference raised."""
+        if self.batch_mode == "batched":
+            self.batches[len(items)] = self.batches.get(len(items), 0) + 1
+        if len(items) == 1 or self.batch_mode != "batched":
+            out = []
+            for s, obs, queued, _ in items:
+                try:
+                    out.append(self._infer(s, obs, queued))
+                except Exception as exc:  # noqa: BLE001 - this request's error
+                    out.append(exc)
+            return out
+        t0 = time.monotonic()
+        chunks = self.shared.infer_batch([obs for _, obs, _, _ in items])
+        infer_ms = (time.monotonic() - t0) * 1e3
+        return [c if isinstance(c, Exception) else (c, (t0 - queued) * 1e3, infer_ms)
+                for c, (_, _, queued, _) in zip(chunks, items)]
+
     def _close(self, s: _Session) -> None:
         if self._owner is s:
             self._owner = None
@@ -240,19 +317,72 @@ class PolicyServer:
                 ep = req.get("__episode__")
                 await self._call(self._reset, s, dict(ep) if isinstance(ep, Mapping) else None)
             return {"__ack__": ctrl if ctrl in ("episode_start", "episode_end") else "ignored"}
-        obs = req
-        chunk, queue_ms, infer_ms = await self._call(self._infer, s, obs, queued)
+        if self.batch_mode != "batched":  # off, or sequential anyway: no window to wait
+            chunk, queue_ms, infer_ms = await self._call(self._infer, s, req, queued)
+            batch = 1
+        else:
+            fut = asyncio.get_running_loop().create_future()
+            self._pending.append((s, req, queued, fut))
+            self._wake.set()
+            chunk, queue_ms, infer_ms = await fut
+            batch = int(chunk.info.get("batch", 1))
         self.requests += 1
-        return {"actions": chunk.actions, "server_timing": {"infer_ms": infer_ms, "queue_ms": queue_ms}}
+        return {"actions": chunk.actions, "server_timing": {"infer_ms": infer_ms, "queue_ms": queue_ms,
+                                                            "batch": batch}}
+
+    async def _batcher(self) -> None:
+        """Gathers waiting requests into batches (see the module doc) and runs each on the model thread."""
+        loop = asyncio.get_running_loop()
+        size, window = self.batch["max_size"], self.batch["window_ms"] / 1e3
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._pending:
+                continue
+            deadline = loop.time() + window
+            while len(self._pending) < min(size, self.open):
+                left = deadline - loop.time()
+                if left <= 0:
+                    break
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), left)
+                except TimeoutError:
+                    break
+            items, self._pending = self._pending[:size], self._pending[size:]
+            if self._pending:
+                self._wake.set()
+            try:
+                results = await self._call(self._infer_many, items)
+            except Exception as exc:  # noqa: BLE001 - every request of the batch gets the error
+                results = [exc] * len(items)
+            for (_, _, _, fut), r in zip(items, results):
+                if fut.done():
+                    continue
+                if isinstance(r, BaseException):
+                    fut.set_exception(r)
+                else:
+                    fut.set_result(r)
 
     async def _handler(self, ws) -> None:
         import websockets
 
         peer = f"{ws.remote_address[0]}:{ws.remote_address[1]}" if ws.remote_address else "?"
+        if self.max_clients and self.open >= self.max_clients:
+            self.refused += 1
+            reason = f"server full: {self.open} of max_clients {self.max_clients} connected; try again later"
+            log.warning("refused %s: %s", peer, reason)
+            await ws.close(FULL_CODE, reason)
+            return
         self.connections += 1
+        self.open += 1
         log.info("connection from %s opened", peer)
         packer = msgpack_numpy.Packer()
-        s = await self._call(self._open, peer)
+        try:
+            s = await self._call(self._open, peer)
+        except BaseException:
+            self.open -= 1
+            raise
         try:
             await ws.send(packer.pack(self.metadata))
             prev_total = None
@@ -275,6 +405,7 @@ class PolicyServer:
         except websockets.ConnectionClosed:
             log.info("connection from %s closed", peer)
         finally:
+            self.open -= 1
             await self._call(self._close, s)
 
     def _process_request(self, conn, request):
@@ -297,15 +428,29 @@ class PolicyServer:
 
         self._loop = asyncio.get_running_loop()
         self._stop = self._loop.create_future()
+        self._wake = asyncio.Event()
+        batcher = self._loop.create_task(self._batcher()) if self.batch_mode == "batched" else None
         async with serve(self._handler, self.host, self.port, compression=None, max_size=None,
                          process_request=self._process_request) as srv:
             self.port = srv.sockets[0].getsockname()[1]
             log.info("serving %s (backend %s) on ws://%s:%d", self.metadata["policy"], self.btype, self.host, self.port)
             for key, (h, w) in self.image_sizes.items():
                 log.info("image %s: %dx%d (WxH) as trained; other sizes: %s", key, w, h, self.image_mismatch)
+            if self.batch_mode == "batched":
+                log.info("batching: up to %d requests per forward (window %.1f ms)", self.batch["max_size"],
+                         self.batch["window_ms"])
+            elif self.batch_mode == "sequential":
+                log.warning("batching asked for (max_size %d) but requests run one at a time: %s",
+                            self.batch["max_size"], self.batch_why)
+            if self.max_clients:
+                log.info("admission: at most %d clients at a time", self.max_clients)
             if started is not None:
                 started.set()
-            await self._stop
+            try:
+                await self._stop
+            finally:
+                if batcher is not None:
+                    batcher.cancel()
 
     def serve_forever(self) -> None:
         try:
@@ -382,15 +527,28 @@ def add_arguments(p) -> None:
                         "sizes); default: the policy config's backend.lerobot.image_mismatch (resize)")
     p.add_argument("--api-key", default=os.environ.get("WAM_POLICY_API_KEY", ""),
                    help="require 'Authorization: Api-Key <key>' (default: $WAM_POLICY_API_KEY; empty: none)")
+    p.add_argument("--batch-max-size", type=int, default=BATCH_DEFAULTS["max_size"], metavar="N",
+                   help="batch up to N requests of different clients into one forward (1 = off, the default; "
+                        "LeRobot policies without per-client state; the others run one at a time, logged)")
+    p.add_argument("--batch-window-ms", type=float, default=BATCH_DEFAULTS["window_ms"], metavar="MS",
+                   help="with batching: the most a request waits for others to join its batch (none once every "
+                        "connected client has one waiting)")
+    p.add_argument("--max-clients", type=int, default=0, metavar="N",
+                   help="at most N clients at a time; one more is closed at connect with code 1013 and the "
+                        "reason 'server full' (0 = no limit)")
 
 
 def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="[serve] %(message)s")
     logging.getLogger("websockets").setLevel(logging.WARNING)
     server = from_policy(args.policy, host=args.host, port=args.port, api_key=args.api_key,
-                         image_mismatch=getattr(args, "image_mismatch", None))
+                         image_mismatch=getattr(args, "image_mismatch", None),
+                         batch={"max_size": args.batch_max_size, "window_ms": args.batch_window_ms},
+                         max_clients=args.max_clients)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         log.info("stopped (%d requests, %d errors, %d refused)", server.requests, server.errors, server.refused)
+        if server.batches:
+            log.info("batched forwards (size: count): %s", dict(sorted(server.batches.items())))
     return 0

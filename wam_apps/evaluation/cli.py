@@ -57,6 +57,9 @@ def add_arguments(p) -> None:
     p.add_argument("--serve-host", default="127.0.0.1", metavar="ADDRESS",
                    help="--serve: address the server listens on and workers connect to (with --ray on other "
                         "machines: this machine's address as they reach it)")
+    p.add_argument("--serve-batch", type=int, default=1, metavar="N",
+                   help="--serve: batch up to N workers' requests into one forward (1 = off; the outcomes stay the "
+                        "same, the commands equal within float tolerance, not bitwise: wam-policy serve --batch-max-size)")
     p.add_argument("--episodes-per-graph", type=int, default=5,
                    help="seeds run by one graph start (start-up is amortised; default 5)")
     p.add_argument("--bags", choices=["keep", "none"], default="keep", help="keep every episode's bag, or none")
@@ -152,7 +155,7 @@ def run_on_robot(args) -> int:
 
 
 @contextlib.contextmanager
-def served(jobs: list[Job], host: str):
+def served(jobs: list[Job], host: str, batch: int = 1):
     """``--serve``: one policy server per policy with jobs to run (the model loaded once, here); yields the
     jobs with their wam_policy_node pointed at it. Lockstep stays deterministic: requests from all
     workers run one at a time, each connection with its own episode state (wam_policy_node/server.py)."""
@@ -163,20 +166,26 @@ def served(jobs: list[Job], host: str):
         for j in jobs:
             if j.policy not in servers:
                 print(f"[eval] --serve: loading {j.policy} into a policy server", flush=True)
-                servers[j.policy] = for_node(j.policy, j.policy_overrides, host=host, port=0).start()
+                servers[j.policy] = for_node(j.policy, j.policy_overrides, host=host, port=0,
+                                             batch={"max_size": batch}).start()
                 print(f"[eval] --serve: {j.policy} on ws://{host}:{servers[j.policy].port}", flush=True)
         yield [dataclasses.replace(j, policy_overrides=served_overrides(
             j.policy_overrides, servers[j.policy], lockstep=j.clock == "lockstep")) for j in jobs]
     finally:
-        for srv in servers.values():
+        for name, srv in servers.items():
+            if srv.batches:
+                print(f"[eval] --serve: {name} batch sizes (size: forwards): {dict(sorted(srv.batches.items()))}",
+                      flush=True)
             srv.close()
 
 
 def run(args) -> int:
     if args.robot:
         return run_on_robot(args)
+    if args.serve_batch != 1 and not args.serve:
+        raise ConfigError(f"--serve-batch {args.serve_batch} batches requests in the policy server: add --serve")
     jobs, wanted, out, suite_name = plan(args)
-    with served(jobs, args.serve_host) if args.serve else contextlib.nullcontext(jobs) as jobs:
+    with served(jobs, args.serve_host, args.serve_batch) if args.serve else contextlib.nullcontext(jobs) as jobs:
         return _run(args, jobs, wanted, out, suite_name)
 
 

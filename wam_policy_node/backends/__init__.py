@@ -87,6 +87,29 @@ class Backend:
     def infer(self, obs: Observation) -> ActionChunk:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def batch_unsupported(self) -> str:
+        """Why :meth:`infer_batch` cannot stack observations into one forward ("" = it can). A policy
+        server (``batch.max_size`` > 1) runs requests one at a time, and says so, where this is not ""."""
+        return f"backend '{self.name}' has no batched inference"
+
+    def infer_batch(self, observations: list[Observation]) -> list[ActionChunk | Exception]:
+        """Several observations (of different clients, each at its own episode step) in one call: one
+        result per observation, in order, each a chunk or the exception that observation's inference
+        raised (one bad request must not fail the others). Only called where :meth:`batch_unsupported`
+        is "", i.e. where the inference reads no per-episode state (``episode_state``). Default: one
+        :meth:`infer` after the other (no speed-up)."""
+        out: list[ActionChunk | Exception] = []
+        for obs in observations:
+            try:
+                out.append(self.infer(obs))
+            except Exception as exc:  # noqa: BLE001 - returned per observation
+                out.append(exc)
+        return out
+
+    def warm_batches(self, sizes) -> None:
+        """Allocate/capture what each batch size in ``sizes`` needs (a server calls it at start-up, so no
+        client pays a CUDA graph capture). Default: nothing."""
+
     def rejected(self, chunk: ActionChunk, reason: str) -> None:
         """The safety filter refused the chunk ``infer`` just returned (it never reaches the arm):
         a backend that keeps state from its own outputs (RTC's left-over chunk) forgets it."""

@@ -535,3 +535,118 @@ class LeRobotBackend(Backend):
             self.torch.cuda.synchronize()
         return ActionChunk(a, obs.stamp_ns, (time.perf_counter() - t0) * 1e3,
                            {"policy": self.policy_type, "device": str(self.device), "engine": self.engine})
+
+    # -- batched inference (a policy server stacking requests of several clients) -----------------
+    def batch_unsupported(self) -> str:
+        """The policies whose ``predict_action_chunk`` reads per-episode state cannot mix clients in one
+        forward: Diffusion (its observation queues), RTC (each client's last chunk), streaming policies."""
+        if self._stream is not None:
+            return f"lerobot: {self.policy_type} streams observations (per-client model state)"
+        if self.use_rtc:
+            return "lerobot: rtc guidance conditions on each client's last chunk"
+        if self.policy_type == "diffusion":
+            return "lerobot: diffusion conditions on each client's observation queues"
+        return ""
+
+    def _one_batch(self, obs: Observation) -> dict:
+        """One observation's pre-processed batch (batch size 1), to be stacked with others'. The fast
+        engine's images go in as raw uint8 frames (its vision graph converts them; no prefetch: the
+        stacked batch is staged whole)."""
+        keys = self._keys(obs)
+        if self._prefetch is None:
+            return self.batch(obs, keys)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            images = {dst: self.torch.from_numpy(np.require(self._frame(obs, src, dst), np.uint8, ["C"])).unsqueeze(0)
+                      for src, dst in keys.items()}
+        batch = self._preprocess({}, obs)
+        batch.update(images)
+        return batch
+
+    def _stack_sig(self, batch: dict) -> tuple:
+        """What must agree for batches to stack: each tensor's key, per-row shape and dtype."""
+        return tuple(sorted((k, tuple(v.shape[1:]), str(v.dtype)) for k, v in batch.items()
+                            if isinstance(v, self.torch.Tensor)))
+
+    def _stack(self, batches: list[dict]) -> dict:
+        """Batch-size-1 batches → one: tensors concatenated along dim 0, lists (``task``) joined, the rest
+        (the processors' transition scalars) taken from the first."""
+        out = {}
+        for k, v in batches[0].items():
+            if isinstance(v, self.torch.Tensor):
+                out[k] = self.torch.cat([b[k] for b in batches], dim=0)
+            elif isinstance(v, list):
+                out[k] = [x for b in batches for x in b[k]]
+            else:
+                out[k] = v
+        return out
+
+    def infer_batch(self, observations: list[Observation]) -> list[ActionChunk | Exception]:
+        """One ``predict_action_chunk`` for observations of several clients: each pre-processed as
+        :meth:`infer` does (its own normalisation, tokens, image fit), stacked along dim 0 (observations
+        whose inputs differ in shape, e.g. prompts of different token lengths, go in separate forwards),
+        one model call, the post-processor on the (B, H, D) chunk, split by row. An observation whose
+        pre-processing fails gets its own error; a failed forward fails its group. The fast engine keeps
+        one set of static buffers and one CUDA graph per batch size (captured on first use:
+        :meth:`warm_batches`)."""
+        why = self.batch_unsupported()
+        if why:
+            raise BackendError(f"{why}: no batched inference")
+        t0 = time.perf_counter()
+        results: list[ActionChunk | Exception | None] = [None] * len(observations)
+        groups: dict[tuple, list[tuple[int, dict]]] = {}
+        for i, obs in enumerate(observations):
+            try:
+                b = self._one_batch(obs)
+            except Exception as exc:  # noqa: BLE001 - this observation's error, not the batch's
+                results[i] = exc
+                continue
+            groups.setdefault(self._stack_sig(b), []).append((i, b))
+        n = int(self.cfg["n_actions"])
+        for members in groups.values():
+            try:
+                stacked = members[0][1] if len(members) == 1 else self._stack([b for _, b in members])
+                chunk = self.predict(stacked)
+                actions = self.post(chunk.float().cpu()).detach().to("cpu", self.torch.float64).numpy()
+            except Exception as exc:  # noqa: BLE001 - the group's forward failed: each of them says so
+                for i, _ in members:
+                    results[i] = exc
+                continue
+            if actions.shape[0] != len(members):
+                err = BackendError(f"lerobot: batched forward of {len(members)} gave {actions.shape[0]} chunks")
+                for i, _ in members:
+                    results[i] = err
+                continue
+            if self.device.type == "cuda":
+                self.torch.cuda.synchronize()
+            ms = (time.perf_counter() - t0) * 1e3
+            for row, (i, _) in enumerate(members):
+                a = actions[row].reshape(-1, actions.shape[-1])
+                results[i] = ActionChunk(a[:n] if n > 0 else a, observations[i].stamp_ns, ms,
+                                         {"policy": self.policy_type, "device": str(self.device),
+                                          "engine": self.engine, "batch": len(members)})
+        return results  # type: ignore[return-value]
+
+    def warm_batches(self, sizes) -> None:
+        """A dummy batched inference per size (the fast engine's buffers and CUDA graph for that batch
+        size, first-call allocations); then a fresh episode."""
+        if self.batch_unsupported():
+            return
+        imgs = {}
+        for k in self.image_features:
+            c, h, w = tuple(self.policy.config.image_features[k].shape)
+            imgs[k] = np.zeros((h, w, c), np.uint8)
+        t0 = time.perf_counter()
+        done = []
+        for size in sizes:
+            size = int(size)
+            if size < 2:
+                continue
+            res = self.infer_batch([Observation(0, dict(imgs), np.zeros(STATE_DIM), "warm up") for _ in range(size)])
+            bad = [r for r in res if isinstance(r, Exception)]
+            if bad:
+                raise BackendError(f"lerobot: batched warm-up at batch size {size} failed: {bad[0]}")
+            done.append(size)
+        self.reset()
+        if done:
+            log.info("lerobot: batched warm-up for batch sizes %s in %.1f s", done, time.perf_counter() - t0)
