@@ -86,6 +86,8 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
     command-received times, CLOCK_MONOTONIC ns), the node's spans between the frames' publish and the
     command's receipt: the mean and p50 per step of each kind of span (inclusive: a callback's row holds
     what it calls), and the critical path from the joint states' publish to the command's receipt."""
+    from wam_common import topics
+
     spans = [tuple(json.loads(line)) for line in profile.read_text().splitlines() if line.strip()]
     spans.sort(key=lambda s: s[1])
     per: dict[str, list[float]] = {}
@@ -99,7 +101,7 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
             tot[g] = tot.get(g, 0.0) + (b - a) / 1e3
         for g, v in tot.items():
             per.setdefault(g, []).append(v)
-        cmd = next((s for s in win if s[0].startswith("publish") and s[0].endswith("/command")), None)
+        cmd = next((s for s in win if s[0] == f"publish {topics.COMMAND}"), None)
         if cmd is None:
             continue
         takes = [s for s in win if s[0].startswith("take") and s[1] < cmd[1]]
@@ -109,12 +111,12 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
         path["js_published_to_last_take_us"].append((last[1] - t0) / 1e3)
         path["last_take_to_command_published_us"].append((cmd[2] - last[1]) / 1e3)
         path["command_published_to_received_us"].append((t_recv - cmd[2]) / 1e3)
-        # the executor's own time (waits, wait-set rebuilds, task bookkeeping) between the step's first take
-        # and the command: the interval minus the top-level spans (takes, callbacks) inside it
+        # the executor's own time (waits, wait-set rebuilds, task bookkeeping) from the step's first take to the
+        # end of the callback that published the command: the interval minus the top-level spans inside it
         first = takes[0][1]
-        top = sum((b - a) for _, a, b, dep in win if dep == 0 and a >= first and b <= cmd[2]
-                  and not _.startswith("publish"))
-        path["node_glue_us"].append((cmd[2] - first - top) / 1e3)
+        end = max((b for _, a, b, dep in win if dep == 0 and a <= cmd[1] and b >= cmd[2]), default=cmd[2])
+        top = sum((b - a) for _, a, b, dep in win if dep == 0 and a >= first and b <= end)
+        path["node_glue_us"].append((end - first - top) / 1e3)
     n = len(marks)
 
     def stat(v):
@@ -155,6 +157,8 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
     if profile is not None:
         paths.insert(0, str(ROOT / "bench" / "node_profile"))  # its sitecustomize wraps the node in spans
         extra_env["WAM_NODE_PROFILE"] = str(profile)
+    if os.environ.get("WAM_NODE_EXECUTOR"):
+        paths.insert(0, str(ROOT / "bench" / "node_profile"))
     extra_env["PYTHONPATH"] = os.pathsep.join(paths + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep)
                                                        if p and Path(p).resolve() != ROOT])
     runner = GraphRunner(graph, log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")), extra_env=extra_env)

@@ -6,7 +6,8 @@ every subscription callback and publish, and the node's own steps (image decode 
 lockstep core, the controller, the model call, status JSON) with ``time.perf_counter_ns`` spans. Spans
 are written to the file as JSON lines at exit (and every 20 commands). ``perf_counter_ns`` is
 CLOCK_MONOTONIC: the bench's own timestamps (publish, receipt) are on the same clock.
-Without ``WAM_NODE_PROFILE`` this file does nothing.
+Without ``WAM_NODE_PROFILE`` this file does nothing. ``WAM_NODE_EXECUTOR=events`` (an experiment) runs the
+node on rclpy's experimental EventsExecutor instead of the SingleThreadedExecutor.
 """
 from __future__ import annotations
 
@@ -26,10 +27,12 @@ def _install(path: str) -> None:
     depth = [0]
     n_cmd = [0]
 
+    dumps = json.dumps  # the node's json.dumps is wrapped below
+
     def dump() -> None:
         with open(path, "w") as f:
-            for s in spans:
-                f.write(json.dumps(s) + "\n")
+            for s in list(spans):
+                f.write(dumps(s) + "\n")
 
     def timed(name, fn, outer_only=False):
         inside = [False]
@@ -85,14 +88,14 @@ def _install(path: str) -> None:
             return orig_pub(self, msg)
         finally:
             spans.append((f"publish {self.topic_name}", t0, ns(), d))
-            if self.topic_name.endswith("/command"):
+            if self.topic_name in (topics.COMMAND, topics.SHADOW_COMMAND):
                 n_cmd[0] += 1
                 if n_cmd[0] % 20 == 0:
                     dump()
 
     rclpy.publisher.Publisher.publish = publish
 
-    from wam_common import node_main
+    from wam_common import node_main, topics
 
     orig_run = node_main.run_node
 
@@ -125,3 +128,9 @@ def _install(path: str) -> None:
 
 if PATH:
     _install(PATH)
+if os.environ.get("WAM_NODE_EXECUTOR") == "events":  # an experiment: rclpy's (experimental) EventsExecutor
+    from rclpy.experimental.events_executor import EventsExecutor
+
+    from wam_common import node_main as _nm
+
+    _nm.SingleThreadedExecutor = lambda: EventsExecutor()
