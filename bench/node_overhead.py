@@ -7,7 +7,8 @@ every kind at its published size, e.g. ``pi05:fast``) to a temp dir, then
 1. bare: loads it with the ``lerobot`` backend in this process and times ``backend.infer(obs)``;
 2. node: starts ``wam_policy_node`` (lockstep, ``sync`` strategy, one inference per step) as a
    real process on its own ROS_DOMAIN_ID; this process plays the sim (3 rgb8 cameras + both
-   joint states per step) and times joint-state publish → command receipt (wall clock).
+   joint states per step, the joint states being the last command: a sim that tracks it) and times
+   joint-state publish → command receipt (wall clock).
 
 Overhead = node latency − bare inference (and, per step, node latency − the infer_ms the node
 itself reports, which removes run-to-run model jitter). Prints JSON.
@@ -171,7 +172,14 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
     ex.add_node(n)
     # no spinning thread: it would compete for the GIL with the bare inference in this process
     got, status = [], []
-    n.create_subscription(Float64MultiArray, topics.COMMAND, lambda m: got.append(time.perf_counter()), qos.COMMAND)
+    last_cmd = [HOME.copy()]  # the loop is closed: the next step's joint states are the last command (a sim that
+    # tracks it), so the tracking watchdog does not hold a model that moves away from HOME
+
+    def on_cmd(m):
+        got.append(time.perf_counter())
+        last_cmd[0] = np.array(m.data, dtype=np.float64)
+
+    n.create_subscription(Float64MultiArray, topics.COMMAND, on_cmd, qos.COMMAND)
     n.create_subscription(String, topics.POLICY_STATUS, lambda m: status.append(json.loads(m.data)), 50)
     pub_cam = {c: n.create_publisher(Image, topics.perturbed(topics.camera_topic(c)), qos.sensor(True)) for c in CAMS}
     pub_js = {a: n.create_publisher(JointState, topics.perturbed(topics.joint_state_topic(a)), qos.sensor(True))
@@ -206,7 +214,7 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
                 m = JointState()
                 m.header.stamp.sec, m.header.stamp.nanosec = st.sec, st.nanosec
                 m.name = list(aloha.JOINT_STATE_NAMES)
-                m.position = aloha.joint_state_positions(HOME[7 * i:7 * i + 7])
+                m.position = aloha.joint_state_positions(last_cmd[0][7 * i:7 * i + 7])
                 pub_js[a].publish(m)
             deadline = time.monotonic() + 120
             while len(got) <= n0:
