@@ -120,3 +120,85 @@ def test_the_backend_batch_is_the_copying_paths(tmp_path):
     a = b.infer(obs).actions
     copies = Observation(1_000_000_000, {c: np.array(f) for c, f in frames.items()}, obs.state, "x", step=0)
     assert np.array_equal(a, b.infer(copies).actions)
+
+
+# -- the per-step safety path (controller._command / _gate): the same numbers with fewer array ops -----------
+def _old_tracking_update(w, t_ns, state, command):
+    """TrackingWatchdog.update before the all-tracking fast path (the reference)."""
+    from wam_policy_node.tracking import ARM, JOINT_NAMES, Trip
+
+    err = np.asarray(state, dtype=np.float64) - np.asarray(command, dtype=np.float64)
+    off = np.where(ARM, np.abs(err), -err) > w.threshold
+    w.worst = np.maximum(w.worst, np.abs(err))
+    w._since = np.where(off, np.where(w._since < 0, t_ns, w._since), -1)
+    late = off & (t_ns - w._since >= w.window_ns)
+    if not late.any():
+        return None
+    j = int(np.argmax(np.where(late, t_ns - w._since, -1)))
+    return Trip(JOINT_NAMES[j], j, float(err[j]), (t_ns - w._since[j]) / 1e9)
+
+
+@pytest.mark.unit
+def test_tracking_watchdog_fast_path_is_the_same_watchdog():
+    """Steps that track, joints that stop tracking, trips, recoveries: trips, ``worst`` and ``_since`` are the
+    reference's at every step."""
+    from wam_policy_node.tracking import TrackingWatchdog
+
+    rng = np.random.default_rng(5)
+    new, ref = TrackingWatchdog(), TrackingWatchdog()
+    cmd = np.zeros(14)
+    for k in range(400):
+        t = k * 20_000_000
+        scale = 0.05 if (k // 40) % 2 == 0 else 0.6  # stretches that track and stretches that do not
+        state = cmd + rng.normal(0, scale, 14)
+        a, b = new.update(t, state, cmd), _old_tracking_update(ref, t, state, cmd)
+        assert a == b, k
+        assert np.array_equal(new.worst, ref.worst) and np.array_equal(new._since, ref._since), k
+        if a is not None:
+            new.reset()
+            ref.reset()
+    assert TrackingWatchdog().update(0, np.zeros(14), None) is None
+
+
+@pytest.fixture(scope="module")
+def safety_filter():
+    from wam_common.schema import defaults
+    from wam_policy_node import safety
+
+    return safety.SafetyFilter(defaults(safety.PARAMS))
+
+
+@pytest.mark.unit
+def test_command_collision_in_place_qpos_is_the_chunk_path(safety_filter):
+    """The per-command backstop writes the command's qpos in place: the contacts (and the frame test) are those
+    of the (1, 14) path through ``qpos``, for free commands and for commands into the table or out of the frame."""
+    chk = safety_filter.chunk
+    assert chk.enabled and chk.model is not None
+    rng = np.random.default_rng(2)
+    home = np.array([0.0, -0.96, 1.16, 0.0, -0.3, 0.0, 0.5] * 2)
+    hits = 0
+    for k in range(60):
+        cmd = home + rng.normal(0, 0.2 + 0.03 * k, 14)
+        new = chk.collisions(cmd)
+        q_new = chk.data.qpos.copy()
+        old = chk.collisions(cmd[None])  # (1, 14): the chunk path's qpos
+        assert new == old, k
+        assert np.array_equal(q_new, chk.data.qpos) and np.array_equal(q_new, chk.qpos(cmd)[0]), k
+        hits += bool(new)
+    assert 0 < hits < 60  # both kinds of command were checked
+
+
+@pytest.mark.unit
+def test_safety_filter_is_the_clip_it_was(safety_filter):
+    rng = np.random.default_rng(3)
+    f = safety_filter
+    for _ in range(200):
+        a, ref = rng.normal(0, 1.5, 14), rng.normal(0, 1.5, 14)
+        want = np.clip(np.clip(a, f.lower, f.upper), ref - f.max_step, ref + f.max_step)
+        out, clamped = f.filter(a, ref)
+        assert np.array_equal(out, want) and clamped == bool(np.any(np.abs(want - a) > 1e-12))
+    ref = np.full(14, np.nan)  # a non-finite reference: limits only
+    out, _ = f.filter(a, ref)
+    assert np.array_equal(out, np.clip(a, f.lower, f.upper))
+    with pytest.raises(ValueError, match="non-finite action"):
+        f.filter(np.full(14, np.inf), None)
