@@ -202,3 +202,19 @@ def test_safety_filter_is_the_clip_it_was(safety_filter):
     assert np.array_equal(out, np.clip(a, f.lower, f.upper))
     with pytest.raises(ValueError, match="non-finite action"):
         f.filter(np.full(14, np.inf), None)
+
+
+@pytest.mark.unit
+def test_command_msg_carries_the_same_doubles():
+    from rclpy.serialization import deserialize_message
+    from std_msgs.msg import Float64MultiArray
+
+    from wam_common import aloha
+    from wam_policy_node.node import command_msg
+
+    cmd = np.random.default_rng(4).normal(0, 1, 14)
+    cmd[3] = -0.0
+    m = deserialize_message(serialize_message(command_msg(cmd, 123)), Float64MultiArray)
+    assert np.array(m.data).tobytes() == cmd.tobytes()  # bit for bit (the sign of a zero too)
+    assert aloha.command_answers(m.layout) == 123 and m.layout.dim[0].size == 14
+    assert command_msg(cmd[::-1]).data.tolist() == [float(v) for v in cmd[::-1]]  # a strided view
