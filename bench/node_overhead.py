@@ -90,7 +90,8 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
     from wam_common import topics
 
     spans = [tuple(json.loads(line)) for line in profile.read_text().splitlines() if line.strip()]
-    spans.sort(key=lambda s: s[1])
+    tree = next((s[0].split(" ", 1)[1] for s in spans if s[0].startswith("tree ")), None)
+    spans = sorted((s for s in spans if s[3] >= 0), key=lambda s: s[1])
     per: dict[str, list[float]] = {}
     path: dict[str, list[float]] = {k: [] for k in ("js_published_to_last_take_us", "last_take_to_command_published_us",
                                                      "command_published_to_received_us", "node_glue_us")}
@@ -123,7 +124,7 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
     def stat(v):
         return {"mean": round(float(np.sum(v)) / n, 1), "p50": round(float(np.median(v)), 1), "steps": len(v)}
 
-    return {"spans_per_step_us": {g: stat(v) for g, v in sorted(per.items(), key=lambda kv: -np.sum(kv[1]))},
+    return {"node_tree": tree, "spans_per_step_us": {g: stat(v) for g, v in sorted(per.items(), key=lambda kv: -np.sum(kv[1]))},
             "critical_path_us": {k: stat(v) for k, v in path.items() if v}}
 
 
@@ -165,7 +166,12 @@ def run(d: Path, device: str, h: int, w: int, steps: int, threads: int, mode: st
     runner = GraphRunner(graph, log_dir=Path(tempfile.mkdtemp(prefix="wam_overhead_")), extra_env=extra_env)
     os.environ.update(graph.env())
     os.environ["ROS_DOMAIN_ID"] = str(runner.domain_id)
-    runner.start()
+    cwd = os.getcwd()
+    os.chdir(runner.log_dir)  # `python -m` puts its working directory first on sys.path: not this tree's
+    try:
+        runner.start()
+    finally:
+        os.chdir(cwd)
     rclpy.init()
     n = rclpy.create_node("overhead_driver")
     ex = SingleThreadedExecutor()
