@@ -96,7 +96,7 @@ def breakdown(profile: Path, marks: list[tuple[int, int, int]]) -> dict:
     path: dict[str, list[float]] = {k: [] for k in ("js_published_to_last_take_us", "last_take_to_command_published_us",
                                                      "command_published_to_received_us", "node_glue_us")}
     for t_img, t0, t_recv in marks:
-        win = [s for s in spans if s[1] >= t_img and s[2] <= t_recv]
+        win = [s for s in spans if t_img <= s[1] <= t_recv]  # (the status JSON after the command may end later)
         tot: dict[str, float] = {}
         for name, a, b, _ in win:
             g = _group(name)
