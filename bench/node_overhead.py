@@ -12,7 +12,8 @@ every kind at its published size, e.g. ``pi05:fast``) to a temp dir, then
 
 Overhead = node latency − bare inference (and, per step, node latency − the infer_ms the node
 itself reports, which removes run-to-run model jitter). Prints JSON.
-Target (issue 4): overhead ≤ 5 % of the bare forward on the GPU.
+Targets: overhead ≤ 5 % of the bare forward on the GPU (issue 4); ≤ 1.0 ms p50 and ≤ 2 ms p99 with three
+480x640 frames (issue #22 item 4; docs/results/node_overhead.md).
     .venv/bin/python bench/node_overhead.py [--policy act:eager] [--steps 20] [--size 240x320] [--device auto]
 Before/after in one run (the base commit's checkout and this tree's node alternate) with the node's own
 work broken down into spans:
