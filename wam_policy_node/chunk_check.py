@@ -247,11 +247,24 @@ class ChunkChecker:
             q[:, lf], q[:, rf] = g, -g
         return q
 
-    def _contacts(self, q: np.ndarray) -> list[tuple[str, str, float]]:
-        """Forward kinematics and the contacts at one qpos: the counted ones as (geom, other, penetration m)."""
+    def _set_qpos(self, action: np.ndarray) -> None:
+        """``self.data.qpos`` = :meth:`qpos` of one 14-dim command, written in place (the per-command backstop's
+        path: no (1, nq) array built per command; the same numbers)."""
+        a = np.asarray(action, dtype=np.float64)
+        meta, q = self._meta, self.data.qpos
+        q[:] = self.model.qpos0
+        q[meta["qadr"]] = a[ARM]
+        for k, (lf, rf) in enumerate(meta["fadr"]):
+            g = aloha.gripper_position_unnormalize(a[7 * k + 6])
+            q[lf], q[rf] = g, -g
+
+    def _contacts(self, q: np.ndarray | None) -> list[tuple[str, str, float]]:
+        """Forward kinematics and the contacts at one qpos (None: the one already in ``self.data``): the counted
+        ones as (geom, other, penetration m)."""
         mujoco = _mujoco()
         m, d = self.model, self.data
-        d.qpos[:] = q
+        if q is not None:
+            d.qpos[:] = q
         mujoco.mj_kinematics(m, d)
         mujoco.mj_collision(m, d)
         if not d.ncon:
@@ -270,7 +283,11 @@ class ChunkChecker:
 
     def collisions(self, action: np.ndarray) -> list[tuple[str, str, float]]:
         """The counted contacts of one 14-dim command: (geom, other geom or 'frame', penetration m)."""
-        hits = self._contacts(self.qpos(action)[0])
+        if np.shape(action) == (STATE_DIM,):
+            self._set_qpos(action)
+            hits = self._contacts(None)
+        else:
+            hits = self._contacts(self.qpos(action)[0])
         if self._meta["frame"] is not None:
             g = self._meta["arm_geoms"]
             out = self._outside_frame(self.data.geom_xpos[g][None])[0]

@@ -21,6 +21,7 @@ The decisions are the pure cores' (no ROS): :mod:`.framesize` (which frames are 
 """
 from __future__ import annotations
 
+import array
 import json
 import time
 
@@ -151,6 +152,17 @@ def _jsonable(v):
     if isinstance(v, np.ndarray):
         return _jsonable(v.tolist())
     return v
+
+
+def command_msg(cmd: np.ndarray, answers_ns: int | None = None) -> Float64MultiArray:
+    """The COMMAND message for a 14-joint command (labelled with the step it answers): its data as an
+    ``array('d')`` of the command's float64 bytes, which the message takes as it is (a list is checked value by
+    value); the same doubles."""
+    msg = Float64MultiArray()
+    msg.layout.dim = [MultiArrayDimension(label=aloha.command_label(answers_ns), size=topics.STATE_DIM,
+                                          stride=topics.STATE_DIM)]
+    msg.data = array.array("d", np.ascontiguousarray(cmd, dtype=np.float64).tobytes())
+    return msg
 
 
 class WamPolicyNode(Node):
@@ -427,11 +439,7 @@ class WamPolicyNode(Node):
 
     # -- outputs ---------------------------------------------------------------------------
     def _publish_cmd(self, cmd: np.ndarray, answers_ns: int | None = None) -> None:
-        msg = Float64MultiArray()
-        msg.layout.dim = [MultiArrayDimension(label=aloha.command_label(answers_ns), size=topics.STATE_DIM,
-                                              stride=topics.STATE_DIM)]
-        msg.data = [float(v) for v in cmd]
-        self.pub_cmd.publish(msg)
+        self.pub_cmd.publish(command_msg(cmd, answers_ns))
 
     def _emit(self, cmd, status: dict, answers_ns: int | None = None) -> None:
         hold = status.get("hold")

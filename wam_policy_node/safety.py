@@ -119,14 +119,14 @@ class SafetyFilter:
 
         Returns (command, clamped)."""
         a = np.asarray(action, dtype=np.float64)
-        if not np.all(np.isfinite(a)):  # never reaches the motors (chunks are checked, this is a backstop)
+        if not np.isfinite(a).all():  # never reaches the motors (chunks are checked, this is a backstop)
             raise ValueError("non-finite action reached the safety filter")
         if not self.enabled:
             return a.copy(), False
         out = np.clip(a, self.lower, self.upper)
-        if ref is not None and np.all(np.isfinite(ref)):
+        if ref is not None and np.isfinite(ref).all():
             out = np.clip(out, ref - self.max_step, ref + self.max_step)
-        clamped = bool(np.any(np.abs(out - a) > 1e-12))
+        clamped = bool((np.abs(out - a) > 1e-12).any())
         return out, clamped
 
     def hold(self, last_cmd: np.ndarray | None, state: np.ndarray | None) -> np.ndarray | None:

@@ -68,8 +68,12 @@ class TrackingWatchdog:
         if not self.enabled or command is None:
             return None
         err = np.asarray(state, dtype=np.float64) - np.asarray(command, dtype=np.float64)
-        off = np.where(ARM, np.abs(err), -err) > self.threshold  # gripper: only commanded-more-open counts
-        self.worst = np.maximum(self.worst, np.abs(err))
+        mag = np.abs(err)
+        off = np.where(ARM, mag, -err) > self.threshold  # gripper: only commanded-more-open counts
+        self.worst = np.maximum(self.worst, mag)
+        if not off.any():  # every joint tracks (the usual step): nothing is late
+            self._since.fill(-1)
+            return None
         self._since = np.where(off, np.where(self._since < 0, t_ns, self._since), -1)
         late = off & (t_ns - self._since >= self.window_ns)
         if not late.any():

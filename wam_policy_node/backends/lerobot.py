@@ -75,6 +75,15 @@ PARAMS = {
 DEFAULTS = defaults(PARAMS)
 
 
+def _frame_tensor(torch, img: np.ndarray):
+    """A uint8 HxWx3 frame as a CPU tensor without copying it: a read-only view of the message buffer is
+    shared as it is (torch warns that it is not writable; the callers only read it). Copied only where
+    torch cannot share it (not C-contiguous: bgr8's reversed channels, a padded row step)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.from_numpy(np.require(img, np.uint8, ["C"]))
+
+
 def _images_untouched(pipeline) -> bool:
     """Whether the pre-processor passes images through unchanged: each of its steps is one that never
     touches an image, or a normaliser whose mode for visual features is identity."""
@@ -450,8 +459,9 @@ class LeRobotBackend(Backend):
                 np.copyto(pin.numpy(), img, casting="unsafe")
                 t = pin.to(self.device, non_blocking=True)
             else:
-                t = torch.from_numpy(np.require(img, np.uint8, ["C", "W"]))  # read-only frame: copied once
-            batch[dst] = t.permute(2, 0, 1).unsqueeze(0).float().div_(255.0)
+                t = _frame_tensor(torch, img)
+            # uint8 → [0, 1] float32 in one op (the same values as .float().div_(255.0))
+            batch[dst] = torch.div(t.permute(2, 0, 1).unsqueeze(0), 255.0)
         if upload:
             self._uploaded = torch.cuda.Event()
             self._uploaded.record()
@@ -471,10 +481,7 @@ class LeRobotBackend(Backend):
         model's resize are inside its vision graph: engines/_common.py, FlowEngine.prefetch); then the
         host runs the pre-processor on the prompt and state while the GPU encodes the images. The images
         skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched)."""
-        with warnings.catch_warnings():  # a frame from a message buffer is read-only: only read here
-            warnings.simplefilter("ignore", UserWarning)
-            images = {dst: self.torch.from_numpy(np.require(self._frame(obs, src, dst), np.uint8, ["C"])).unsqueeze(0)
-                      for src, dst in keys.items()}
+        images = {dst: _frame_tensor(self.torch, self._frame(obs, src, dst)).unsqueeze(0) for src, dst in keys.items()}
         self._prefetch(images)
         batch = self._preprocess({}, obs)
         batch.update(images)
