@@ -377,9 +377,13 @@ def _fit(rep: Replayer, base: World, fit: np.ndarray, max_iter: int, tol: float,
                 if (theta[p, j] >= hi[p, 0] - 1e-9) or (theta[p, j] <= lo[p, 0] + 1e-9 and lo[p, 0] > 0)]
     if not why and not np.isfinite(cost):
         why = "the replay diverged (NaN states) under every candidate"
-    if not why and not data_cost < cost_before * (1 - 1e-3):
-        why = (f"calibration did not reduce the replay error ({data_cost:.5g} vs {cost_before:.5g} with the base world "
-               f"'{base.name}')")
+    # fitting P parameters to pure noise lowers a noise-unit cost by ~P (χ², P dof): the gain must be
+    # beyond that (≈ the 99.9 % point, P + 3.1·√(2P)) to say the base world explains the recording worse
+    need = len(idx) + 3.1 * np.sqrt(2.0 * len(idx))
+    if not why and not data_cost < cost_before - need:
+        why = (f"calibration did not reduce the replay error beyond what fitting noise does ({data_cost:.5g} vs "
+               f"{cost_before:.5g} with the base world '{base.name}', in noise units; a significant gain is > "
+               f"{need:.0f}): the base world already explains the recording")
     if not why and on_bound:
         why = f"the fit ended on a parameter bound: {', '.join(on_bound)} (the model cannot explain the recording)"
     world = dataclasses.replace(base, name=name, description=description, actuator_gain=theta[0].copy(),
