@@ -34,6 +34,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-latency", type=int, default=5, help="joint-sensor latencies tried, 0..N steps (default 5)")
     p.add_argument("--min-excitation", type=float, default=0.05,
                    help="a fitted joint's commands must span at least this much (rad; default 0.05)")
+    p.add_argument("--holdout", nargs="+", default=[], metavar="BAG",
+                   help="bags of other episodes (same task), not fitted: their replay error with the base, the "
+                        "calibrated (and the reference) world goes into the report, a check that the fit generalises")
     p.add_argument("--reference", default=None, help="a world whose dynamics the bags are known to have (e.g. "
                    "cousin, for a check): its values and replay error go into the report")
 
@@ -75,6 +78,16 @@ def markdown(rep: dict, res, base, ref) -> str:
              "| joint | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
     for n in names:
         lines.append(f"| {n} | " + " | ".join(f"{rep['replay_error'][c][n]:.4f}" for c in cols) + " |")
+    lines.append("| **mean of the 12 arm joints** | " + " | ".join(f"**{rep['replay_error_mean_rad'][c]:.4f}**"
+                                                                 for c in cols) + " |")
+    if "holdout" in rep:
+        h = rep["holdout"]
+        lines += ["", f"## Held-out episodes ({h['episodes']}, {h['steps']} steps; not fitted)", "",
+                  "| joint | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+        for n in names:
+            lines.append(f"| {n} | " + " | ".join(f"{h['replay_error'][c][n]:.4f}" for c in cols) + " |")
+        lines.append("| **mean of the 12 arm joints** | " + " | ".join(f"**{h['replay_error_mean_rad'][c]:.4f}**"
+                                                                     for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -98,16 +111,20 @@ def run(args) -> int:
                               f"(joints: {', '.join(JOINTS_PER_ARM)})")
     base = load_world(args.base)
     ref = load_world(args.reference) if args.reference else None
-    recs = []
-    for b in args.bags:
-        if not Path(b).exists():
-            raise ConfigError(f"bag '{b}' does not exist")
-        try:
-            recs += recordings_from_bag(b, args.max_steps)
-        except (ValueError, BagReadError) as exc:
-            raise ConfigError(str(exc)) from None
+    def read(bags: list[str]) -> list:
+        out = []
+        for b in bags:
+            if not Path(b).exists():
+                raise ConfigError(f"bag '{b}' does not exist")
+            try:
+                out += recordings_from_bag(b, args.max_steps)
+            except (ValueError, BagReadError) as exc:
+                raise ConfigError(str(exc)) from None
+        return out
+
+    recs, held = read(args.bags), read(args.holdout)
     tasks: dict[str, list[str]] = {}
-    for r in recs:
+    for r in recs + held:
         tasks.setdefault(r.task, []).append(r.name)
     if len(tasks) > 1:
         raise ConfigError("the bags mix tasks (" + "; ".join(f"{t}: {', '.join(n[:3])}{' …' if len(n) > 3 else ''}"
@@ -136,6 +153,14 @@ def run(args) -> int:
            "replay_error": {k: dict(zip(names, map(float, v))) for k, v in errs.items()},
            "replay_error_mean_rad": {k: float(np.mean(np.r_[v[0:6], v[7:13]])) for k, v in errs.items()},
            "world": res.world.to_dict()}
+    if held:
+        he = {"base": replay_error(held, base, latency=res.latency_steps), "calibrated": replay_error(held, res.world)}
+        if ref:
+            he["reference"] = replay_error(held, ref, latency=res.latency_steps)
+        rep["holdout"] = {"bags": [str(b) for b in args.holdout], "episodes": len(held),
+                          "steps": int(sum(r.steps for r in held)),
+                          "replay_error": {k: dict(zip(names, map(float, v))) for k, v in he.items()},
+                          "replay_error_mean_rad": {k: float(np.mean(np.r_[v[0:6], v[7:13]])) for k, v in he.items()}}
     if ref:
         rep["reference_params"] = {k: [float(x) for x in getattr(ref, k)] for k in res.params}
     out = Path(args.out) if args.out else Path("runs/calibration") / args.name
