@@ -166,9 +166,10 @@ def run(args) -> int:
     out = Path(args.out) if args.out else Path("runs/calibration") / args.name
     out.mkdir(parents=True, exist_ok=True)
     header = (f"# World '{args.name}': {desc}.\n# Dynamics (actuator_gain, joint_damping, frictionloss) and "
-              f"sensors.joint_latency_steps / joint_noise_std are fitted;\n# the rest is the base world "
-              f"'{base.name}''s. Report: calibration.md next to this file.\n")
-    (out / "world.yaml").write_text(header + yaml.safe_dump(res.world.to_dict(), sort_keys=False, allow_unicode=True))
+              f"sensors.joint_latency_steps / joint_noise_std are fitted;\n# the rest comes from the base world "
+              f"'{base.name}'. Report: calibration.md next to this file.\n")
+    (out / "world.yaml").write_text(header + yaml.safe_dump(res.world.to_dict(), sort_keys=False, allow_unicode=True,
+                                                                 default_flow_style=None))
     (out / "calibration.json").write_text(json.dumps(rep, indent=1) + "\n")
     md = markdown(rep, res, base, ref)
     (out / "calibration.md").write_text(md)
