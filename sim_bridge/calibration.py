@@ -26,11 +26,14 @@ the joint noise σ from the recording itself (robust spread of the second differ
 joints, ÷ √6). Both go into the calibrated world's ``sensors``; everything a joint trajectory
 cannot tell (camera, colour, image noise, object mass / friction) is taken from the base world.
 
-Identifiability is reported, not assumed: each parameter's standard error comes from its joint's
-Gauss–Newton block (σ̂² (JᵀJ)⁻¹); a joint that does not move enough (its commands span less than
-``min_excitation`` rad in both arms) cannot be calibrated and is an error unless left out of
-``joints`` (it then keeps the base world's values). A fit that does not converge, does not reduce
-the error, or lands on a bound raises :class:`CalibrationFailed` naming why.
+Identifiability is reported, not assumed: each parameter's standard error comes from the final
+full Jacobian with the prior (σ̂² (JᵀJ + prior)⁻¹). It is *local* (linearised): optimistic where a
+trajectory depends on a parameter non-linearly (dry friction, contacts) or two parameters trade off
+(bench/calibration_spread.py measures the spread of one-episode fits instead). A joint that does
+not move enough (its commands span less than ``min_excitation`` rad in both arms) cannot be
+calibrated and is an error unless left out of ``joints`` (it then keeps the base world's values).
+A fit that does not converge, does not reduce the error beyond what fitting noise does, or lands
+on a bound raises :class:`CalibrationFailed` naming why.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ KINDS = ("actuator_gain", "joint_damping", "frictionloss")
 #: parameter bounds (a fit that ends on one is reported as not converged)
 BOUNDS = {"actuator_gain": (0.05, 10.0), "joint_damping": (0.0, 50.0), "frictionloss": (0.0, 10.0)}
 #: finite-difference steps (gain and friction are multipliers ~1; damping in N·m·s/rad ~0..3)
-FD_STEP = {"actuator_gain": 0.01, "joint_damping": 0.05, "frictionloss": 0.02}
+FD_STEP = {"actuator_gain": 0.03, "joint_damping": 0.2, "frictionloss": 0.06}
 #: a weak Gaussian prior around the base world's values (in noise units it weighs like one sample):
 #: it keeps a parameter the recording cannot tell apart (e.g. a friction that never saturates) at
 #: the base value instead of letting it drift to a bound; a parameter is *identified* when its

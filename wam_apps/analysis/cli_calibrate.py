@@ -45,7 +45,7 @@ def _params_table(res, base, ref) -> list[str]:
     from sim_bridge.calibration import KINDS
     from sim_bridge.world import JOINTS_PER_ARM
 
-    head = "| parameter | joint | base | calibrated ± SE | identified |" + (" reference |" if ref else "")
+    head = "| parameter | joint | base | calibrated ± local SE | identified |" + (" reference |" if ref else "")
     lines = [head, "|---|---|---|---|---|" + ("---|" if ref else "")]
     for k in KINDS:
         for j, name in enumerate(JOINTS_PER_ARM):
@@ -70,9 +70,12 @@ def markdown(rep: dict, res, base, ref) -> str:
              f"units) {res.cost_before:.4g} → {res.cost_after:.4g}; χ²/dof {res.chi2_dof:.3f} (≈ 1: the calibrated "
              f"sim explains the recording down to its sensor noise). Joint sensors: latency {res.latency_steps} "
              f"steps, noise σ {res.noise_std:.4f} rad (estimated from the recording).", "",
-             "A parameter is *identified* when its posterior standard error is under half the weak prior's "
-             "(gain 0.5, damping 2, friction 1): the recording pinned it. An unidentified one stays near the base "
-             "value — e.g. a friction loss that never saturates in the recorded motion changes no trajectory.", "",
+             "SE: the fit's local (linearised) standard error — optimistic where a trajectory depends on the "
+             "parameter non-linearly (dry friction, contacts) or two parameters trade off (gain against damping "
+             "on a joint that moves little); `bench/calibration_spread.py` measures the real spread of "
+             "one-episode fits. A parameter is *identified* when its SE is under half the weak prior's (gain 0.5, "
+             "damping 2, friction 1). An unidentified one stays near the base value — e.g. a friction loss that "
+             "never saturates in the recorded motion changes no trajectory.", "",
              "## Parameters", ""] + _params_table(res, base, ref) + [
              "", "## Open-loop replay error per joint (RMS; rad, gripper in normalised 0..1 units)", "",
              "| joint | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
