@@ -69,8 +69,12 @@ def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
                 continue
             if cur is None:
                 continue
+            try:
+                msg = decode(m)
+            except Exception as exc:  # noqa: BLE001 - a message the bag's own type cannot decode
+                raise ValueError(f"{cur.name}: cannot decode a {m.topic} message ({exc})") from None
             if m.topic in states:
-                js = decode(m)
+                js = msg
                 stamp = js.header.stamp.sec * 1_000_000_000 + js.header.stamp.nanosec
                 k, rem = divmod(stamp - cur.start, DT_NS)
                 if rem or k < 0 or k in cur.states:
@@ -86,7 +90,6 @@ def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
                     cur.state_log[k] = m.log_ns
                     del cur.pending[k]
                 continue
-            msg = decode(m)
             data = np.asarray(msg.data, dtype=float)
             if data.shape != (T.STATE_DIM,) or not np.all(np.isfinite(data)):
                 cur.bad_commands += 1  # the sim rejects these and holds the last command
