@@ -27,9 +27,10 @@ joints, ÷ √6). Both go into the calibrated world's ``sensors``; everything a 
 cannot tell (camera, colour, image noise, object mass / friction) is taken from the base world.
 
 Identifiability is reported, not assumed: each parameter's standard error comes from the final
-full Jacobian with the prior (σ̂² (JᵀJ + prior)⁻¹). It is *local* (linearised): optimistic where a
-trajectory depends on a parameter non-linearly (dry friction, contacts) or two parameters trade off
-(bench/calibration_spread.py measures the spread of one-episode fits instead). A joint that does
+full Jacobian with the prior (σ̂² (JᵀJ + prior)⁻¹), checked by two replays ±3 SE along its profile
+direction: where the objective rises less than a linear model says (dry friction, contacts, a
+trade-off) the SE is widened to match. It stays a local figure; bench/calibration_spread.py
+measures the spread of one-episode fits. A joint that does
 not move enough (its commands span less than ``min_excitation`` rad in both arms) cannot be
 calibrated and is an error unless left out of ``joints`` (it then keeps the base world's values).
 A fit that does not converge, does not reduce the error beyond what fitting noise does, or lands
@@ -370,9 +371,27 @@ def _fit(rep: Replayer, base: World, fit: np.ndarray, max_iter: int, tol: float,
     if J is not None and not full:
         J = jacobian(theta, res, True)
     if J is not None:
-        cov = max(chi2_dof, 1.0) * np.linalg.pinv(J.T @ J + np.diag(prior_w ** 2))
+        s2 = max(chi2_dof, 1.0)
+        cov = s2 * np.linalg.pinv(J.T @ J + np.diag(prior_w ** 2))
+        final = objective(theta, res)
         for i, (p, j) in enumerate(idx):
-            stderr[p, j] = float(np.sqrt(max(cov[i, i], 0.0)))
+            se = float(np.sqrt(max(cov[i, i], 0.0)))
+            # check the linearisation: ±3 SE along the parameter's profile direction (the others follow
+            # as the covariance says) must raise the objective by 9·s² if the model were linear; where it
+            # rises less (friction, contacts, a trade-off), widen the SE to what the rise says
+            if se > 0 and not why:
+                step = 3.0 * cov[:, i] / se
+                rises = []
+                for sign in (1.0, -1.0):
+                    trial = theta.copy()
+                    for m, (pp, jj) in enumerate(idx):
+                        trial[pp, jj] += sign * step[m]
+                    if np.any(trial < lo) or np.any(trial > hi):
+                        continue
+                    rises.append(objective(trial, rep.residuals(rep.states(trial), lat)) - final)
+                if rises and min(rises) < 9.0 * s2:
+                    se *= float(np.sqrt(9.0 * s2 / max(min(rises), 1e-3)))
+            stderr[p, j] = se
     identified = np.zeros((3, 7), bool)
     for p, j in idx:
         identified[p, j] = stderr[p, j] < 0.5 * PRIOR_STD[KINDS[p]]
