@@ -304,7 +304,7 @@ def _fit(rep: Replayer, base: World, fit: np.ndarray, max_iter: int, tol: float,
 
     theta, states, res = theta0.copy(), states0, res0
     cost = objective(theta, res)
-    converged, it, J, why = False, 0, None, ""
+    converged, it, J, why, lat_changes = False, 0, None, "", 0
     for _refit in range(2):
         full, lam = False, 1e-2
         while True:
@@ -335,6 +335,14 @@ def _fit(rep: Replayer, base: World, fit: np.ndarray, max_iter: int, tol: float,
                     rel = (cost - ct) / max(cost, 1e-300)
                     theta, states, res, cost = trial, st, rt, ct
                     lam = max(lam / 3.0, 1e-7)
+                    # a soft loop lags like a late sensor: the latency first chosen on the base world's
+                    # replay can be too long, so it is re-chosen on every better replay (shifts are free)
+                    new_lat = best_latency(rep, states, max_latency)
+                    if new_lat != lat and lat_changes < 4:
+                        say(f"joint latency re-estimated: {new_lat} steps (was {lat})")
+                        lat, lat_changes = new_lat, lat_changes + 1
+                        res = rep.residuals(states, lat)
+                        cost, rel = objective(theta, res), 1.0
                     break
                 lam *= 4.0
             history.append({"iteration": it, "jacobian": "full" if full else "block", "cost": cost, "lambda": lam,

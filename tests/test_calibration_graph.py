@@ -3,13 +3,18 @@ the cousin world (``wam-policy eval --world cousin``: sim_bridge, the expert pol
 recorder over DDS), then ``wam-policy calibrate`` on it — the cousin's hidden arm dynamics come
 back, and the calibrated sim replays the episode as well as the cousin itself does.
 
-Tolerance: a parameter the recording identifies (posterior standard error under half its prior's)
-must be within 4 standard errors of the truth. The SE is the Gauss–Newton one of the noise-unit
-residuals (the cousin's sensors: σ 0.003 rad, one step late), so 4 SE fails a correct fit with
-< 1e-4 odds per parameter under a linearised model; the run is seeded, so the outcome does not
-vary between runs. The parameters this episode must identify (it moves every joint): every
-actuator gain, the shoulder's damping and friction loss. The rest are reported, not tested: dry
-friction that never saturates in the recorded motion (most joints) changes no trajectory."""
+Tolerance, per parameter, from docs/results/calibration/spread.json (bench/calibration_spread.py:
+nine one-episode fits of cousin-world expert episodes, seeds 0–8, each fitted on its own; seed 9
+barely moves the waist and is refused): 4 × the empirical standard deviation of a one-episode fit,
+rounded up. These are the parameters a single transfer_cube episode pins in every fit (worst error
+over the nine fits ≤ 2 SD; the gripper's gain 3 SD, biased up 0.04 by the cube's contact): the
+gains of the waist, shoulder, elbow, forearm roll, wrist angle and gripper, the damping of the
+shoulder, forearm roll and wrist angle, the shoulder's friction loss. The rest are reported, not
+tested: wrist_rotate (kp 20 under a friction loss of 30) trades gain against damping, the elbow its
+damping against its friction loss, the gripper's damping is confounded with the cube's contact
+(the fit keeps the base world's object), and dry friction that never saturates in the recorded
+motion (most joints) changes no trajectory. The run is seeded: the outcome does not vary."""
+
 from __future__ import annotations
 
 import json
@@ -24,6 +29,12 @@ import pytest
 pytestmark = pytest.mark.ros
 
 ROOT = Path(__file__).resolve().parents[1]
+#: (parameter, joint) → |fit − truth| allowed: 4 × the spread (SD) of nine one-episode fits
+TOLERANCE = {("actuator_gain", "waist"): 0.06, ("actuator_gain", "shoulder"): 0.015,
+             ("actuator_gain", "elbow"): 0.04, ("actuator_gain", "forearm_roll"): 0.18,
+             ("actuator_gain", "wrist_angle"): 0.06, ("actuator_gain", "gripper"): 0.1,
+             ("joint_damping", "shoulder"): 0.31, ("joint_damping", "forearm_roll"): 0.1,
+             ("joint_damping", "wrist_angle"): 0.16, ("frictionloss", "shoulder"): 0.04}
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -46,7 +57,7 @@ def calibrated(tmp_path_factory):
 
 def test_the_cousins_hidden_dynamics_come_back(calibrated):
     from sim_bridge.calibration import KINDS
-    from sim_bridge.world import load_world
+    from sim_bridge.world import JOINTS_PER_ARM, load_world
 
     out, rep = calibrated
     truth = load_world("cousin")
@@ -54,13 +65,10 @@ def test_the_cousins_hidden_dynamics_come_back(calibrated):
     # the sensors: one step late, σ 0.003 rad
     assert rep["joint_latency_steps"] == 1
     assert rep["joint_noise_std"] == pytest.approx(0.003, rel=0.2)
-    for k in KINDS:
-        fit, se, ident = (np.array(rep[x][k], dtype=float) for x in ("params", "stderr", "identified"))
-        true = getattr(truth, k)
-        bad = [(j, fit[j], true[j], se[j]) for j in range(7) if ident[j] and not abs(fit[j] - true[j]) <= 4 * se[j]]
-        assert not bad, (k, bad)
-    assert all(rep["identified"]["actuator_gain"])
-    assert rep["identified"]["joint_damping"][1] and rep["identified"]["frictionloss"][1]
+    for (kind, joint), tol in TOLERANCE.items():
+        j = JOINTS_PER_ARM.index(joint)
+        fit, true = rep["params"][kind][j], getattr(truth, kind)[j]
+        assert abs(fit - true) <= tol, (kind, joint, fit, true, tol)
     # the world config written is the fit, with the base (nominal) world's camera, colour and objects
     w = load_world(str(out / "world.yaml"))
     assert w.name == "cousin_fit" and w.joint_latency_steps == 1
