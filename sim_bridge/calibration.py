@@ -21,7 +21,8 @@ Steps are accepted on the *full* objective, and a rejected step raises the dampi
 
 Sensors: a recording's joint states can be late (``joint_latency_steps``: the state published at
 step k is the state of step k − L) and noisy. L is estimated by the shift (0…``max_latency``) that
-minimises the replay error, before the fit and again after it (the fit is redone if it changed);
+minimises the replay error, before the fit and again on every better replay (a soft loop lags like
+a late sensor), and once more at the end (the fit is redone if it changed);
 the joint noise σ from the recording itself (robust spread of the second difference of the arm
 joints, ÷ √6). Both go into the calibrated world's ``sensors``; everything a joint trajectory
 cannot tell (camera, colour, image noise, object mass / friction) is taken from the base world.
