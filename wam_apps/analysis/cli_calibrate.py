@@ -21,6 +21,11 @@ from wam_common.config import ConfigError
 
 
 def add_arguments(p) -> None:
+    p.epilog = ("Replays each episode's commands open loop from its seed and fits actuator_gain, joint_damping and "
+                "frictionloss per joint (both arms alike) plus the joint sensors' latency and noise. Writes "
+                "world.yaml, calibration.json and calibration.md under --out. Exit 2: unusable bags (named); exit 3: "
+                "the fit failed (no convergence, no significant gain, a bound, a joint that never moves) and nothing "
+                "was written. docs/sim_bridge.md → Calibration from bags.")
     p.add_argument("bags", nargs="+", help="recorded bags (rosbag2 directories or .mcap): clean episodes with "
                    "episode events, commands and both arms' joint states")
     p.add_argument("--base", default="nominal", help="the world calibrated from, and where the parts a joint "
