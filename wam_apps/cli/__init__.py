@@ -23,6 +23,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "parity": ("wam_apps.analysis.cli_parity", "sim-vs-real parity report from two bags"),
     "parity-study": ("wam_apps.analysis.cli_parity_study", "sim-vs-real success over a policy family: Pearson, MMRV, "
                      "prediction-powered real success from paired eval runs"),
+    "calibrate": ("wam_apps.analysis.cli_calibrate", "fit the sim's arm dynamics (gain, damping, friction per joint) "
+                  "to recorded bags: writes a world config"),
     "export-lerobot": ("wam_apps.export_lerobot", "bags → LeRobotDataset (v3)"),
     "collect": ("wam_apps.training.collect", "scripted-expert demos → LeRobotDataset"),
     "train": ("wam_apps.training.train", "train ACT / Diffusion Policy with LeRobot"),
