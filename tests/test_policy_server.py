@@ -43,7 +43,7 @@ def raw_client(port: int, key: str | None = None):
 
     ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, proxy=None, legacy=True,
                  additional_headers={"Authorization": f"Api-Key {key}"} if key else None)
-    return ws, msgpack_numpy.unpackb(ws.recv(timeout=10))
+    return ws, msgpack_numpy.unpackb(ws.recv(timeout=30))
 
 
 @pytest.fixture(scope="module")

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from rosutil import wait_for
+import test_policy_server as _server_tests
 from wam_common.config import ConfigError
 from wam_policy_node.backends import BackendError, Observation, make_backend, msgpack_numpy
 from wam_policy_node.server import PolicyServer, batch_config
@@ -37,20 +38,8 @@ def request(o: Observation) -> bytes:
                                 "images": {c: np.ascontiguousarray(im.transpose(2, 0, 1)) for c, im in o.images.items()}})
 
 
-def raw_client(port: int):
-    from websockets.sync.client import connect
-
-    ws = connect(f"ws://127.0.0.1:{port}", compression=None, max_size=None, proxy=None, legacy=True)
-    return ws, msgpack_numpy.unpackb(ws.recv(timeout=30))
-
-
-@pytest.fixture(scope="module")
-def act(tmp_path_factory):
-    from wam_policy_node.zoo import save_random_policy
-
-    path = save_random_policy("act", tmp_path_factory.mktemp("zoo") / "act", size="tiny")
-    cfg = {"path": str(path), "device": "cpu", "engine": "eager"}
-    return cfg, make_backend("lerobot", cfg)
+act = _server_tests.act  # the tiny random-weight ACT (a module fixture of its own here)
+raw_client = _server_tests.raw_client
 
 
 def _sent(o: Observation) -> Observation:
