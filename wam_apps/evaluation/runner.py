@@ -104,12 +104,13 @@ STATUS_DEPTH = 5000  # statuses kept for the observer until its callback takes t
 
 
 def _status_qos():
-    from rclpy.qos import QoSProfile
+    """The contract's STATUS QoS with a deeper history."""
+    import copy
 
     from wam_common import qos
 
-    q = QoSProfile(depth=STATUS_DEPTH)
-    q.history, q.reliability, q.durability = qos.STATUS.history, qos.STATUS.reliability, qos.STATUS.durability
+    q = copy.copy(qos.STATUS)
+    q.depth = STATUS_DEPTH
     return q
 
 
@@ -146,7 +147,7 @@ class _Observer(BackgroundNode):
         self.cur_cmd_t: list[float] = []
         self.clock_s: float | None = None
         self.per_episode: dict[int, dict] = {}
-        self.tallies: dict[int, dict] = {}  # episode → stall_steps, seam_jump_max, last step seen
+        self.tallies: dict[int, dict] = {}  # episode → stall_steps, seam_jump_max, steps whose status came
         # created before the command subscription: when both are ready, the clock is read first; statuses
         # with a deep history: a lockstep sim without cameras steps hundreds of times a second, faster than
         # this process's Python thread may take them when it is busy
@@ -212,13 +213,11 @@ class _Observer(BackgroundNode):
                 self.cur_infer.append(float(ms))
             ep = st.get("episode")
             if isinstance(ep, int) and st.get("published", True):
-                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "last_step": -1,
-                                                 "steps_seen": set()})
+                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "steps_seen": set()})
                 t["stall_steps"] += bool(st.get("stall"))
                 if isinstance(st.get("seam_jump"), (int, float)):
                     t["seam_jump_max"] = max(t["seam_jump_max"], float(st["seam_jump"]))
                 if isinstance(st.get("step"), int):
-                    t["last_step"] = max(t["last_step"], st["step"])
                     t["steps_seen"].add(st["step"])
                 self.lock.notify_all()
 
@@ -226,13 +225,14 @@ class _Observer(BackgroundNode):
         """The episode's status tallies once the status of its last step (``steps - 1``) came (lockstep: every
         step has one), at most ``timeout_s``; ``status_complete`` says whether the status of every step
         ``0 .. steps - 1`` came (statuses arrive in order: none can come after the last one)."""
+        def last_came() -> bool:
+            return steps <= 0 or steps - 1 in self.tallies.get(episode, {}).get("steps_seen", ())
+
         deadline = time.monotonic() + timeout_s
         with self.lock:
-            while self.tallies.get(episode, {}).get("last_step", -1) < steps - 1 and time.monotonic() < deadline:
+            while not last_came() and time.monotonic() < deadline:
                 self.lock.wait(timeout=0.1)
-            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "last_step": -1,
-                                                "steps_seen": set()}))
-        t.pop("last_step")
+            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "steps_seen": set()}))
         missing = sorted(set(range(steps)) - t.pop("steps_seen"))
         t["status_complete"] = not missing
         t["status_missing_first"] = missing[0] if missing else None  # where to look when a tally is short
@@ -282,7 +282,7 @@ def run_job(job: Job, store_dir: str | None = None) -> JobResult:
                 row = {
                     "policy": job.policy, "configuration": job.configuration, "dimension": job.dimension,
                     "level": job.level, "task": ev.get("task", job.task), "seed": int(ev["seed"]),
-                    "success": bool(ev["success"]), "steps": int(ev.get("steps", 0)),
+                    "success": bool(ev["success"]), "steps": steps,
                     "reason": ev.get("reason", ""), "clock": job.clock, "world": ev.get("world", job.world),
                     "latency_ms_mean": lat.get("mean"), **extra.get(ep, {"infer_ms_mean": None, "stalls": None}),
                     "value": job.value, **tally,
