@@ -235,28 +235,19 @@ class ChunkChecker:
                                     f"{'rad' if ARM[j] else 'units'}{unit} > {lim[j] / self.dt ** order:.3g}")
 
     # -- collisions --------------------------------------------------------------------------
-    def qpos(self, actions: np.ndarray) -> np.ndarray:
+    def qpos(self, actions: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """The model's qpos for each 14-dim command of ``actions`` (H, 14): arm joints as commanded, each gripper
-        as its two finger positions ``[g, -g]`` (sim_bridge's ``action_to_ctrl``)."""
+        as its two finger positions ``[g, -g]`` (sim_bridge's ``action_to_ctrl``). ``out``: an (H, nq) array to
+        write into (the per-command backstop passes a view of ``self.data.qpos``: no array built per command)."""
         a = np.atleast_2d(np.asarray(actions, dtype=np.float64))
         meta = self._meta
-        q = np.tile(self.model.qpos0, (len(a), 1))
+        q = np.empty((len(a), self.model.nq)) if out is None else out
+        q[:] = self.model.qpos0
         q[:, meta["qadr"]] = a[:, ARM]
         for k, (lf, rf) in enumerate(meta["fadr"]):
             g = aloha.gripper_position_unnormalize(a[:, 7 * k + 6])
             q[:, lf], q[:, rf] = g, -g
         return q
-
-    def _set_qpos(self, action: np.ndarray) -> None:
-        """``self.data.qpos`` = :meth:`qpos` of one 14-dim command, written in place (the per-command backstop's
-        path: no (1, nq) array built per command; the same numbers)."""
-        a = np.asarray(action, dtype=np.float64)
-        meta, q = self._meta, self.data.qpos
-        q[:] = self.model.qpos0
-        q[meta["qadr"]] = a[ARM]
-        for k, (lf, rf) in enumerate(meta["fadr"]):
-            g = aloha.gripper_position_unnormalize(a[7 * k + 6])
-            q[lf], q[rf] = g, -g
 
     def _contacts(self, q: np.ndarray | None) -> list[tuple[str, str, float]]:
         """Forward kinematics and the contacts at one qpos (None: the one already in ``self.data``): the counted
@@ -284,7 +275,7 @@ class ChunkChecker:
     def collisions(self, action: np.ndarray) -> list[tuple[str, str, float]]:
         """The counted contacts of one 14-dim command: (geom, other geom or 'frame', penetration m)."""
         if np.shape(action) == (STATE_DIM,):
-            self._set_qpos(action)
+            self.qpos(action, out=self.data.qpos[None])
             hits = self._contacts(None)
         else:
             hits = self._contacts(self.qpos(action)[0])

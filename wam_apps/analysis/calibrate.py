@@ -33,7 +33,7 @@ class _Episode:
         self.start = int(ev.get("stamp_ns", 0))
         self.states: dict[int, np.ndarray] = {}      # step → 14
         self.state_log: dict[int, int] = {}          # step → log ns of the pair
-        self.pending: dict[int, dict] = {}
+        self.pending: dict[int, dict] = {}           # stamp → arm → 7 (aloha.pair_arm_states)
         self.labelled: dict[int, np.ndarray] = {}    # step → first command answering it
         self.unlabelled: list[tuple[int, np.ndarray]] = []  # (log ns, command)
         self.end: dict | None = None
@@ -74,21 +74,17 @@ def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
             except Exception as exc:  # noqa: BLE001 - a message the bag's own type cannot decode
                 raise ValueError(f"{cur.name}: cannot decode a {m.topic} message ({exc})") from None
             if m.topic in states:
-                js = msg
-                stamp = js.header.stamp.sec * 1_000_000_000 + js.header.stamp.nanosec
+                try:
+                    pair = aloha.pair_arm_states(cur.pending, states[m.topic], msg)
+                except ValueError as exc:
+                    raise ValueError(f"{cur.name}: bad joint state on {m.topic}: {exc}") from None
+                if pair is None:
+                    continue
+                stamp, state = pair
                 k, rem = divmod(stamp - cur.start, DT_NS)
                 if rem or k < 0 or k in cur.states:
                     continue  # another episode's, or a lockstep resend of a step already read
-                try:
-                    arm7 = aloha.arm_state_from_joint_state(list(js.name), list(js.position))
-                except ValueError as exc:
-                    raise ValueError(f"{cur.name}: bad joint state at step {k}: {exc}") from None
-                got = cur.pending.setdefault(k, {})
-                got[states[m.topic]] = arm7
-                if len(got) == len(T.ARMS):
-                    cur.states[k] = np.concatenate([got[a] for a in T.ARMS])
-                    cur.state_log[k] = m.log_ns
-                    del cur.pending[k]
+                cur.states[k], cur.state_log[k] = state, m.log_ns
                 continue
             data = np.asarray(msg.data, dtype=float)
             if data.shape != (T.STATE_DIM,) or not np.all(np.isfinite(data)):

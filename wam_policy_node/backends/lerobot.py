@@ -475,14 +475,16 @@ class LeRobotBackend(Backend):
         batch.pop("action", None)  # the processors' transition carries an empty action
         return batch
 
-    def _batch_fast(self, obs: Observation, keys: dict[str, str]) -> dict:
+    def _batch_fast(self, obs: Observation, keys: dict[str, str], prefetch: bool = True) -> dict:
         """The fast engine's batch: the frames as they are (uint8 HxWx3, no copy here) go to the engine,
         which copies them to the GPU and starts its vision tower at once (uint8 → [0, 1] float and the
         model's resize are inside its vision graph: engines/_common.py, FlowEngine.prefetch); then the
         host runs the pre-processor on the prompt and state while the GPU encodes the images. The images
-        skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched)."""
+        skip the pre-processor, which would leave them unchanged (checked at load: _images_untouched).
+        ``prefetch=False``: no early start (a batch of several requests is staged whole)."""
         images = {dst: _frame_tensor(self.torch, self._frame(obs, src, dst)).unsqueeze(0) for src, dst in keys.items()}
-        self._prefetch(images)
+        if prefetch:
+            self._prefetch(images)
         batch = self._preprocess({}, obs)
         batch.update(images)
         return batch
@@ -560,15 +562,7 @@ class LeRobotBackend(Backend):
         engine's images go in as raw uint8 frames (its vision graph converts them; no prefetch: the
         stacked batch is staged whole)."""
         keys = self._keys(obs)
-        if self._prefetch is None:
-            return self.batch(obs, keys)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)
-            images = {dst: self.torch.from_numpy(np.require(self._frame(obs, src, dst), np.uint8, ["C"])).unsqueeze(0)
-                      for src, dst in keys.items()}
-        batch = self._preprocess({}, obs)
-        batch.update(images)
-        return batch
+        return self.batch(obs, keys) if self._prefetch is None else self._batch_fast(obs, keys, prefetch=False)
 
     def _stack_sig(self, batch: dict) -> tuple:
         """What must agree for batches to stack: each tensor's key, per-row shape and dtype."""
