@@ -130,7 +130,10 @@ class _Observer(BackgroundNode):
     From the policy's statuses, per episode (the status's ``episode``): ``stall_steps``, the steps
     commanded without a fresh action (a hold: e.g. ``sync`` waiting for a chunk in flight), and
     ``seam_jump_max``, at chunk boundaries the largest arm-joint distance of the runtime's new action
-    from the last command sent (rad; it includes any lag of the safety filter's velocity clamp)."""
+    from the last command sent (rad; it includes any lag of the safety filter's velocity clamp), and what
+    the safety layer did: ``holds`` (steps held, by reason: ``stall_steps`` counts them all),
+    ``chunks_trimmed`` and ``chunks_rejected`` (by the whole-chunk check). In an episode without faults
+    each of those is a false positive of the safety layer (docs/results/reliability.md)."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
         from rosgraph_msgs.msg import Clock
@@ -213,8 +216,13 @@ class _Observer(BackgroundNode):
                 self.cur_infer.append(float(ms))
             ep = st.get("episode")
             if isinstance(ep, int) and st.get("published", True):
-                t = self.tallies.setdefault(ep, {"stall_steps": 0, "seam_jump_max": 0.0, "steps_seen": set()})
+                t = self.tallies.setdefault(ep, _empty_tally())
                 t["stall_steps"] += bool(st.get("stall"))
+                if st.get("hold"):
+                    t["holds"][str(st["hold"])] = t["holds"].get(str(st["hold"]), 0) + 1
+                check = st.get("chunk_check")
+                if isinstance(check, dict) and check.get("result") in ("trimmed", "rejected"):
+                    t[f"chunks_{check['result']}"] += 1
                 if isinstance(st.get("seam_jump"), (int, float)):
                     t["seam_jump_max"] = max(t["seam_jump_max"], float(st["seam_jump"]))
                 if isinstance(st.get("step"), int):
@@ -232,7 +240,8 @@ class _Observer(BackgroundNode):
         with self.lock:
             while not last_came() and time.monotonic() < deadline:
                 self.lock.wait(timeout=0.1)
-            t = dict(self.tallies.get(episode, {"stall_steps": None, "seam_jump_max": None, "steps_seen": set()}))
+            t = dict(self.tallies.get(episode) or {**_empty_tally(), "stall_steps": None, "seam_jump_max": None,
+                                                   "holds": None, "chunks_trimmed": None, "chunks_rejected": None})
         missing = sorted(set(range(steps)) - t.pop("steps_seen"))
         t["status_complete"] = not missing
         t["status_missing_first"] = missing[0] if missing else None  # where to look when a tally is short
@@ -246,6 +255,11 @@ class _Observer(BackgroundNode):
         with self.lock:
             if self.clock_s is not None:
                 self.cur_cmd_t.append(self.clock_s)
+
+
+def _empty_tally() -> dict:
+    return {"stall_steps": 0, "seam_jump_max": 0.0, "holds": {}, "chunks_trimmed": 0, "chunks_rejected": 0,
+            "steps_seen": set()}
 
 
 def run_job(job: Job, store_dir: str | None = None) -> JobResult:
