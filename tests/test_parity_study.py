@@ -83,3 +83,28 @@ def test_bad_pairs_are_clear_errors(runs, tmp_path):
     proc = _cli("eval", "--suite", "parity", *POLICIES, "--episodes", "2", "--seed", "3", "--world", "cousin",
                 "--out", str(runs["nominal"]), check=False)
     assert proc.returncode == 2 and "holds episodes of world 'nominal'" in proc.stderr
+
+
+def test_several_runs_per_side_are_merged(runs, tmp_path):
+    """A camera policy's run beside the expert family's: `--sim-run` / `--real-run` merge more runs of a side
+    into one study (the same report as one run holding them all); an episode in two runs is an error."""
+    split = {}
+    for world in ("nominal", "cousin"):
+        for pol in ("expert_noise_000", "expert_noise_060"):
+            d = tmp_path / f"{world}_{pol}"
+            d.mkdir()
+            rows = [r for r in ResultStore(runs[world]).rows() if r["policy"] == pol]
+            (d / "episodes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            split[world, pol] = str(d)
+    common = ["--n-real", "2", "--subsamples", "0", "--bootstrap", "200"]
+    _cli("parity-study", str(runs["nominal"]), str(runs["cousin"]), "--out", str(tmp_path / "one"), *common)
+    _cli("parity-study", split["nominal", "expert_noise_000"], split["cousin", "expert_noise_000"],
+         "--sim-run", split["nominal", "expert_noise_060"], "--real-run", split["cousin", "expert_noise_060"],
+         "--out", str(tmp_path / "two"), *common)
+    one, two = (json.loads((tmp_path / n / "parity_study.json").read_text()) for n in ("one", "two"))
+    assert two["policies"] == one["policies"] and two["pearson"] == one["pearson"] and two["mmrv"] == one["mmrv"]
+    assert two["runs"]["sim"] == [split["nominal", "expert_noise_000"], split["nominal", "expert_noise_060"]]
+    proc = _cli("parity-study", str(runs["nominal"]), str(runs["cousin"]), "--sim-run",
+                split["nominal", "expert_noise_060"], "--out", str(tmp_path / "x"), check=False)
+    assert proc.returncode == 2
+    assert "sim episode policy=expert_noise_060 configuration=clean task=transfer_cube seed=3 is in two runs" in proc.stderr

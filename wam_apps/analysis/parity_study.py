@@ -37,6 +37,23 @@ def load_run(path: str | Path, side: str) -> tuple[list[dict], dict]:
     return rows, man
 
 
+def load_runs(paths: list, side: str) -> tuple[list[dict], dict]:
+    """The rows of several eval runs of one side (e.g. the expert family's run and a camera policy's run of
+    the same world), merged: an episode id found in two of them is a ConfigError naming it and both runs.
+    The manifest returned is the first run's."""
+    rows, man, seen = [], {}, {}
+    for i, path in enumerate(paths):
+        r, m = load_run(path, side)
+        man = man if i else m
+        for row in r:
+            k = episode_key(row)
+            if k in seen:
+                raise ConfigError(f"{side} episode {_eid(k)} is in two runs: {seen[k]} and {path}")
+            seen[k] = path
+        rows += r
+    return rows, man
+
+
 def _eid(key: tuple) -> str:
     policy, conf, task, seed = key
     return f"policy={policy} configuration={conf} task={task} seed={seed}"
