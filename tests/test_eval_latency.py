@@ -55,6 +55,10 @@ def test_latency_eval_table_over_dds(tmp_path):
         assert r["policy"] == "expert+sync" and r["status_complete"], r
         assert r["stall_steps"] == _sync_stalls(r["steps"], d), conf
         assert r["seam_jump_max"] > 0
+        # the safety layer's tallies: every stall a hold while the chunk is in flight, nothing trimmed or rejected,
+        # one chunk per sync cycle of d + 20 steps
+        assert r["holds"] == {"no_action": r["stall_steps"]} and r["chunks_trimmed"] == r["chunks_rejected"] == 0, r
+        assert r["chunks_used"] == -(-max(0, r["steps"] - d) // (d + 20)), r
         assert (r["time_to_success_s"] is not None) == r["success"]
     assert rows["latency_5"]["stall_steps"] > rows["latency_2"]["stall_steps"]
     view = json.loads((out / "latency.json").read_text())["expert+sync"]

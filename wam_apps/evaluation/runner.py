@@ -132,7 +132,8 @@ class _Observer(BackgroundNode):
     ``seam_jump_max``, at chunk boundaries the largest arm-joint distance of the runtime's new action
     from the last command sent (rad; it includes any lag of the safety filter's velocity clamp), and what
     the safety layer did: ``holds`` (steps held, by reason: ``stall_steps`` counts them all),
-    ``chunks_trimmed`` and ``chunks_rejected`` (by the whole-chunk check). In an episode without faults
+    ``chunks_trimmed`` and ``chunks_rejected`` (by the whole-chunk check) of the chunks checked
+    (``chunks_used`` + ``chunks_rejected``: ``chunks_used`` counts the chunks commands came from). In an episode without faults
     each of those is a false positive of the safety layer (docs/results/reliability.md)."""
 
     def __init__(self, domain_id: int, dt: float, count_stalls: bool):
@@ -227,6 +228,8 @@ class _Observer(BackgroundNode):
                     t["seam_jump_max"] = max(t["seam_jump_max"], float(st["seam_jump"]))
                 if isinstance(st.get("step"), int):
                     t["steps_seen"].add(st["step"])
+                if st.get("chunk_id") is not None:
+                    t["chunk_ids"].add(st["chunk_id"])
                 self.lock.notify_all()
 
     def tally(self, episode: int, steps: int, timeout_s: float) -> dict:
@@ -242,7 +245,9 @@ class _Observer(BackgroundNode):
                 self.lock.wait(timeout=0.1)
             t = dict(self.tallies.get(episode) or {**_empty_tally(), "stall_steps": None, "seam_jump_max": None,
                                                    "holds": None, "chunks_trimmed": None, "chunks_rejected": None})
+            t["steps_seen"], t["chunk_ids"] = set(t["steps_seen"]), set(t["chunk_ids"])
         missing = sorted(set(range(steps)) - t.pop("steps_seen"))
+        t["chunks_used"] = len(t.pop("chunk_ids")) if t["stall_steps"] is not None else None
         t["status_complete"] = not missing
         t["status_missing_first"] = missing[0] if missing else None  # where to look when a tally is short
         return t
@@ -259,7 +264,7 @@ class _Observer(BackgroundNode):
 
 def _empty_tally() -> dict:
     return {"stall_steps": 0, "seam_jump_max": 0.0, "holds": {}, "chunks_trimmed": 0, "chunks_rejected": 0,
-            "steps_seen": set()}
+            "steps_seen": set(), "chunk_ids": set()}
 
 
 def run_job(job: Job, store_dir: str | None = None) -> JobResult:
