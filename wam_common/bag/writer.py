@@ -32,6 +32,14 @@ from wam_common.bag.msgdefs import message_definition
 COMPRESSION = {"none": CompressionType.NONE, "": CompressionType.NONE, "zstd": CompressionType.ZSTD,
                "lz4": CompressionType.LZ4}
 LIBRARY = "wam_policy-recorder"
+#: libyaml's emitter where PyYAML has it (the same text): the pure-Python one took 60-240 ms of the writer
+#: thread (holding the GIL) for each metadata.yaml rewrite, every metadata_period_s, on a 2-core machine;
+#: the chunk in progress waited for it — time a kill -9 could lose on top of flush_period_s
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(obj) -> str:
+    return yaml.dump(obj, Dumper=_DUMPER, default_flow_style=False, sort_keys=False)
 
 
 class BagError(RuntimeError):
@@ -56,7 +64,7 @@ class QosSpec:
 
 def qos_yaml(profiles: Sequence[QosSpec]) -> str:
     """The ``offered_qos_profiles`` string rosbag2 stores in MCAP channel metadata."""
-    return yaml.safe_dump([p.as_dict() for p in profiles], default_flow_style=False, sort_keys=False).strip() if profiles else ""
+    return _dump([p.as_dict() for p in profiles]).strip() if profiles else ""
 
 
 @dataclass
@@ -248,8 +256,7 @@ class BagWriter:
 
     def _metadata_text(self, inner: bool = False) -> str:
         meta = self.metadata()
-        return yaml.safe_dump(meta["rosbag2_bagfile_information"] if inner else meta, default_flow_style=False,
-                              sort_keys=False)
+        return _dump(meta["rosbag2_bagfile_information"] if inner else meta)
 
     def _write_metadata(self) -> None:
         write_metadata_file(self.path, self._metadata_text())
