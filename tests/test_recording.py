@@ -285,6 +285,10 @@ def test_kill9_loses_at_most_the_configured_bound(probe, domain_id, tmp_path):
 
     with AnyReader([bag_dir]) as r:
         assert sum(1 for c, _, _ in r.messages() if c.topic == T.POLICY_STATUS) == len(seqs)
+    from mcap.reader import make_reader
+
+    with open(next(bag_dir.glob("*.mcap")), "rb") as fh:
+        assert sum(1 for _, c, _ in make_reader(fh).iter_messages(topics=[T.POLICY_STATUS])) == len(seqs)
 
 
 @pytest.mark.parametrize("params,key", [
