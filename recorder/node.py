@@ -21,7 +21,7 @@ Files split on each EPISODE ``start`` event (``split.by_episode``), by size
 (``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
 cleanly, however many arrive (the first stops the node after ``DRAIN_S`` more callbacks, the others
 are ignored: :mod:`wam_common.node_main`); after ``kill -9`` everything the writer thread took more than
-``reorder_window_s + flush_period_s`` (0.2 s) ago is in the OS's page cache, which survives the process
+``reorder_window_s + flush_period_s`` + its 25 ms poll (0.225 s) ago is in the OS's page cache, which survives the process
 (see :mod:`wam_common.bag.repair`; :func:`kill_bound_s`).
 """
 from __future__ import annotations
@@ -96,6 +96,7 @@ def kill_bound_s(cfg: dict) -> float:
     checked every :func:`writer_poll_s`); a flushed chunk is in the OS's page cache, which outlives the
     process. Time the recorder's threads spend waiting for a core (DDS → callback → writer) comes on top."""
     return float(cfg["reorder_window_s"]) + float(cfg["flush_period_s"]) + writer_poll_s(cfg)
+
 
 _STOP = object()
 
