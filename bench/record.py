@@ -12,9 +12,14 @@ Prints one JSON object. In the same run, with the same publisher process:
 
 Figures: sustained MB/s over the publishing window (bytes stored / seconds published), messages
 published vs stored per stream (``dropped`` = published − stored), and the recorder's CPU
-seconds. Target: recorder ≥ 0.8 × mcap_direct MB/s and 0 drops.
+seconds; the recorder's chunks (from the finished files' chunk indexes: how many, per second, mean
+size) and what the MCAP container adds to the payload (``overhead_bytes``: records, message indexes,
+summary; ``overhead_kBps``), which its ``flush_period_s`` drives when the data rate is low. The
+recorder that runs is ``python -m recorder.node`` from the working directory / ``PYTHONPATH``
+(``recorder_module`` says which, with its ``flush_period_s`` and ``reorder_window_s``), so one script
+measures two trees. Target: recorder ≥ 0.8 × mcap_direct MB/s and 0 drops.
 
-    .venv/bin/python bench/record.py [--seconds 10] [--compression none]
+    .venv/bin/python bench/record.py [--seconds 10] [--compression none] [--cam-hz 0: joint states only]
 """
 from __future__ import annotations
 
@@ -96,7 +101,7 @@ def role_publisher(seconds: float, wait_subs: int, out: Path) -> None:
         now = time.monotonic()
         if now - t0 >= seconds:
             break
-        if now >= next_cam:
+        if CAM_HZ > 0 and now >= next_cam:
             for i, p in enumerate(cpubs):
                 raw = frames[i][kc % len(frames[i])]
                 p.publish(raw)
@@ -112,7 +117,7 @@ def role_publisher(seconds: float, wait_subs: int, out: Path) -> None:
                 nbytes += len(raw)
             kj += 1
             next_joint = t0 + kj / JOINT_HZ
-        time.sleep(max(0.0, min(next_cam, next_joint) - time.monotonic()))
+        time.sleep(max(0.0, (min(next_cam, next_joint) if CAM_HZ > 0 else next_joint) - time.monotonic()))
     elapsed = time.monotonic() - t0
     out.write_text(json.dumps({"published": counts, "bytes": nbytes, "seconds": elapsed}))
     time.sleep(1.0)
@@ -197,6 +202,19 @@ def file_only(seconds_of_data: float, path: Path) -> dict:
     return {"MBps": nbytes / dt / 1e6, "bytes": nbytes, "seconds": dt}
 
 
+def _chunks(files) -> dict:
+    """Chunk count and sizes (uncompressed payload bytes) from finished MCAP files' chunk indexes."""
+    from mcap.reader import make_reader
+
+    sizes = []
+    for f in files:
+        with open(f, "rb") as fh:
+            summary = make_reader(fh).get_summary()
+        sizes += [c.uncompressed_size for c in (summary.chunk_indexes if summary else [])]
+    return {"chunks": len(sizes), "mean_bytes": round(sum(sizes) / len(sizes)) if sizes else 0,
+            "max_bytes": max(sizes, default=0)}
+
+
 # ---------------------------------------------------------------------------------------- main
 def main() -> int:
     global CAM_HZ
@@ -263,14 +281,28 @@ def main() -> int:
                 stored[m.topic] = stored.get(m.topic, 0) + 1
                 rbytes += len(m.data)
         secs = pub["seconds"]
+        chunks = _chunks(sorted((tmp / "bag").glob("*.mcap")))
+        which = subprocess.run([sys.executable, "-c", "import recorder.node as n; print(n.__file__); "
+                                "print(n.DEFAULTS['flush_period_s'], n.DEFAULTS['reorder_window_s'])"],
+                               env=env, capture_output=True, text=True, timeout=60).stdout.split()
+        bag_bytes = sum(f.stat().st_size for f in (tmp / "bag").glob("*.mcap"))
         result = {
             "bench": "record", "seconds": round(secs, 2), "compression": a.compression,
-            "streams": {"cameras": f"3 x {H}x{W} rgb8 @ {CAM_HZ:g} Hz", "joints": f"2 x JointState @ {JOINT_HZ:g} Hz"},
+            "streams": {"cameras": f"3 x {H}x{W} rgb8 @ {CAM_HZ:g} Hz" if CAM_HZ > 0 else "none",
+                        "joints": f"2 x JointState @ {JOINT_HZ:g} Hz"},
+            "recorder_module": which[0] if which else None,
+            "recorder_flush_period_s": float(which[1]) if len(which) > 2 else None,
+            "recorder_reorder_window_s": float(which[2]) if len(which) > 2 else None,
             "offered_MBps": round(pub["bytes"] / secs / 1e6, 2),
             "recorder": {"MBps": round(rbytes / secs / 1e6, 2),
                          "dropped": {t: pub["published"][t] - stored.get(t, 0) for t in pub["published"]},
                          "cpu_s": round(cpu1["recorder"] - cpu0["recorder"], 2),
-                         "bag_bytes": sum(f.stat().st_size for f in (tmp / "bag").glob("*.mcap"))},
+                         "bag_bytes": bag_bytes,
+                         "overhead_bytes": bag_bytes - rbytes,
+                         "overhead_kBps": round((bag_bytes - rbytes) / secs / 1e3, 2),
+                         "overhead_fraction": round((bag_bytes - rbytes) / rbytes, 4) if rbytes else None,
+                         "chunks": chunks["chunks"], "chunks_per_s": round(chunks["chunks"] / secs, 2),
+                         "chunk_bytes_mean": chunks["mean_bytes"], "chunk_bytes_max": chunks["max_bytes"]},
             "mcap_direct": {"MBps": round(direct["bytes"] / secs / 1e6, 2),
                             "dropped": {t: pub["published"][t] - direct["stored"].get(t, 0) for t in pub["published"]},
                             "cpu_s": round(cpu1["direct"] - cpu0["direct"], 2)},

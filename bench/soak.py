@@ -15,8 +15,9 @@ CPU). During ``--duration-s``:
 Figures: every bag opened and read to its end with ``wam_common.bag.reader.Bag`` (a killed bag is repaired
 first, ``wam_common.bag.repair``): ``readable``; per kill, ``lost_s`` = the span of the left arm's joint
 states that a probe on the same domain received before the kill and the killed bag lacks (what the
-recorder had taken and not yet written: its ``flush_period_s`` + ``reorder_window_s`` bound it on an idle
-machine), in the data's own time (header stamps: sim time; ``lost_wall_s``: by the probe's clock),
+recorder had taken and not yet written: its ``flush_period_s`` + ``reorder_window_s``
+(``recorder.node.kill_bound_s``) bound it on an idle machine), in the data's own time (header stamps: sim time;
+``lost_wall_s``: by the probe's clock),
 ``lost_messages`` their count,
 ``since_last_s`` = kill time − the bag's last log time (an upper bound), and ``unrecorded_s`` = the gap
 from the kill to the next bag's first joint state (the restart: nobody records); per server kill, the

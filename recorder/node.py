@@ -20,8 +20,9 @@ in which things were published (one host, one clock); MCAP publish time = the so
 Files split on each EPISODE ``start`` event (``split.by_episode``), by size
 (``split.max_bytes``) and by duration (``split.max_duration_s``). SIGINT/SIGTERM close the bag
 cleanly, however many arrive (the first stops the node after ``DRAIN_S`` more callbacks, the others
-are ignored: :mod:`wam_common.node_main`); after ``kill -9`` everything older than ``flush_period_s`` is on disk
-(see :mod:`wam_common.bag.repair`).
+are ignored: :mod:`wam_common.node_main`); after ``kill -9`` everything the writer thread took more than
+``reorder_window_s + flush_period_s`` + its 25 ms poll (0.225 s) ago is in the OS's page cache, which survives the process
+(see :mod:`wam_common.bag.repair`; :func:`kill_bound_s`).
 """
 from __future__ import annotations
 
@@ -63,10 +64,10 @@ PARAMS = {
         "max_bytes": Param(0, "largest file (bytes; 0 = no limit)", range=(0, None)),
         "max_duration_s": Param(0.0, "longest file (s of log time; 0 = no limit)", range=(0.0, None)),
     },
-    "flush_period_s": Param(0.5, "the open chunk is closed and flushed to the OS at least this often: what a kill "
-                            "-9 can lose (s)", range=(0.001, None)),
-    "reorder_window_s": Param(0.2, "messages wait this long to be written in log-time order (s)",
-                              range=(0.0, 0.5)),
+    "flush_period_s": Param(0.1, "the open chunk is closed and written to the OS at least this often; with "
+                            "reorder_window_s, what a kill -9 can lose (s)", range=(0.001, None)),
+    "reorder_window_s": Param(0.1, "messages wait this long to be written in log-time order; with flush_period_s, "
+                              "what a kill -9 can lose (s)", range=(0.0, 0.5)),
     "metadata_period_s": Param(1.0, "metadata.yaml is rewritten this often (s)", range=(0.001, None)),
     "chunk_bytes": Param(4194304, "MCAP chunk size (bytes)", range=(1, None)),
     "queue_max_bytes": Param(1073741824, "backlog beyond this is dropped and counted, never blocks DDS (bytes)",
@@ -82,6 +83,20 @@ PARAMS = {
                     "(custom_data)"),
 }
 DEFAULTS = defaults(PARAMS)
+
+
+def writer_poll_s(cfg: dict) -> float:
+    """How long the writer thread waits for a message before it checks the reorder window and the flush."""
+    return min(0.05, float(cfg["flush_period_s"]) / 4)
+
+
+def kill_bound_s(cfg: dict) -> float:
+    """What a ``kill -9`` can lose by design, in the messages' own time: a message the writer thread has
+    taken is held ``reorder_window_s``, then sits in the open chunk until the next flush (``flush_period_s``,
+    checked every :func:`writer_poll_s`); a flushed chunk is in the OS's page cache, which outlives the
+    process. Time the recorder's threads spend waiting for a core (DDS → callback → writer) comes on top."""
+    return float(cfg["reorder_window_s"]) + float(cfg["flush_period_s"]) + writer_poll_s(cfg)
+
 
 _STOP = object()
 
@@ -381,7 +396,7 @@ class Recorder(Node):
         start event was published, even when callbacks of different topics ran out of order."""
         bag = self.bag
         window = float(self.cfg["reorder_window_s"])
-        period = min(0.05, self.cfg["flush_period_s"] / 4)
+        period = writer_poll_s(self.cfg)
         heap: list = []
         seq = 0
         stop = False

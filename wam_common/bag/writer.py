@@ -6,10 +6,14 @@ on its own (profile ``ros2``, ``ros2msg`` schemas with the concatenated definiti
 channels carrying ``offered_qos_profiles`` and ``topic_type_hash`` like rosbag2_storage_mcap),
 so ``ros2 bag info/play``, Foxglove, rosbags and the mcap tools open it.
 
-Crash safety: :meth:`BagWriter.maybe_flush` closes the chunk in progress and flushes it to the
-OS at least every ``flush_period_s``; ``metadata.yaml`` is rewritten (atomically) as files are
-added and every ``metadata_period_s``. After ``kill -9`` the files lack only their summary
-and footer; :func:`wam_common.bag.repair.repair_bag` finishes them.
+Crash safety: :meth:`BagWriter.maybe_flush` closes the chunk in progress and writes it to the
+OS (``mcap.writer.Writer.flush``: chunk record + message indexes, then the Python file buffer) at
+least every ``flush_period_s``; what the OS has survives a ``kill -9`` of the process (``fsync``:
+a power cut too). So the only data a killed process takes with it is the open chunk — its
+messages of the last ``flush_period_s`` — whatever the chunk size: a chunk closes on whichever
+comes first, ``chunk_bytes`` or ``flush_period_s``. ``metadata.yaml`` is rewritten (atomically)
+as files are added and every ``metadata_period_s``. After ``kill -9`` the files lack only their
+summary and footer; :func:`wam_common.bag.repair.repair_bag` finishes them.
 """
 from __future__ import annotations
 
@@ -28,6 +32,14 @@ from wam_common.bag.msgdefs import message_definition
 COMPRESSION = {"none": CompressionType.NONE, "": CompressionType.NONE, "zstd": CompressionType.ZSTD,
                "lz4": CompressionType.LZ4}
 LIBRARY = "wam_policy-recorder"
+#: libyaml's emitter where PyYAML has it (the same text): the pure-Python one took 60-240 ms of the writer
+#: thread (holding the GIL) for each metadata.yaml rewrite, every metadata_period_s, on a 2-core machine;
+#: the chunk in progress waited for it — time a kill -9 could lose on top of flush_period_s
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+def _dump(obj) -> str:
+    return yaml.dump(obj, Dumper=_DUMPER, default_flow_style=False, sort_keys=False)
 
 
 class BagError(RuntimeError):
@@ -52,7 +64,7 @@ class QosSpec:
 
 def qos_yaml(profiles: Sequence[QosSpec]) -> str:
     """The ``offered_qos_profiles`` string rosbag2 stores in MCAP channel metadata."""
-    return yaml.safe_dump([p.as_dict() for p in profiles], default_flow_style=False, sort_keys=False).strip() if profiles else ""
+    return _dump([p.as_dict() for p in profiles]).strip() if profiles else ""
 
 
 @dataclass
@@ -78,7 +90,7 @@ class BagWriter:
     """Writes a rosbag2 MCAP bag; not thread-safe (the recorder's writer thread owns it)."""
 
     def __init__(self, path: str | os.PathLike, compression: str = "none", chunk_bytes: int = 4 << 20,
-                 max_file_bytes: int = 0, max_file_duration_s: float = 0.0, flush_period_s: float = 0.5,
+                 max_file_bytes: int = 0, max_file_duration_s: float = 0.0, flush_period_s: float = 0.1,
                  metadata_period_s: float = 1.0, fsync: bool = False):
         self.path = Path(path)
         if compression not in COMPRESSION:
@@ -244,8 +256,7 @@ class BagWriter:
 
     def _metadata_text(self, inner: bool = False) -> str:
         meta = self.metadata()
-        return yaml.safe_dump(meta["rosbag2_bagfile_information"] if inner else meta, default_flow_style=False,
-                              sort_keys=False)
+        return _dump(meta["rosbag2_bagfile_information"] if inner else meta)
 
     def _write_metadata(self) -> None:
         write_metadata_file(self.path, self._metadata_text())
