@@ -10,7 +10,8 @@ the guided chunk, compared at the same noise:
 * ``rtc_jacobian="identity"`` against LeRobot 0.6.1's RTC as it is (its ``denoise_step`` computes
   ``v_t`` before ``x_t`` requires grad: the correction is the weighted error itself);
 * ``rtc_jacobian="full"`` against LeRobot's ``RTCProcessor.denoise_step`` with the velocity differentiated
-  (its denoiser given ``x_t`` requiring grad: the paper's VJP through LeRobot's own model).
+  (``engines.reference.differentiated_rtc``: its denoiser given ``x_t`` requiring grad, the paper's VJP
+  through LeRobot's own model).
 
 A CUDA-graph test (skipped without CUDA) checks one captured guided graph per Jacobian serves all delays
 and equals the engine without graphs.
@@ -25,6 +26,7 @@ import torch
 pytest.importorskip("transformers")
 
 from wam_policy_node.engines import EngineError, make_engine  # noqa: E402
+from wam_policy_node.engines.reference import differentiated_rtc  # noqa: E402
 from wam_policy_node.zoo.parts import make_config, random_batch, tiny_dims  # noqa: E402
 
 # No tier marker: pure (no DDS, no subprocess), but it builds models on CPU: too slow for the
@@ -86,21 +88,6 @@ def _noise(cfg, b=1, seed=1):
     return torch.randn(b, cfg.chunk_size, cfg.max_action_dim, generator=torch.Generator().manual_seed(seed))
 
 
-def _full_vjp(ref):
-    """LeRobot's RTC step with the paper's VJP: its denoiser gets ``x_t`` already requiring grad, so
-    ``autograd.grad(x1_t, x_t, err)`` in ``RTCProcessor.denoise_step`` runs back through the model."""
-    proc = ref.policy.rtc_processor
-    orig = proc.denoise_step
-
-    def denoise_step(x_t, prev_chunk_left_over, inference_delay, time, original_denoise_step_partial,
-                     execution_horizon=None):
-        return orig(x_t, prev_chunk_left_over, inference_delay, time,
-                    lambda x: original_denoise_step_partial(x.requires_grad_(True)), execution_horizon).detach()
-
-    proc.denoise_step = denoise_step
-    return proc, orig
-
-
 def test_guided_chunk_is_lerobots(engines):
     """LeRobot 0.6.1's RTC at each delay, and the guidance really moves the chunk (toward the left-over)."""
     ptype, ref, fast, batch, noise, prev = engines
@@ -147,16 +134,18 @@ def test_full_vjp_is_lerobots_model_differentiated(engines):
     ptype, ref, fast, batch, noise, prev = engines
     ident = fast.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=7)
     fast.init_rtc_processor("full")
-    proc, orig = _full_vjp(ref)
     try:
-        for delay in (0, 7):
-            a = ref.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=delay)
-            b = fast.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=delay)
-            assert b.isfinite().all()
-            assert (a - b).abs().max().item() < TOL, (ptype, delay)
+        with differentiated_rtc(ref.policy):
+            for delay in (0, 7):
+                a = ref.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=delay)
+                b = fast.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=delay)
+                assert b.isfinite().all()
+                assert (a - b).abs().max().item() < TOL, (ptype, delay)
         assert (b - ident).abs().max().item() > 1e-3  # the model's Jacobian is in it
+        # outside the context LeRobot's own step again (identity)
+        a = ref.predict_action_chunk(batch, noise=noise, prev_chunk_left_over=prev, inference_delay=7)
+        assert (a - ident).abs().max().item() < TOL
     finally:
-        proc.denoise_step = orig
         fast.init_rtc_processor("identity")
 
 
