@@ -31,7 +31,8 @@ and noise (``full`` against LeRobot's step differentiated: ``engines.reference.d
 Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json [--policies smolvla]
 RTC (device)::    python bench/gpu_inference.py --rtc --policies pi05,pi0,smolvla --no-profile --out $OUT/gpu_inference_rtc.json
 CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla,fastwam,lingbot_va
-RTC CPU smoke::   python bench/gpu_inference.py --rtc --tiny --device cpu --dtype float32 --iters 3 --ref-iters 2 --policies pi05,pi0,smolvla
+RTC CPU smoke::   python bench/gpu_inference.py --rtc --tiny --device cpu --dtype float32 --iters 3 --ref-iters 2 \
+                      --policies pi05,pi0,smolvla
 """
 from __future__ import annotations
 

@@ -11,10 +11,10 @@
 An engine subclass says how to build the model skeleton (``_skeleton``), gather its weights
 (``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``), stage a
 batch's images (``_stage_images``) and its other inputs (``_stage_inputs``), encode the staged images
-into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and one
-flow velocity (``_velocity``; the Euler step and RTC's guidance around it are this class's); it hands its weights and the number of flow steps to
-``FlowEngine.__init__``. A chunk on the static buffers is two CUDA graphs: the vision tower, then the
-prefix and the Euler steps from ``s["noise"]``.
+into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and compute
+one flow velocity (``_velocity``; the Euler step and RTC's guidance around it are this class's); it
+hands its weights and the number of flow steps to ``FlowEngine.__init__``. A chunk on the static
+buffers is two CUDA graphs: the vision tower, then the prefix and the Euler steps from ``s["noise"]``.
 
 The split lets the images start early: :meth:`FlowEngine.prefetch` stages a batch's images and
 launches the vision graph while the host still runs the pre-processor on the prompt and state (the
