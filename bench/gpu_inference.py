@@ -470,6 +470,8 @@ def run_rtc(ptype, args, dev, workdir, res):
             fast.predict_action_chunk(batches[0], noise=noises[0], **kw)  # captures the full-VJP graph
             _sync(dev)
             r["fast_rtc_full_capture_s"] = round(time.perf_counter() - t0, 2)
+            r["fast_rtc_full_in_cuda_graph"] = any(k[0] == "rtc" and k[1] == "full" and g is not None
+                                                   for k, g in fast._graphs.items()) if fast.cuda_graph else None
             fast_full = outs(fast, batches, **kw)
             r["fast_rtc_full_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0], noise=noises[0], **kw),
                                                 dev, args.iters, warmup=3)

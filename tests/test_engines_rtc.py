@@ -186,11 +186,13 @@ def test_cuda_graph_serves_every_delay(tmp_path, compile):
         _, fast = _build("pi0", tmp_path)
         cfg = fast.config
         cfg.rtc_config = _rtc_config()
-        graph = PiFlowEngine.from_pretrained(tmp_path, device="cuda", dtype="float32", compile=compile)
+        graph = PiFlowEngine.from_pretrained(tmp_path, device="cuda", dtype="float32", compile=compile, config=cfg)
         nograph = PiFlowEngine(graph.config, graph.w, device="cuda", cuda_graph=False, compile=False)
     batch = random_batch(cfg, n_valid_tokens=5, seed=3)
     noise = _noise(cfg)
-    prev = nograph.predict_action_chunk(batch, noise=_noise(cfg, seed=0))[:, SHIFT:]
+    prev = nograph.predict_action_chunk(batch, noise=_noise(cfg, seed=0))[:, SHIFT:]  # on the GPU
+    graph.warmup(batch)  # captures the guided graph too (the backend's start-up)
+    assert [k for k in graph._graphs if k[0] == "rtc"] == [("rtc", "identity", graph._shape_key(batch))]
     for jac in ("identity", "full"):
         graph.init_rtc_processor(jac)
         nograph.init_rtc_processor(jac)
@@ -201,3 +203,4 @@ def test_cuda_graph_serves_every_delay(tmp_path, compile):
             assert (a - b).abs().max().item() < 1e-3, (jac, delay)
     rtc_graphs = [k for k in graph._graphs if k[0] == "rtc"]
     assert len(rtc_graphs) == 2
+    assert all(graph._graphs[k] is not None for k in rtc_graphs)  # the full VJP's autograd was captured too

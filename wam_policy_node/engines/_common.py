@@ -46,9 +46,14 @@ The delay, the previous chunk and the horizon reach the graph as static buffers:
 of (delay, horizon) (``rtc_w``, (B, chunk, 1)), staged like the other inputs, so one guided CUDA graph
 per input shape serves every delay and left-over length; the guidance weights of the fixed Euler
 schedule are constants of the graph. Without a left-over the plain graph runs (LeRobot: no guidance).
+The full VJP's backward is captured with the rest (PyTorch captures autograd's backward like any other
+kernels, after the side-stream warm-up ``capture_graph`` does); should a torch build refuse, that chunk
+runs uncaptured (same arithmetic, logged once per input shape) — tests/test_engines_rtc.py's CUDA test
+asserts it was captured.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,6 +62,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+log = logging.getLogger("wam_policy.engines")
 
 IMAGE_PREFIX = "observation.images."
 TOKENS = "observation.language.tokens"
@@ -733,10 +740,24 @@ class FlowEngine:
             self._graphs[vkey].replay()
         if rest:
             rkey = ("rtc", self.rtc_jacobian, key) if guided else key
+            part = (lambda st: self._after_images(st, True)) if guided else self._after_images
             if rkey not in self._graphs:
-                part = (lambda st: self._after_images(st, True)) if guided else self._after_images
-                self._graphs[rkey] = capture_graph(part, s, self.device)
-            self._graphs[rkey].replay()
+                try:
+                    self._graphs[rkey] = capture_graph(part, s, self.device)
+                except RuntimeError as exc:
+                    if not (guided and self.rtc_jacobian == "full"):
+                        raise
+                    # the autograd backward would not capture (a torch/driver without it): that chunk
+                    # runs uncaptured, the same arithmetic; said once per input shape
+                    log.warning("RTC full-VJP guidance not captured in a CUDA graph (%s: %s): it runs without "
+                                "one (slower); rtc_jacobian identity is captured", type(exc).__name__, exc)
+                    torch.cuda.synchronize(self.device)
+                    self._graphs[rkey] = None
+            graph = self._graphs[rkey]
+            if graph is None:
+                part(s)
+            else:
+                graph.replay()
 
     @torch.inference_mode()  # in-place on the buffers, whichever mode the first call made them in
     def prefetch(self, batch: dict) -> bool:
