@@ -21,8 +21,18 @@ policy, LeRobot's seeded noise; also the engine without CUDA graphs and LeRobot 
 prompt cache, which split the gain between its parts. LingBot-VA (``--policies lingbot_va``,
 :func:`run_lingbot`): an episode of LeRobot's ``select_action``, then the same with the engine installed.
 
+RTC (``--rtc``, :func:`run_rtc`; π0 / π0.5 / SmolVLA): the same models with LeRobot's ``RTCConfig``
+enabled (``--rtc-horizon``) on both sides, a left-over (a first chunk minus ``--rtc-shift`` executed steps)
+and ``--rtc-delay``: p50/p99 of the fast engine plain, the fast engine RTC-guided (``identity``: LeRobot
+0.6.1's guidance; ``full``: the paper's VJP through the expert, autograd in the CUDA graph) and LeRobot's
+eager RTC (and eager plain), and the max abs action difference fast-RTC vs eager-RTC for the same inputs
+and noise (``full`` against LeRobot's step differentiated: ``engines.reference.differentiated_rtc``).
+
 Usage (device)::  python bench/gpu_inference.py --out $OUT/gpu_inference.json [--policies smolvla]
+RTC (device)::    python bench/gpu_inference.py --rtc --policies pi05,pi0,smolvla --no-profile --out $OUT/gpu_inference_rtc.json
 CPU smoke::       python bench/gpu_inference.py --tiny --device cpu --iters 3 --policies pi05,pi0,smolvla,fastwam,lingbot_va
+RTC CPU smoke::   python bench/gpu_inference.py --rtc --tiny --device cpu --dtype float32 --iters 3 --ref-iters 2 \
+                      --policies pi05,pi0,smolvla
 """
 from __future__ import annotations
 
@@ -397,6 +407,92 @@ def run_policy(ptype, args, dev, workdir, res):
     return res
 
 
+def run_rtc(ptype, args, dev, workdir, res):
+    """Fast engine plain / RTC-guided (identity, full VJP) / LeRobot eager RTC: latency and action differences."""
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    from wam_policy_node.engines import FAST_ENGINES, RTC_TYPES
+    from wam_policy_node.engines.reference import differentiated_rtc
+    from wam_policy_node.zoo.parts import random_batch, tiny_dims
+
+    if ptype not in RTC_TYPES:
+        raise ValueError(f"--rtc: no RTC guidance in the fast engine for {ptype} (have {RTC_TYPES})")
+    smol = ptype == "smolvla"
+    dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    with tiny_dims() if args.tiny and not smol else contextlib.nullcontext():
+        pol, cfg, ckpt = _reference(ptype, args, dev, workdir, res)
+        rtc_cfg = RTCConfig(enabled=True, execution_horizon=args.rtc_horizon)
+        pol.config.rtc_config = rtc_cfg
+        pol.init_rtc_processor()
+        ref = _eager(pol, dtype)
+        fast = FAST_ENGINES[ptype].from_pretrained(ckpt, device=dev, dtype=dtype)
+        fast.config.rtc_config = rtc_cfg
+        fast.init_rtc_processor("identity")
+        batches = [random_batch(cfg, n_valid_tokens=20, seed=s, vocab=300 if smol else 1000) for s in range(3)]
+        gen = torch.Generator().manual_seed(123)
+        noises = [torch.randn(1, cfg.chunk_size, cfg.max_action_dim, generator=gen) for _ in range(3)]
+        on_dev = [{k: v.to(dev) for k, v in b.items()} for b in batches]
+        warm_s = fast.warmup(batches[0])  # plain and guided graphs
+        # the left-over: a first chunk (its own noise) minus the steps executed since its observation
+        first = fast.predict_action_chunk(batches[0], noise=torch.randn(noises[0].shape, generator=gen))
+        prev = first[:, args.rtc_shift:].float().cpu()
+        kw = {"prev_chunk_left_over": prev, "inference_delay": args.rtc_delay}
+        kw_dev = {**kw, "prev_chunk_left_over": prev.to(dev)}  # LeRobot's: on its device
+        r = res["rtc"] = {"execution_horizon": args.rtc_horizon, "inference_delay": args.rtc_delay,
+                          "left_over_len": prev.shape[1], "max_guidance_weight": rtc_cfg.max_guidance_weight,
+                          "schedule": str(rtc_cfg.prefix_attention_schedule), "fast_warmup_s": round(warm_s, 2)}
+
+        def outs(engine, batch_set, **k):
+            return [engine.predict_action_chunk(batch_set[i], noise=noises[i], **k).float().cpu() for i in range(3)]
+
+        fast_plain, fast_rtc = outs(fast, batches), outs(fast, batches, **kw)
+        ref_rtc = outs(ref, on_dev, **kw_dev)
+        r["fast_plain_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0], noise=noises[0]), dev,
+                                         args.iters, warmup=3)
+        r["fast_rtc_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0], noise=noises[0], **kw), dev,
+                                       args.iters, warmup=3)
+        r["eager_rtc_ms"] = _time_calls(lambda: ref.predict_action_chunk(on_dev[0], noise=noises[0], **kw_dev), dev,
+                                        args.ref_iters)
+        r["eager_plain_ms"] = _time_calls(lambda: ref.predict_action_chunk(on_dev[0], noise=noises[0]), dev,
+                                          args.ref_iters)
+        r["max_abs_diff_fast_rtc_vs_eager_rtc"] = max((a - b).abs().max().item() for a, b in zip(ref_rtc, fast_rtc))
+        r["diff_fast_rtc_vs_eager_rtc"] = _diff(ref_rtc, fast_rtc)
+        r["guidance_moves_max_abs"] = max((a - b).abs().max().item() for a, b in zip(fast_plain, fast_rtc))
+        n = min(args.rtc_delay, prev.shape[1])
+        r["first_delay_actions_to_left_over_mean_abs"] = {  # the inpainted prefix lands on the left-over
+            "plain": statistics.fmean((o[:, :n] - prev[:, :n]).abs().mean().item() for o in fast_plain) if n else None,
+            "rtc": statistics.fmean((o[:, :n] - prev[:, :n]).abs().mean().item() for o in fast_rtc) if n else None}
+        print(f"[{ptype}] rtc: fast plain p50 {r['fast_plain_ms']['p50']} ms, fast rtc {r['fast_rtc_ms']['p50']} ms, "
+              f"eager rtc {r['eager_rtc_ms']['p50']} ms, diff {r['max_abs_diff_fast_rtc_vs_eager_rtc']:.3g}", flush=True)
+        if not args.rtc_no_full:  # the paper's VJP: autograd through the expert in the graph
+            fast.init_rtc_processor("full")
+            t0 = time.perf_counter()
+            fast.predict_action_chunk(batches[0], noise=noises[0], **kw)  # captures the full-VJP graph
+            _sync(dev)
+            r["fast_rtc_full_capture_s"] = round(time.perf_counter() - t0, 2)
+            r["fast_rtc_full_in_cuda_graph"] = any(k[0] == "rtc" and k[1] == "full" and g is not None
+                                                   for k, g in fast._graphs.items()) if fast.cuda_graph else None
+            fast_full = outs(fast, batches, **kw)
+            r["fast_rtc_full_ms"] = _time_calls(lambda: fast.predict_action_chunk(batches[0], noise=noises[0], **kw),
+                                                dev, args.iters, warmup=3)
+            with differentiated_rtc(pol):
+                ref_full = outs(ref, on_dev, **kw_dev)
+                r["eager_rtc_full_ms"] = _time_calls(
+                    lambda: ref.predict_action_chunk(on_dev[0], noise=noises[0], **kw_dev), dev, args.ref_iters)
+            r["max_abs_diff_fast_full_vs_eager_full"] = max((a - b).abs().max().item()
+                                                           for a, b in zip(ref_full, fast_full))
+            r["full_vs_identity_max_abs"] = max((a - b).abs().max().item() for a, b in zip(fast_full, fast_rtc))
+            print(f"[{ptype}] rtc full VJP: fast {r['fast_rtc_full_ms']['p50']} ms, eager "
+                  f"{r['eager_rtc_full_ms']['p50']} ms, diff {r['max_abs_diff_fast_full_vs_eager_full']:.3g}",
+                  flush=True)
+        r["mem"] = _mem(dev)
+    del fast, ref, pol
+    gc.collect()
+    if dev.type == "cuda":
+        torch.cuda.empty_cache()
+    return res
+
+
 WAMS = ("fastwam",)  # engines over LeRobot's own modules (engines.fastwam_graph)
 STREAMED = ("lingbot_va",)  # engines installed on LeRobot's policy, timed over an episode (run_lingbot)
 
@@ -598,6 +694,11 @@ def main(argv=None):
     ap.add_argument("--wam-layers", type=int, default=0, help="fastwam 'reduced': DiT layers (0 = the default)")
     ap.add_argument("--lingbot-chunks", type=int, default=4,
                     help="lingbot_va: chunks in the timed episode (each run twice: LeRobot, engine)")
+    ap.add_argument("--rtc", action="store_true", help="RTC mode (run_rtc): fast plain / fast RTC / LeRobot eager RTC")
+    ap.add_argument("--rtc-delay", type=int, default=4, help="--rtc: inference delay (steps)")
+    ap.add_argument("--rtc-horizon", type=int, default=10, help="--rtc: RTCConfig.execution_horizon")
+    ap.add_argument("--rtc-shift", type=int, default=5, help="--rtc: steps of the first chunk executed (left-over)")
+    ap.add_argument("--rtc-no-full", action="store_true", help="--rtc: skip the full-VJP guidance")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -625,7 +726,8 @@ def main(argv=None):
         res = {"policy": ptype.strip()}
         out["results"].append(res)
         try:
-            run = run_wam if ptype.strip() in WAMS else run_lingbot if ptype.strip() in STREAMED else run_policy
+            run = (run_rtc if args.rtc else run_wam if ptype.strip() in WAMS
+                   else run_lingbot if ptype.strip() in STREAMED else run_policy)
             run(ptype.strip(), args, dev, workdir, res)
         except Exception as e:  # noqa: BLE001
             import traceback
@@ -637,12 +739,21 @@ def main(argv=None):
                 torch.cuda.empty_cache()
         if args.out:
             Path(args.out).write_text(json.dumps(out, indent=1))
-    summary = [{k: r.get(k) for k in ("policy", "speedup_p50", "max_abs_diff_vs_ref", "error")}
-               | {"ref_p50": r.get("ref", {}).get("latency_ms", {}).get("p50"),
-                  "fast_p50": r.get("fast", {}).get("latency_ms", {}).get("p50"),
-                  "fast_p99": r.get("fast", {}).get("latency_ms", {}).get("p99"),
-                  "startup_s": r.get("fast", {}).get("startup", {}).get("to_first_action_s")}
-               for r in out["results"]]
+    if args.rtc:
+        summary = [{"policy": r["policy"], "error": r.get("error")}
+                   | {f"{name}_{q}": r.get("rtc", {}).get(f"{name}_ms", {}).get(q)
+                      for name in ("fast_plain", "fast_rtc", "fast_rtc_full", "eager_rtc", "eager_rtc_full")
+                      for q in ("p50", "p99")}
+                   | {k: r.get("rtc", {}).get(k) for k in ("max_abs_diff_fast_rtc_vs_eager_rtc",
+                                                           "max_abs_diff_fast_full_vs_eager_full")}
+                   for r in out["results"]]
+    else:
+        summary = [{k: r.get(k) for k in ("policy", "speedup_p50", "max_abs_diff_vs_ref", "error")}
+                   | {"ref_p50": r.get("ref", {}).get("latency_ms", {}).get("p50"),
+                      "fast_p50": r.get("fast", {}).get("latency_ms", {}).get("p50"),
+                      "fast_p99": r.get("fast", {}).get("latency_ms", {}).get("p99"),
+                      "startup_s": r.get("fast", {}).get("startup", {}).get("to_first_action_s")}
+                   for r in out["results"]]
     out["summary"] = summary
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))

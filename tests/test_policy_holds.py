@@ -174,7 +174,10 @@ def test_a_rejected_chunk_is_a_named_record_that_still_unpacks():
     ({"dtype": "bfloat16"}, "act", "cpu", Options("eager", False, False, "", "bfloat16", None)),
     ({}, "pi0", "cpu", Options("eager", False, False, "", "float32", None)),  # auto: fast on CUDA only
     ({}, "pi0", "cuda", Options("fast", True, False, "", "bfloat16", None)),
-    ({"rtc": True}, "pi05", "cuda", Options("eager", False, True, "", "bfloat16", None)),  # auto: RTC → eager
+    ({"rtc": True}, "pi05", "cuda", Options("fast", True, True, "", "bfloat16", None)),  # the engine's RTC guidance
+    ({"rtc": True}, "fastwam", "cuda", Options("eager", False, True, "", "bfloat16", None)),  # no fast RTC: eager
+    ({"rtc": True, "engine": "fast", "rtc_jacobian": "full"}, "smolvla", "cpu",
+     Options("fast", True, True, "", "float32", None, "full")),
     ({"engine": "fast", "dtype": "bfloat16"}, "smolvla", "cpu", Options("fast", True, False, "", "float32", None)),
     ({"dtype": "float32"}, "fastwam", "cuda", Options("fast", True, False, "", "float32", None)),
     ({}, "lingbot_va", "cuda", Options("fast", False, False, "", "bfloat16", _LingBotVA)),  # installed in place
@@ -191,8 +194,14 @@ def test_resolved_options(cfg, ptype, device, want):
     ({"engine": "turbo"}, "pi0", "cpu", "key 'backend.lerobot.engine' must be auto, fast or eager, got 'turbo'"),
     ({"engine": "fast"}, "act", "cuda", "key 'backend.lerobot.engine': no fast engine for policy type 'act' "
                                         "(have pi0, pi05, smolvla, fastwam, lingbot_va)"),
-    ({"engine": "fast", "rtc": True}, "pi0", "cuda",
-     "key 'backend.lerobot.engine': the fast engine has no RTC guidance; use engine: eager with rtc: true"),
+    ({"engine": "fast", "rtc": True}, "fastwam", "cuda",
+     "key 'backend.lerobot.engine': the fast engine for 'fastwam' has no RTC guidance (have pi0, pi05, smolvla); "
+     "use engine: eager with rtc: true"),
+    ({"rtc": True, "rtc_jacobian": "full"}, "pi0", "cpu",  # auto on CPU: eager
+     "key 'backend.lerobot.rtc_jacobian': full is the fast engine's (LeRobot's eager RTC is identity); "
+     "use engine: fast, or rtc_jacobian: identity"),
+    ({"rtc_jacobian": "exact"}, "pi0", "cuda", "key 'backend.lerobot.rtc_jacobian' must be one of identity, full, "
+                                               "got 'exact'"),
     ({"compile": "fastest"}, "act", "cpu", "key 'backend.lerobot.compile': unknown torch.compile mode 'fastest'"),
     ({"compile": "default"}, "pi0", "cuda",
      "key 'backend.lerobot.compile': the fast engine compiles itself; use engine: eager"),

@@ -82,8 +82,8 @@ def test_engine_choice_errors_name_the_key(pi0_dir):
     ckpt, _ = pi0_dir
     with tiny_dims(), pytest.raises(ConfigError, match="backend.lerobot.engine"):
         LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "turbo"})
-    with tiny_dims(), pytest.raises(ConfigError, match="no RTC guidance"):
-        LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "fast", "rtc": True})
+    with tiny_dims(), pytest.raises(ConfigError, match="backend.lerobot.rtc_jacobian"):
+        LeRobotBackend({"path": str(ckpt), "device": "cpu", "engine": "eager", "rtc": True, "rtc_jacobian": "full"})
     act = Path(__file__).resolve().parents[1] / "checkpoints" / "act_transfer_cube"  # a real ACT checkpoint
     with pytest.raises(ConfigError, match="no fast engine for policy type 'act'"):
         LeRobotBackend({"path": str(act), "device": "cpu", "engine": "fast"})

@@ -5,8 +5,9 @@ run LeRobot's own ``predict_action_chunk`` with ``prev_chunk_left_over`` (the un
 previous chunk, model space, indexed by observation time) and ``inference_delay``. With the same
 observation and noise, the guided chunk's first ``inference_delay`` actions land on the left-over
 where the unguided chunk starts elsewhere; a later observation stamp shifts which part is left over.
-``rtc: true`` on a policy without RTC (ACT) and with the fast engine are config errors; a checkpoint
-of an RTC-capable policy saved without ``rtc_config`` gets LeRobot's defaults (as LeRobot's rollout does).
+``rtc: true`` on a policy without RTC (ACT) is a config error; a checkpoint of an RTC-capable policy
+saved without ``rtc_config`` gets LeRobot's defaults (as LeRobot's rollout does). The fast engine's
+guidance (``engine: fast``) gives the eager backend's guided chunks.
 """
 from __future__ import annotations
 
@@ -137,9 +138,30 @@ def test_rtc_on_a_checkpoint_without_rtc_config(pi0_plain):
     assert on.policy.model.rtc_processor is on.policy.rtc_processor is not None
 
 
-def test_fast_engine_refuses_rtc(pi0_plain):
-    with pytest.raises(ConfigError, match="fast engine has no RTC"):
-        _load(pi0_plain, engine="fast", rtc=True)
+def test_fast_engine_guidance_is_the_eager_backends(pi0_plain):
+    """``engine: fast`` with ``rtc: true``: the fast engine's guidance (engines._common) gives the eager
+    backend's guided chunks over an episode (same observations, same noise); the guidance moves the chunk."""
+    from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+    with _tiny("pi0"):
+        fast = _load(pi0_plain, engine="fast", rtc=True, warmup=1)
+        eager = _load(pi0_plain, rtc=True)
+    assert fast.engine == "fast" and fast.use_rtc and fast.supports_rtc and fast.policy._rtc_enabled()
+    assert fast.policy.config.rtc_config == RTCConfig() and fast.policy.rtc_jacobian == "identity"
+    assert fast._last_raw is None  # the warm-up's guided call left no chunk behind
+    for k in (3, 6):
+        a, guided = _chunks(fast, k, DELAY)
+        b, guided_eager = _chunks(eager, k, DELAY)
+        np.testing.assert_allclose(a, b, atol=1e-4)
+        np.testing.assert_allclose(guided, guided_eager, atol=1e-4)
+    _, free = _chunks(fast, 6, DELAY, prev=False)
+    assert np.abs(free - guided).max() > 0.05
+    with _tiny("pi0"):
+        full = _load(pi0_plain, engine="fast", rtc=True, rtc_jacobian="full")
+    assert full.policy.rtc_jacobian == "full"  # the paper's VJP (its equality: tests/test_engines_rtc.py)
+    _, guided_full = _chunks(full, 6, DELAY)
+    assert np.isfinite(guided_full).all() and np.abs(guided_full - guided).max() > 1e-3
+    # the options (auto on CUDA, FastWAM, rtc_jacobian): tests/test_policy_holds.py::test_resolved_options
 
 
 def test_rtc_on_a_policy_without_rtc_is_a_config_error(tmp_path):

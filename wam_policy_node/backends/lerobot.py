@@ -15,10 +15,12 @@ the 14-dim state under ``observation.state``, the prompt as ``task``. One
 ``predict_action_chunk`` gives the chunk; the post-processor un-normalises it.
 
 GPU when present (``device: auto``); ``dtype: auto`` runs bf16 autocast on CUDA (float32 on
-CPU). With ``rtc: true`` (eager engine) and a policy with RTC (SmolVLA, π0, π0.5; its checkpoint's
-``rtc_config``, else LeRobot's defaults) the un-executed remainder of the previous chunk (model space,
-indexed by observation time) and the expected inference delay are passed to LeRobot's RTC guidance;
-``rtc: true`` on a policy without RTC is a config error.
+CPU). With ``rtc: true`` and a policy with RTC (SmolVLA, π0, π0.5; its checkpoint's ``rtc_config``, else
+LeRobot's defaults) the un-executed remainder of the previous chunk (model space, indexed by observation
+time) and the expected inference delay are passed to RTC guidance: LeRobot's own (eager engine) or the
+fast engine's, which computes LeRobot's guided chunk inside its CUDA graphs (``engines._common``;
+``rtc_jacobian: full``, fast engine only: the paper's VJP through the action expert instead of LeRobot
+0.6.1's constant-velocity correction). ``rtc: true`` on a policy without RTC is a config error.
 
 Streaming policies (``STREAMING``: LingBot-VA) condition each chunk after the first on what was observed
 while the previous one ran: ``observe`` (every new observation, from the controller) feeds them as their
@@ -50,16 +52,21 @@ log = logging.getLogger("wam_policy.backend.lerobot")  # the node forwards it to
 ENGINES = ("auto", "fast", "eager")
 DTYPES = ("auto", "float32", "bfloat16")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+RTC_JACOBIANS = ("identity", "full")  # engines._common.RTC_JACOBIANS (not imported here: torch-free)
 
 PARAMS = {
     "path": Param("", "local pretrained directory (config.json, model.safetensors, policy_*processor*.json)"),
     "device": Param("auto", "auto (CUDA when present), cpu, cuda or cuda:N"),
     "dtype": Param("auto", "auto: bf16 autocast on CUDA, float32 on CPU", choices=DTYPES),
     "n_actions": Param(0, "keep the first n actions of each chunk (0 = all)", range=(0, None)),
-    "rtc": Param(False, "pass LeRobot's RTC guidance inputs (eager engine; the policy must support RTC)"),
+    "rtc": Param(False, "RTC guidance (the new chunk inpainted toward the previous chunk's left-over while it is "
+                 "sampled; the policy must support RTC: SmolVLA, π0, π0.5): LeRobot's (eager) or the fast engine's"),
+    "rtc_jacobian": Param("identity", "rtc with the fast engine: identity = LeRobot 0.6.1's guidance (its velocity held "
+                          "constant: no backward pass); full = the RTC paper's VJP through the action expert (one "
+                          "autograd backward per flow step, in the CUDA graph)", choices=RTC_JACOBIANS),
     "engine": Param("auto", "π0/π0.5/SmolVLA/FastWAM/LingBot-VA (engines.FAST_TYPES): auto runs wam_policy_node.engines' "
-                    "fast engine (CUDA graphs) on CUDA unless rtc is asked for; fast forces it (CPU too); eager = "
-                    "LeRobot's own", choices=ENGINES),
+                    "fast engine (CUDA graphs) on CUDA (with rtc: π0/π0.5/SmolVLA, engines.RTC_TYPES); fast forces it "
+                    "(CPU too); eager = LeRobot's own", choices=ENGINES),
     "compile": Param("", "eager engine: torch.compile mode of predict_action_chunk (\"\" = no compile); the "
                      "warm-up pays the compile at load", choices=("",) + COMPILE_MODES),
     "warmup": Param(1, "dummy inferences at load (first-call allocations, cudnn autotune, compiles)", range=(0, None)),
@@ -187,10 +194,11 @@ class Options:
     # the policy is an engine object with its own batch handling (π/SmolVLA/FastWAM); an engine installed on
     # LeRobot's own policy (LingBot-VA) leaves the policy, its batch and streaming as they are
     wrapped: bool
-    rtc: bool  # LeRobot's RTC guidance (eager engine; a policy without it is refused once loaded)
+    rtc: bool  # RTC guidance (LeRobot's, or the fast engine's; a policy without it is refused once loaded)
     compile: str  # torch.compile mode of the eager predict_action_chunk ("" = none)
     dtype: str  # "bfloat16" | "float32": the fast engine's own dtype; eager: bf16 autocast or none
     stream: type | None  # the STREAMING adapter of the policy type (LeRobot's batch: not when wrapped)
+    rtc_jacobian: str = "identity"  # the fast engine's RTC Jacobian (RTC_JACOBIANS)
 
 
 def resolve_options(cfg: dict, policy_type: str, device_type: str) -> Options:
@@ -205,10 +213,17 @@ def resolve_options(cfg: dict, policy_type: str, device_type: str) -> Options:
         if not engines.supports(policy_type):
             raise ConfigError(f"key 'backend.lerobot.engine': no fast engine for policy type '{policy_type}' "
                               f"(have {', '.join(engines.FAST_TYPES)})")
-        if rtc:
-            raise ConfigError("key 'backend.lerobot.engine': the fast engine has no RTC guidance; "
-                              "use engine: eager with rtc: true")
-    fast = want == "fast" or (want == "auto" and cuda and engines.supports(policy_type) and not rtc)
+        if rtc and not engines.supports_rtc(policy_type):
+            raise ConfigError(f"key 'backend.lerobot.engine': the fast engine for '{policy_type}' has no RTC guidance "
+                              f"(have {', '.join(engines.RTC_TYPES)}); use engine: eager with rtc: true")
+    fast = want == "fast" or (want == "auto" and cuda and engines.supports(policy_type)
+                              and (not rtc or engines.supports_rtc(policy_type)))
+    jac = str(cfg.get("rtc_jacobian", "identity"))
+    if jac not in RTC_JACOBIANS:
+        raise ConfigError(f"key 'backend.lerobot.rtc_jacobian' must be one of {', '.join(RTC_JACOBIANS)}, got '{jac}'")
+    if rtc and jac != "identity" and not fast:
+        raise ConfigError(f"key 'backend.lerobot.rtc_jacobian': {jac} is the fast engine's (LeRobot's eager RTC is "
+                          "identity); use engine: fast, or rtc_jacobian: identity")
     mode = str(cfg["compile"] or "")
     if mode:
         if mode not in COMPILE_MODES:
@@ -222,7 +237,7 @@ def resolve_options(cfg: dict, policy_type: str, device_type: str) -> Options:
         dtype = "bfloat16" if dtype == "bfloat16" or (cuda and dtype == "auto") else "float32"
     wrapped = fast and not engines.installs_in_place(policy_type)
     return Options("fast" if fast else "eager", wrapped, rtc, mode, dtype,
-                   None if wrapped else STREAMING.get(policy_type))
+                   None if wrapped else STREAMING.get(policy_type), jac)
 
 
 @register_backend("lerobot")
@@ -364,9 +379,10 @@ class LeRobotBackend(Backend):
                  self.startup["load_s"] + self.startup["warmup_s"], self.startup["load_s"], self.startup["warmup_s"])
 
     def _enable_rtc(self) -> bool:
-        """``rtc: true`` turns on LeRobot's RTC guidance as LeRobot's own RTC rollout does: a policy that
-        implements it (SmolVLA, π0, π0.5) keeps its checkpoint's ``rtc_config`` (enabled) or gets
-        ``RTCConfig()``'s defaults; a policy without it (ACT, Diffusion, ...) is a config error."""
+        """``rtc: true`` turns on RTC guidance as LeRobot's own RTC rollout does: a policy that implements it
+        (SmolVLA, π0, π0.5) keeps its checkpoint's ``rtc_config`` (enabled) or gets ``RTCConfig()``'s defaults;
+        a policy without it (ACT, Diffusion, ...) is a config error. The fast π/SmolVLA engine has the same
+        three methods (``engines._common.FlowEngine``) and takes the Jacobian mode too."""
         pol = self.policy
         if not pol.supports_rtc():
             raise ConfigError(f"key 'backend.lerobot.rtc': policy type '{self.policy_type}' has no RTC guidance "
@@ -376,6 +392,8 @@ class LeRobotBackend(Backend):
 
             pol.config.rtc_config = replace(pol.config.rtc_config or RTCConfig(), enabled=True)
             pol.init_rtc_processor()
+        if self.options.wrapped:
+            pol.init_rtc_processor(self.options.rtc_jacobian)
         return True
 
     def _dummy_inference(self):
@@ -384,7 +402,10 @@ class LeRobotBackend(Backend):
             shape = tuple(getattr(self.policy.config, "image_features")[k].shape)  # (C, H, W)
             imgs[k] = np.zeros((shape[1], shape[2], shape[0]), np.uint8)
         obs = Observation(0, imgs, np.zeros(STATE_DIM), "warm up")
-        self._forward(obs, {k: k for k in imgs})
+        raw, _ = self._forward(obs, {k: k for k in imgs})
+        if self.use_rtc:  # a guided call too: the fast engine captures its guided graph now, not at chunk 2
+            self._last_raw = (obs.stamp_ns, raw.detach().cpu())
+            self._forward(obs, {k: k for k in imgs})
         self.reset()
 
     def _frame(self, obs: Observation, src: str, dst: str) -> np.ndarray:
@@ -494,7 +515,9 @@ class LeRobotBackend(Backend):
             stamp, raw = self._last_raw
             i = int(round((obs.stamp_ns - stamp) / (DT * 1e9)))
             if 0 <= i < len(raw):
-                return {"prev_chunk_left_over": raw[i:].unsqueeze(0).to(self.device),
+                # the fast engine stages it itself (pinned, non-blocking); LeRobot's wants it on its device
+                left = raw[i:].unsqueeze(0)
+                return {"prev_chunk_left_over": left if self.options.wrapped else left.to(self.device),
                         "inference_delay": int(obs.inference_delay)}
         return {}
 

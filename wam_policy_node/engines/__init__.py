@@ -16,7 +16,8 @@ reference); ``impl="fast"`` is :class:`~wam_policy_node.engines.pi_flow.PiFlowEn
 LingBot-VA's (:class:`~wam_policy_node.engines.lingbot_stream.LingBotVAEngine`) is installed on the
 loaded LeRobot policy: its KV-cache bookkeeping moves to the host, which takes the device syncs out of
 every layer and lets each transformer pass run as a CUDA graph (``load_fast(policy)``; ``make_engine``
-refuses it). ``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type.
+refuses it). ``supports(policy_type)`` says whether a fast engine exists for a LeRobot policy type;
+``supports_rtc(policy_type)`` whether it has LeRobot's RTC guidance (π0, π0.5, SmolVLA: ``engines._common``).
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from .smolvla_flow import SmolVLAFlowEngine
 
 FAST_ENGINES: dict[str, type] = {"pi0": PiFlowEngine, "pi05": PiFlowEngine, "smolvla": SmolVLAFlowEngine,
                                  "fastwam": FastWAMEngine, "lingbot_va": LingBotVAEngine}
+RTC_TYPES = ("pi0", "pi05", "smolvla")  # FlowEngine: LeRobot's RTC guidance inside the flow loop
 IN_PLACE = ("lingbot_va",)  # installed on LeRobot's own policy object, which is then used as before
 FAST_TYPES = tuple(FAST_ENGINES)
 IMPLS = ("fast", "eager")
@@ -38,6 +40,11 @@ IMPLS = ("fast", "eager")
 
 def supports(policy_type: str) -> bool:
     return policy_type in FAST_TYPES
+
+
+def supports_rtc(policy_type: str) -> bool:
+    """Whether the fast engine of ``policy_type`` runs LeRobot's RTC guidance (``prev_chunk_left_over``)."""
+    return policy_type in RTC_TYPES
 
 
 def installs_in_place(policy_type: str) -> bool:
@@ -78,5 +85,5 @@ def load_fast(policy, *, dtype: str = "bfloat16", cuda_graph: bool = True):
 
 
 __all__ = ["EngineError", "EagerEngine", "FlowEngine", "PiFlowEngine", "SmolVLAFlowEngine", "FastWAMEngine",
-           "LingBotVAEngine", "make_engine", "load_fast", "supports", "installs_in_place", "FAST_TYPES",
-           "FAST_ENGINES"]
+           "LingBotVAEngine", "make_engine", "load_fast", "supports", "supports_rtc", "installs_in_place",
+           "RTC_TYPES", "FAST_TYPES", "FAST_ENGINES"]

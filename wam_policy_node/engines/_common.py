@@ -11,19 +11,49 @@
 An engine subclass says how to build the model skeleton (``_skeleton``), gather its weights
 (``_weights``), key the static buffers by input shape (``_shape_key``), allocate (``_alloc``), stage a
 batch's images (``_stage_images``) and its other inputs (``_stage_inputs``), encode the staged images
-into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and one
-Euler step (``_denoise_step``); it hands its weights and the number of flow steps to
-``FlowEngine.__init__``. A chunk on the static buffers is two CUDA graphs: the vision tower, then the
-prefix and the Euler steps from ``s["noise"]``.
+into ``s["img_tok"]`` (``_encode_images``), run the prefix into its KV cache (``_prefix``) and compute
+one flow velocity (``_velocity``; the Euler step and RTC's guidance around it are this class's); it
+hands its weights and the number of flow steps to ``FlowEngine.__init__``. A chunk on the static
+buffers is two CUDA graphs: the vision tower, then the prefix and the Euler steps from ``s["noise"]``.
 
 The split lets the images start early: :meth:`FlowEngine.prefetch` stages a batch's images and
 launches the vision graph while the host still runs the pre-processor on the prompt and state (the
 ``lerobot`` backend calls it between uploading the frames and its pre-processor); the next
 ``predict_action_chunk`` on the same image tensors then runs only the second graph. That hides the
 pre-processor's host time behind the vision tower's GPU time (bench/gpu_latency.py: obs→action).
+
+RTC guidance (real-time chunking, Black et al. 2025: the new chunk inpainted toward the frozen prefix of
+the previous one during flow sampling) is LeRobot 0.6.1's ``RTCProcessor.denoise_step`` inside the Euler
+loop (``FlowEngine._guided_velocity``): ``predict_action_chunk(batch, prev_chunk_left_over=...,
+inference_delay=d)`` with RTC enabled (``config.rtc_config``, or :meth:`FlowEngine.init_rtc_processor`).
+Per step, from the velocity ``v_t`` at flow time ``t`` (1 → 0): ``x1 = x_t - t·v_t`` (the clean chunk
+it predicts), ``err = (prev - x1)·w`` with LeRobot's prefix weights ``w`` (1 over the first ``d``
+actions, then its schedule down to 0 at the execution horizon), the correction ``c = (∂x1/∂x_t)ᵀ err``
+and the guided velocity ``v_t - g(t)·c`` (``g``: LeRobot's guidance weight, clipped at
+``max_guidance_weight``). ``rtc_jacobian`` picks the Jacobian:
+
+* ``"identity"`` (default): LeRobot 0.6.1's own result. Its ``denoise_step`` computes ``v_t`` *before*
+  ``x_t.requires_grad_(True)``, so ``v_t`` is a constant for autograd and its VJP is ``err`` itself
+  (no backward pass); the fast engine computes exactly that, element-wise (tests/test_engines_rtc.py:
+  equal to LeRobot's eager RTC);
+* ``"full"``: the paper's ΠGDM correction (as Physical Intelligence's Kinetix code: ``jax.vjp`` of the
+  denoiser), the VJP through the whole action expert, by ``torch.autograd.grad`` inside the step: one
+  backward pass of the expert per flow step (tests: equal to LeRobot's own ``denoise_step`` with
+  ``x_t`` requiring grad before the model runs).
+
+The delay, the previous chunk and the horizon reach the graph as static buffers: the left-over padded to
+(B, chunk, max_action_dim) (``rtc_prev``) and the prefix weights LeRobot's ``get_prefix_weights`` makes
+of (delay, horizon) (``rtc_w``, (B, chunk, 1)), staged like the other inputs, so one guided CUDA graph
+per input shape serves every delay and left-over length; the guidance weights of the fixed Euler
+schedule are constants of the graph. Without a left-over the plain graph runs (LeRobot: no guidance).
+The full VJP's backward is captured with the rest (PyTorch captures autograd's backward like any other
+kernels, after the side-stream warm-up ``capture_graph`` does); should a torch build refuse, that chunk
+runs uncaptured (same arithmetic, logged once per input shape) — tests/test_engines_rtc.py's CUDA test
+asserts it was captured.
 """
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +62,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
+
+log = logging.getLogger("wam_policy.engines")
 
 IMAGE_PREFIX = "observation.images."
 TOKENS = "observation.language.tokens"
@@ -290,14 +322,18 @@ def capture_graph(part: Callable[[dict], Any], s: dict, device, warm: int = 2, p
     return g
 
 
-def timed_warmup(engine, batch: dict, progress: Callable[[str], None] | None, name: str, doing: str) -> float:
+def timed_warmup(engine, batch: dict, progress: Callable[[str], None] | None, name: str, doing: str,
+                 rtc: dict | None = None) -> float:
     """An engine's start-up call on ``batch``, timed into ``engine.startup["warmup_s"]``; ``progress`` (e.g. a
-    node logger's ``info``) gets one line before (``doing``) and one after. Returns seconds."""
+    node logger's ``info``) gets one line before (``doing``) and one after; ``rtc``: RTC inputs of a second,
+    guided call (its graph is captured then, not at the first guided chunk). Returns seconds."""
     t0 = time.perf_counter()
     if progress is not None:
         progress(f"{name} engine: warm-up ({doing}) on {engine.device}, "
                  f"loaded in {engine.startup.get('load_s', 0.0):.1f} s")
     engine.predict_action_chunk(batch)
+    if rtc is not None:
+        engine.predict_action_chunk(batch, **rtc)
     if engine.device.type == "cuda":
         torch.cuda.synchronize(engine.device)
     engine.startup["warmup_s"] = time.perf_counter() - t0
@@ -305,6 +341,20 @@ def timed_warmup(engine, batch: dict, progress: Callable[[str], None] | None, na
         progress(f"{name} engine: ready, first action after "
                  f"{engine.startup.get('load_s', 0.0) + engine.startup['warmup_s']:.1f} s (load + warm-up)")
     return engine.startup["warmup_s"]
+
+
+RTC_JACOBIANS = ("identity", "full")
+
+
+def rtc_guidance_weight(time: float, max_guidance_weight: float) -> float:
+    """LeRobot's RTC guidance weight at flow time ``time`` (1 → 0), as ``RTCProcessor.denoise_step``
+    computes it (fp32 tensors: τ = 1 - time, min(c·1/r², max) with c = (1-τ)/τ, 1/r² = ((1-τ)² + τ²)/(1-τ)²)."""
+    max_w = torch.as_tensor(max_guidance_weight)
+    tau = torch.as_tensor(1 - time)
+    sq = (1 - tau) ** 2
+    inv_r2 = (sq + tau ** 2) / sq
+    c = torch.nan_to_num((1 - tau) / tau, posinf=float(max_w))
+    return float(torch.minimum(torch.nan_to_num(c * inv_r2, posinf=float(max_w)), max_w))
 
 
 class FlowEngine:
@@ -330,6 +380,10 @@ class FlowEngine:
         self._prefetched: tuple | None = None  # (key, {image key: tensor}) staged and encoded by prefetch
         self.prefetch_hits = 0  # calls that used a prefetch
         self.startup: dict[str, float] = {}
+        self.rtc_processor = None  # LeRobot's RTCProcessor (its config and prefix weights) when RTC is on
+        self.rtc_jacobian = "identity"  # RTC_JACOBIANS (module docstring)
+        self._rtc_gw: list[float] = []  # the guidance weight of each Euler step
+        self.init_rtc_processor()
 
     # ---- subclass hooks -----------------------------------------------------------------------
 
@@ -369,21 +423,46 @@ class FlowEngine:
         """Image tokens + prompt (+ state) through the VLM into the static KV cache."""
         raise NotImplementedError
 
+    def _velocity(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+        """The flow velocity v(x_t, t_step) (fp32, (B, chunk, max_action_dim)) over the cached prefix."""
+        raise NotImplementedError
+
     def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
         """One Euler step: returns x_t + dt · v(x_t, t_step)."""
-        raise NotImplementedError
+        return x_t + self.dt * self._velocity(s, step, x_t)
+
+    def _guided_velocity(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+        """RTC's guided velocity (LeRobot's ``RTCProcessor.denoise_step``; module docstring) from the staged
+        left-over ``s["rtc_prev"]`` and prefix weights ``s["rtc_w"]``."""
+        time = 1.0 + step * self.dt
+        if self.rtc_jacobian == "full":
+            # the VJP through the expert; inference_mode(False): a caller's inference mode would make the
+            # activations inference tensors, which autograd cannot save
+            with torch.inference_mode(False), torch.enable_grad():
+                x = x_t.detach().requires_grad_(True)
+                v_t = self._velocity(s, step, x)
+                x1 = x - time * v_t
+                err = (s["rtc_prev"] - x1) * s["rtc_w"]
+                correction = torch.autograd.grad(x1, x, err.detach())[0]
+            v_t = v_t.detach()
+        else:  # v_t held constant, as LeRobot 0.6.1 computes it: the VJP of x1 w.r.t. x_t is err itself
+            v_t = self._velocity(s, step, x_t)
+            correction = (s["rtc_prev"] - (x_t - time * v_t)) * s["rtc_w"]
+        return v_t - self._rtc_gw[step] * correction
 
     def _forward(self, s: dict) -> None:
         """The whole chunk on the static buffers."""
         self._vision_part(s)
         self._after_images(s)
 
-    def _after_images(self, s: dict) -> None:
-        """The chunk from the encoded images: the prefix once, then the Euler steps from the noise."""
+    def _after_images(self, s: dict, guided: bool = False) -> None:
+        """The chunk from the encoded images: the prefix once, then the Euler steps from the noise
+        (``guided``: RTC's guided velocity from the staged left-over)."""
         self._prefix(s)
         x_t = s["noise"]
         for step in range(self.steps):
-            x_t = self._denoise_step(s, step, x_t)
+            v_t = self._guided_velocity(s, step, x_t) if guided else self._velocity(s, step, x_t)
+            x_t = x_t + self.dt * v_t
         s["out"].copy_(x_t)
 
     def _finish(self, actions: torch.Tensor) -> torch.Tensor:
@@ -470,7 +549,7 @@ class FlowEngine:
 
     # ---- staging ------------------------------------------------------------------------------
 
-    INPUTS = ("images", "img_mask", "tokens", "token_mask", "state", "noise")
+    INPUTS = ("images", "img_mask", "tokens", "token_mask", "state", "noise", "rtc_prev", "rtc_w")
 
     def _input_buffers(self, b: int, nimg: int, ntok: int, hw: tuple[int, int]) -> dict:
         """The static device buffers a batch is staged into (``INPUTS``) and the output buffer."""
@@ -483,6 +562,9 @@ class FlowEngine:
             "state": torch.zeros(b, self.config.max_state_dim, device=dev),
             "noise": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
             "out": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
+            # RTC: the previous chunk's left-over (zero-padded) and its prefix weights (module docstring)
+            "rtc_prev": torch.zeros(b, self.chunk, self.max_action_dim, device=dev),
+            "rtc_w": torch.zeros(b, self.chunk, 1, device=dev),
         }
 
     def _pin(self, s: dict, names=INPUTS) -> dict:
@@ -566,9 +648,12 @@ class FlowEngine:
             raise EngineError(f"noise shape {tuple(noise.shape)} != {tuple(s['noise'].shape)}")
         self._put(s, "noise", noise.to(torch.float32))
 
-    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None, images: bool = True) -> None:
-        """Copy the batch into the static device buffers (pinned + non-blocking from the host)."""
-        begin_stage(s)
+    def _stage(self, s: dict, batch: dict, noise: torch.Tensor | None, images: bool = True,
+               begin: bool = True) -> None:
+        """Copy the batch into the static device buffers (pinned + non-blocking from the host; ``begin``:
+        wait for the last call's copies out of the pinned buffers first, unless the caller did)."""
+        if begin:
+            begin_stage(s)
         if images:
             self._stage_image_part(s, batch)
         self._stage_inputs(s, batch, noise)
@@ -577,6 +662,60 @@ class FlowEngine:
     def _image_sig(self, batch: dict) -> tuple:
         return tuple((k, tuple(batch[k].shape), batch[k].dtype) for k in self.image_keys if k in batch)
 
+    # ---- RTC guidance (module docstring) ------------------------------------------------------------
+    # the names are LeRobot's policy API (supports_rtc, _rtc_enabled, init_rtc_processor): the ``lerobot``
+    # backend turns RTC on the same way for LeRobot's policy and for this engine
+
+    def supports_rtc(self) -> bool:
+        return True
+
+    def _rtc_enabled(self) -> bool:
+        cfg = getattr(self.config, "rtc_config", None)
+        return cfg is not None and cfg.enabled and self.rtc_processor is not None
+
+    def init_rtc_processor(self, jacobian: str | None = None) -> None:
+        """(Re)read ``config.rtc_config`` (LeRobot's ``RTCConfig``: execution horizon, prefix schedule, max
+        guidance weight); ``jacobian``: one of ``RTC_JACOBIANS`` (default: keep the current one)."""
+        if jacobian is not None:
+            if jacobian not in RTC_JACOBIANS:
+                raise EngineError(f"rtc_jacobian {jacobian!r}: expected one of {RTC_JACOBIANS}")
+            self.rtc_jacobian = jacobian
+        cfg = getattr(self.config, "rtc_config", None)
+        if cfg is None:
+            self.rtc_processor, self._rtc_gw = None, []
+            return
+        from lerobot.policies.rtc.modeling_rtc import RTCProcessor
+
+        self.rtc_processor = RTCProcessor(cfg)
+        self._rtc_gw = [rtc_guidance_weight(1.0 + step * self.dt, cfg.max_guidance_weight)
+                        for step in range(self.steps)]
+
+    def _stage_rtc(self, s: dict, prev: torch.Tensor, delay, horizon) -> None:
+        """The left-over (``(T, A)`` or ``(B, T, A)``, T ≤ chunk, A ≤ max_action_dim: zero-padded as LeRobot
+        pads it) and the prefix weights of (delay, horizon) into ``s["rtc_prev"]``, ``s["rtc_w"]``."""
+        b = s["rtc_prev"].shape[0]
+        prev = torch.as_tensor(prev)
+        if prev.ndim == 2:
+            prev = prev[None]
+        if prev.ndim != 3 or prev.shape[0] not in (1, b) or prev.shape[1] < 1 \
+                or prev.shape[1] > self.chunk or prev.shape[2] > self.max_action_dim:
+            raise EngineError(f"prev_chunk_left_over: shape {tuple(prev.shape)}, expected ({b}, T ≤ {self.chunk}, "
+                              f"A ≤ {self.max_action_dim}) or (T, A)")
+        if not bool(torch.isfinite(prev).all()):
+            raise EngineError("prev_chunk_left_over: non-finite values")
+        if delay is None:
+            raise EngineError("prev_chunk_left_over needs inference_delay (steps the robot runs on it meanwhile)")
+        delay = int(delay)
+        if delay < 0:
+            raise EngineError(f"inference_delay {delay} < 0")
+        horizon = self.rtc_processor.rtc_config.execution_horizon if horizon is None else int(horizon)
+        horizon = min(horizon, prev.shape[1])  # LeRobot: nothing to merge past the left-over's end
+        padded = torch.zeros(b, self.chunk, self.max_action_dim, device=prev.device)
+        padded[:, : prev.shape[1], : prev.shape[2]] = prev.detach().to(torch.float32)
+        self._put(s, "rtc_prev", padded, key="prev_chunk_left_over")
+        w = self.rtc_processor.get_prefix_weights(delay, horizon, self.chunk).to(torch.float32)
+        self._put(s, "rtc_w", w[None, :, None].expand(b, -1, -1).contiguous(), key="inference_delay")
+
     # ---- the call -----------------------------------------------------------------------------
 
     def _state_for(self, *key) -> dict:
@@ -584,14 +723,15 @@ class FlowEngine:
             self._static[key] = self._alloc(*key)
         return self._static[key]
 
-    def _run(self, key, s, images: bool = True, rest: bool = True):
+    def _run(self, key, s, images: bool = True, rest: bool = True, guided: bool = False):
         """The vision graph (per input shapes and raw-frame shapes: the conversion is in it), then the
-        rest of the chunk (per input shapes); captured on first use; eager without CUDA graphs."""
+        rest of the chunk (per input shapes; RTC-guided: a graph of its own per Jacobian mode); captured
+        on first use; eager without CUDA graphs."""
         if not self.cuda_graph:
             if images:
                 self._vision_part(s)
             if rest:
-                self._after_images(s)
+                self._after_images(s, guided)
             return
         if images:
             vkey = ("vision", key, s.get("raw_sig", ()))
@@ -599,9 +739,25 @@ class FlowEngine:
                 self._graphs[vkey] = capture_graph(self._vision_part, s, self.device)
             self._graphs[vkey].replay()
         if rest:
-            if key not in self._graphs:
-                self._graphs[key] = capture_graph(self._after_images, s, self.device)
-            self._graphs[key].replay()
+            rkey = ("rtc", self.rtc_jacobian, key) if guided else key
+            part = (lambda st: self._after_images(st, True)) if guided else self._after_images
+            if rkey not in self._graphs:
+                try:
+                    self._graphs[rkey] = capture_graph(part, s, self.device)
+                except RuntimeError as exc:
+                    if not (guided and self.rtc_jacobian == "full"):
+                        raise
+                    # the autograd backward would not capture (a torch/driver without it): that chunk
+                    # runs uncaptured, the same arithmetic; said once per input shape
+                    log.warning("RTC full-VJP guidance not captured in a CUDA graph (%s: %s): it runs without "
+                                "one (slower); rtc_jacobian identity is captured", type(exc).__name__, exc)
+                    torch.cuda.synchronize(self.device)
+                    self._graphs[rkey] = None
+            graph = self._graphs[rkey]
+            if graph is None:
+                part(s)
+            else:
+                graph.replay()
 
     @torch.inference_mode()  # in-place on the buffers, whichever mode the first call made them in
     def prefetch(self, batch: dict) -> bool:
@@ -627,17 +783,29 @@ class FlowEngine:
         return True
 
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, **rtc) -> torch.Tensor:
-        """Actions (B, chunk_size, action_dim) fp32 on the engine's device (normalised, as LeRobot)."""
-        if any(v is not None for v in rtc.values()):
-            raise EngineError("RTC guidance is not implemented in the fast engine; use engine='eager'")
+    def predict_action_chunk(self, batch: dict, noise: torch.Tensor | None = None, *,
+                             prev_chunk_left_over: torch.Tensor | None = None, inference_delay=None,
+                             execution_horizon: int | None = None) -> torch.Tensor:
+        """Actions (B, chunk_size, action_dim) fp32 on the engine's device (normalised, as LeRobot).
+
+        RTC (module docstring; RTC enabled): ``prev_chunk_left_over`` (the previous chunk's un-executed
+        rest, model space) guides the chunk toward it over its first ``inference_delay`` actions and the
+        schedule to ``execution_horizon`` (default: ``config.rtc_config``'s); without it, the plain chunk."""
+        rtc_inputs = (prev_chunk_left_over, inference_delay, execution_horizon)
+        if not self._rtc_enabled() and any(v is not None for v in rtc_inputs):
+            raise EngineError("RTC inputs given but RTC guidance is off (no enabled config.rtc_config; "
+                              "init_rtc_processor)")
+        guided = prev_chunk_left_over is not None
         key = self._shape_key(batch)
         s = self._state_for(*key)
         pre, self._prefetched = self._prefetched, None
         done = (pre is not None and pre[0] == key and self._image_sig(batch) == s.get("image_sig")
                 and all(batch.get(k) is t for k, t in pre[1].items()))  # this batch's images are encoded
-        self._stage(s, batch, noise, images=not done)
-        self._run(key, s, images=not done)
+        begin_stage(s)
+        if guided:
+            self._stage_rtc(s, prev_chunk_left_over, inference_delay, execution_horizon)
+        self._stage(s, batch, noise, images=not done, begin=False)
+        self._run(key, s, images=not done, guided=guided)
         self._last_key = key
         self.prefetch_hits += done
         out = s["out"][:, :, : self.action_dim].clone()
@@ -654,8 +822,12 @@ class FlowEngine:
         after. Returns seconds.
         """
         what = ["compiling layers" if self.compile else None, "capturing CUDA graph" if self.cuda_graph else None]
+        rtc = None
+        if self._rtc_enabled():
+            what.append(f"RTC-guided ({self.rtc_jacobian}) too")
+            rtc = {"prev_chunk_left_over": torch.zeros(self.chunk, self.action_dim), "inference_delay": 0}
         return timed_warmup(self, batch if batch is not None else self.dummy_batch(), progress, self.config.type,
-                            ", ".join(w for w in what if w) or "eager")
+                            ", ".join(w for w in what if w) or "eager", rtc=rtc)
 
     def dummy_batch(self, batch_size: int = 1) -> dict:
         """A post-processor-shaped batch of the right shapes (grey images, one-token prompt, zero state)."""

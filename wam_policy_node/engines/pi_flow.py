@@ -20,8 +20,13 @@ differently:
   inputs go through pinned host buffers with non-blocking copies;
 * the prefix's last layer skips its attention output and MLP (nothing reads them).
 
-RTC guidance (``inference_delay`` / ``prev_chunk_left_over``) is not implemented here: use the
-eager reference for it.
+RTC guidance (``prev_chunk_left_over`` / ``inference_delay`` / ``execution_horizon``, with
+``config.rtc_config`` enabled) is LeRobot's, inside the Euler loop (``engines._common``: the guided
+velocity around :meth:`PiFlowEngine._velocity`): ``rtc_jacobian="identity"`` gives LeRobot 0.6.1's
+guided chunk, ``"full"`` the paper's VJP through the action expert (torch.autograd); each its own CUDA
+graph, the left-over and the delay's prefix weights in static buffers. This is the *guidance* (the
+chunk inpainted toward the old plan while it is sampled); the ``rtc`` runtime strategy's *blending*
+(``wam_policy_node.runtime``) merges finished chunks and runs with or without it.
 """
 from __future__ import annotations
 
@@ -231,11 +236,10 @@ def _suffix_in_pi05(x_t, in_w, in_b, *, dtype):
     return F.linear(x_t, in_w, in_b).to(dtype)
 
 
-def _suffix_out(x, a, b, x_t, out_w, out_b, *, eps: float, chunk: int, dt: float):
-    """Final norm, action projection and the Euler step x_t + dt · v_t (fp32)."""
+def _suffix_out(x, a, b, out_w, out_b, *, eps: float, chunk: int):
+    """Final norm and action projection: the velocity v_t (fp32)."""
     x = _norm(x, a, b, eps)
-    v_t = F.linear(x[:, -chunk:].to(torch.float32), out_w, out_b)
-    return x_t + dt * v_t
+    return F.linear(x[:, -chunk:].to(torch.float32), out_w, out_b)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -291,7 +295,7 @@ class PiFlowEngine(FlowEngine):
             "expert": (_expert_layer, dict(heads=w.heads, head_dim=w.head_dim, eps=w.expert_eps, act=w.expert_act)),
             "suffix_in": (_suffix_in_pi05, dict(dtype=self.dtype)) if self.pi05
             else (_suffix_in_pi0, dict(dtype=self.dtype)),
-            "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk, dt=self.dt)),
+            "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk)),
         }
         self.fn = bind_fns(specs, self.compile)
 
@@ -361,8 +365,8 @@ class PiFlowEngine(FlowEngine):
         s["scos"].copy_(c)
         s["ssin"].copy_(sn)
 
-    def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
-        """One Euler step: returns x_t + dt · v(x_t, t_step)."""
+    def _velocity(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+        """v(x_t, t_step): the action expert over the cached prefix."""
         w = self.w
         b = x_t.shape[0]
         if self.pi05:
@@ -383,7 +387,7 @@ class PiFlowEngine(FlowEngine):
             a, bb, _ = mods[-1]
         else:
             a, bb = w.final_a, None
-        return self.fn["suffix_out"](x, a, bb, x_t, *w.action_out)
+        return self.fn["suffix_out"](x, a, bb, *w.action_out)
 
     # ---- static buffers, graph, staging ---------------------------------------------------------
 

@@ -20,6 +20,29 @@ import torch
 from ._common import STATE, TOKEN_MASK, TOKENS, EngineError, as_dtype, dummy_batch
 
 
+@contextlib.contextmanager
+def differentiated_rtc(policy):
+    """LeRobot's RTC step with the paper's VJP (the fast engine's ``rtc_jacobian="full"`` reference): inside,
+    ``policy``'s ``RTCProcessor.denoise_step`` hands its denoiser ``x_t`` already requiring grad, so its
+    ``autograd.grad(x1_t, x_t, err)`` runs back through LeRobot's model (LeRobot 0.6.1 computes ``v_t``
+    before ``x_t`` requires grad: a constant, the correction is ``err`` itself). Everything else is LeRobot's."""
+    proc = policy.rtc_processor
+    if proc is None:
+        raise EngineError("the policy has no RTC processor (config.rtc_config; init_rtc_processor)")
+    orig = proc.denoise_step
+
+    def denoise_step(x_t, prev_chunk_left_over, inference_delay, time, original_denoise_step_partial,
+                     execution_horizon=None):
+        return orig(x_t, prev_chunk_left_over, inference_delay, time,
+                    lambda x: original_denoise_step_partial(x.requires_grad_(True)), execution_horizon).detach()
+
+    proc.denoise_step = denoise_step
+    try:
+        yield proc
+    finally:
+        del proc.denoise_step  # the class's method again
+
+
 class EagerEngine:
     def __init__(self, policy, autocast=None):
         self.policy = policy

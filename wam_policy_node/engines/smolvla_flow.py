@@ -24,7 +24,11 @@ Same weights, same inputs and the same function as LeRobot 0.6.1's
 
 Attention arithmetic follows LeRobot's ``eager_attention_forward`` (scores and softmax in fp32,
 probabilities in the value dtype) and its ``apply_rope`` (fp32, wavelength 10 000 whatever the
-VLM config says). RTC guidance is not implemented here: use the eager reference for it.
+VLM config says). RTC guidance (``prev_chunk_left_over`` / ``inference_delay``, with ``config.rtc_config``
+enabled) is LeRobot's, inside the Euler loop around :meth:`SmolVLAFlowEngine._velocity` (``engines._common``:
+``rtc_jacobian`` "identity" = LeRobot 0.6.1's guided chunk, "full" = the paper's VJP through the expert),
+its own CUDA graph. Guidance, not the ``rtc`` runtime strategy's blending of finished chunks
+(``wam_policy_node.runtime``), which runs with or without it.
 """
 from __future__ import annotations
 
@@ -219,10 +223,9 @@ def _suffix_in(x_t, t_term, in_w, in_b, mlp_in_a_w, mlp_out_w, mlp_out_b, *, dty
     return F.linear(h, mlp_out_w, mlp_out_b).to(dtype)
 
 
-def _suffix_out(x, norm_w, x_t, out_w, out_b, *, eps: float, chunk: int, dt: float):
-    """Final norm, action projection and the Euler step x_t + dt · v_t (fp32)."""
-    v_t = F.linear(_rms(x[:, -chunk:], norm_w, eps).to(torch.float32), out_w, out_b)
-    return x_t + dt * v_t
+def _suffix_out(x, norm_w, out_w, out_b, *, eps: float, chunk: int):
+    """Final norm and action projection: the velocity v_t (fp32)."""
+    return F.linear(_rms(x[:, -chunk:], norm_w, eps).to(torch.float32), out_w, out_b)
 
 
 def _pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
@@ -308,7 +311,7 @@ class SmolVLAFlowEngine(FlowEngine):
             "self": (_expert_layer, dict(**attn, eps=w.expert_eps, act=w.expert_act, cross=False)),
             "cross": (_expert_layer, dict(**attn, eps=w.expert_eps, act=w.expert_act, cross=True)),
             "suffix_in": (_suffix_in, dict(dtype=self.dtype)),
-            "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk, dt=self.dt)),
+            "suffix_out": (_suffix_out, dict(eps=w.expert_eps, chunk=self.chunk)),
         }
         self.fn = bind_fns(specs, self.compile)
 
@@ -376,7 +379,7 @@ class SmolVLAFlowEngine(FlowEngine):
         s["scos"].copy_(c)
         s["ssin"].copy_(sn)
 
-    def _denoise_step(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
+    def _velocity(self, s: dict, step: int, x_t: torch.Tensor) -> torch.Tensor:
         w = self.w  # the expert over the suffix: self-attention layers read the prefix cache, cross ones its projections
         x = self.fn["suffix_in"](x_t, self._time_terms[step], *w.action_in, self.mlp_in_a, *w.time_out)
         for slot in w.expert:
@@ -389,7 +392,7 @@ class SmolVLAFlowEngine(FlowEngine):
                 kp, vp = s["k"][slot.vlm_index], s["v"][slot.vlm_index]
                 x = self.fn["self"](x, s["scos"], s["ssin"], s["self_mask"], kp, vp, lay.n1, lay.proj, lay.o,
                                     lay.n2, lay.gate_up, lay.down)
-        return self.fn["suffix_out"](x, w.final_norm, x_t, *w.action_out)
+        return self.fn["suffix_out"](x, w.final_norm, *w.action_out)
 
     # ---- static buffers, staging ----------------------------------------------------------------
 
