@@ -9,12 +9,18 @@ that turn those renders into the recorded frames:
 
 - geometry (7): ``camera.position_offset_m`` (3, m, world frame), ``camera.rotation_deg`` (yaw,
   pitch, roll) and ``camera.fovy_scale`` — Levenberg–Marquardt with forward finite differences
-  (one render of every frame per parameter), coarse to fine on box-blurred, downsampled images
-  (``levels``: 8×, 4×, 2× blocks; the coarse level widens the basin to a few blocks of misalignment);
+  (one render of every frame per parameter, steps of about half a block: a rendered edge moves in
+  whole pixels, so smaller steps see the cost's staircase), coarse to fine on box-blurred,
+  downsampled images (``levels``: 16×, 8×, 4× blocks; the coarse level widens the basin to tens of
+  pixels of misalignment). cam_high looks straight down, so yaw and roll turn the image alike: roll
+  is held at the base value and yaw carries the in-plane rotation (see ``FREE``);
 - colour (7): ``colour.gain`` (3), ``gamma``, ``offset`` (3): out = 255·gain·(in/255)^gamma + offset.
   For a given gamma the model is linear in gain and offset per channel — and so is the block
-  average — so they are solved by linear least squares, gamma by a bounded 1-D search, for every
-  geometry iterate (variable projection: the geometry Jacobian sees the colour re-solved);
+  average — so they are solved by linear least squares, gamma by a bounded 1-D search, at every
+  geometry iterate (trial geometries are scored with their own best colour; the finite-difference
+  Jacobian holds the iterate's colour, as a re-solved gamma search would add its own jitter). The
+  colour written is the finest level's: at full resolution the edges' sub-pixel misalignment dilutes
+  the gain (measured: −7 % on aliased renders);
 - ``sensors.camera_latency_steps``: the frame published at step k is rendered from the state of step
   k − L; L is the shift (0…``max_latency``) with the least error, chosen after the coarse level and
   again at the end (the fine level is refitted if it changed);
