@@ -1,13 +1,16 @@
-"""``wam-policy calibrate BAG…``: fit the sim's arm dynamics to recorded joint trajectories.
+"""``wam-policy calibrate BAG…``: fit the sim's arm dynamics (and camera) to recorded episodes.
 
 Replays each recorded episode's commands open loop in the MuJoCo ALOHA (from the episode's seed)
 and fits, per joint (both arms alike), the actuator gain, joint damping and friction loss of a
 world config (sim_bridge/calibration.py says how); the joint sensors' latency and noise are
-estimated from the recording. Everything else (camera, colour, image noise, object mass and
-friction) comes from ``--base``. Writes to ``--out``: ``world.yaml`` (a ``config/worlds`` config:
-``wam-policy eval --world OUT/world.yaml``), ``calibration.json`` and ``calibration.md`` (the fit
-per parameter with its standard error, which parameters the recording identified, the replay
-error per joint before and after). A fit that does not converge or does not reduce the error, or
+estimated from the recording. Where the bags hold cam_high images, cam_high's pose offset, yaw /
+pitch, FOV scale, colour response, latency and image noise are fitted too (sim_bridge/
+calibration_camera.py; ``--no-camera`` skips it, ``--no-dynamics`` fits the camera alone on
+``--base``'s dynamics). The object's mass and friction come from ``--base``. Writes to
+``--out``: ``world.yaml`` (a ``config/worlds`` config: ``wam-policy eval --world OUT/world.yaml``),
+``calibration.json`` and ``calibration.md`` (the fit per parameter with its standard error, which
+parameters the recording identified, the replay error per joint before and after; the camera's
+fit, and its reprojection error against ``--reference``). A fit that does not converge or does not reduce the error, or
 a fitted joint that never moves, exits 3 and writes nothing; unusable bags exit 2.
 """
 from __future__ import annotations
