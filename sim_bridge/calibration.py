@@ -75,12 +75,15 @@ class CalibrationFailed(RuntimeError):
 @dataclass
 class Recording:
     """One recorded episode: ``commands[k]`` applied at step k (NaN row: none recorded, the previous
-    one is held as the sim does), ``measured[k]`` the 14-dim joint state published at step k."""
+    one is held as the sim does), ``measured[k]`` the 14-dim joint state published at step k;
+    ``frames[k]``: the camera image (HxWx3 uint8) published at step k, where the recording has one
+    (sim_bridge/calibration_camera.py fits the camera to them)."""
     name: str
     task: str
     seed: int
     commands: np.ndarray
     measured: np.ndarray
+    frames: dict = field(default_factory=dict)
 
     def __post_init__(self):
         self.commands = np.asarray(self.commands, dtype=float)
@@ -90,6 +93,12 @@ class Recording:
                              f"must both be (steps, {STATE_DIM})")
         if not np.all(np.isfinite(self.measured)):
             raise ValueError(f"{self.name}: joint states hold NaN/inf values")
+        shapes = {np.shape(f) for f in self.frames.values()}
+        if len(shapes) > 1 or any(len(s) != 3 or s[2] != 3 for s in shapes):
+            raise ValueError(f"{self.name}: camera frames must all be HxWx3 of one size, got {sorted(shapes)}")
+        bad = [k for k in self.frames if not 0 <= k < len(self.measured)]
+        if bad:
+            raise ValueError(f"{self.name}: camera frame at step {bad[0]} outside the recording's {len(self.measured)} steps")
 
     @property
     def steps(self) -> int:
@@ -170,13 +179,13 @@ def _shift(states: np.ndarray, lat: int) -> np.ndarray:
 class Replayer:
     """Open-loop replays of recordings under candidate dynamics (one physics-only SimEnv per task)."""
 
-    def __init__(self, recordings: list[Recording], base: World):
+    def __init__(self, recordings: list[Recording], base: World, quality: str = "gym_aloha"):
         self.recordings = recordings
         # the base world without sensor effects (replays read the true state) or camera edits
         self.base = dataclasses.replace(base, joint_noise_std=0.0, joint_latency_steps=0, image_noise_std=0.0,
                                         camera_latency_steps=0, camera_offset=np.zeros(3),
                                         camera_rotation_deg=np.zeros(3), fovy_scale=1.0)
-        self.envs = {t: SimEnv(t, render=False, world=self.base) for t in sorted({r.task for r in recordings})}
+        self.envs = {t: SimEnv(t, render=False, world=self.base, quality=quality) for t in sorted({r.task for r in recordings})}
         self.rollouts = 0
         self.weight = 1.0 / joint_noise(recordings)
 
@@ -184,21 +193,23 @@ class Replayer:
         return dataclasses.replace(self.base, actuator_gain=theta[0].copy(), joint_damping=theta[1].copy(),
                                    frictionloss=theta[2].copy())
 
-    def rollout(self, rec: Recording, theta: np.ndarray) -> np.ndarray:
-        """(steps, 14) true states x_0 … x_{n−1}: x_0 after reset(seed), x_{k+1} after command k."""
+    def rollout(self, rec: Recording, theta: np.ndarray, full: bool = False) -> np.ndarray:
+        """(steps, 14) true states x_0 … x_{n−1}: x_0 after reset(seed), x_{k+1} after command k;
+        ``full``: the whole qpos (objects too; what a camera frame is rendered from) instead."""
         env = self.envs[rec.task]
         env.world = self.world(theta)
         env.reset(rec.seed)
         sim = env.sim
-        out = np.empty((rec.steps, STATE_DIM))
-        out[0] = sim.qpos14()
-        hold = out[0].copy()
+        get = sim.full_qpos if full else sim.qpos14
+        out = np.empty((rec.steps, sim.model.nq if full else STATE_DIM))
+        out[0] = get()
+        hold = sim.qpos14()
         for k in range(rec.steps - 1):
             c = rec.commands[k]
             if np.all(np.isfinite(c)):
                 hold = c
             sim.step(hold)
-            out[k + 1] = sim.qpos14()
+            out[k + 1] = get()
         self.rollouts += 1
         if not np.all(np.isfinite(out)):
             out[:] = np.nan  # the physics blew up under these parameters: an infinite cost

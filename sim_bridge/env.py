@@ -100,22 +100,27 @@ class SimEnv:
         return variant.describe()
 
     def _apply_world(self, sim: AlohaSim, variant: phys.Variant) -> None:
+        self.world.apply_dynamics(sim.model, sim.nominal_dynamics, self.task.objects, self.task.object_geoms)
+        if self.world.edits_camera:
+            self.apply_camera(sim, variant)
+
+    def apply_camera(self, sim: AlohaSim, variant: phys.Variant) -> None:
+        """cam_high's pose and FOV as this world has them, from the pose ``variant.edit_model`` restored
+        (the nominal one, or the physical perturbation's); calibration calls it per candidate camera."""
         w = self.world
-        w.apply_dynamics(sim.model, sim.nominal_dynamics, self.task.objects, self.task.object_geoms)
-        if w.edits_camera:
-            m = sim.model
-            cid = m.camera("top").id
-            if variant.camera is not None:  # on top of the physical perturbation's pose (fixed mode, world frame)
-                mat = np.empty(9)
-                mujoco.mju_quat2Mat(mat, m.cam_quat[cid])
-                pos, mat = m.cam_pos[cid].copy(), mat.reshape(3, 3)
-            else:
-                pos, mat, _ = sim.nominal_camera["top"]
-            pos, mat, fovy = w.camera_pose(pos, mat, float(m.cam_fovy[cid]))
-            m.cam_mode[cid] = mujoco.mjtCamLight.mjCAMLIGHT_FIXED
-            m.cam_pos[cid] = pos
-            m.cam_quat[cid] = phys._mat2quat(mat)
-            m.cam_fovy[cid] = fovy
+        m = sim.model
+        cid = m.camera("top").id
+        if variant.camera is not None:  # on top of the physical perturbation's pose (fixed mode, world frame)
+            mat = np.empty(9)
+            mujoco.mju_quat2Mat(mat, m.cam_quat[cid])
+            pos, mat = m.cam_pos[cid].copy(), mat.reshape(3, 3)
+        else:
+            pos, mat, _ = sim.nominal_camera["top"]
+        pos, mat, fovy = w.camera_pose(pos, mat, float(m.cam_fovy[cid]))
+        m.cam_mode[cid] = mujoco.mjtCamLight.mjCAMLIGHT_FIXED
+        m.cam_pos[cid] = pos
+        m.cam_quat[cid] = phys._mat2quat(mat)
+        m.cam_fovy[cid] = fovy
 
     def _observe(self) -> None:
         """Record this step's sensor values (the delayed views read them later)."""

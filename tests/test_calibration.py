@@ -73,6 +73,13 @@ def test_bad_bags_are_clear_errors(cousin_bag, tmp_path, capsys):
     assert rc == 2 and "mix tasks" in err and "cousin episode 0" in err and "ins episode 0" in err
     rc, _, err = _cli(capsys, path, "--joints", "elbow,knee", "--out", tmp_path / "o")
     assert rc == 2 and "knee" in err
+    # the camera fit asked for, from bags that recorded no cam_high images
+    rc, _, err = _cli(capsys, path, "--camera", "--out", tmp_path / "o")
+    assert rc == 2 and "cousin" in err and "no cam_high images" in err
+    rc, _, err = _cli(capsys, path, "--no-dynamics", "--out", tmp_path / "o")
+    assert rc == 2 and "no cam_high images" in err
+    rc, _, err = _cli(capsys, path, "--no-dynamics", "--no-camera", "--out", tmp_path / "o")
+    assert rc == 2 and "nothing to fit" in err
     assert not (tmp_path / "o").exists()
 
 

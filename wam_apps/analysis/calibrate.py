@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from wam_common import aloha, topics as T
-from wam_common.bag.reader import Bag, decode, json_event
+from wam_common import aloha, imageio, topics as T
+from wam_common.bag.reader import Bag, decode, image, json_event
 
 DT_NS = int(round(T.DT * 1e9))
 MIN_STEPS = 20
@@ -38,16 +38,29 @@ class _Episode:
         self.unlabelled: list[tuple[int, np.ndarray]] = []  # (log ns, command)
         self.end: dict | None = None
         self.bad_commands = 0
+        self.frames: dict[int, np.ndarray] = {}      # step → camera frame (recordings_from_bag's camera)
 
 
-def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
+def has_camera(path: str | Path, camera: str = "cam_high") -> bool:
+    """Whether the bag recorded ``camera``'s raw image topic (what the camera fit needs)."""
+    with Bag(Path(path)) as bag:
+        return T.camera_topic(camera) in bag.topics
+
+
+def recordings_from_bag(path: str | Path, max_steps: int = 0, camera: str | None = None) -> list:
     """Every usable episode of one bag as a Recording (``max_steps`` > 0: only each episode's first
-    ``max_steps`` steps)."""
+    ``max_steps`` steps; ``camera``: also that camera's frames, by the step their stamp names — a
+    ValueError when the bag did not record it)."""
     from sim_bridge.calibration import Recording
 
     path = Path(path)
     with Bag(path) as bag:
         have = bag.topics
+        cam_topic = T.camera_topic(camera) if camera else None
+        if cam_topic and cam_topic not in have:
+            raise ValueError(f"{path}: no {camera} images ({cam_topic}) in the bag — the camera fit needs bags "
+                             f"recorded with {camera} rendered (e.g. --suite parity_cameras); --camera off fits the "
+                             f"dynamics alone")
         states = {T.joint_state_topic(a): a for a in T.ARMS}
         missing = [t for t in (T.EPISODE, T.COMMAND, *states) if t not in have]
         if missing:
@@ -56,7 +69,7 @@ def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
                              f"(calibration replays the recorded commands from each episode's seed)")
         episodes: list[_Episode] = []
         cur: _Episode | None = None
-        for m in bag.messages([T.EPISODE, T.COMMAND, *states]):
+        for m in bag.messages([T.EPISODE, T.COMMAND, *states, *([cam_topic] if cam_topic else [])]):
             if m.topic == T.EPISODE:
                 ev = json_event(m)
                 if not ev:
@@ -73,6 +86,16 @@ def recordings_from_bag(path: str | Path, max_steps: int = 0) -> list:
                 msg = decode(m)
             except Exception as exc:  # noqa: BLE001 - a message the bag's own type cannot decode
                 raise ValueError(f"{cur.name}: cannot decode a {m.topic} message ({exc})") from None
+            if m.topic == cam_topic:
+                try:
+                    img = image(m)
+                    arr = imageio.to_rgb(img)
+                except Exception as exc:  # noqa: BLE001 - a frame the image codec cannot read
+                    raise ValueError(f"{cur.name}: cannot decode a {camera} image ({exc})") from None
+                k, rem = divmod(img.stamp.ns - cur.start, DT_NS)
+                if not rem and k >= 0 and k not in cur.frames:
+                    cur.frames[k] = np.array(arr)
+                continue
             if m.topic in states:
                 try:
                     pair = aloha.pair_arm_states(cur.pending, states[m.topic], msg)
@@ -143,4 +166,5 @@ def _recording(ep: _Episode, max_steps: int, Recording):
         raise ValueError(f"{ep.name}: no commands in the episode")
     if not np.isfinite(cmds[:, 0]).any():
         raise ValueError(f"{ep.name}: no command applied in its first {n} steps")
-    return Recording(ep.name, str(task), int(seed), cmds, np.stack([ep.states[k] for k in range(n)]))
+    return Recording(ep.name, str(task), int(seed), cmds, np.stack([ep.states[k] for k in range(n)]),
+                     frames={k: f for k, f in ep.frames.items() if k < n})
