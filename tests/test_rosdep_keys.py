@@ -76,6 +76,7 @@ IMPORT_KEYS = {
     "ray": "wam_policy-ray-pip",
     "rosbags": "wam_policy-rosbags-pip",
     "safetensors": "wam_policy-safetensors-pip",
+    "scipy": "wam_policy-scipy-pip",
     "tokenizers": "wam_policy-tokenizers-pip",
     "torch": "wam_policy-torch-pip",
     "transformers": "wam_policy-transformers-pip",
