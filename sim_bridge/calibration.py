@@ -63,6 +63,21 @@ PRIOR_STD = {"actuator_gain": 0.5, "joint_damping": 2.0, "frictionloss": 1.0}
 GRIPPER = 6
 
 
+def fit_failure(cost_before: float, cost_after: float, n_params: int, on_bound: list[str], *, fit: str,
+                error: str, base: str, data: str) -> str | None:
+    """Why a fit is not to be trusted, or None: it must lower the noise-unit cost beyond what fitting
+    ``n_params`` parameters to pure noise does (~P, χ² with P dof; the gain must pass ≈ its 99.9 % point,
+    P + 3.1·√(2P)), and end off its bounds (``on_bound``: the parameters that did not)."""
+    need = n_params + 3.1 * np.sqrt(2.0 * n_params)
+    if not cost_after < cost_before - need:
+        return (f"{fit} did not reduce the {error} beyond what fitting noise does ({cost_after:.5g} vs "
+                f"{cost_before:.5g} with {base}, in noise units; a significant gain is > {need:.0f}): the base "
+                f"world already explains the {data}")
+    if on_bound:
+        return f"the {fit} ended on a bound: {', '.join(on_bound)} (the model cannot explain the {data})"
+    return None
+
+
 class CalibrationFailed(RuntimeError):
     """The fit did not give a world worth writing; ``str()`` says why, ``result`` is the fit as it
     ended (None when it never started)."""
@@ -419,15 +434,8 @@ def _fit(rep: Replayer, base: World, fit: np.ndarray, max_iter: int, tol: float,
                 if (theta[p, j] >= hi[p, 0] - 1e-9) or (theta[p, j] <= lo[p, 0] + 1e-9 and lo[p, 0] > 0)]
     if not why and not np.isfinite(cost):
         why = "the replay diverged (NaN states) under every candidate"
-    # fitting P parameters to pure noise lowers a noise-unit cost by ~P (χ², P dof): the gain must be
-    # beyond that (≈ the 99.9 % point, P + 3.1·√(2P)) to say the base world explains the recording worse
-    need = len(idx) + 3.1 * np.sqrt(2.0 * len(idx))
-    if not why and not data_cost < cost_before - need:
-        why = (f"calibration did not reduce the replay error beyond what fitting noise does ({data_cost:.5g} vs "
-               f"{cost_before:.5g} with the base world '{base.name}', in noise units; a significant gain is > "
-               f"{need:.0f}): the base world already explains the recording")
-    if not why and on_bound:
-        why = f"the fit ended on a parameter bound: {', '.join(on_bound)} (the model cannot explain the recording)"
+    why = why or fit_failure(cost_before, data_cost, len(idx), on_bound, fit="calibration", error="replay error",
+                             base=f"the base world '{base.name}'", data="recording")
     world = dataclasses.replace(base, name=name, description=description, actuator_gain=theta[0].copy(),
                                 joint_damping=theta[1].copy(), frictionloss=theta[2].copy(),
                                 joint_latency_steps=int(lat), joint_noise_std=round(noise, 6))

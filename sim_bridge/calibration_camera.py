@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import mujoco
 import numpy as np
 
-from .calibration import CalibrationFailed, Recording, Replayer
+from .calibration import CalibrationFailed, Recording, Replayer, fit_failure
 from .world import World
 
 CAMERA = "cam_high"
@@ -434,13 +434,8 @@ def _fit(render: _Renderer, rec: np.ndarray, world: World, start: World, items: 
                 if i in cols and (v <= a + 1e-4 * s or v >= b - 1e-4 * s)]
     if not why and lat == max_latency and max_latency > 0:
         on_bound.append(f"camera_latency_steps = {lat} (the largest tried)")
-    need = 15 + 3.1 * np.sqrt(2.0 * 15)
-    if not why and not cost_after < cost_before - need:
-        why = (f"the camera fit did not reduce the image error beyond what fitting noise does ({cost_after:.5g} vs "
-               f"{cost_before:.5g} with the base camera and colour, in noise units; a significant gain is > "
-               f"{need:.0f}): the base world already explains the frames")
-    if not why and on_bound:
-        why = f"the camera fit ended on a bound: {', '.join(on_bound)} (the model cannot explain the frames)"
+    why = why or fit_failure(cost_before, cost_after, 15, on_bound, fit="camera fit", error="image error",
+                             base="the base camera and colour", data="frames")
     new_world = dataclasses.replace(
         world, camera_offset=np.round(g[:3], 6), camera_rotation_deg=np.round(g[3:6], 6),
         fovy_scale=round(float(g[6]), 6), colour_gain=np.round(colour[:3], 6), colour_gamma=round(float(colour[3]), 6),
