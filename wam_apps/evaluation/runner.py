@@ -245,7 +245,6 @@ class _Observer(BackgroundNode):
                 self.lock.wait(timeout=0.1)
             t = dict(self.tallies.get(episode) or {**_empty_tally(), "stall_steps": None, "seam_jump_max": None,
                                                    "holds": None, "chunks_trimmed": None, "chunks_rejected": None})
-            t["steps_seen"], t["chunk_ids"] = set(t["steps_seen"]), set(t["chunk_ids"])
         missing = sorted(set(range(steps)) - t.pop("steps_seen"))
         t["chunks_used"] = len(t.pop("chunk_ids")) if t["stall_steps"] is not None else None
         t["status_complete"] = not missing
